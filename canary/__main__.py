@@ -1,0 +1,5 @@
+"""``python -m canary`` runs the CLI."""
+
+from canary.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,713 @@
+"""routes.yaml parsed once, at the edge, into small frozen dataclasses.
+
+``load_config(path)`` reads the file, expands ``${VAR}`` / ``${VAR:-default}`` and
+validates the whole schema, collecting every problem with its file, line and key
+path (``routes.yaml:14: routes[0].weights.relay: must be >= 0``) into one
+``ConfigError``. Nothing else in canary sees raw YAML.
+
+Design notes:
+- Expansion happens per scalar *node*, after YAML has parsed the structure, so an
+  environment value can never inject keys; a plain scalar is re-typed after
+  expansion (``${MAX_QPS:-100}`` is an int).
+- The file is bounded (size, node count) so a hostile or broken edit cannot stall
+  a reload; aliases are walked with a node budget (no billion laughs).
+- Secrets (upstream keys, client keys, admin token, a Redis URL) are masked in
+  ``repr`` so a stray log of a config object leaks nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from canary.errors import ConfigError, ConfigProblem
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NODES = 50_000
+MAX_NUMBER = 1e6
+DEFAULT_MAX_BODY_BYTES = 10 << 20
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PARENT = re.compile(r"(\.[^.\[\]]+|\[\d+\])$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# The C parser keeps marks too and is ~10x faster; PyYAML without libyaml has only the other.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _secret(value: str) -> str:
+    return "'***'" if value else "''"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One upstream provider; ``api_key`` is sent upstream as a Bearer token."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    max_concurrency: int | None
+    max_qps: float | None
+    timeout_s: float
+    model_map: Mapping[str, str]
+
+    def __repr__(self) -> str:
+        return (
+            f"Backend(name={self.name!r}, base_url={redact_url(self.base_url)!r}, "
+            f"api_key={_secret(self.api_key)}, max_concurrency={self.max_concurrency}, "
+            f"max_qps={self.max_qps}, timeout_s={self.timeout_s})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Where the sticky key comes from: a request header or a top-level body field."""
+
+    source: Literal["header", "body"]
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Route predicates; ``None`` means "any". Globs are compiled once, here."""
+
+    paths: frozenset[str] | None = None
+    models: tuple[str, ...] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    model_pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: Match
+    weights: Mapping[str, float]
+    baseline: str
+    sticky: Sticky | None
+    fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    window_s: float = 60
+    min_requests: int = 100
+    max_error_rate: float = 0.05
+    open_s: float = 300
+    probe_requests: int = 10
+    auto_resume: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    min_requests: int = 500
+    max_error_rate: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    max_attempts: int = 3
+    backoff_s: float = 0.5
+    budget: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    redis_url: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        return f"State(redis_url={redact_url(self.redis_url)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Client keys and the admin token, kept as SHA-256 digests: the raw keys are not needed."""
+
+    api_key_digests: tuple[bytes, ...] = field(default=(), repr=False)
+    admin_token_digest: bytes | None = field(default=None, repr=False)
+    secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        admin = "set" if self.admin_token_digest else "unset"
+        return f"Auth(api_keys={len(self.api_key_digests)}, admin_token={admin})"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated routes.yaml. ``version`` is the SHA-256 of the file's bytes."""
+
+    path: str
+    version: str
+    loaded_at: datetime
+    backends: Mapping[str, Backend]
+    routes: tuple[Route, ...]
+    rollback: Rollback
+    readiness: Readiness
+    retry: Retry
+    state: State
+    auth: Auth
+    pricing: Mapping[str, Mapping[str, Price]]
+    server: Server
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret string this config holds, for log and error redaction."""
+        keys = {b.api_key for b in self.backends.values() if b.api_key}
+        password = urlsplit(self.state.redis_url).password if self.state.redis_url else None
+        if password:
+            keys.add(password)
+        return frozenset(keys | self.auth.secrets)
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host:port/path`` without userinfo, query or fragment (they may hold keys)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+# --- reading and expanding ---------------------------------------------------------------
+
+
+class _Problems:
+    """Collects located problems; ``lines`` maps a key path to its line in the file."""
+
+    def __init__(self, file: str, lines: dict[str, int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.items: list[ConfigProblem] = []
+
+    def add(self, path: str, message: str) -> None:
+        probe, line = path, self.lines.get(path)
+        while line is None and probe:  # fall back to the nearest enclosing key's line
+            probe = _PARENT.sub("", probe)
+            line = self.lines.get(probe)
+        self.items.append(ConfigProblem(self.file, line, path, message))
+
+
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read, expand and validate routes.yaml; raise ``ConfigError`` listing every problem."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(name, None, "", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(raw, name, environ=os.environ if environ is None else environ)
+
+
+def parse_config(raw: bytes, name: str, *, environ: Mapping[str, str]) -> Config:
+    """Validate the bytes of a routes.yaml (``name`` is used in messages)."""
+
+    def fail(message: str, line: int | None = None) -> ConfigError:
+        return ConfigError([ConfigProblem(name, line, "", message)])
+
+    if len(raw) > MAX_FILE_BYTES:
+        raise fail(f"file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not valid UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise fail("file is empty")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise fail("file holds no YAML document")
+        lines: dict[str, int] = {}
+        env_problems: list[ConfigProblem] = []
+        _walk(node, "", lines, env_problems, name, environ, loader, [0])
+        if env_problems:
+            raise ConfigError(env_problems)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise fail(
+            f"invalid YAML: {exc.problem or exc.context}", mark.line + 1 if mark else None
+        ) from None
+    except yaml.YAMLError as exc:
+        raise fail(f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise fail("YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
+    version = hashlib.sha256(raw).hexdigest()
+    return _build(data, name, version, lines)
+
+
+def _walk(
+    node: yaml.Node,
+    path: str,
+    lines: dict[str, int],
+    problems: list[ConfigProblem],
+    file: str,
+    environ: Mapping[str, str],
+    loader: Any,
+    budget: list[int],
+) -> None:
+    """Record each key path's line and expand ``${VAR}`` in scalars, within a node budget."""
+    budget[0] += 1
+    if budget[0] > MAX_NODES:
+        raise ConfigError([ConfigProblem(file, None, "", f"more than {MAX_NODES} YAML nodes")])
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            child = f"{path}.{k}" if path else str(k)
+            lines.setdefault(child, key.start_mark.line + 1)
+            _walk(value, child, lines, problems, file, environ, loader, budget)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, f"{path}[{i}]", lines, problems, file, environ, loader, budget)
+    elif isinstance(node, yaml.ScalarNode) and "${" in node.value:
+        missing: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            value = environ.get(m.group(1))
+            if value is None or (value == "" and m.group(2) is not None):
+                if m.group(2) is None:
+                    missing.append(m.group(1))
+                    return ""
+                return m.group(2)
+            return value
+
+        node.value = _ENV.sub(sub, node.value)
+        for var in missing:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    node.start_mark.line + 1,
+                    path,
+                    f"environment variable {var} is not set (write ${{{var}:-}} to allow empty)",
+                )
+            )
+        if not node.style:  # plain scalar (style None or "" by parser): type it as YAML would
+            node.tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+
+
+# --- validation --------------------------------------------------------------------------
+
+_TOP = {
+    "backends",
+    "routes",
+    "rollback",
+    "readiness",
+    "retry",
+    "state",
+    "auth",
+    "pricing",
+    "server",
+}
+_BACKEND = {"base_url", "api_key", "max_concurrency", "max_qps", "timeout_s", "model_map"}
+_ROUTE = {"name", "match", "weights", "baseline", "sticky", "fallback"}
+_MATCH = {"paths", "models", "headers"}
+
+
+class _Reader:
+    """Typed accessors that record a located problem and return a default on bad input."""
+
+    def __init__(self, problems: _Problems) -> None:
+        self.p = problems
+
+    def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.p.add(path, f"must be a mapping, not {_kind(value)}")
+            return {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.p.add(path, f"keys must be strings, not {_kind(key)}")
+                continue
+            if allowed is not None and key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.p.add(_join(path, key), f"unknown key (expected one of: {hint})")
+                continue
+            out[key] = item
+        return out
+
+    def number(
+        self,
+        value: Any,
+        path: str,
+        default: float | None,
+        *,
+        minimum: float = 0.0,
+        strict_min: bool = False,
+        maximum: float = MAX_NUMBER,
+        integer: bool = False,
+    ) -> float | None:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.p.add(path, f"must be a number, not {_kind(value)}")
+            return default
+        if not math.isfinite(value):
+            self.p.add(path, "must be a finite number")
+            return default
+        if integer and value != int(value):
+            self.p.add(path, f"must be a whole number, not {value}")
+            return default
+        if strict_min and value <= minimum:
+            self.p.add(path, f"must be > {_fmt(minimum)}")
+            return default
+        if value < minimum:
+            self.p.add(path, f"must be >= {_fmt(minimum)}")
+            return default
+        if value > maximum:
+            self.p.add(path, f"must be <= {_fmt(maximum)}")
+            return default
+        return int(value) if integer else float(value)
+
+    def string(self, value: Any, path: str, default: str = "") -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return str(value)  # an env value like 123 is still a usable string
+            self.p.add(path, f"must be a string, not {_kind(value)}")
+            return default
+        return value
+
+    def boolean(self, value: Any, path: str, default: bool) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.p.add(path, f"must be true or false, not {_kind(value)}")
+            return default
+        return value
+
+    def strings(self, value: Any, path: str) -> list[str] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.p.add(path, "must be a non-empty list of strings")
+            return None
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                self.p.add(f"{path}[{i}]", "must be a non-empty string")
+            else:
+                out.append(item)
+        return out
+
+
+def _build(data: Any, file: str, version: str, lines: dict[str, int]) -> Config:
+    problems = _Problems(file, lines)
+    r = _Reader(problems)
+    top = r.mapping(data, "", _TOP)
+    if not isinstance(data, dict):
+        raise ConfigError(problems.items)
+
+    backends = _backends(r, top.get("backends"))
+    names = set(backends)
+    routes = _routes(r, top.get("routes"), names)
+    rollback = _rollback(r, r.mapping(top.get("rollback"), "rollback", set(Rollback.__slots__)))
+    ready = r.mapping(top.get("readiness"), "readiness", set(Readiness.__slots__))
+    readiness = Readiness(
+        min_requests=_int(
+            r.number(ready.get("min_requests"), "readiness.min_requests", 500, integer=True)
+        ),
+        max_error_rate=_float(
+            r.number(ready.get("max_error_rate"), "readiness.max_error_rate", 0.05, maximum=1)
+        ),
+    )
+    rt = r.mapping(top.get("retry"), "retry", set(Retry.__slots__))
+    retry = Retry(
+        max_attempts=_int(
+            r.number(
+                rt.get("max_attempts"), "retry.max_attempts", 3, minimum=1, maximum=20, integer=True
+            )
+        ),
+        backoff_s=_float(r.number(rt.get("backoff_s"), "retry.backoff_s", 0.5, maximum=60)),
+        budget=_float(r.number(rt.get("budget"), "retry.budget", 0.2, maximum=1)),
+    )
+    st = r.mapping(top.get("state"), "state", {"redis_url"})
+    redis_url = r.string(st.get("redis_url"), "state.redis_url")
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        problems.add("state.redis_url", "must be a redis://, rediss:// or unix:// URL")
+    auth = _auth(r, r.mapping(top.get("auth"), "auth", {"api_keys", "admin_token"}))
+    pricing = _pricing(r, top.get("pricing"), names)
+    sv = r.mapping(top.get("server"), "server", {"max_body_bytes"})
+    server = Server(
+        max_body_bytes=_int(
+            r.number(
+                sv.get("max_body_bytes"),
+                "server.max_body_bytes",
+                DEFAULT_MAX_BODY_BYTES,
+                minimum=1,
+                maximum=1 << 30,
+                integer=True,
+            )
+        )
+    )
+    if problems.items:
+        raise ConfigError(problems.items)
+    return Config(
+        path=file,
+        version=version,
+        loaded_at=datetime.now(UTC),
+        backends=backends,
+        routes=tuple(routes),
+        rollback=rollback,
+        readiness=readiness,
+        retry=retry,
+        state=State(redis_url=redis_url),
+        auth=auth,
+        pricing=pricing,
+        server=server,
+    )
+
+
+def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
+    raw = r.mapping(value, "backends")
+    if value is None or (isinstance(value, dict) and not value):
+        r.p.add("backends", "at least one backend is required")
+    out: dict[str, Backend] = {}
+    for name, spec in raw.items():
+        path = f"backends.{name}"
+        if not _NAME.match(name):
+            r.p.add(path, "backend names use letters, digits, '_', '.', '-' (at most 64)")
+        b = r.mapping(spec, path, _BACKEND)
+        base_url = r.string(b.get("base_url"), f"{path}.base_url").rstrip("/")
+        parts = urlsplit(base_url)
+        if not base_url:
+            r.p.add(f"{path}.base_url", "is required")
+        elif parts.scheme not in ("http", "https") or not parts.hostname:
+            r.p.add(f"{path}.base_url", "must be an http:// or https:// URL with a host")
+        model_map: dict[str, str] = {}
+        for client_model, upstream in r.mapping(b.get("model_map"), f"{path}.model_map").items():
+            if not isinstance(upstream, str) or not upstream:
+                r.p.add(f"{path}.model_map.{client_model}", "must be a non-empty model name")
+            else:
+                model_map[client_model] = upstream
+        conc = r.number(
+            b.get("max_concurrency"), f"{path}.max_concurrency", None, minimum=1, integer=True
+        )
+        out[name] = Backend(
+            name=name,
+            base_url=base_url,
+            api_key=r.string(b.get("api_key"), f"{path}.api_key"),
+            max_concurrency=None if conc is None else int(conc),
+            max_qps=r.number(b.get("max_qps"), f"{path}.max_qps", None, strict_min=True),
+            timeout_s=_float(
+                r.number(
+                    b.get("timeout_s"), f"{path}.timeout_s", 120, strict_min=True, maximum=3600
+                )
+            ),
+            model_map=model_map,
+        )
+    return out
+
+
+def _routes(r: _Reader, value: Any, backends: set[str]) -> list[Route]:
+    if value is None:
+        r.p.add("routes", "at least one route is required")
+        return []
+    if not isinstance(value, list) or not value:
+        r.p.add("routes", "must be a non-empty list of routes")
+        return []
+    out: list[Route] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(value):
+        path = f"routes[{i}]"
+        rt = r.mapping(spec, path, _ROUTE)
+        name = r.string(rt.get("name"), f"{path}.name", f"route{i}")
+        if not _NAME.match(name):
+            r.p.add(f"{path}.name", "route names use letters, digits, '_', '.', '-' (at most 64)")
+        if name in seen:
+            r.p.add(f"{path}.name", f"duplicate route name {name!r}")
+        seen.add(name)
+        weights = _weights(r, rt.get("weights"), f"{path}.weights", backends)
+        baseline = r.string(rt.get("baseline"), f"{path}.baseline") or next(iter(weights), "")
+        if "baseline" in rt and baseline not in backends:
+            r.p.add(f"{path}.baseline", f"unknown backend {baseline!r}")
+        elif weights and baseline not in weights:
+            r.p.add(f"{path}.baseline", f"{baseline!r} is not in this route's weights")
+        out.append(
+            Route(
+                name=name,
+                match=_match(r, rt.get("match"), f"{path}.match"),
+                weights=weights,
+                baseline=baseline,
+                sticky=_sticky(r, rt.get("sticky"), f"{path}.sticky"),
+                fallback=r.boolean(rt.get("fallback"), f"{path}.fallback", False),
+            )
+        )
+    return out
+
+
+def _weights(r: _Reader, value: Any, path: str, backends: set[str]) -> dict[str, float]:
+    if value is None:
+        r.p.add(path, "is required (e.g. {legacy: 100})")
+        return {}
+    raw = r.mapping(value, path)
+    out: dict[str, float] = {}
+    for name, w in raw.items():
+        if name not in backends:
+            r.p.add(
+                f"{path}.{name}",
+                f"unknown backend {name!r} (defined: {', '.join(sorted(backends))})",
+            )
+            continue
+        weight = r.number(w, f"{path}.{name}", None)
+        if weight is not None:
+            out[name] = weight
+    if raw and len(out) == len(raw) and sum(out.values()) <= 0:
+        r.p.add(path, "weights must not all be zero")
+    return out
+
+
+def _match(r: _Reader, value: Any, path: str) -> Match:
+    m = r.mapping(value, path, _MATCH)
+    paths = r.strings(m.get("paths"), f"{path}.paths")
+    for i, p in enumerate(paths or []):
+        if not p.startswith("/"):
+            r.p.add(f"{path}.paths[{i}]", "must start with '/' (e.g. /v1/chat/completions)")
+    models = r.strings(m.get("models"), f"{path}.models")
+    pattern = None
+    if models:
+        for i, glob in enumerate(models):
+            if glob.count("[") != glob.count("]"):
+                r.p.add(f"{path}.models[{i}]", f"bad glob {glob!r}: unbalanced '['")
+        try:
+            pattern = re.compile("|".join(fnmatch.translate(g) for g in models))
+        except re.error as exc:
+            r.p.add(f"{path}.models", f"bad glob: {exc}")
+    headers = []
+    for key, want in r.mapping(m.get("headers"), f"{path}.headers").items():
+        if not isinstance(want, str | int | float) or isinstance(want, bool):
+            r.p.add(f"{path}.headers.{key}", f"must be a string, not {_kind(want)}")
+        else:
+            headers.append((key.lower(), str(want)))
+    return Match(
+        paths=frozenset(paths) if paths else None,
+        models=tuple(models) if models else None,
+        headers=tuple(headers),
+        model_pattern=pattern,
+    )
+
+
+def _sticky(r: _Reader, value: Any, path: str) -> Sticky | None:
+    if value is None:
+        return None
+    text = r.string(value, path)
+    source, _, name = text.partition(":")
+    if source not in ("header", "body") or not name:
+        r.p.add(path, f"must be 'header:NAME' or 'body:FIELD', not {text!r}")
+        return None
+    return Sticky(
+        source="header" if source == "header" else "body",
+        name=name.lower() if source == "header" else name,
+    )
+
+
+def _rollback(r: _Reader, rb: dict[str, Any]) -> Rollback:
+    def num(key: str, default: float, **kw: Any) -> float | None:
+        return r.number(rb.get(key), f"rollback.{key}", default, **kw)
+
+    return Rollback(
+        window_s=_float(num("window_s", 60, minimum=1, maximum=86400)),
+        min_requests=_int(num("min_requests", 100, minimum=1, integer=True)),
+        max_error_rate=_float(num("max_error_rate", 0.05, maximum=1)),
+        open_s=_float(num("open_s", 300, strict_min=True, maximum=86400 * 7)),
+        probe_requests=_int(num("probe_requests", 10, minimum=1, maximum=10_000, integer=True)),
+        auto_resume=r.boolean(rb.get("auto_resume"), "rollback.auto_resume", True),
+    )
+
+
+def _auth(r: _Reader, a: dict[str, Any]) -> Auth:
+    keys_raw = a.get("api_keys")
+    if isinstance(keys_raw, list):
+        keys = [r.string(k, f"auth.api_keys[{i}]").strip() for i, k in enumerate(keys_raw)]
+    else:
+        keys = [k.strip() for k in r.string(keys_raw, "auth.api_keys").split(",")]
+    keys = [k for k in keys if k]
+    admin = r.string(a.get("admin_token"), "auth.admin_token").strip()
+    return Auth(
+        api_key_digests=tuple(digest(k) for k in keys),
+        admin_token_digest=digest(admin) if admin else None,
+        secrets=frozenset([*keys, admin] if admin else keys),
+    )
+
+
+def _pricing(r: _Reader, value: Any, backends: set[str]) -> dict[str, dict[str, Price]]:
+    out: dict[str, dict[str, Price]] = {}
+    for backend, models in r.mapping(value, "pricing").items():
+        path = f"pricing.{backend}"
+        if backend not in backends:
+            r.p.add(path, f"unknown backend {backend!r}")
+            continue
+        out[backend] = {}
+        for model, price in r.mapping(models, path).items():
+            pp = f"{path}.{model}"
+            p = r.mapping(price, pp, {"input", "output"})
+            for key in ("input", "output"):
+                if key not in p and isinstance(price, dict):
+                    r.p.add(pp, f"missing {key!r} (USD per million tokens)")
+            out[backend][model] = Price(
+                input=_float(r.number(p.get("input"), f"{pp}.input", 0.0)),
+                output=_float(r.number(p.get("output"), f"{pp}.output", 0.0)),
+            )
+    return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def _float(x: float | None) -> float:
+    return 0.0 if x is None else float(x)
+
+
+def _int(x: float | None) -> int:
+    return 0 if x is None else int(x)

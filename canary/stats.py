@@ -1,0 +1,213 @@
+"""Per-backend sliding windows of requests, errors and latency on an injected clock.
+
+A ``Window`` is a ring of one-second buckets covering ``window_s``; recording touches
+only the current bucket (O(1) per request, no allocation once the ring is warm), and a
+snapshot sums the live buckets. Latency goes into log-spaced bins (15% apart from
+0.1 ms), so percentiles are accurate to a bin without keeping samples.
+
+Counted at the start of a call: ``qps`` / ``peak_qps`` (request starts per second),
+``in_flight`` and ``peak_concurrency``. Counted when a call ends: ``requests``,
+``errors`` and latency. The clock is ``time.monotonic`` in production and a fake one
+in tests; nothing here sleeps or reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+_BIN_BASE_MS = 0.1
+_BIN_RATIO = 1.15
+_LOG_RATIO = math.log(_BIN_RATIO)
+_BINS = 120  # 0.1 ms * 1.15**120 ~ 19 minutes; slower calls land in the last bin
+
+
+def _bin(ms: float) -> int:
+    if ms <= _BIN_BASE_MS:
+        return 0
+    return min(int(math.log(ms / _BIN_BASE_MS) / _LOG_RATIO) + 1, _BINS - 1)
+
+
+def _bin_upper_ms(i: int) -> float:
+    return _BIN_BASE_MS * _BIN_RATIO**i
+
+
+class _Bucket:
+    __slots__ = ("errors", "hist", "peak_in_flight", "requests", "second", "starts")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.starts = 0
+        self.requests = 0
+        self.errors = 0
+        self.peak_in_flight = 0
+        self.hist = [0] * _BINS
+
+    def reset(self, second: int) -> None:
+        self.second = second
+        self.starts = self.requests = self.errors = self.peak_in_flight = 0
+        hist = self.hist
+        for i in range(_BINS):
+            hist[i] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSnapshot:
+    """Figures over the window (``in_flight`` is the live count)."""
+
+    window_s: float
+    requests: int
+    errors: int
+    error_rate: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    qps: float
+    peak_qps: float
+    in_flight: int
+    peak_concurrency: int
+    total_requests: int
+    total_errors: int
+
+
+class Window:
+    """Sliding-window counters for one backend."""
+
+    def __init__(self, window_s: float, clock: Clock) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._size = max(1, math.ceil(window_s)) + 1  # +1: the current, partial second
+        self._ring = [_Bucket() for _ in range(self._size)]
+        self._current = self._ring[0]
+        self._started_at = clock()
+        self.in_flight = 0
+        self.total_requests = 0
+        self.total_errors = 0
+
+    def _bucket(self) -> _Bucket:
+        second = int(self._clock())
+        b = self._current
+        if b.second != second:
+            b = self._ring[second % self._size]
+            if b.second != second:
+                b.reset(second)
+                b.peak_in_flight = self.in_flight
+            self._current = b
+        return b
+
+    def start(self) -> None:
+        """A call to this backend begins."""
+        b = self._bucket()
+        b.starts += 1
+        self.in_flight += 1
+        if self.in_flight > b.peak_in_flight:
+            b.peak_in_flight = self.in_flight
+
+    def finish(self, latency_s: float, *, error: bool) -> None:
+        """A call ends; ``latency_s`` runs from its start to its last byte or its failure."""
+        b = self._bucket()
+        self.in_flight -= 1
+        b.requests += 1
+        b.hist[_bin(latency_s * 1000.0)] += 1
+        self.total_requests += 1
+        if error:
+            b.errors += 1
+            self.total_errors += 1
+
+    def resize(self, window_s: float) -> None:
+        """Start over with a window of another length, in place (calls in flight finish here)."""
+        self.window_s = window_s
+        self._size = max(1, math.ceil(window_s)) + 1
+        self._ring = [_Bucket() for _ in range(self._size)]
+        self._current = self._ring[0]
+        self._started_at = self._clock()
+
+    def reset(self) -> None:
+        """Forget the window (a closed circuit starts fresh); lifetime totals stay."""
+        for b in self._ring:
+            b.second = -1
+        self._started_at = self._clock()
+
+    def counts(self) -> tuple[int, int]:
+        """(requests, errors) over the window: the cheap figures a trip rule needs."""
+        oldest = int(self._clock()) - self._size + 1
+        requests = errors = 0
+        for b in self._ring:
+            if b.second >= oldest:
+                requests += b.requests
+                errors += b.errors
+        return requests, errors
+
+    def snapshot(self) -> WindowSnapshot:
+        now = self._clock()
+        second = int(now)
+        oldest = second - self._size + 1
+        requests = errors = starts = peak_conc = 0
+        peak_qps = 0
+        hist = [0] * _BINS
+        for b in self._ring:
+            if b.second < oldest:
+                continue
+            requests += b.requests
+            errors += b.errors
+            starts += b.starts
+            peak_conc = max(peak_conc, b.peak_in_flight)
+            if b.second != second:  # the current second is still filling up
+                peak_qps = max(peak_qps, b.starts)
+            for i, n in enumerate(b.hist):
+                if n:
+                    hist[i] += n
+        span = min(self.window_s, max(now - self._started_at, 1.0))
+        return WindowSnapshot(
+            window_s=self.window_s,
+            requests=requests,
+            errors=errors,
+            error_rate=errors / requests if requests else 0.0,
+            p50_ms=_percentile(hist, requests, 0.50),
+            p95_ms=_percentile(hist, requests, 0.95),
+            p99_ms=_percentile(hist, requests, 0.99),
+            qps=starts / span,
+            peak_qps=float(peak_qps),
+            in_flight=self.in_flight,
+            peak_concurrency=max(peak_conc, self.in_flight),
+            total_requests=self.total_requests,
+            total_errors=self.total_errors,
+        )
+
+
+def _percentile(hist: list[int], total: int, q: float) -> float:
+    """Upper bound of the bin holding the q-quantile, in ms (0 when empty)."""
+    if total == 0:
+        return 0.0
+    rank = math.ceil(q * total)
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            return round(_bin_upper_ms(i), 3)
+    return round(_bin_upper_ms(_BINS - 1), 3)  # pragma: no cover - rank <= total
+
+
+class Stats:
+    """The windows of every backend, created on first use."""
+
+    def __init__(self, window_s: float, clock: Clock) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.windows: dict[str, Window] = {}
+
+    def window(self, backend: str) -> Window:
+        w = self.windows.get(backend)
+        if w is None:
+            w = self.windows[backend] = Window(self.window_s, self.clock)
+        return w
+
+    def resize(self, window_s: float) -> None:
+        """A reload changed ``rollback.window_s``: fresh windows, lifetime totals kept."""
+        if window_s != self.window_s:
+            self.window_s = window_s
+            for w in self.windows.values():
+                w.resize(window_s)

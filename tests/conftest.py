@@ -1,0 +1,111 @@
+"""Helpers for end-to-end tests: free ports, real processes, bounded polling.
+
+Processes only ever bind 127.0.0.1. Readiness and settling are polled against a
+deadline, never waited for with a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS reported free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or condition}")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def run_process(
+    args: list[str],
+    ready_url: str,
+    timeout: float = 10,
+    *,
+    output: IO[bytes] | None = None,
+    cwd: Path | str = ROOT,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` until the block ends; ready once ``ready_url`` answers 200.
+
+    stdout and stderr go to ``output`` (a temporary file unless given) and are printed
+    to stderr when the process fails to start, dies early or the block raises, so
+    pytest shows them with the failure. The process is always stopped: SIGTERM, then
+    SIGKILL if it has not exited within five seconds.
+    """
+    with contextlib.ExitStack() as stack:
+        if output is None:
+            output = stack.enter_context(tempfile.TemporaryFile())
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **env} if env is not None else None,
+        )
+        failed = True
+        try:
+            _wait_ready(process, " ".join(args), ready_url, timeout)
+            yield process
+            failed = False
+        finally:
+            died = process.poll() is not None and process.returncode not in (0, -15)
+            _stop(process)
+            if failed or died:
+                sys.stderr.write(f"--- output of {' '.join(args)} ---\n{_read(output)}\n")
+
+
+def _wait_ready(process: subprocess.Popen[bytes], name: str, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode} before ready")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready at {url} within {timeout} s")
+            time.sleep(0.02)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _read(output: IO[bytes]) -> str:
+    output.flush()
+    output.seek(0)
+    return output.read().decode(errors="replace")

@@ -481,7 +481,7 @@ def _build(data: Any, file: str, version: str, lines: dict[str, int]) -> Config:
         )
     )
     if problems.items:
-        raise ConfigError(problems.items)
+        raise ConfigError(sorted(problems.items, key=lambda p: p.line or 0))
     return Config(
         path=file,
         version=version,

@@ -81,7 +81,7 @@ class RateLimited(RouterError):
 
 
 class UpstreamError(CanaryError):
-    """A backend failed before it answered; ``may_have_reached`` says if a retry could bill twice."""
+    """A backend failed; ``may_have_reached`` says whether a retry could bill twice."""
 
     def __init__(self, backend: str, cause: BaseException, *, may_have_reached: bool) -> None:
         super().__init__(f"{backend}: {type(cause).__name__}: {cause}")

@@ -586,6 +586,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=75,  # like real providers: longer than the router's pool keep-alive
     )
     quiet, uvicorn_log = _QuietCuts(), logging.getLogger("uvicorn.error")
     uvicorn_log.addFilter(quiet)  # after Config(), which configures uvicorn's loggers

@@ -1,0 +1,188 @@
+"""Composition root: ``create_app`` builds canary; the lifespan owns its process resources.
+
+Two planes behind one ASGI callable: ``/v1/*`` goes straight to the raw ``Proxy`` (the
+hot path), everything else to a small Starlette app (``/status``, ``/healthz``,
+``/readyz``, ``/admin/reload``). Seams are injected: the upstream ``transport`` (an
+``httpx.MockTransport`` in unit tests), the ``clock`` and the ``rng``. Nothing happens at
+import time; the config is loaded, the file watch started and the transport opened in
+the lifespan, and closed there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from canary.config import Config, digest
+from canary.errors import RouterError
+from canary.logs import redactor
+from canary.proxy import Message, Proxy, Receive, Scope, Send
+from canary.reload import ConfigStore
+from canary.stats import Clock, Stats
+from canary.status import status_document
+from canary.transport import AiohttpTransport
+
+log = structlog.get_logger("canary.app")
+
+# Keep pooled upstream connections for less time than providers keep them idle (uvicorn
+# and most providers: 5 s or more), so the router never writes into one they closed.
+POOL_KEEPALIVE_S = 4.0
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _error(exc: RouterError) -> Response:
+    headers = {k.decode(): v.decode() for k, v in exc.headers()}
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=headers
+    )
+
+
+class Canary:
+    """The ASGI app: ``/v1/*`` to the proxy, the rest to the control plane."""
+
+    def __init__(self, control: Starlette, proxy: Proxy, store: ConfigStore, stats: Stats) -> None:
+        self.control = control
+        self.proxy = proxy
+        self.store = store
+        self.stats = stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+
+def create_app(
+    config_path: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = time.monotonic,
+    rng: random.Random | None = None,
+    watch: bool = True,
+    watch_interval_s: float = 0.25,
+    signals: bool = False,
+    access_log: bool = True,
+) -> Canary:
+    """Build the router for ``config_path``; ``signals`` installs SIGHUP (serve only)."""
+    store = ConfigStore(config_path)
+    stats = Stats(window_s=60.0, clock=clock)
+    proxy = Proxy(
+        store,
+        stats,
+        transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S),
+        clock=clock,
+        rng=rng or random.Random(),
+        access_log=access_log,
+    )
+
+    def on_config(old: Config | None, new: Config) -> None:
+        stats.resize(new.rollback.window_s)
+        redactor.update(new.secrets())
+
+    store.listeners.append(on_config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        store.load_initial()
+        tasks: set[asyncio.Task[Any]] = set()
+        loop = asyncio.get_running_loop()
+        if watch:
+            tasks.add(loop.create_task(store.watch(watch_interval_s)))
+        if signals:
+
+            def on_sighup() -> None:
+                task = loop.create_task(store.reload(reason="SIGHUP"))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        try:
+            yield
+        finally:
+            if signals:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await proxy.transport.aclose()
+
+    async def status(_: Request) -> Response:
+        return _json(status_document(store, stats))
+
+    async def healthz(_: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        if store.config is None:
+            return _json({"status": "no valid config", "error": store.error}, 503)
+        return _json({"status": "ready", "version": store.config.version})
+
+    async def admin_reload(request: Request) -> Response:
+        try:
+            _check_admin(store.config, request.headers.get("authorization"))
+        except RouterError as exc:
+            return _error(exc)
+        result = await store.reload(reason="admin")
+        body = {"applied": result.applied, "changed": result.changed, "version": result.version}
+        if not result.applied:
+            return _json({**body, "error": result.error}, 422)
+        return _json(body)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        code = "not_found" if status == 404 else "method_not_allowed"
+        return _error(
+            RouterError(
+                f"{request.method} {request.url.path}: {code.replace('_', ' ')}.",
+                code=code,
+                status=status,
+            )
+        )
+
+    control = Starlette(
+        routes=[
+            Route("/status", status),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/admin/reload", admin_reload, methods=["POST"]),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+        lifespan=lifespan,
+    )
+    return Canary(control, proxy, store, stats)
+
+
+def _check_admin(cfg: Config | None, authorization: str | None) -> None:
+    if cfg is None or cfg.auth.admin_token_digest is None:
+        raise RouterError(
+            "Admin endpoints are off: set auth.admin_token (e.g. CANARY_ADMIN_TOKEN) to use them.",
+            code="admin_disabled",
+            status=403,
+        )
+    token = ""
+    if authorization and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
+    if not hmac.compare_digest(digest(token), cfg.auth.admin_token_digest):
+        raise RouterError("Missing or invalid admin token.", code="invalid_admin_token", status=401)
+
+
+__all__ = ["Canary", "Message", "create_app"]

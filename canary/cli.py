@@ -1,0 +1,213 @@
+"""The ``canary`` command: serve, check, simulate.
+
+``canary serve --simulators auto`` (what ``make run`` uses) starts a built-in simulated
+provider for every backend whose ``base_url`` is on this machine and not answering yet,
+so a newcomer can try the router with no provider and no keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
+
+from canary import __version__
+from canary.config import Config, load_config, redact_url
+from canary.errors import ConfigError
+from canary.server import ServeOptions, serve
+from canary.simulate import add_simulate_arguments, run_simulate
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="canary", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"canary {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("serve", help="run the router")
+    p.add_argument(
+        "-c", "--config", default="routes.yaml", help="routes file (default: routes.yaml)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    p.add_argument(
+        "--simulators",
+        choices=("auto", "off"),
+        default="off",
+        help="auto: start a simulated provider for each local backend that is not up",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="no log line per request")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+
+    p = verbs.add_parser("check", help="validate routes.yaml and print the routing table")
+    p.add_argument("-c", "--config", default="routes.yaml")
+
+    p = verbs.add_parser("simulate", help="an OpenAI-compatible fake provider with fault injection")
+    add_simulate_arguments(p)
+
+    args = parser.parse_args(argv)
+    if args.verb == "serve":
+        return _serve(args)
+    if args.verb == "check":
+        return _check(args.config)
+    return run_simulate(args)
+
+
+def _check(path: str) -> int:
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(routing_table(cfg))
+    print(f"\n{path} is valid (version {cfg.version[:12]})")
+    return 0
+
+
+def routing_table(cfg: Config) -> str:
+    """The routes in match order, with their split, baseline and stickiness."""
+    lines = ["backends:"]
+    for b in cfg.backends.values():
+        qps = f"{b.max_qps:g}" if b.max_qps else "-"
+        facts = [
+            "key set" if b.api_key else "no key",
+            f"concurrency {b.max_concurrency or '-'}",
+            f"qps {qps}",
+            f"timeout {b.timeout_s:g} s",
+        ]
+        if b.model_map:
+            facts.append(f"maps {len(b.model_map)} model(s)")
+        lines.append(f"  {b.name:<12} {redact_url(b.base_url)}  ({', '.join(facts)})")
+    lines.append("routes (first match wins):")
+    for i, r in enumerate(cfg.routes):
+        m = r.match
+        when = []
+        if m.paths:
+            when.append("path in " + ", ".join(sorted(m.paths)))
+        if m.models:
+            when.append("model ~ " + ", ".join(m.models))
+        when += [f"{k} = {v}" for k, v in m.headers]
+        total = sum(r.weights.values())
+        split = ", ".join(f"{n} {100 * w / total:.4g}%" for n, w in r.weights.items())
+        extra = [f"baseline {r.baseline}"]
+        if r.sticky:
+            extra.append(f"sticky by {r.sticky}")
+        if r.fallback:
+            extra.append("fallback on")
+        lines.append(f"  {i + 1}. {r.name:<10} when {' and '.join(when) or 'any request'}")
+        lines.append(f"     -> {split}  ({'; '.join(extra)})")
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    log_json = {"auto": None, "json": True, "console": False}[args.log_format]
+    options = ServeOptions(
+        config_path=args.config,
+        host=args.host,
+        port=args.port,
+        workers=max(1, args.workers),
+        access_log=not args.no_access_log,
+        log_json=log_json,
+        log_level=args.log_level,
+    )
+    with _simulators(args.config if args.simulators == "auto" else None) as started:
+        _banner(options, started)
+        return serve(options)
+
+
+@contextlib.contextmanager
+def _simulators(config_path: str | None) -> Iterator[dict[str, str]]:
+    """Start ``canary simulate`` for local backends that are down; stop them on exit."""
+    procs: list[subprocess.Popen[bytes]] = []
+    started: dict[str, str] = {}
+    try:
+        cfg = load_config(config_path) if config_path else None
+    except ConfigError:
+        cfg = None  # serve will report the problems and keep /readyz at 503
+    try:
+        for b in cfg.backends.values() if cfg else ():
+            url = urlsplit(b.base_url)
+            port = url.port or 80
+            if url.hostname not in LOOPBACK or _listening(url.hostname, port):
+                continue
+            cmd = [
+                sys.executable,
+                "-m",
+                "canary",
+                "simulate",
+                "--port",
+                str(port),
+                "--name",
+                b.name,
+            ]
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+            started[b.name] = b.base_url
+        deadline = time.monotonic() + 15
+        for name, base in started.items():
+            url = urlsplit(base)
+            while not _listening(url.hostname or "127.0.0.1", url.port or 80):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"canary: the simulator for {name} did not start on {base}")
+                time.sleep(0.05)
+        yield started
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _banner(options: ServeOptions, simulated: dict[str, str]) -> None:
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    base = f"http://{host}:{options.port}"
+    key = "os.environ['CANARY_CLIENT_KEY']" if os.environ.get("CANARY_API_KEYS") else "'unused'"
+    header = (
+        " -H 'authorization: Bearer $CANARY_CLIENT_KEY'"
+        if os.environ.get("CANARY_API_KEYS")
+        else ""
+    )
+    workers = f"{options.workers} worker(s)"
+    lines = [f"canary {__version__} on {base}  (config {options.config_path}, {workers})"]
+    for name, url in simulated.items():
+        lines.append(f"  {name}: built-in simulated provider at {url}")
+    python = (
+        f"import os, openai; c = openai.OpenAI(base_url='{base}/v1', api_key={key}); "
+        "r = c.chat.completions.with_raw_response.create(model='gpt-4.1', "
+        "messages=[{'role': 'user', 'content': 'hello'}]); "
+        "print(r.headers['x-canary-backend'], '->', r.parse().choices[0].message.content)"
+    )
+    body = '{"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello"}]}'
+    lines += [
+        "",
+        "Try it:",
+        f"  curl -si {base}/v1/chat/completions{header} \\",
+        f"    -H 'content-type: application/json' -d '{body}'",
+        "",
+        f'  .venv/bin/python -c "{python}"',
+        "",
+        f"  status: curl -s {base}/status",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

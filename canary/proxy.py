@@ -1,0 +1,470 @@
+"""The data plane: a raw ASGI app that forwards every ``/v1/*`` call to one backend.
+
+One request, top to bottom: read ``store.config`` once (a reload mid-request does not
+touch it) -> check the client key -> read the body (bounded) -> first matching route ->
+backend by weight or sticky key -> rewrite ``model`` if the backend maps it -> send
+upstream through the shared transport -> stream the answer back chunk by chunk.
+
+Why raw ASGI and a bare transport call: this runs on every LLM call of every user, so it
+allocates no Starlette request/response objects and skips ``httpx.AsyncClient`` (whose
+cookie jar would also carry one user's cookies into another's request). The JSON body is
+parsed only when a route, a sticky key or a ``model_map`` needs it.
+
+Bounded waits: the transport's read timeout (``timeout_s``) bounds the wait for the
+headers and for each next upstream chunk; a deadline of ``timeout_s`` + 1 s per chunk
+bounds a slow client, so it cannot hold an upstream connection longer. A client that
+disconnects is noticed at once by a watcher on ``receive`` that cancels the call and
+closes the upstream connection.
+
+A stream that breaks after bytes reached the client is never ended as if complete: an
+SSE stream gets an error event in OpenAI's shape (the openai client raises on it), any
+other body is cut so the client sees an incomplete response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
+
+import httpx
+import orjson
+import structlog
+
+from canary.config import Backend, Config, Route, digest
+from canary.errors import RouterError
+from canary.logs import redactor
+from canary.reload import ConfigStore
+from canary.router import match_route, pick
+from canary.stats import Clock, Stats
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = structlog.get_logger("canary.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Replaced by ours (host, authorization, request id) or recomputed (content-length).
+_DROP_REQUEST = HOP_BY_HOP | {b"host", b"authorization", b"content-length", b"expect"}
+_DROP_RESPONSE = HOP_BY_HOP | {b"date"}  # uvicorn adds its own; two would confuse clients
+_SLOW_CLIENT_GRACE_S = 1.0
+_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+
+
+class _Flags:
+    __slots__ = ("disconnected", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.disconnected = False
+
+
+class _Body:
+    """The request body, parsed as JSON at most once and only when asked."""
+
+    __slots__ = ("_json", "_parsed", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._parsed = False
+        self._json: dict[str, Any] | None = None
+
+    def json(self) -> dict[str, Any] | None:
+        if not self._parsed:
+            self._parsed = True
+            if self.raw:
+                try:
+                    value = orjson.loads(self.raw)
+                except orjson.JSONDecodeError:
+                    raise RouterError(
+                        "The request body is not valid JSON, and this route needs to read it.",
+                        code="invalid_json",
+                        status=400,
+                    ) from None
+                self._json = value if isinstance(value, dict) else None
+        return self._json
+
+    def model(self) -> str | None:
+        body = self.json()
+        model = body.get("model") if body is not None else None
+        return model if isinstance(model, str) else None
+
+
+def _timeouts(backend: Backend) -> dict[str, float]:
+    t = backend.timeout_s
+    return {"connect": min(10.0, t), "read": t, "write": t, "pool": t}
+
+
+def error_response_parts(exc: RouterError, request_id: bytes) -> tuple[Message, Message]:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-canary-request-id", request_id),
+        *exc.headers(),
+    ]
+    return (
+        {"type": "http.response.start", "status": exc.status, "headers": headers},
+        {"type": "http.response.body", "body": exc.body(), "more_body": False},
+    )
+
+
+def _request_id(given: bytes | None) -> bytes:
+    """The client's ``x-request-id`` when it is sane (printable, short), else a new one."""
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(12).hex().encode()
+
+
+class Proxy:
+    """The ``/v1/*`` ASGI app. Dependencies are injected by ``create_app``."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        stats: Stats,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        access_log: bool = True,
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.transport = transport
+        self.clock = clock
+        self.rng = rng
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hdrs: dict[bytes, bytes] = dict(scope["headers"])
+        request_id = _request_id(hdrs.get(b"x-request-id"))
+        cfg = self.store.config
+        try:
+            if cfg is None:
+                raise RouterError(
+                    f"No valid configuration is loaded: {self.store.error}",
+                    code="no_config",
+                    status=503,
+                )
+            if cfg.auth.api_key_digests:
+                _check_client_key(cfg, hdrs.get(b"authorization"))
+            body = await _read_body(receive, hdrs, cfg.server.max_body_bytes)
+            path: str = scope["path"]
+            route = match_route(
+                cfg.routes,
+                path,
+                lambda name: _header(hdrs, name),
+                body.model,
+            )
+            if route is None:
+                raise RouterError(f"No route matches {path}.", code="no_route", status=404)
+            key = _sticky_key(route, hdrs, body)
+            backend = cfg.backends[pick(route.weights, key, self.rng)]
+            content = _map_model(backend, body)
+        except RouterError as exc:
+            start, end = error_response_parts(exc, request_id)
+            await send(start)
+            await send(end)
+            if self.access_log:
+                log.info(
+                    "proxy.refused",
+                    request_id=request_id.decode(),
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=exc.status,
+                    code=exc.code,
+                )
+            return
+        await self._forward(scope, receive, send, cfg, route, backend, content, request_id)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        cfg: Config,
+        route: Route,
+        backend: Backend,
+        content: bytes,
+        request_id: bytes,
+    ) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        url = backend.base_url + raw_path[3:].decode("latin-1")
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
+        headers.append((b"x-request-id", request_id))
+        if backend.api_key:
+            headers.append((b"authorization", b"Bearer " + backend.api_key.encode()))
+        request = httpx.Request(
+            scope["method"],
+            url,
+            headers=headers,
+            content=content,
+            extensions={"timeout": _timeouts(backend)},
+        )
+        window = self.stats.window(backend.name)
+        flags = _Flags()
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, flags, task))
+        started = self.clock()
+        window.start()
+        status = 0
+        outcome = "ok"
+        response: httpx.Response | None = None
+        try:
+            try:
+                response = await self.transport.handle_async_request(request)
+            except httpx.TransportError as exc:
+                status, outcome = await _send_upstream_failure(send, backend, exc, request_id)
+                return
+            status = response.status_code
+            outcome = await self._relay(send, response, backend, route, request_id, flags)
+        except asyncio.CancelledError:
+            if not flags.disconnected:
+                raise
+            task.uncancel()  # the client left: not a backend failure, nothing to answer
+            outcome = "client_disconnected"
+        finally:
+            watcher.cancel()
+            if response is not None:
+                await response.aclose()
+            error = outcome in ("upstream_timeout", "upstream_error", "stream_cut") or status >= 500
+            window.finish(self.clock() - started, error=error)
+            if self.access_log:
+                log.info(
+                    "proxy.request",
+                    request_id=request_id.decode(),
+                    method=scope["method"],
+                    path=scope["path"],
+                    route=route.name,
+                    backend=backend.name,
+                    status=status,
+                    outcome=outcome,
+                    ms=round((self.clock() - started) * 1000, 2),
+                )
+
+    async def _relay(
+        self,
+        send: Send,
+        response: httpx.Response,
+        backend: Backend,
+        route: Route,
+        request_id: bytes,
+        flags: _Flags,
+    ) -> str:
+        """Stream the upstream answer to the client; return how it ended."""
+        out_headers = [
+            (k.lower(), v) for k, v in response.headers.raw if k.lower() not in _DROP_RESPONSE
+        ]
+        out_headers += [
+            (b"x-canary-backend", backend.name.encode()),
+            (b"x-canary-route", route.name.encode()),
+            (b"x-canary-request-id", request_id),
+        ]
+        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        loop = asyncio.get_running_loop()
+        budget = backend.timeout_s + _SLOW_CLIENT_GRACE_S
+        prev = last = b""
+        try:
+            async with asyncio.timeout(loop.time() + budget) as deadline:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": out_headers,
+                    }
+                )
+                async for chunk in cast(httpx.AsyncByteStream, response.stream):
+                    deadline.reschedule(loop.time() + budget)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if sse and chunk:
+                        prev, last = last, chunk
+                if (
+                    sse
+                    and response.status_code < 400
+                    and b"[DONE]" not in (prev[-16:] + last)[-32:]
+                ):
+                    await _end_with_error(send, backend, "the stream ended before [DONE]", flags)
+                    return "stream_cut"
+                flags.done = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return "ok"
+        except httpx.TransportError as exc:
+            outcome = (
+                "upstream_timeout" if isinstance(exc, httpx.TimeoutException) else "stream_cut"
+            )
+            log.warning(
+                "proxy.stream_broken",
+                request_id=request_id.decode(),
+                backend=backend.name,
+                error=type(exc).__name__,
+                detail=redactor.scrub(str(exc)),
+            )
+            if sse:
+                await _end_with_error(
+                    send, backend, f"the upstream stream broke ({type(exc).__name__})", flags
+                )
+            # Otherwise return without ending the body: the server closes the connection,
+            # so the client sees an incomplete response rather than a short "complete" one.
+            return outcome
+        except TimeoutError:
+            log.warning("proxy.slow_client", request_id=request_id.decode(), backend=backend.name)
+            return "slow_client"
+
+
+async def _end_with_error(send: Send, backend: Backend, why: str, flags: _Flags) -> None:
+    event = {
+        "error": {
+            "message": f"Upstream {backend.name!r} failed mid-stream: {why}.",
+            "type": "upstream_error",
+            "code": "stream_cut",
+        }
+    }
+    flags.done = True
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"data: " + orjson.dumps(event) + b"\n\n",
+            "more_body": True,
+        }
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_upstream_failure(
+    send: Send, backend: Backend, exc: httpx.TransportError, request_id: bytes
+) -> tuple[int, str]:
+    if isinstance(exc, httpx.TimeoutException):
+        error = RouterError(
+            f"Upstream {backend.name!r} did not answer within {backend.timeout_s:g} s.",
+            code="upstream_timeout",
+            status=504,
+        )
+        outcome = "upstream_timeout"
+    else:
+        error = RouterError(
+            f"Upstream {backend.name!r} failed: {type(exc).__name__}.",
+            code="upstream_error",
+            status=502,
+        )
+        outcome = "upstream_error"
+    log.warning(
+        "proxy.upstream_failed",
+        request_id=request_id.decode(),
+        backend=backend.name,
+        error=type(exc).__name__,
+        detail=redactor.scrub(str(exc)),
+    )
+    start, end = error_response_parts(error, request_id)
+    start["headers"].append((b"x-canary-backend", backend.name.encode()))
+    await send(start)
+    await send(end)
+    return error.status, outcome
+
+
+async def _watch_disconnect(receive: Receive, flags: _Flags, task: asyncio.Task[Any]) -> None:
+    """Cancel the call as soon as the client goes away (the body has been read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+    if not flags.done:
+        flags.disconnected = True
+        task.cancel()
+
+
+def _check_client_key(cfg: Config, authorization: bytes | None) -> None:
+    presented = b""
+    if authorization and authorization[:7].lower() == b"bearer ":
+        presented = authorization[7:].strip()
+    given = digest(presented.decode("utf-8", "replace")) if presented else b""
+    ok = False
+    for known in cfg.auth.api_key_digests:  # compare with every key: no early exit
+        ok |= hmac.compare_digest(given, known)
+    if not ok:
+        raise RouterError(
+            "Missing or invalid API key: send 'Authorization: Bearer <key>' with a client key.",
+            code="invalid_api_key",
+            status=401,
+        )
+
+
+async def _read_body(receive: Receive, hdrs: dict[bytes, bytes], limit: int) -> _Body:
+    declared = hdrs.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    message = await receive()
+    chunk: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(chunk) > limit:
+            raise _too_large(limit)
+        return _Body(chunk)
+    parts = [chunk]
+    size = len(chunk)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":  # nobody is left to answer
+            raise RouterError("The client disconnected.", code="client_disconnected", status=400)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return _Body(b"".join(parts))
+
+
+def _too_large(limit: int) -> RouterError:
+    return RouterError(
+        f"The request body is larger than the limit of {limit} bytes.",
+        code="request_too_large",
+        status=413,
+    )
+
+
+def _header(hdrs: dict[bytes, bytes], name: str) -> str | None:
+    value = hdrs.get(name.encode())
+    return value.decode("latin-1") if value is not None else None
+
+
+def _sticky_key(route: Route, hdrs: dict[bytes, bytes], body: _Body) -> str | None:
+    sticky = route.sticky
+    if sticky is None:
+        return None
+    if sticky.source == "header":
+        return _header(hdrs, sticky.name) or None
+    parsed = body.json()
+    value = parsed.get(sticky.name) if parsed is not None else None
+    return str(value) if value not in (None, "") else None
+
+
+def _map_model(backend: Backend, body: _Body) -> bytes:
+    if not backend.model_map:
+        return body.raw
+    parsed = body.json()
+    if parsed is None:
+        return body.raw
+    model = parsed.get("model")
+    mapped = backend.model_map.get(model) if isinstance(model, str) else None
+    if mapped is None:
+        return body.raw
+    return orjson.dumps({**parsed, "model": mapped})

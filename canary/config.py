@@ -213,7 +213,8 @@ class _Problems:
     def add(self, path: str, message: str) -> None:
         probe, line = path, self.lines.get(path)
         while line is None and probe:  # fall back to the nearest enclosing key's line
-            probe = _PARENT.sub("", probe)
+            parent = _PARENT.sub("", probe)
+            probe = "" if parent == probe else parent  # a top-level key's parent is the root
             line = self.lines.get(probe)
         self.items.append(ConfigProblem(self.file, line, path, message))
 

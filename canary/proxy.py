@@ -64,7 +64,13 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Replaced by ours (host, authorization, request id) or recomputed (content-length).
-_DROP_REQUEST = HOP_BY_HOP | {b"host", b"authorization", b"content-length", b"expect"}
+_DROP_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"content-length",
+    b"expect",
+    b"x-request-id",
+}
 _DROP_RESPONSE = HOP_BY_HOP | {b"date"}  # uvicorn adds its own; two would confuse clients
 _SLOW_CLIENT_GRACE_S = 1.0
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")

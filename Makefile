@@ -1,0 +1,36 @@
+# Every verb creates or updates .venv itself (re-installs when pyproject.toml changes).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test check bench fmt clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "canary needs Python 3.11+")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: venv  ## the router in front of built-in simulated providers (or your real ones)
+	$(BIN)/canary serve -c routes.yaml --simulators auto
+
+test: venv  ## unit, flow and end-to-end tests
+	$(BIN)/pytest -q
+
+check: venv  ## lint, format check, strict typing
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: venv  ## direct vs through canary: rps, latency, router CPU per request
+	$(BIN)/python bench/run.py
+
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,473 @@
+"""Flow tests: the whole app in-process, the upstream an ``httpx.MockTransport``."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+
+from canary.app import create_app
+
+UPSTREAM_KEY = "sk-upstream-legacy-0123456789"
+RELAY_KEY = "sk-upstream-relay-9876543210"
+CLIENT_KEY = "ck-client-abcdef123456"
+ADMIN = "admin-token-xyz987"
+
+BASE = f"""
+backends:
+  legacy:
+    base_url: http://legacy.test/v1
+    api_key: {UPSTREAM_KEY}
+    timeout_s: 5
+  relay:
+    base_url: http://relay.test/v1
+    api_key: {RELAY_KEY}
+    model_map: {{gpt-4.1: relay-gpt-4.1}}
+routes:
+  - name: beta
+    match:
+      headers: {{x-tenant: beta}}
+    weights: {{relay: 100}}
+  - name: claude
+    match:
+      paths: [/v1/chat/completions]
+      models: ["claude-*"]
+    weights: {{legacy: 100}}
+  - name: chat
+    match:
+      paths: [/v1/chat/completions]
+    weights: {{legacy: 50, relay: 50}}
+    sticky: header:x-user-id
+  - name: default
+    match:
+      paths: [/v1/models, /v1/embeddings, /v1/echo]
+    weights: {{legacy: 100}}
+"""
+
+Handler = Callable[[httpx.Request], Any]
+
+
+class Upstream:
+    """A recording fake provider; ``handler`` decides the answer per request."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.handler: Handler = self.ok
+
+    @staticmethod
+    def ok(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers=[("content-type", "application/json"), ("date", "x"), ("x-up", "1")],
+            stream=httpx.ByteStream(b'{"ok": true, "host": "' + request.url.host.encode() + b'"}'),
+        )
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        result = self.handler(request)
+        if asyncio.iscoroutine(result):
+            result = await result
+        assert isinstance(result, httpx.Response)
+        return result
+
+
+class Chunks(httpx.AsyncByteStream):
+    """A streamed upstream body; ``fail`` raises after the chunks, like a cut connection."""
+
+    def __init__(self, chunks: list[bytes], fail: Exception | None = None) -> None:
+        self.chunks = chunks
+        self.fail = fail
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.fail is not None:
+            raise self.fail
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def upstream() -> Upstream:
+    return Upstream()
+
+
+@pytest.fixture
+def routes(tmp_path: Path) -> Path:
+    path = tmp_path / "routes.yaml"
+    path.write_text(BASE)
+    return path
+
+
+@pytest.fixture
+async def client(routes: Path, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), rng=random.Random(7), watch=False
+    )
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://canary"
+        ) as c,
+    ):
+        c.app = app  # type: ignore[attr-defined]
+        yield c
+
+
+def chat(model: str = "gpt-4.1", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body["error"]) >= {"message", "type", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_forwards_path_query_body_and_swaps_authorization(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """Method, raw path, query and body go through; hop-by-hop and the client key do not."""
+    body = b'{"input": "x",   "model": "text-embedding-3-small"}'
+    r = await client.post(
+        "/v1/embeddings?a=%20b&a=2",
+        content=body,
+        headers={
+            "authorization": "Bearer client-secret",
+            "connection": "keep-alive",
+            "te": "trailers",
+            "x-custom": "kept",
+            "content-type": "application/json",
+        },
+    )
+    assert r.status_code == 200
+    sent = upstream.requests[-1]
+    assert str(sent.url) == "http://legacy.test/v1/embeddings?a=%20b&a=2"
+    assert sent.content == body  # untouched: no route needed to parse it
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent.headers["x-custom"] == "kept"
+    assert "te" not in sent.headers
+    assert sent.headers.get("connection") != "keep-alive"
+    assert sent.headers["x-request-id"] == r.headers["x-canary-request-id"]
+    assert r.headers["x-canary-backend"] == "legacy"
+    assert r.headers["x-canary-route"] == "default"
+    assert r.headers["x-up"] == "1"
+    assert "date" not in r.headers  # the upstream's Date is dropped; the server sets its own
+
+
+async def test_client_request_id_is_passed_upstream(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """A sane x-request-id from the client is kept end to end."""
+    r = await client.get("/v1/models", headers={"x-request-id": "req-42"})
+    assert upstream.requests[-1].headers["x-request-id"] == "req-42"
+    assert r.headers["x-canary-request-id"] == "req-42"
+
+
+async def test_model_map_rewrites_model_for_that_backend_only(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """relay maps gpt-4.1 to its own name; legacy gets the body as sent."""
+    await client.post("/v1/chat/completions", json=chat(), headers={"x-tenant": "beta"})
+    assert orjson.loads(upstream.requests[-1].content)["model"] == "relay-gpt-4.1"
+    await client.post("/v1/chat/completions", json=chat("claude-3"))
+    assert upstream.requests[-1].url.host == "legacy.test"
+    assert orjson.loads(upstream.requests[-1].content)["model"] == "claude-3"
+
+
+@pytest.mark.parametrize(
+    ("headers", "model", "route", "backend"),
+    [
+        pytest.param({"X-Tenant": "beta"}, "gpt-4.1", "beta", "relay", id="header"),
+        pytest.param({}, "claude-3-opus", "claude", "legacy", id="model-glob"),
+        pytest.param({"x-tenant": "gamma"}, "gpt-4.1", "chat", None, id="path"),
+    ],
+)
+async def test_first_matching_route_wins(
+    client: httpx.AsyncClient, headers: dict[str, str], model: str, route: str, backend: str | None
+) -> None:
+    """Routes are tried in order by header, model glob and path."""
+    r = await client.post("/v1/chat/completions", json=chat(model), headers=headers)
+    assert r.headers["x-canary-route"] == route
+    if backend:
+        assert r.headers["x-canary-backend"] == backend
+
+
+async def test_no_route_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
+    """A path no route matches gets a 404 the openai client understands."""
+    r = await client.post("/v1/audio/speech", json={})
+    assert r.status_code == 404
+    assert error_of(r)["code"] == "no_route"
+
+
+async def test_sticky_header_keeps_a_user_on_one_backend(client: httpx.AsyncClient) -> None:
+    """Every request with the same x-user-id lands on the same backend at 50/50."""
+    for user in ("alice", "bob", "carol", "dave"):
+        seen = set()
+        for _ in range(8):
+            r = await client.post("/v1/chat/completions", json=chat(), headers={"x-user-id": user})
+            seen.add(r.headers["x-canary-backend"])
+        assert len(seen) == 1, user
+
+
+async def test_unparsable_json_is_400_only_when_the_body_is_needed(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """The claude route needs the model, so broken JSON is refused; elsewhere it passes."""
+    r = await client.post("/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400
+    assert error_of(r)["code"] == "invalid_json"
+    assert upstream.requests == []
+    r = await client.post("/v1/echo", content=b"{not json")
+    assert r.status_code == 200
+    assert upstream.requests[-1].content == b"{not json"
+
+
+async def test_body_over_the_limit_is_413(routes: Path, upstream: Upstream) -> None:
+    """A declared or streamed body over server.max_body_bytes is refused before upstream."""
+    routes.write_text(BASE + "server: {max_body_bytes: 1000}\n")
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"x" * 300
+
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        r = await c.post("/v1/echo", content=b"x" * 1001)
+        assert r.status_code == 413
+        assert error_of(r)["code"] == "request_too_large"
+        r = await c.post("/v1/echo", content=chunks())  # chunked: no content-length
+        assert r.status_code == 413
+        r = await c.post("/v1/echo", content=b"x" * 1000)
+        assert r.status_code == 200
+    assert len(upstream.requests) == 1
+
+
+async def test_client_keys_are_required_when_configured(routes: Path, upstream: Upstream) -> None:
+    """With auth.api_keys set, a missing or wrong key is 401 and never reaches upstream."""
+    routes.write_text(BASE + f"auth: {{api_keys: 'other-key, {CLIENT_KEY}'}}\n")
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        assert (await c.get("/v1/models")).status_code == 401
+        r = await c.get("/v1/models", headers={"authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        assert error_of(r)["code"] == "invalid_api_key"
+        assert "wrong" not in r.text
+        assert upstream.requests == []
+        r = await c.get("/v1/models", headers={"authorization": f"Bearer {CLIENT_KEY}"})
+        assert r.status_code == 200
+        assert upstream.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        pytest.param(httpx.ConnectError("refused"), 502, "upstream_error", id="connect"),
+        pytest.param(httpx.ReadTimeout("slow"), 504, "upstream_timeout", id="timeout"),
+        pytest.param(httpx.RemoteProtocolError("closed"), 502, "upstream_error", id="protocol"),
+    ],
+)
+async def test_upstream_failures_become_openai_errors(
+    client: httpx.AsyncClient, upstream: Upstream, exc: Exception, status: int, code: str
+) -> None:
+    """Transport failures map to 502/504 in OpenAI's shape, naming the backend, no key."""
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    upstream.handler = fail
+    r = await client.get("/v1/models")
+    assert r.status_code == status
+    assert error_of(r)["code"] == code
+    assert r.headers["x-canary-backend"] == "legacy"
+    assert UPSTREAM_KEY not in r.text
+    backend = (await client.get("/status")).json()["backends"]["legacy"]
+    assert (backend["requests"], backend["errors"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("status", "counts"), [(500, 1), (503, 1), (400, 0), (404, 0)])
+async def test_upstream_error_responses_pass_through_unchanged(
+    client: httpx.AsyncClient, upstream: Upstream, status: int, counts: int
+) -> None:
+    """The provider's own error body and status reach the client; only 5xx count as errors."""
+    body = b'{"error": {"message": "provider says no", "type": "x", "code": "y"}}'
+    upstream.handler = lambda request: httpx.Response(status, content=body)
+    r = await client.get("/v1/models")
+    assert (r.status_code, r.content) == (status, body)
+    assert (await client.get("/status")).json()["backends"]["legacy"]["errors"] == counts
+
+
+async def test_sse_is_relayed_chunk_by_chunk(client: httpx.AsyncClient, upstream: Upstream) -> None:
+    """Each upstream chunk reaches the client as it was sent, [DONE] included."""
+    chunks = [b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\n', b"data: [DONE]\n\n"]
+    upstream.handler = lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks)
+    )
+    async with client.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as r:
+        got = [c async for c in r.aiter_raw()]
+    assert b"".join(got) == b"".join(chunks)
+    assert (await client.get("/status")).json()["backends"]["legacy"]["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [
+        pytest.param(httpx.RemoteProtocolError("peer closed"), id="cut"),
+        pytest.param(httpx.ReadTimeout("stalled"), id="stalled"),
+        pytest.param(None, id="no-done"),
+    ],
+)
+async def test_broken_sse_stream_ends_with_an_error_event(
+    client: httpx.AsyncClient, upstream: Upstream, fail: Exception | None
+) -> None:
+    """A stream that breaks or ends before [DONE] ends with an OpenAI error event and counts."""
+    stream = Chunks([b'data: {"n": 1}\n\n'], fail=fail)
+    upstream.handler = lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=stream
+    )
+    r = await client.post("/v1/models", json=chat(stream=True))
+    events = [e for e in r.text.split("\n\n") if e]
+    assert events[0] == 'data: {"n": 1}'
+    last = orjson.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "stream_cut"
+    assert stream.closed
+    assert (await client.get("/status")).json()["backends"]["legacy"]["errors"] == 1
+
+
+async def test_status_reports_routes_and_backend_windows(
+    client: httpx.AsyncClient,
+) -> None:
+    """/status has the config, the weights in file units and per-backend window figures."""
+    for _ in range(3):
+        await client.get("/v1/models")
+    doc = (await client.get("/status")).json()
+    assert doc["config"]["error"] is None
+    assert len(doc["config"]["version"]) == 64
+    assert doc["state"] == "memory"
+    chat_route = next(r for r in doc["routes"] if r["name"] == "chat")
+    assert chat_route["configured"] == {"legacy": 50, "relay": 50}
+    assert chat_route["effective"] == {"legacy": 50, "relay": 50}
+    assert chat_route["canary_percentage"] == 50.0
+    legacy = doc["backends"]["legacy"]
+    assert legacy["requests"] == 3
+    assert legacy["in_flight"] == 0
+    assert legacy["peak_concurrency"] >= 1
+    assert set(legacy["latency_ms"]) == {"p50", "p95", "p99"}
+    text = orjson.dumps(doc).decode()
+    assert UPSTREAM_KEY not in text and RELAY_KEY not in text
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    """/healthz is 200 while serving; /readyz is 200 with a config and 503 without one."""
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backends: [\n")
+    app = create_app(str(bad), transport=httpx.MockTransport(Upstream()), watch=False)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        assert (await c.get("/readyz")).status_code == 503
+        r = await c.get("/v1/models")
+        assert r.status_code == 503
+        assert error_of(r)["code"] == "no_config"
+        assert "invalid YAML" in (await c.get("/status")).json()["config"]["error"]
+
+
+async def test_unknown_control_path_is_404_in_openai_shape(client: httpx.AsyncClient) -> None:
+    """Paths outside /v1 that canary does not serve get the same error shape."""
+    r = await client.get("/nope")
+    assert r.status_code == 404
+    assert error_of(r)["code"] == "not_found"
+
+
+async def test_admin_reload_needs_the_admin_token(routes: Path, upstream: Upstream) -> None:
+    """POST /admin/reload is 401 without the token, applies a good file, keeps the last on a bad one."""
+    routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        assert (await c.post("/admin/reload")).status_code == 401
+        assert (
+            await c.post("/admin/reload", headers={"authorization": "Bearer x"})
+        ).status_code == 401
+        first = (await c.get("/status")).json()["config"]["version"]
+
+        routes.write_text(
+            BASE.replace("{legacy: 50, relay: 50}", "{legacy: 0, relay: 1}")
+            + f"auth: {{admin_token: {ADMIN}}}\n"
+        )
+        r = await c.post("/admin/reload", headers=auth)
+        assert r.status_code == 200 and r.json()["changed"] is True
+        r = await c.post("/v1/chat/completions", json=chat())
+        assert r.headers["x-canary-backend"] == "relay"
+
+        routes.write_text("routes: {oops\n")
+        r = await c.post("/admin/reload", headers=auth)
+        assert r.status_code == 422
+        assert "invalid YAML" in r.json()["error"]
+        doc = (await c.get("/status")).json()
+        assert doc["config"]["version"] not in (None, first)
+        assert "invalid YAML" in doc["config"]["error"]
+        r = await c.post("/v1/chat/completions", json=chat())
+        assert r.headers["x-canary-backend"] == "relay"  # the last good config still serves
+
+
+async def test_admin_endpoints_are_off_without_a_token(client: httpx.AsyncClient) -> None:
+    """With no admin_token configured, admin calls are refused, not open."""
+    r = await client.post("/admin/reload")
+    assert r.status_code == 403
+    assert error_of(r)["code"] == "admin_disabled"
+
+
+async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
+    routes: Path, upstream: Upstream
+) -> None:
+    """A reload during a call changes the next call's backend, not the running one's."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        arrived.set()
+        await release.wait()
+        return Upstream.ok(request)
+
+    upstream.handler = slow
+    routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        first = asyncio.create_task(c.get("/v1/models"))
+        await asyncio.wait_for(arrived.wait(), 5)
+        moved = BASE.replace(
+            "paths: [/v1/models, /v1/embeddings, /v1/echo]\n    weights: {legacy: 100}",
+            "paths: [/v1/models, /v1/embeddings, /v1/echo]\n    weights: {relay: 100}",
+        )
+        assert moved != BASE
+        routes.write_text(moved + f"auth: {{admin_token: {ADMIN}}}\n")
+        r = await c.post("/admin/reload", headers={"authorization": f"Bearer {ADMIN}"})
+        assert r.json()["changed"] is True
+        release.set()
+        assert (await asyncio.wait_for(first, 5)).headers["x-canary-backend"] == "legacy"
+        assert (await c.get("/v1/models")).headers["x-canary-backend"] == "relay"

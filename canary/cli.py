@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="auto: start a simulated provider for each local backend that is not up",
     )
     p.add_argument("--no-access-log", action="store_true", help="no log line per request")
+    p.add_argument(
+        "--no-watch", action="store_true", help="reload only on SIGHUP or POST /admin/reload"
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
 
@@ -118,6 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=max(1, args.workers),
         access_log=not args.no_access_log,
+        watch=not args.no_watch,
         log_json=log_json,
         log_level=args.log_level,
     )

@@ -37,6 +37,7 @@ class ServeOptions:
     port: int = 8080
     workers: int = 1
     access_log: bool = True
+    watch: bool = True
     log_json: bool | None = None
     log_level: str = "info"
 
@@ -55,7 +56,9 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
     """One uvicorn server on an already bound socket (in this process)."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app installs its reload handler
     logs.configure(json=options.log_json, level=options.log_level)
-    app = create_app(options.config_path, signals=True, access_log=options.access_log)
+    app = create_app(
+        options.config_path, signals=True, watch=options.watch, access_log=options.access_log
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -230,9 +230,34 @@ class Simulator:
             if scope["method"] != method:
                 raise _Refused(405, f"Use {method} for {path}", "method_not_allowed")
             if await self._inject_faults(receive):
-                await handler(scope, body, send)
+                await self._until_done_or_gone(handler(scope, body, send), receive)
         finally:
             self.stats.in_flight -= 1  # also on refusal, disconnect, cut and cancellation
+
+    async def _until_done_or_gone(self, answer: Awaitable[None], receive: Receive) -> None:
+        """Run the answer, but stop as soon as the client disconnects (uvicorn's ``send``
+        ignores a gone client, so a slow stream would otherwise run to its end)."""
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"done": False, "gone": False}
+
+        async def watch() -> None:
+            await _until_disconnect(receive)
+            if not state["done"]:
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await answer
+            state["done"] = True
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()
+        finally:
+            state["done"] = True
+            watcher.cancel()
 
     async def _inject_faults(self, receive: Receive) -> bool:
         """Raise the refusal a fault calls for; False when a hung client has gone."""

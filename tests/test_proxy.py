@@ -398,7 +398,7 @@ async def test_unknown_control_path_is_404_in_openai_shape(client: httpx.AsyncCl
 
 
 async def test_admin_reload_needs_the_admin_token(routes: Path, upstream: Upstream) -> None:
-    """POST /admin/reload is 401 without the token, applies a good file, keeps the last on a bad one."""
+    """Admin reload needs the token, applies a good file and keeps the last good on a bad one."""
     routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
     app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
     auth = {"authorization": f"Bearer {ADMIN}"}

@@ -1,0 +1,459 @@
+"""End to end over real sockets: ``canary serve`` and two ``canary simulate`` processes,
+driven by the official openai client (and raw HTTP for the error cases)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import openai
+import pytest
+from conftest import free_port, run_process, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LEGACY_KEY = "sk-legacy-e2e-SECRET-111111"
+RELAY_KEY = "sk-relay-e2e-SECRET-222222"
+CLIENT_KEY = "ck-client-e2e-SECRET-333333"
+ADMIN_TOKEN = "adm-e2e-SECRET-444444"
+SECRETS = (LEGACY_KEY, RELAY_KEY, CLIENT_KEY, ADMIN_TOKEN)
+
+ROUTES = """
+backends:
+  legacy:
+    base_url: ${{LEGACY_BASE_URL}}
+    api_key: ${{LEGACY_API_KEY:-}}
+    timeout_s: 10
+  relay:
+    base_url: ${{RELAY_BASE_URL}}
+    api_key: ${{RELAY_API_KEY:-}}
+    timeout_s: 10
+    model_map: {{gpt-4.1: relay-4.1}}
+routes:
+  - name: claude
+    match:
+      paths: [/v1/chat/completions]
+      models: ["claude-*"]
+    weights: {{legacy: 100}}
+  - name: chat
+    match:
+      paths: [/v1/chat/completions]
+    weights: {{legacy: {legacy}, relay: {relay}}}
+    sticky: header:x-user-id
+  - name: default
+    weights: {{legacy: 100}}
+auth:
+  api_keys: ${{CANARY_API_KEYS:-}}
+  admin_token: ${{CANARY_ADMIN_TOKEN:-}}
+server:
+  max_body_bytes: 100000
+"""
+
+
+def routes(legacy: int = 100, relay: int = 0) -> str:
+    return ROUTES.format(legacy=legacy, relay=relay)
+
+
+@dataclass
+class Stack:
+    url: str
+    legacy: str
+    relay: str
+    config: Path
+    router: Any
+    log: IO[bytes]
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
+    def client(self, api_key: str = "unused", **kw: Any) -> openai.OpenAI:
+        """An openai client for this router, closed when the test ends."""
+        c = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kw)
+        self.clients.append(c)
+        return c
+
+    def save(self, text: str) -> None:
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config)
+
+    def sim(self, which: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        base = self.legacy if which == "legacy" else self.relay
+        r = httpx.post(base + path, json=body) if body is not None else httpx.get(base + path)
+        r.raise_for_status()
+        return r.json()
+
+    def status(self) -> Any:
+        return httpx.get(f"{self.url}/status").json()
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[tuple[str, str]]:
+    ports = free_port(), free_port()
+    with (
+        run_process(
+            [
+                sys.executable,
+                "-m",
+                "canary",
+                "simulate",
+                "--port",
+                str(ports[0]),
+                "--name",
+                "legacy",
+            ],
+            f"http://127.0.0.1:{ports[0]}/_sim/stats",
+        ),
+        run_process(
+            [
+                sys.executable,
+                "-m",
+                "canary",
+                "simulate",
+                "--port",
+                str(ports[1]),
+                "--name",
+                "relay",
+            ],
+            f"http://127.0.0.1:{ports[1]}/_sim/stats",
+        ),
+    ):
+        yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+
+
+@pytest.fixture
+def stack_factory(sims: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start a router on the shared simulators; faults and stats are reset per test."""
+    legacy, relay = sims
+    started: list[Any] = []
+
+    def start(
+        text: str | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] = (),  # type: ignore[assignment]
+    ) -> Stack:
+        for base in sims:
+            httpx.post(base + "/_sim/reset").raise_for_status()
+            httpx.post(
+                base + "/_sim/faults",
+                json={
+                    "latency_ms": 0,
+                    "chunk_delay_ms": 0,
+                    "error_rate": 0,
+                    "cut_after": None,
+                    "hang": False,
+                },
+            ).raise_for_status()
+        config = tmp_path / f"routes{len(started)}.yaml"
+        config.write_text(text or routes())
+        port = free_port()
+        log = tempfile.TemporaryFile()
+        cm = run_process(
+            [
+                sys.executable,
+                "-m",
+                "canary",
+                "serve",
+                "-c",
+                str(config),
+                "--port",
+                str(port),
+                *args,
+            ],
+            f"http://127.0.0.1:{port}/readyz",
+            output=log,
+            env={
+                "LEGACY_BASE_URL": f"{legacy}/v1",
+                "RELAY_BASE_URL": f"{relay}/v1",
+                **(env or {}),
+            },
+        )
+        router = cm.__enter__()
+        stack = Stack(f"http://127.0.0.1:{port}", legacy, relay, config, router, log)
+        started.append((cm, stack))
+        return stack
+
+    yield start
+    for cm, stack in reversed(started):
+        for c in stack.clients:
+            c.close()
+        cm.__exit__(None, None, None)
+        stack.log.close()
+
+
+@pytest.fixture
+def stack(stack_factory: Any) -> Stack:
+    return stack_factory()  # type: ignore[no-any-return]
+
+
+def test_openai_sync_client_gets_an_answer_through_canary(stack: Stack) -> None:
+    """A plain chat completion answers from the simulator, with canary's headers."""
+    raw = stack.client().chat.completions.with_raw_response.create(
+        model="gpt-4.1", messages=[{"role": "user", "content": "hello there"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from legacy! This is a simulated reply."
+    assert raw.headers["x-canary-backend"] == "legacy"
+    assert raw.headers["x-canary-route"] == "chat"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 2
+
+
+async def test_openai_async_client_streams_through_canary(stack: Stack) -> None:
+    """An async streamed completion arrives as many chunks, the usage chunk last."""
+    async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-4.1",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from legacy! This is a simulated reply."
+    assert len(chunks) > 5
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+
+
+def test_embeddings_and_models_are_forwarded(stack: Stack) -> None:
+    """Other /v1 endpoints go through the default route."""
+    client = stack.client()
+    assert len(client.embeddings.create(model="text-embedding-3-small", input="hi").data) == 1
+    assert "gpt-4.1" in [m.id for m in client.models.list()]
+
+
+def test_stream_is_relayed_before_the_upstream_finishes(stack: Stack) -> None:
+    """The first chunk reaches the client while the simulator is still sending (no buffering)."""
+    stack.sim("legacy", "/_sim/faults", {"chunk_delay_ms": 300})
+    stream = stack.client().chat.completions.create(
+        model="gpt-4.1", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    with stream:
+        first = next(iter(stream))
+        assert first.choices[0].delta.role == "assistant"
+        assert stack.sim("legacy", "/_sim/stats")["in_flight"] == 1
+
+
+def test_client_disconnect_mid_stream_releases_the_upstream(stack: Stack) -> None:
+    """Closing a stream early closes the router's upstream call at once, not at stream end."""
+    stack.sim("legacy", "/_sim/faults", {"chunk_delay_ms": 1000})  # ~8 s of stream
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with (
+        httpx.Client() as http,
+        http.stream("POST", f"{stack.url}/v1/chat/completions", json=body) as r,
+    ):
+        chunks = r.iter_raw()  # keep a reference: a dropped generator closes the response
+        assert next(chunks).startswith(b"data: ")
+        assert stack.sim("legacy", "/_sim/stats")["in_flight"] == 1
+    wait_until(lambda: stack.sim("legacy", "/_sim/stats")["in_flight"] == 0, 3, "upstream released")
+    wait_until(lambda: stack.status()["backends"]["legacy"]["in_flight"] == 0, 3, "router idle")
+    assert stack.status()["backends"]["legacy"]["errors"] == 0  # the client left: not an error
+
+
+def test_a_hanging_upstream_is_released_when_the_client_gives_up(stack: Stack) -> None:
+    """A client timeout while the upstream hangs frees the upstream connection."""
+    stack.sim("legacy", "/_sim/faults", {"hang": True})
+    with pytest.raises(openai.APITimeoutError):
+        stack.client(timeout=0.5).models.list()
+    wait_until(lambda: stack.sim("legacy", "/_sim/stats")["in_flight"] == 0, 3, "upstream released")
+
+
+def test_stream_cut_mid_way_makes_the_openai_client_raise(stack: Stack) -> None:
+    """A cut upstream stream ends with an error event, so the client raises, not truncates."""
+    stack.sim("legacy", "/_sim/faults", {"cut_after": 2})
+    stream = stack.client().chat.completions.create(
+        model="gpt-4.1", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    got = []
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 2
+    wait_until(lambda: stack.status()["backends"]["legacy"]["errors"] == 1, 3, "counted")
+
+
+def test_upstream_errors_pass_through_and_dead_upstream_is_502(stack_factory: Any) -> None:
+    """A provider 503 reaches the client as is; an unreachable backend is canary's 502."""
+    dead = free_port()
+    s: Stack = stack_factory(routes().replace("${LEGACY_BASE_URL}", f"http://127.0.0.1:{dead}/v1"))
+    s.sim("relay", "/_sim/faults", {"error_rate": 1.0, "status_code": 503})
+    with pytest.raises(openai.APIStatusError) as info:
+        s.client().chat.completions.create(
+            model="claude-3", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.status_code == 502
+    assert info.value.response.headers["x-canary-backend"] == "legacy"
+    s.save(routes(0, 100).replace("${LEGACY_BASE_URL}", f"http://127.0.0.1:{dead}/v1"))
+    wait_until(lambda: s.status()["routes"][1]["configured"] == {"legacy": 0, "relay": 100}, 5)
+    with pytest.raises(openai.InternalServerError) as info2:
+        s.client().chat.completions.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "x"}]
+        )
+    assert info2.value.status_code == 503
+    assert "simulated" in str(info2.value.body).lower() or info2.value.body is not None
+
+
+def test_router_refusals_over_raw_http(stack_factory: Any) -> None:
+    """Bad key 401, oversized body 413, broken JSON 400, unknown route 404, all OpenAI-shaped."""
+    s: Stack = stack_factory(
+        routes().replace("  - name: default\n    weights: {legacy: 100}\n", ""),
+        env={"CANARY_API_KEYS": CLIENT_KEY},
+    )
+    ok = {"authorization": f"Bearer {CLIENT_KEY}"}
+    with httpx.Client(base_url=s.url) as http:
+        assert http.get("/v1/models").status_code == 401
+        r = http.get("/v1/models", headers={"authorization": "Bearer nope"})
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_api_key")
+        r = http.post("/v1/chat/completions", headers=ok, content=b"x" * 100_001)
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
+        r = http.post("/v1/chat/completions", headers=ok, content=b"{broken")
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json")
+        r = http.get("/v1/models", headers=ok)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "no_route")
+    with pytest.raises(openai.AuthenticationError):
+        s.client().chat.completions.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "x"}]
+        )
+    good = s.client(api_key=CLIENT_KEY)
+    assert good.chat.completions.create(
+        model="gpt-4.1", messages=[{"role": "user", "content": "x"}]
+    ).choices
+
+
+def test_weight_edit_applies_live_and_a_bad_edit_keeps_serving(stack: Stack) -> None:
+    """Saving new weights moves traffic without a restart; a broken save is shown, not applied."""
+    client = stack.client()
+
+    def backend() -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "x"}]
+        )
+        return str(raw.headers["x-canary-backend"])
+
+    assert backend() == "legacy"
+    stack.save(routes(0, 100))
+    wait_until(lambda: backend() == "relay", 5, "weights applied")
+    version = stack.status()["config"]["version"]
+
+    stack.save(
+        routes(0, 100).replace(
+            "weights: {legacy: 0, relay: 100}", "weights: {legacy: 0, relay: -1}"
+        )
+    )
+    wait_until(lambda: stack.status()["config"]["error"] is not None, 5, "error shown")
+    doc = stack.status()
+    assert "routes[1].weights.relay: must be >= 0" in doc["config"]["error"]
+    assert doc["config"]["version"] == version
+    assert all(backend() == "relay" for _ in range(5))
+    assert httpx.get(f"{stack.url}/readyz").status_code == 200
+
+    stack.save(routes(100, 0))
+    wait_until(lambda: stack.status()["config"]["error"] is None, 5, "error cleared")
+    assert backend() == "legacy"
+
+
+def test_sighup_and_admin_reload(stack_factory: Any) -> None:
+    """Without the file watch, SIGHUP and POST /admin/reload apply a saved file."""
+    s: Stack = stack_factory(args=["--no-watch"], env={"CANARY_ADMIN_TOKEN": ADMIN_TOKEN})
+    s.save(routes(0, 100))
+    assert s.status()["routes"][1]["configured"] == {"legacy": 100, "relay": 0}
+    s.router.send_signal(signal.SIGHUP)
+    wait_until(lambda: s.status()["routes"][1]["configured"] == {"legacy": 0, "relay": 100}, 5)
+
+    s.save(routes(30, 70))
+    assert httpx.post(f"{s.url}/admin/reload").status_code == 401
+    r = httpx.post(f"{s.url}/admin/reload", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert r.status_code == 200 and r.json()["changed"] is True
+    assert s.status()["routes"][1]["configured"] == {"legacy": 30, "relay": 70}
+
+
+def test_workers_share_the_port_and_all_reload(stack_factory: Any) -> None:
+    """With --workers 2 every worker serves and applies an edit (and a forwarded SIGHUP)."""
+    s: Stack = stack_factory(args=["--workers", "2", "--no-watch"])
+    client = s.client()
+
+    def backends(n: int = 30) -> set[str]:
+        seen = set()
+        for _ in range(n):
+            with httpx.Client() as fresh:  # new connections spread over the workers
+                r = fresh.post(
+                    f"{s.url}/v1/chat/completions",
+                    json={"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}]},
+                )
+            seen.add(r.headers["x-canary-backend"])
+        return seen
+
+    assert client.models.list().data
+    assert backends() == {"legacy"}
+    s.save(routes(0, 100))
+    s.router.send_signal(signal.SIGHUP)
+    wait_until(lambda: backends(10) == {"relay"}, 10, "every worker reloaded")
+    assert backends() == {"relay"}
+
+
+def test_sticky_users_keep_their_backend_end_to_end(stack: Stack) -> None:
+    """At 50/50 each user id keeps one backend across calls, and both backends are used."""
+    stack.save(routes(50, 50))
+    wait_until(lambda: stack.status()["routes"][1]["configured"] == {"legacy": 50, "relay": 50}, 5)
+    client = stack.client()
+    per_user: dict[str, set[str]] = {}
+    for user in [f"user-{i}" for i in range(20)]:
+        for _ in range(3):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4.1",
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"x-user-id": user},
+            )
+            per_user.setdefault(user, set()).add(raw.headers["x-canary-backend"])
+    assert all(len(b) == 1 for b in per_user.values())
+    assert {b for bs in per_user.values() for b in bs} == {"legacy", "relay"}
+    last = stack.sim("relay", "/_sim/stats")["last_request"]
+    assert last["body"]["model"] == "relay-4.1"  # model_map applied on relay only
+
+
+def test_no_key_appears_in_logs_status_or_errors(stack_factory: Any) -> None:
+    """Upstream, client and admin keys reach the provider but no log, status or error body."""
+    s: Stack = stack_factory(
+        env={
+            "LEGACY_API_KEY": LEGACY_KEY,
+            "RELAY_API_KEY": RELAY_KEY,
+            "CANARY_API_KEYS": CLIENT_KEY,
+            "CANARY_ADMIN_TOKEN": ADMIN_TOKEN,
+        },
+        args=["--log-level", "debug"],
+    )
+    bodies = []
+    good = s.client(api_key=CLIENT_KEY)
+    good.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
+    assert s.sim("legacy", "/_sim/stats")["last_request"]["headers"]["authorization"] == (
+        f"Bearer {LEGACY_KEY}"
+    )
+    with httpx.Client(base_url=s.url) as http:
+        bodies.append(
+            http.get("/v1/models", headers={"authorization": f"Bearer {LEGACY_KEY}"}).text
+        )
+        bodies.append(http.post("/admin/reload", headers={"authorization": "Bearer wrong"}).text)
+        s.sim("legacy", "/_sim/faults", {"error_rate": 1.0})
+        bodies.append(
+            http.get("/v1/models", headers={"authorization": f"Bearer {CLIENT_KEY}"}).text
+        )
+        s.save(routes() + "bogus: 1\n")
+        wait_until(lambda: s.status()["config"]["error"] is not None, 5)
+        bodies.append(http.get("/status").text)
+        bodies.append(
+            http.post("/admin/reload", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).text
+        )
+    everything = "\n".join([*bodies, s.output()])
+    assert "config.rejected" in everything
+    for secret in SECRETS:
+        assert secret not in everything

@@ -24,6 +24,7 @@ other body is cut so the client sees an incomplete response.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import os
 import random
@@ -73,6 +74,7 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 _DROP_RESPONSE = HOP_BY_HOP | {b"date"}  # uvicorn adds its own; two would confuse clients
 _SLOW_CLIENT_GRACE_S = 1.0
+_URL_CACHE_SIZE = 4096
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 
 
@@ -115,8 +117,9 @@ class _Body:
         return model if isinstance(model, str) else None
 
 
-def _timeouts(backend: Backend) -> dict[str, float]:
-    t = backend.timeout_s
+@functools.cache
+def _timeouts(t: float) -> dict[str, float]:
+    """httpx's timeout extension for a backend's ``timeout_s``; shared, never mutated."""
     return {"connect": min(10.0, t), "read": t, "write": t, "pool": t}
 
 
@@ -158,6 +161,7 @@ class Proxy:
         self.clock = clock
         self.rng = rng
         self.access_log = access_log
+        self._urls: dict[str, httpx.URL] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hdrs: dict[bytes, bytes] = dict(scope["headers"])
@@ -213,19 +217,26 @@ class Proxy:
         request_id: bytes,
     ) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        url = backend.base_url + raw_path[3:].decode("latin-1")
+        target = backend.base_url + raw_path[3:].decode("latin-1")
         if scope["query_string"]:
-            url += "?" + scope["query_string"].decode("latin-1")
+            target += "?" + scope["query_string"].decode("latin-1")
+        url = self._urls.get(target)
+        if url is None:  # parsing a URL is httpx's dearest step; upstream URLs are few
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[target] = httpx.URL(target)
         headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
         headers.append((b"x-request-id", request_id))
         if backend.api_key:
             headers.append((b"authorization", b"Bearer " + backend.api_key.encode()))
+        # stream= rather than content=: the body is final, so httpx need not encode it or
+        # re-build the headers; the transport sets Host and Content-Length from them.
         request = httpx.Request(
             scope["method"],
             url,
             headers=headers,
-            content=content,
-            extensions={"timeout": _timeouts(backend)},
+            stream=httpx.ByteStream(content),
+            extensions={"timeout": _timeouts(backend.timeout_s)},
         )
         window = self.stats.window(backend.name)
         flags = _Flags()

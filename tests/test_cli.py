@@ -1,0 +1,110 @@
+"""The ``canary`` command as a user runs it: check, and serve with built-in simulators."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, free_port, run_process
+
+pytestmark = pytest.mark.e2e
+
+
+def canary(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "canary", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_check_prints_the_routing_table_for_the_example_config() -> None:
+    """The shipped routes.yaml is valid; check prints routes in match order and exits 0."""
+    result = canary("check", "-c", "routes.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "1. chat" in result.stdout and "2. default" in result.stdout
+    assert "legacy 90%, relay 10%" in result.stdout
+    assert "is valid" in result.stdout
+
+
+def test_check_exits_1_with_located_errors(tmp_path: Path) -> None:
+    """An invalid file gives exit 1 and every problem with file, line and key path."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "backends:\n"
+        "  legacy: {base_url: 'http://127.0.0.1:1/v1'}\n"
+        "routes:\n"
+        "  - name: chat\n"
+        "    weights: {legacy: -1, ghost: 5}\n"
+    )
+    result = canary("check", "-c", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:5: routes[0].weights.legacy: must be >= 0" in result.stderr
+    assert f"{bad}:5: routes[0].weights.ghost: unknown backend 'ghost'" in result.stderr
+
+
+def test_check_reports_a_missing_file() -> None:
+    """A missing file is a located error too, not a traceback."""
+    result = canary("check", "-c", "/nonexistent/routes.yaml")
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_simulators_prints_examples_that_work_as_printed(tmp_path: Path) -> None:
+    """`serve --simulators auto` starts providers for local backends; its examples answer."""
+    legacy, relay, port = free_port(), free_port(), free_port()
+    config = tmp_path / "routes.yaml"
+    text = (ROOT / "routes.yaml").read_text()
+    text = text.replace("127.0.0.1:9101", f"127.0.0.1:{legacy}")
+    text = text.replace("127.0.0.1:9102", f"127.0.0.1:{relay}")
+    config.write_text(text)
+    env = {"LEGACY_BASE_URL": "", "RELAY_BASE_URL": "", "CANARY_API_KEYS": ""}
+    args = [sys.executable, "-m", "canary", "serve", "-c", str(config), "--port", str(port)]
+    with (
+        tempfile.TemporaryFile() as out,
+        run_process(
+            [*args, "--simulators", "auto"],
+            f"http://127.0.0.1:{port}/readyz",
+            timeout=20,
+            output=out,
+            env=env,
+        ),
+    ):
+        out.seek(0)
+        banner = out.read().decode()
+        assert "legacy: built-in simulated provider" in banner
+        python = re.search(r'\.venv/bin/python -c "(.+)"', banner)
+        assert python is not None, banner
+        result = subprocess.run(
+            [sys.executable, "-c", python.group(1)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert re.fullmatch(
+            r"(legacy|relay) -> Hello from \1! This is a simulated reply\.\n", result.stdout
+        )
+        if shutil.which("curl"):
+            curl = re.search(r"(curl -si .+?\\\n.+)\n", banner)
+            assert curl is not None, banner
+            result = subprocess.run(
+                curl.group(1).replace("\\\n", " "),
+                shell=True,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert "HTTP/1.1 200" in result.stdout
+            assert "x-canary-backend:" in result.stdout

@@ -24,6 +24,7 @@ import uvicorn
 
 from canary import logs
 from canary.app import create_app
+from canary.signals import stop_signals_return
 
 log = structlog.get_logger("canary.server")
 
@@ -71,7 +72,8 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
         server_header=False,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    with stop_signals_return():
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def serve(options: ServeOptions) -> int:

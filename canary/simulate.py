@@ -24,10 +24,8 @@ import itertools
 import logging
 import math
 import random
-import signal
 import struct
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +35,8 @@ from typing import Any
 import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
+
+from canary.signals import stop_signals_return
 
 REPLY = "Hello from {name}! This is a simulated reply."
 DEFAULT_MODELS = ("gpt-4.1", "gpt-4.1-mini", "text-embedding-3-small")
@@ -615,22 +615,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     quiet, uvicorn_log = _QuietCuts(), logging.getLogger("uvicorn.error")
     uvicorn_log.addFilter(quiet)  # after Config(), which configures uvicorn's loggers
-    # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler
-    # turns that into a clean return instead of KeyboardInterrupt or death by SIGTERM.
-    stops = (signal.SIGINT, signal.SIGTERM)
-    main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _after_shutdown) for sig in stops} if main else {}
     try:
-        _Server(config, simulator).run()
+        with stop_signals_return():
+            _Server(config, simulator).run()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         uvicorn_log.removeFilter(quiet)
     return 0
-
-
-def _after_shutdown(signum: int, frame: object) -> None:
-    """Receives the signal uvicorn re-raises after its graceful shutdown: nothing left to do."""
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, run_process
+from conftest import ROOT, free_port, run_process, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -108,3 +109,11 @@ def test_serve_with_simulators_prints_examples_that_work_as_printed(tmp_path: Pa
             )
             assert "HTTP/1.1 200" in result.stdout
             assert "x-canary-backend:" in result.stdout
+    # The router stopped cleanly, so it stopped the simulators it started.
+    for sim_port in (legacy, relay):
+        wait_until(lambda p=sim_port: not _listening(p), 10, f"simulator on {sim_port} stopped")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -471,3 +471,44 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
         release.set()
         assert (await asyncio.wait_for(first, 5)).headers["x-canary-backend"] == "legacy"
         assert (await c.get("/v1/models")).headers["x-canary-backend"] == "relay"
+
+
+async def test_a_client_that_stops_reading_releases_the_upstream(
+    routes: Path, upstream: Upstream
+) -> None:
+    """A client whose socket never drains holds the upstream at most timeout_s + 1 s."""
+    routes.write_text(BASE.replace("timeout_s: 5", "timeout_s: 0.1"))
+    stream = Chunks([b'data: {"n": 1}\n\n', b"data: [DONE]\n\n"])
+    upstream.handler = lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=stream
+    )
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    stuck = asyncio.Event()
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive() -> dict[str, Any]:
+        try:
+            return next(messages)
+        except StopIteration:
+            await asyncio.Event().wait()  # the client neither sends nor disconnects
+            raise AssertionError("unreachable") from None
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            stuck.set()
+            await asyncio.Event().wait()  # flow control: the write never drains
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/models",
+        "raw_path": b"/v1/models",
+        "query_string": b"",
+        "headers": [],
+    }
+    async with LifespanManager(app):
+        await asyncio.wait_for(app(scope, receive, send), 10)  # bounded, not hung
+        assert stuck.is_set()
+        assert stream.closed
+        doc = app.stats.window("legacy").snapshot()
+        assert (doc.in_flight, doc.errors) == (0, 0)  # the client's fault, not the backend's

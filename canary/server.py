@@ -71,6 +71,7 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
         timeout_keep_alive=75,
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
         server_header=False,
+        proxy_headers=False,  # do not trust X-Forwarded-For from whoever connects
     )
     with stop_signals_return():
         uvicorn.Server(config).run(sockets=[sock])

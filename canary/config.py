@@ -17,6 +17,7 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import math
@@ -177,9 +178,9 @@ class Config:
     def secrets(self) -> frozenset[str]:
         """Every secret string this config holds, for log and error redaction."""
         keys = {b.api_key for b in self.backends.values() if b.api_key}
-        password = urlsplit(self.state.redis_url).password if self.state.redis_url else None
-        if password:
-            keys.add(password)
+        for url in [self.state.redis_url, *(b.base_url for b in self.backends.values())]:
+            parts = urlsplit(url)
+            keys.update(s for s in (parts.password, parts.query) if s)  # a key may ride in a URL
         return frozenset(keys | self.auth.secrets)
 
 
@@ -212,7 +213,9 @@ class _Problems:
 
     def add(self, path: str, message: str) -> None:
         probe, line = path, self.lines.get(path)
-        while line is None and probe:  # fall back to the nearest enclosing key's line
+        for _ in range(8):  # fall back to a nearby enclosing key's line; bounded on deep paths
+            if line is not None or not probe:
+                break
             parent = _PARENT.sub("", probe)
             probe = "" if parent == probe else parent  # a top-level key's parent is the root
             line = self.lines.get(probe)
@@ -252,10 +255,9 @@ def parse_config(raw: bytes, name: str, *, environ: Mapping[str, str]) -> Config
         if node is None:
             raise fail("file holds no YAML document")
         lines: dict[str, int] = {}
-        env_problems: list[ConfigProblem] = []
-        _walk(node, "", lines, env_problems, name, environ, loader, [0])
-        if env_problems:
-            raise ConfigError(env_problems)
+        texts: dict[str, str] = {}
+        walk_problems: list[ConfigProblem] = []  # unset variables, duplicate keys
+        _walk(node, "", lines, texts, walk_problems, name, environ, loader, [0], set())
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -269,34 +271,50 @@ def parse_config(raw: bytes, name: str, *, environ: Mapping[str, str]) -> Config
     finally:
         loader.dispose()
     version = hashlib.sha256(raw).hexdigest()
-    return _build(data, name, version, lines)
+    return _build(data, name, version, lines, texts, walk_problems)
 
 
 def _walk(
     node: yaml.Node,
     path: str,
     lines: dict[str, int],
+    texts: dict[str, str],
     problems: list[ConfigProblem],
     file: str,
     environ: Mapping[str, str],
     loader: Any,
     budget: list[int],
+    expanded: set[int],
 ) -> None:
-    """Record each key path's line and expand ``${VAR}`` in scalars, within a node budget."""
+    """Record each key path's line and expand ``${VAR}`` in scalars, within a node budget.
+
+    ``texts`` keeps the expanded text of plain scalars, so a string field gets the
+    environment value verbatim (a key ``007`` must not become ``7``).
+    """
     budget[0] += 1
     if budget[0] > MAX_NODES:
         raise ConfigError([ConfigProblem(file, None, "", f"more than {MAX_NODES} YAML nodes")])
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key, value in node.value:
             k = key.value if isinstance(key, yaml.ScalarNode) else "?"
             child = f"{path}.{k}" if path else str(k)
+            if k in seen and k != "<<":  # YAML would keep the last silently
+                line = key.start_mark.line + 1
+                problems.append(ConfigProblem(file, line, child, "duplicate key"))
+            seen.add(k)
             lines.setdefault(child, key.start_mark.line + 1)
-            _walk(value, child, lines, problems, file, environ, loader, budget)
+            _walk(value, child, lines, texts, problems, file, environ, loader, budget, expanded)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, f"{path}[{i}]", lines, problems, file, environ, loader, budget)
+            child = f"{path}[{i}]"
+            _walk(item, child, lines, texts, problems, file, environ, loader, budget, expanded)
+    elif isinstance(node, yaml.ScalarNode) and id(node) in expanded:
+        if not node.style:  # an alias repeats an expanded node: never expand a value twice
+            texts[path] = node.value
     elif isinstance(node, yaml.ScalarNode) and "${" in node.value:
+        expanded.add(id(node))
         missing: list[str] = []
 
         def sub(m: re.Match[str]) -> str:
@@ -320,6 +338,7 @@ def _walk(
             )
         if not node.style:  # plain scalar (style None or "" by parser): type it as YAML would
             node.tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+        texts[path] = node.value
 
 
 # --- validation --------------------------------------------------------------------------
@@ -343,8 +362,9 @@ _MATCH = {"paths", "models", "headers"}
 class _Reader:
     """Typed accessors that record a located problem and return a default on bad input."""
 
-    def __init__(self, problems: _Problems) -> None:
+    def __init__(self, problems: _Problems, texts: Mapping[str, str]) -> None:
         self.p = problems
+        self.texts = texts  # expanded text of plain ``${VAR}`` scalars, by key path
 
     def mapping(self, value: Any, path: str, allowed: set[str] | None = None) -> dict[str, Any]:
         if value is None:
@@ -377,6 +397,9 @@ class _Reader:
     ) -> float | None:
         if value is None:
             return default
+        if isinstance(value, str) and path in self.texts:  # a quoted "${VAR}" number
+            with contextlib.suppress(ValueError):
+                value = float(value) if any(c in value for c in ".eEni") else int(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.p.add(path, f"must be a number, not {_kind(value)}")
             return default
@@ -398,6 +421,8 @@ class _Reader:
         return int(value) if integer else float(value)
 
     def string(self, value: Any, path: str, default: str = "") -> str:
+        if not isinstance(value, str) and self.texts.get(path):
+            return self.texts[path]  # from the environment: verbatim, not as YAML typed it
         if value is None:
             return default
         if not isinstance(value, str):
@@ -425,6 +450,7 @@ class _Reader:
             return None
         out = []
         for i, item in enumerate(value):
+            item = self.texts.get(f"{path}[{i}]", item)  # an env value stays verbatim
             if not isinstance(item, str) or not item:
                 self.p.add(f"{path}[{i}]", "must be a non-empty string")
             else:
@@ -432,12 +458,20 @@ class _Reader:
         return out
 
 
-def _build(data: Any, file: str, version: str, lines: dict[str, int]) -> Config:
+def _build(
+    data: Any,
+    file: str,
+    version: str,
+    lines: dict[str, int],
+    texts: Mapping[str, str],
+    found: list[ConfigProblem],
+) -> Config:
     problems = _Problems(file, lines)
-    r = _Reader(problems)
+    problems.items.extend(found)
+    r = _Reader(problems, texts)
     top = r.mapping(data, "", _TOP)
     if not isinstance(data, dict):
-        raise ConfigError(problems.items)
+        raise ConfigError(sorted(problems.items, key=lambda p: p.line or 0))
 
     backends = _backends(r, top.get("backends"))
     names = set(backends)
@@ -593,7 +627,9 @@ def _weights(r: _Reader, value: Any, path: str, backends: set[str]) -> dict[str,
         weight = r.number(w, f"{path}.{name}", None)
         if weight is not None:
             out[name] = weight
-    if raw and len(out) == len(raw) and sum(out.values()) <= 0:
+    if isinstance(value, dict) and not value:
+        r.p.add(path, "must name at least one backend (e.g. {legacy: 100})")
+    elif raw and len(out) == len(raw) and sum(out.values()) <= 0:
         r.p.add(path, "weights must not all be zero")
     return out
 
@@ -616,6 +652,7 @@ def _match(r: _Reader, value: Any, path: str) -> Match:
             r.p.add(f"{path}.models", f"bad glob: {exc}")
     headers = []
     for key, want in r.mapping(m.get("headers"), f"{path}.headers").items():
+        want = r.texts.get(f"{path}.headers.{key}", want)  # an env value stays verbatim
         if not isinstance(want, str | int | float) or isinstance(want, bool):
             r.p.add(f"{path}.headers.{key}", f"must be a string, not {_kind(want)}")
         else:

@@ -128,7 +128,7 @@ class Window:
     def reset(self) -> None:
         """Forget the window (a closed circuit starts fresh); lifetime totals stay."""
         for b in self._ring:
-            b.second = -1
+            b.reset(-1)  # zero the counts too: with a clock under window_s, -1 is still "in" it
         self._started_at = self._clock()
 
     def counts(self) -> tuple[int, int]:

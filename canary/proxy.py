@@ -164,6 +164,7 @@ class Proxy:
         self._urls: dict[str, httpx.URL] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = self.clock()
         hdrs: dict[bytes, bytes] = dict(scope["headers"])
         request_id = _request_id(hdrs.get(b"x-request-id"))
         cfg = self.store.config
@@ -194,14 +195,8 @@ class Proxy:
             await send(start)
             await send(end)
             if self.access_log:
-                log.info(
-                    "proxy.refused",
-                    request_id=request_id.decode(),
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=exc.status,
-                    code=exc.code,
-                )
+                elapsed = self.clock() - started
+                _access(scope, request_id, None, None, exc.status, exc.code, elapsed)
             return
         await self._forward(scope, receive, send, cfg, route, backend, content, request_id)
 
@@ -268,17 +263,8 @@ class Proxy:
             error = outcome in ("upstream_timeout", "upstream_error", "stream_cut") or status >= 500
             window.finish(self.clock() - started, error=error)
             if self.access_log:
-                log.info(
-                    "proxy.request",
-                    request_id=request_id.decode(),
-                    method=scope["method"],
-                    path=scope["path"],
-                    route=route.name,
-                    backend=backend.name,
-                    status=status,
-                    outcome=outcome,
-                    ms=round((self.clock() - started) * 1000, 2),
-                )
+                elapsed = self.clock() - started
+                _access(scope, request_id, route.name, backend.name, status, outcome, elapsed)
 
     async def _relay(
         self,
@@ -347,6 +333,29 @@ class Proxy:
         except TimeoutError:
             log.warning("proxy.slow_client", request_id=request_id.decode(), backend=backend.name)
             return "slow_client"
+
+
+def _access(
+    scope: Scope,
+    request_id: bytes,
+    route: str | None,
+    backend: str | None,
+    status: int,
+    outcome: str,
+    elapsed_s: float,
+) -> None:
+    """The one access-log line per request; a refusal has no route or backend."""
+    log.info(
+        "proxy.request",
+        request_id=request_id.decode(),
+        method=scope["method"],
+        path=scope["path"],
+        route=route,
+        backend=backend,
+        status=status,
+        outcome=outcome,
+        ms=round(elapsed_s * 1000, 2),
+    )
 
 
 async def _end_with_error(send: Send, backend: Backend, why: str, flags: _Flags) -> None:

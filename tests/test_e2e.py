@@ -3,6 +3,7 @@ driven by the official openai client (and raw HTTP for the error cases)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -97,37 +98,15 @@ class Stack:
         return self.log.read().decode(errors="replace")
 
 
+def simulator(port: int, name: str) -> contextlib.AbstractContextManager[Any]:
+    args = [sys.executable, "-m", "canary", "simulate", "--port", str(port), "--name", name]
+    return run_process(args, f"http://127.0.0.1:{port}/_sim/stats")
+
+
 @pytest.fixture(scope="module")
 def sims() -> Iterator[tuple[str, str]]:
     ports = free_port(), free_port()
-    with (
-        run_process(
-            [
-                sys.executable,
-                "-m",
-                "canary",
-                "simulate",
-                "--port",
-                str(ports[0]),
-                "--name",
-                "legacy",
-            ],
-            f"http://127.0.0.1:{ports[0]}/_sim/stats",
-        ),
-        run_process(
-            [
-                sys.executable,
-                "-m",
-                "canary",
-                "simulate",
-                "--port",
-                str(ports[1]),
-                "--name",
-                "relay",
-            ],
-            f"http://127.0.0.1:{ports[1]}/_sim/stats",
-        ),
-    ):
+    with simulator(ports[0], "legacy"), simulator(ports[1], "relay"):
         yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
 
 

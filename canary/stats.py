@@ -79,23 +79,37 @@ class Window:
     def __init__(self, window_s: float, clock: Clock) -> None:
         self.window_s = window_s
         self._clock = clock
-        self._size = max(1, math.ceil(window_s)) + 1  # +1: the current, partial second
-        self._ring = [_Bucket() for _ in range(self._size)]
-        self._current = self._ring[0]
-        self._started_at = clock()
         self.in_flight = 0
         self.total_requests = 0
         self.total_errors = 0
+        self._fresh_ring()
+
+    def _fresh_ring(self) -> None:
+        self._size = max(1, math.ceil(self.window_s)) + 1  # +1: the current, partial second
+        self._ring = [_Bucket() for _ in range(self._size)]
+        self._second = int(self._clock())
+        self._current = self._ring[self._second % self._size]
+        self._current.reset(self._second)
+        self._started_at = self._clock()
+        # Running sums over the live buckets, so the trip rule reads them in O(1).
+        self.requests = 0
+        self.errors = 0
 
     def _bucket(self) -> _Bucket:
         second = int(self._clock())
-        b = self._current
-        if b.second != second:
-            b = self._ring[second % self._size]
-            if b.second != second:
-                b.reset(second)
-                b.peak_in_flight = self.in_flight
-            self._current = b
+        if second == self._second:
+            return self._current
+        # Expire every second skipped since the last call (at most a ring's worth): each
+        # bucket leaves the running sums exactly once, so the cost per call is O(1) amortised.
+        first = max(self._second + 1, second - self._size + 1)
+        for s in range(first, second + 1):
+            b = self._ring[s % self._size]
+            self.requests -= b.requests
+            self.errors -= b.errors
+            b.reset(s)
+        self._second = second
+        self._current = b = self._ring[second % self._size]
+        b.peak_in_flight = self.in_flight
         return b
 
     def start(self) -> None:
@@ -112,34 +126,26 @@ class Window:
         self.in_flight -= 1
         b.requests += 1
         b.hist[_bin(latency_s * 1000.0)] += 1
+        self.requests += 1
         self.total_requests += 1
         if error:
             b.errors += 1
+            self.errors += 1
             self.total_errors += 1
 
     def resize(self, window_s: float) -> None:
         """Start over with a window of another length, in place (calls in flight finish here)."""
         self.window_s = window_s
-        self._size = max(1, math.ceil(window_s)) + 1
-        self._ring = [_Bucket() for _ in range(self._size)]
-        self._current = self._ring[0]
-        self._started_at = self._clock()
+        self._fresh_ring()
 
     def reset(self) -> None:
         """Forget the window (a closed circuit starts fresh); lifetime totals stay."""
-        for b in self._ring:
-            b.reset(-1)  # zero the counts too: with a clock under window_s, -1 is still "in" it
-        self._started_at = self._clock()
+        self._fresh_ring()
 
     def counts(self) -> tuple[int, int]:
-        """(requests, errors) over the window: the cheap figures a trip rule needs."""
-        oldest = int(self._clock()) - self._size + 1
-        requests = errors = 0
-        for b in self._ring:
-            if b.second >= oldest:
-                requests += b.requests
-                errors += b.errors
-        return requests, errors
+        """(requests, errors) over the window, in O(1): the figures a trip rule needs."""
+        self._bucket()  # expire what has left the window
+        return self.requests, self.errors
 
     def snapshot(self) -> WindowSnapshot:
         now = self._clock()

@@ -338,3 +338,17 @@ def test_stats_creates_windows_on_first_use_and_resizes_them_in_place(clock: Fak
     assert (relay.window_s, stats.window("legacy").window_s) == (30, 30)
     assert relay.counts() == (0, 0)
     assert (relay.total_requests, relay.total_errors) == (3, 1)
+
+
+def test_counts_forget_old_errors_after_an_idle_gap(clock: FakeClock) -> None:
+    """After a gap longer than the window, counts() holds only the calls made since."""
+    window = Window(10, clock)
+    record(window, 5, errors=5)
+    clock.advance(25)
+    assert window.counts() == (0, 0)
+    record(window, 2, errors=1)
+    assert window.counts() == (2, 1)
+    clock.advance(3)
+    record(window, 1)
+    assert window.counts() == (3, 1)
+    assert window.snapshot().requests == 3

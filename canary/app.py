@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from canary.breaker import Breakers
 from canary.config import Config, digest
 from canary.errors import RouterError
 from canary.logs import redactor
@@ -58,11 +59,19 @@ def _error(exc: RouterError) -> Response:
 class Canary:
     """The ASGI app: ``/v1/*`` to the proxy, the rest to the control plane."""
 
-    def __init__(self, control: Starlette, proxy: Proxy, store: ConfigStore, stats: Stats) -> None:
+    def __init__(
+        self,
+        control: Starlette,
+        proxy: Proxy,
+        store: ConfigStore,
+        stats: Stats,
+        breakers: Breakers,
+    ) -> None:
         self.control = control
         self.proxy = proxy
         self.store = store
         self.stats = stats
+        self.breakers = breakers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
@@ -85,9 +94,11 @@ def create_app(
     """Build the router for ``config_path``; ``signals`` installs SIGHUP (serve only)."""
     store = ConfigStore(config_path)
     stats = Stats(window_s=60.0, clock=clock)
+    breakers = Breakers(stats, clock)
     proxy = Proxy(
         store,
         stats,
+        breakers,
         transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S),
         clock=clock,
         rng=rng or random.Random(),
@@ -96,6 +107,7 @@ def create_app(
 
     def on_config(old: Config | None, new: Config) -> None:
         stats.resize(new.rollback.window_s)
+        breakers.apply(old, new)
         redactor.update(new.secrets())
 
     store.listeners.append(on_config)
@@ -126,7 +138,7 @@ def create_app(
             await proxy.transport.aclose()
 
     async def status(_: Request) -> Response:
-        return _json(status_document(store, stats))
+        return _json(status_document(store, stats, breakers))
 
     async def healthz(_: Request) -> Response:
         return _json({"status": "ok"})
@@ -168,7 +180,7 @@ def create_app(
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,
     )
-    return Canary(control, proxy, store, stats)
+    return Canary(control, proxy, store, stats, breakers)
 
 
 def _check_admin(cfg: Config | None, authorization: str | None) -> None:

@@ -16,6 +16,13 @@ bounds a slow client, so it cannot hold an upstream connection longer. A client 
 disconnects is noticed at once by a watcher on ``receive`` that cancels the call and
 closes the upstream connection.
 
+Rollback: a canary whose circuit is not closed is skipped at routing time (its call goes
+to the route's baseline). Fallback: with ``fallback: true``, a canary call that fails
+(5xx, 429, timeout, connection error, or a stream broken before its first chunk) before
+any byte reached the client is made once more on the baseline, answered with
+``x-canary-fallback``; the failure still counts against the canary. Response headers go
+out with the first body chunk, which is what makes that window last until then.
+
 A stream that breaks after bytes reached the client is never ended as if complete: an
 SSE stream gets an error event in OpenAI's shape (the openai client raises on it), any
 other body is cut so the client sees an incomplete response.
@@ -36,6 +43,7 @@ import httpx
 import orjson
 import structlog
 
+from canary.breaker import Breakers
 from canary.config import Backend, Config, Route, digest
 from canary.errors import RouterError
 from canary.logs import redactor
@@ -149,6 +157,7 @@ class Proxy:
         self,
         store: ConfigStore,
         stats: Stats,
+        breakers: Breakers,
         transport: httpx.AsyncBaseTransport,
         *,
         clock: Clock,
@@ -157,6 +166,7 @@ class Proxy:
     ) -> None:
         self.store = store
         self.stats = stats
+        self.breakers = breakers
         self.transport = transport
         self.clock = clock
         self.rng = rng
@@ -188,8 +198,12 @@ class Proxy:
             if route is None:
                 raise RouterError(f"No route matches {path}.", code="no_route", status=404)
             key = _sticky_key(route, hdrs, body)
-            backend = cfg.backends[pick(route.weights, key, self.rng)]
-            content = _map_model(backend, body)
+            name = pick(route.weights, key, self.rng)
+            if name != route.baseline:
+                circuit = self.breakers.circuits.get(name)
+                if circuit is not None and not circuit.admit():
+                    name = route.baseline  # rolled back: the baseline takes this call
+            backend = cfg.backends[name]
         except RouterError as exc:
             start, end = error_response_parts(exc, request_id)
             await send(start)
@@ -198,7 +212,7 @@ class Proxy:
                 elapsed = self.clock() - started
                 _access(scope, request_id, None, None, exc.status, exc.code, elapsed)
             return
-        await self._forward(scope, receive, send, cfg, route, backend, content, request_id)
+        await self._forward(scope, receive, send, cfg, route, backend, body, request_id)
 
     async def _forward(
         self,
@@ -208,9 +222,37 @@ class Proxy:
         cfg: Config,
         route: Route,
         backend: Backend,
-        content: bytes,
+        body: _Body,
         request_id: bytes,
     ) -> None:
+        """Call the chosen backend; on an early canary failure, call the baseline once."""
+        flags = _Flags()
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, flags, task))
+        baseline = cfg.backends[route.baseline] if route.fallback else None
+        if baseline is backend:
+            baseline = None
+        try:
+            content = _map_model(backend, body)
+            failed = await self._attempt(
+                scope, send, route, backend, content, request_id, flags, None, baseline is not None
+            )
+            if failed and baseline is not None:
+                content = _map_model(baseline, body)
+                await self._attempt(
+                    scope, send, route, baseline, content, request_id, flags, backend.name, False
+                )
+        except asyncio.CancelledError:
+            if not flags.disconnected:
+                raise
+            task.uncancel()  # the client left: not a backend failure, nothing to answer
+        finally:
+            watcher.cancel()
+
+    def _request(
+        self, scope: Scope, backend: Backend, content: bytes, request_id: bytes
+    ) -> httpx.Request:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         target = backend.base_url + raw_path[3:].decode("latin-1")
         if scope["query_string"]:
@@ -226,18 +268,33 @@ class Proxy:
             headers.append((b"authorization", b"Bearer " + backend.api_key.encode()))
         # stream= rather than content=: the body is final, so httpx need not encode it or
         # re-build the headers; the transport sets Host and Content-Length from them.
-        request = httpx.Request(
+        return httpx.Request(
             scope["method"],
             url,
             headers=headers,
             stream=httpx.ByteStream(content),
             extensions={"timeout": _timeouts(backend.timeout_s)},
         )
+
+    async def _attempt(
+        self,
+        scope: Scope,
+        send: Send,
+        route: Route,
+        backend: Backend,
+        content: bytes,
+        request_id: bytes,
+        flags: _Flags,
+        fell_back_from: str | None,
+        can_fall_back: bool,
+    ) -> bool:
+        """One call to one backend, counted in its window and circuit.
+
+        Returns True when it failed before any byte reached the client and
+        ``can_fall_back``: then nothing was sent, and the caller may try the baseline.
+        """
         window = self.stats.window(backend.name)
-        flags = _Flags()
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, flags, task))
+        circuit = self.breakers.circuits.get(backend.name)
         started = self.clock()
         window.start()
         status = 0
@@ -245,25 +302,48 @@ class Proxy:
         response: httpx.Response | None = None
         try:
             try:
-                response = await self.transport.handle_async_request(request)
+                response = await self.transport.handle_async_request(
+                    self._request(scope, backend, content, request_id)
+                )
+                status = response.status_code
+                if can_fall_back and (status >= 500 or status == 429):
+                    outcome = "fallback"
+                    return True
+                outcome = await self._relay(
+                    send, response, backend, route, request_id, flags, fell_back_from
+                )
+            except _EarlyFailure as early:
+                outcome = early.outcome
+                _log_failure(request_id, backend, early.cause)
+                if can_fall_back:
+                    return True
+                status = await _send_upstream_failure(
+                    send, backend, early.cause, request_id, fell_back_from
+                )
             except httpx.TransportError as exc:
-                status, outcome = await _send_upstream_failure(send, backend, exc, request_id)
-                return
-            status = response.status_code
-            outcome = await self._relay(send, response, backend, route, request_id, flags)
+                outcome = _outcome_of(exc)
+                _log_failure(request_id, backend, exc)
+                if can_fall_back:
+                    return True
+                status = await _send_upstream_failure(
+                    send, backend, exc, request_id, fell_back_from
+                )
+            return False
         except asyncio.CancelledError:
-            if not flags.disconnected:
-                raise
-            task.uncancel()  # the client left: not a backend failure, nothing to answer
-            outcome = "client_disconnected"
+            outcome = "client_disconnected" if flags.disconnected else "cancelled"
+            raise
         finally:
-            watcher.cancel()
             if response is not None:
                 await response.aclose()
-            error = outcome in ("upstream_timeout", "upstream_error", "stream_cut") or status >= 500
-            window.finish(self.clock() - started, error=error)
+            error = outcome in _ERROR_OUTCOMES or status >= 500 or status == 429
+            elapsed = self.clock() - started
+            window.finish(elapsed, error=error)
+            if circuit is not None:
+                if outcome in _NO_VERDICT:
+                    circuit.abandon()
+                else:
+                    circuit.record(error=error)
             if self.access_log:
-                elapsed = self.clock() - started
                 _access(scope, request_id, route.name, backend.name, status, outcome, elapsed)
 
     async def _relay(
@@ -274,8 +354,14 @@ class Proxy:
         route: Route,
         request_id: bytes,
         flags: _Flags,
+        fell_back_from: str | None,
     ) -> str:
-        """Stream the upstream answer to the client; return how it ended."""
+        """Stream the upstream answer to the client; return how it ended.
+
+        The response headers go out with the first body chunk, so a stream that fails
+        before its first chunk raises ``_EarlyFailure`` with nothing sent (fallback still
+        possible).
+        """
         out_headers = [
             (k.lower(), v) for k, v in response.headers.raw if k.lower() not in _DROP_RESPONSE
         ]
@@ -284,24 +370,31 @@ class Proxy:
             (b"x-canary-route", route.name.encode()),
             (b"x-canary-request-id", request_id),
         ]
+        if fell_back_from is not None:
+            out_headers.append((b"x-canary-fallback", fell_back_from.encode()))
+        start = {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": out_headers,
+        }
         sse = response.headers.get("content-type", "").startswith("text/event-stream")
         loop = asyncio.get_running_loop()
         budget = backend.timeout_s + _SLOW_CLIENT_GRACE_S
         prev = last = b""
+        started = False
         try:
             async with asyncio.timeout(loop.time() + budget) as deadline:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status_code,
-                        "headers": out_headers,
-                    }
-                )
                 async for chunk in cast(httpx.AsyncByteStream, response.stream):
                     deadline.reschedule(loop.time() + budget)
+                    if not started:
+                        await send(start)
+                        started = True
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if sse and chunk:
                         prev, last = last, chunk
+                if not started:
+                    await send(start)
+                    started = True
                 if (
                     sse
                     and response.status_code < 400
@@ -313,26 +406,52 @@ class Proxy:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return "ok"
         except httpx.TransportError as exc:
-            outcome = (
-                "upstream_timeout" if isinstance(exc, httpx.TimeoutException) else "stream_cut"
-            )
-            log.warning(
-                "proxy.stream_broken",
-                request_id=request_id.decode(),
-                backend=backend.name,
-                error=type(exc).__name__,
-                detail=redactor.scrub(str(exc)),
-            )
+            if not started:
+                raise _EarlyFailure(_outcome_of(exc), exc) from exc
+            _log_failure(request_id, backend, exc, event="proxy.stream_broken")
             if sse:
                 await _end_with_error(
                     send, backend, f"the upstream stream broke ({type(exc).__name__})", flags
                 )
             # Otherwise return without ending the body: the server closes the connection,
             # so the client sees an incomplete response rather than a short "complete" one.
-            return outcome
+            return _outcome_of(exc) if _outcome_of(exc) == "upstream_timeout" else "stream_cut"
         except TimeoutError:
             log.warning("proxy.slow_client", request_id=request_id.decode(), backend=backend.name)
             return "slow_client"
+
+
+class _EarlyFailure(Exception):
+    """The upstream failed before any byte reached the client."""
+
+    def __init__(self, outcome: str, cause: httpx.TransportError) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.cause = cause
+
+
+# Outcomes that count against the backend; and those that give no verdict on it.
+_ERROR_OUTCOMES = frozenset({"upstream_timeout", "upstream_error", "stream_cut"})
+_NO_VERDICT = frozenset({"client_disconnected", "cancelled", "slow_client"})
+
+
+def _outcome_of(exc: httpx.TransportError) -> str:
+    return "upstream_timeout" if isinstance(exc, httpx.TimeoutException) else "upstream_error"
+
+
+def _log_failure(
+    request_id: bytes,
+    backend: Backend,
+    exc: httpx.TransportError,
+    event: str = "proxy.upstream_failed",
+) -> None:
+    log.warning(
+        event,
+        request_id=request_id.decode(),
+        backend=backend.name,
+        error=type(exc).__name__,
+        detail=redactor.scrub(str(exc)),
+    )
 
 
 def _access(
@@ -378,34 +497,32 @@ async def _end_with_error(send: Send, backend: Backend, why: str, flags: _Flags)
 
 
 async def _send_upstream_failure(
-    send: Send, backend: Backend, exc: httpx.TransportError, request_id: bytes
-) -> tuple[int, str]:
+    send: Send,
+    backend: Backend,
+    exc: httpx.TransportError,
+    request_id: bytes,
+    fell_back_from: str | None,
+) -> int:
+    """Answer a transport failure as OpenAI's error shape: 504 on a timeout, else 502."""
     if isinstance(exc, httpx.TimeoutException):
         error = RouterError(
             f"Upstream {backend.name!r} did not answer within {backend.timeout_s:g} s.",
             code="upstream_timeout",
             status=504,
         )
-        outcome = "upstream_timeout"
     else:
         error = RouterError(
             f"Upstream {backend.name!r} failed: {type(exc).__name__}.",
             code="upstream_error",
             status=502,
         )
-        outcome = "upstream_error"
-    log.warning(
-        "proxy.upstream_failed",
-        request_id=request_id.decode(),
-        backend=backend.name,
-        error=type(exc).__name__,
-        detail=redactor.scrub(str(exc)),
-    )
     start, end = error_response_parts(error, request_id)
     start["headers"].append((b"x-canary-backend", backend.name.encode()))
+    if fell_back_from is not None:
+        start["headers"].append((b"x-canary-fallback", fell_back_from.encode()))
     await send(start)
     await send(end)
-    return error.status, outcome
+    return error.status
 
 
 async def _watch_disconnect(receive: Receive, flags: _Flags, task: asyncio.Task[Any]) -> None:

@@ -1,9 +1,11 @@
 """``/status``: the migration's state as one JSON document, rendered from snapshots.
 
 Weights are shown in the file's own units. ``effective`` is what the router uses now
-(equal to ``configured`` until circuits can open); ``canary_percentage`` is the effective
-non-baseline share of a route, in percent. Nothing here holds a secret: backends show
-their URL without userinfo or query, and no key is ever read.
+(``configured`` with every non-closed canary circuit at 0); ``canary_percentage`` is the
+effective non-baseline share of a route, in percent. ``migration`` says whether every
+canary with configured weight is ready for 100%, and if not, why, in words. Nothing
+here holds a secret: backends show their URL without userinfo or query, and no key is
+ever read.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from canary.config import Route, redact_url
+from canary.breaker import CLOSED, Breakers
+from canary.config import Config, Route, redact_url
 from canary.reload import ConfigStore
 from canary.stats import Stats
 
@@ -28,7 +31,35 @@ def canary_percentage(route: Route, weights: Mapping[str, float]) -> float:
     return round(100.0 * canary / total, 2)
 
 
-def status_document(store: ConfigStore, stats: Stats) -> dict[str, Any]:
+def readiness(cfg: Config, breakers: Breakers) -> tuple[bool, str]:
+    """Ready when every weighted canary has, since its circuit closed or its config changed,
+    enough calls, an error rate below the bar, and a closed circuit."""
+    bar = cfg.readiness
+    candidates = sorted(
+        {n for r in cfg.routes for n, w in r.weights.items() if w > 0 and n != r.baseline}
+    )
+    if not candidates:
+        return False, "no canary backend has weight in routes.yaml"
+    reasons = []
+    for name in candidates:
+        circuit = breakers.get(name)
+        if circuit is None:
+            continue
+        if circuit.state != CLOSED:
+            since = circuit.changed_at.astimezone().strftime("%H:%M:%S")
+            reasons.append(f"{name}: circuit {circuit.state.replace('_', '-')} since {since}")
+        elif circuit.since_requests < bar.min_requests:
+            reasons.append(f"{name}: {circuit.since_requests} of {bar.min_requests} requests")
+        else:
+            rate = circuit.since_errors / circuit.since_requests
+            if rate >= bar.max_error_rate:
+                reasons.append(f"{name}: error rate {rate:.3f} >= {bar.max_error_rate:g}")
+    if reasons:
+        return False, "; ".join(reasons)
+    return True, ", ".join(f"{n}: ready" for n in candidates)
+
+
+def status_document(store: ConfigStore, stats: Stats, breakers: Breakers) -> dict[str, Any]:
     cfg = store.config
     doc: dict[str, Any] = {
         "config": {
@@ -41,11 +72,15 @@ def status_document(store: ConfigStore, stats: Stats) -> dict[str, Any]:
         "state": "memory",
         "routes": [],
         "backends": {},
+        "migration": {"ready_for_full_migration": False, "reason": "no valid config loaded"},
+        "events": [e.as_dict() for e in reversed(breakers.events)],
     }
     if cfg is None:
         return doc
+    ready, reason = readiness(cfg, breakers)
+    doc["migration"] = {"ready_for_full_migration": ready, "reason": reason}
     for route in cfg.routes:
-        effective = route.weights
+        effective = breakers.effective(route)
         doc["routes"].append(
             {
                 "name": route.name,
@@ -59,8 +94,11 @@ def status_document(store: ConfigStore, stats: Stats) -> dict[str, Any]:
         )
     for name, backend in cfg.backends.items():
         s = stats.window(name).snapshot()
+        circuit = breakers.get(name)
         doc["backends"][name] = {
             "base_url": redact_url(backend.base_url),
+            "circuit": circuit.state if circuit else CLOSED,
+            "role": "canary" if circuit else "baseline",
             "requests": s.requests,
             "errors": s.errors,
             "error_rate": round(s.error_rate, 4),
@@ -74,4 +112,10 @@ def status_document(store: ConfigStore, stats: Stats) -> dict[str, Any]:
             "total_errors": s.total_errors,
             "limits": {"max_concurrency": backend.max_concurrency, "max_qps": backend.max_qps},
         }
+        if circuit is not None:
+            doc["backends"][name]["since_change"] = {
+                "at": circuit.changed_at.isoformat(),
+                "requests": circuit.since_requests,
+                "errors": circuit.since_errors,
+            }
     return doc

@@ -5,10 +5,10 @@ change; canary decides the transitions itself, because pybreaker counts consecut
 failures on its own wall clock and its coroutine path is Tornado-only. Our rules, read
 on the injected clock:
 
-- closed: after each failed call, if the backend's window holds at least
-  ``min_requests`` calls and its error rate exceeds ``max_error_rate``, open. The
-  decision is made on the very call that crosses the line (no poll), and costs nothing
-  on a successful call beyond the window update.
+- closed: if the backend's window holds at least ``min_requests`` calls and its error
+  rate exceeds ``max_error_rate``, open. The decision is made on the very call that
+  crosses the line (no poll): a failure, or the call that fills the window to
+  ``min_requests``; other successes only lower the rate and cost one comparison.
 - open: routing skips the backend (its traffic goes to each route's baseline). After
   ``open_s`` (and only with ``auto_resume``), the next request that picks it turns the
   circuit half-open.
@@ -136,6 +136,9 @@ class Circuit:
             self.since_requests += 1
             if error:
                 self.since_errors += 1
+            # The rate can cross the bar only on a failure, or on the call that brings the
+            # window up to min_requests; any other success lowers it. So check just then.
+            if error or self.window.requests == self.rules.min_requests:
                 requests, errors = self.window.counts()
                 rules = self.rules
                 if requests >= rules.min_requests and errors > rules.max_error_rate * requests:

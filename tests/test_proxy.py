@@ -512,3 +512,171 @@ async def test_a_client_that_stops_reading_releases_the_upstream(
         assert stream.closed
         doc = app.stats.window("legacy").snapshot()
         assert (doc.in_flight, doc.errors) == (0, 0)  # the client's fault, not the backend's
+
+
+FALLBACK = """
+backends:
+  legacy: {base_url: "http://legacy.test/v1"}
+  relay: {base_url: "http://relay.test/v1", model_map: {gpt-4.1: relay-4.1}}
+routes:
+  - name: chat
+    weights: {legacy: 0, relay: 100}
+    baseline: legacy
+    fallback: true
+rollback: {min_requests: 1000}
+"""
+
+
+@pytest.fixture
+async def fallback_client(tmp_path: Path, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
+    path = tmp_path / "routes.yaml"
+    path.write_text(FALLBACK)
+    app = create_app(str(path), transport=httpx.MockTransport(upstream), watch=False)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        yield c
+
+
+def relay_fails_with(failure: Any) -> Handler:
+    """An upstream where relay fails as given and legacy answers normally."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "relay.test":
+            if isinstance(failure, Exception):
+                raise failure
+            return failure(request)  # type: ignore[no-any-return]
+        return Upstream.ok(request)
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(httpx.ConnectError("refused"), id="connect"),
+        pytest.param(httpx.ReadTimeout("slow"), id="timeout"),
+        pytest.param(lambda r: httpx.Response(503, content=b"{}"), id="503"),
+        pytest.param(lambda r: httpx.Response(429, content=b"{}"), id="429"),
+        pytest.param(
+            lambda r: httpx.Response(
+                200,
+                headers={"content-type": "text/event-stream"},
+                stream=Chunks([], fail=httpx.RemoteProtocolError("cut before any chunk")),
+            ),
+            id="stream-cut-before-first-chunk",
+        ),
+    ],
+)
+async def test_failed_canary_call_falls_back_to_the_baseline(
+    fallback_client: httpx.AsyncClient, upstream: Upstream, failure: Any
+) -> None:
+    """A canary failure before any byte is answered by the baseline, marked, and counted."""
+    upstream.handler = relay_fails_with(failure)
+    r = await fallback_client.post("/v1/chat/completions", json=chat())
+    assert r.status_code == 200
+    assert r.headers["x-canary-backend"] == "legacy"
+    assert r.headers["x-canary-fallback"] == "relay"
+    assert [q.url.host for q in upstream.requests] == ["relay.test", "legacy.test"]
+    assert orjson.loads(upstream.requests[0].content)["model"] == "relay-4.1"
+    assert orjson.loads(upstream.requests[1].content)["model"] == "gpt-4.1"  # baseline's own map
+    backends = (await fallback_client.get("/status")).json()["backends"]
+    assert (backends["relay"]["requests"], backends["relay"]["errors"]) == (1, 1)
+    assert (backends["legacy"]["requests"], backends["legacy"]["errors"]) == (1, 0)
+
+
+async def test_client_errors_from_the_canary_do_not_fall_back(
+    fallback_client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """A 400 from the canary is the client's error: passed through, not retried, not counted."""
+    upstream.handler = relay_fails_with(lambda r: httpx.Response(400, content=b'{"e": 1}'))
+    r = await fallback_client.post("/v1/chat/completions", json=chat())
+    assert (r.status_code, r.content) == (400, b'{"e": 1}')
+    assert "x-canary-fallback" not in r.headers
+    assert len(upstream.requests) == 1
+    assert (await fallback_client.get("/status")).json()["backends"]["relay"]["errors"] == 0
+
+
+async def test_when_the_baseline_fails_too_the_client_gets_its_error(
+    fallback_client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """Fallback is tried once; the baseline's failure is answered as it is, still marked."""
+
+    def both_down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down")
+
+    upstream.handler = both_down
+    r = await fallback_client.post("/v1/chat/completions", json=chat())
+    assert r.status_code == 502
+    assert r.headers["x-canary-backend"] == "legacy"
+    assert r.headers["x-canary-fallback"] == "relay"
+    assert len(upstream.requests) == 2
+
+
+async def test_a_stream_broken_after_its_first_chunk_does_not_fall_back(
+    fallback_client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """Once bytes reached the client, the stream ends with an error event instead."""
+    upstream.handler = relay_fails_with(
+        lambda r: httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            stream=Chunks([b'data: {"n": 1}\n\n'], fail=httpx.RemoteProtocolError("cut")),
+        )
+    )
+    r = await fallback_client.post("/v1/chat/completions", json=chat(stream=True))
+    assert r.headers["x-canary-backend"] == "relay"
+    assert "stream_cut" in r.text
+    assert len(upstream.requests) == 1
+
+
+async def test_an_open_circuit_sends_the_canary_share_to_the_baseline(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """After the relay trips, calls go to legacy without touching relay; /status says so."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(FALLBACK.replace("min_requests: 1000", "min_requests: 4, open_s: 600"))
+    app = create_app(str(path), transport=httpx.MockTransport(upstream), watch=False)
+    upstream.handler = relay_fails_with(httpx.ConnectError("refused"))
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        for _ in range(4):
+            r = await c.post("/v1/chat/completions", json=chat())
+            assert r.status_code == 200  # every failure was answered by the fallback
+        doc = (await c.get("/status")).json()
+        assert doc["backends"]["relay"]["circuit"] == "open"
+        assert doc["routes"][0]["effective"] == {"legacy": 0, "relay": 0}
+        assert doc["routes"][0]["canary_percentage"] == 0.0
+        assert doc["events"][0]["to"] == "open"
+        assert doc["migration"]["ready_for_full_migration"] is False
+        assert doc["migration"]["reason"].startswith("relay: circuit open since ")
+        before = len(upstream.requests)
+        for _ in range(5):
+            r = await c.post("/v1/chat/completions", json=chat())
+            assert (r.headers["x-canary-backend"], "x-canary-fallback" in r.headers) == (
+                "legacy",
+                False,
+            )
+        assert [q.url.host for q in upstream.requests[before:]] == ["legacy.test"] * 5
+
+
+async def test_readiness_turns_true_after_enough_healthy_calls(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The verdict counts canary calls since the last change, with a reason until ready."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(FALLBACK + "readiness: {min_requests: 3, max_error_rate: 0.05}\n")
+    app = create_app(str(path), transport=httpx.MockTransport(upstream), watch=False)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        migration = (await c.get("/status")).json()["migration"]
+        assert migration == {"ready_for_full_migration": False, "reason": "relay: 0 of 3 requests"}
+        for _ in range(3):
+            await c.post("/v1/chat/completions", json=chat())
+        migration = (await c.get("/status")).json()["migration"]
+        assert migration["ready_for_full_migration"] is True

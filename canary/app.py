@@ -108,7 +108,8 @@ def create_app(
     def on_config(old: Config | None, new: Config) -> None:
         stats.resize(new.rollback.window_s)
         breakers.apply(old, new)
-        redactor.update(new.secrets())
+        # Keep the old keys masked too: requests still running on the old config log them.
+        redactor.update(new.secrets() | (old.secrets() if old else frozenset()))
 
     store.listeners.append(on_config)
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from canary import __version__
 from canary.config import Config, load_config, redact_url
+from canary.demo import add_demo_arguments, run_demo
 from canary.errors import ConfigError
 from canary.server import ServeOptions, serve
 from canary.simulate import add_simulate_arguments, run_simulate
@@ -57,11 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = verbs.add_parser("simulate", help="an OpenAI-compatible fake provider with fault injection")
     add_simulate_arguments(p)
 
+    p = verbs.add_parser("demo", help="simulators + router + load: watch a canary rolled back live")
+    add_demo_arguments(p)
+
     args = parser.parse_args(argv)
     if args.verb == "serve":
         return _serve(args)
     if args.verb == "check":
         return _check(args.config)
+    if args.verb == "demo":
+        return run_demo(args)
     return run_simulate(args)
 
 

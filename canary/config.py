@@ -268,6 +268,8 @@ def parse_config(raw: bytes, name: str, *, environ: Mapping[str, str]) -> Config
         raise fail(f"invalid YAML: {exc}") from None
     except RecursionError:
         raise fail("YAML is nested too deeply") from None
+    except (ValueError, OverflowError, TypeError) as exc:  # e.g. a date like 2024-02-30
+        raise fail(f"invalid YAML value: {exc}") from None
     finally:
         loader.dispose()
     version = hashlib.sha256(raw).hexdigest()
@@ -402,6 +404,9 @@ class _Reader:
                 value = float(value) if any(c in value for c in ".eEni") else int(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.p.add(path, f"must be a number, not {_kind(value)}")
+            return default
+        if isinstance(value, int) and abs(value) > maximum:  # before float(): it may overflow
+            self.p.add(path, f"must be <= {_fmt(maximum)}")
             return default
         if not math.isfinite(value):
             self.p.add(path, "must be a finite number")
@@ -549,6 +554,11 @@ def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
             r.p.add(f"{path}.base_url", "is required")
         elif parts.scheme not in ("http", "https") or not parts.hostname:
             r.p.add(f"{path}.base_url", "must be an http:// or https:// URL with a host")
+        elif parts.query or parts.fragment:
+            r.p.add(f"{path}.base_url", "must not have a query or fragment (paths are appended)")
+        api_key = r.string(b.get("api_key"), f"{path}.api_key").strip()  # mounted files end in \n
+        if any(ord(c) < 32 or ord(c) == 127 for c in api_key):
+            r.p.add(f"{path}.api_key", "contains a control character")
         model_map: dict[str, str] = {}
         for client_model, upstream in r.mapping(b.get("model_map"), f"{path}.model_map").items():
             if not isinstance(upstream, str) or not upstream:
@@ -561,7 +571,7 @@ def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
         out[name] = Backend(
             name=name,
             base_url=base_url,
-            api_key=r.string(b.get("api_key"), f"{path}.api_key"),
+            api_key=api_key,
             max_concurrency=None if conc is None else int(conc),
             max_qps=r.number(b.get("max_qps"), f"{path}.max_qps", None, strict_min=True),
             timeout_s=_float(

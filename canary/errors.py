@@ -2,9 +2,10 @@
 
     CanaryError
     ├── ConfigError      file, line and key path of every problem in routes.yaml
-    ├── RouterError      a refusal the router makes itself (401, 404, 413, 400, 429, 502, 504),
-    │   └── RateLimited  a local limit was exceeded; carries ``retry_after``
-    └── UpstreamError    a backend failed; carries ``backend`` and the cause
+    └── RouterError      a response the router makes itself (400, 401, 404, 413, 502, 503, 504)
+
+Upstream failures stay httpx exceptions (mapped exactly by ``canary.transport``); the
+proxy turns them into ``RouterError`` responses.
 
 Router refusals render as OpenAI's error shape ``{"error": {"message", "type", "code"}}``.
 """
@@ -46,7 +47,6 @@ class RouterError(CanaryError):
     """A response the router originates, in OpenAI's error shape."""
 
     status = 500
-    type = "server_error"
 
     def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -54,6 +54,8 @@ class RouterError(CanaryError):
         self.code = code
         if status is not None:
             self.status = status
+        # OpenAI's own types: the client's fault below 500, the server's from 500 on.
+        self.type = "invalid_request_error" if self.status < 500 else "server_error"
 
     def body(self) -> bytes:
         return orjson.dumps(
@@ -62,29 +64,3 @@ class RouterError(CanaryError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return []
-
-
-class RateLimited(RouterError):
-    """A local limit was exceeded; the client may retry after ``retry_after`` seconds."""
-
-    status = 429
-    type = "rate_limit_error"
-
-    def __init__(
-        self, message: str, *, retry_after: float, code: str = "rate_limit_exceeded"
-    ) -> None:
-        super().__init__(message, code=code)
-        self.retry_after = retry_after
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
-
-
-class UpstreamError(CanaryError):
-    """A backend failed; ``may_have_reached`` says whether a retry could bill twice."""
-
-    def __init__(self, backend: str, cause: BaseException, *, may_have_reached: bool) -> None:
-        super().__init__(f"{backend}: {type(cause).__name__}: {cause}")
-        self.backend = backend
-        self.cause = cause
-        self.may_have_reached = may_have_reached

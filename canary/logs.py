@@ -41,7 +41,9 @@ class Redactor:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return _TOKENS.sub(lambda m: f"{m.group(1)}***" if m.group(1) else "sk-***", text)
+        if "sk-" in text or "earer" in text or "EARER" in text:  # the regex is the dear part
+            text = _TOKENS.sub(lambda m: f"{m.group(1)}***" if m.group(1) else "sk-***", text)
+        return text
 
     def __call__(
         self, _: Any, __: str, event: MutableMapping[str, Any]
@@ -120,10 +122,10 @@ def configure(*, json: bool | None = None, level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # before the redactor: tracebacks are text too
     ]
     renderer: Any
     if json:
-        shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         factory: Any = _BufferedLoggerFactory()
     else:

@@ -83,6 +83,7 @@ _DROP_REQUEST = HOP_BY_HOP | {
 _DROP_RESPONSE = HOP_BY_HOP | {b"date"}  # uvicorn adds its own; two would confuse clients
 _SLOW_CLIENT_GRACE_S = 1.0
 _URL_CACHE_SIZE = 4096
+_DONE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 
 
@@ -181,14 +182,15 @@ class Proxy:
         try:
             if cfg is None:
                 raise RouterError(
-                    f"No valid configuration is loaded: {self.store.error}",
+                    "No valid configuration is loaded; GET /status shows why.",
                     code="no_config",
                     status=503,
                 )
             if cfg.auth.api_key_digests:
                 _check_client_key(cfg, hdrs.get(b"authorization"))
-            body = await _read_body(receive, hdrs, cfg.server.max_body_bytes)
             path: str = scope["path"]
+            _check_path(path, scope.get("raw_path"))
+            body = await _read_body(receive, hdrs, cfg.server.max_body_bytes)
             route = match_route(
                 cfg.routes,
                 path,
@@ -253,6 +255,7 @@ class Proxy:
     def _request(
         self, scope: Scope, backend: Backend, content: bytes, request_id: bytes
     ) -> httpx.Request:
+        hdrs = dict(scope["headers"])
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         target = backend.base_url + raw_path[3:].decode("latin-1")
         if scope["query_string"]:
@@ -262,7 +265,10 @@ class Proxy:
             if len(self._urls) >= _URL_CACHE_SIZE:
                 self._urls.clear()
             url = self._urls[target] = httpx.URL(target)
-        headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST]
+        drop = _DROP_REQUEST
+        if b"connection" in hdrs:  # headers the client named hop-by-hop go no further
+            drop = drop | _listed(hdrs[b"connection"])
+        headers = [(k, v) for k, v in scope["headers"] if k not in drop]
         headers.append((b"x-request-id", request_id))
         if backend.api_key:
             headers.append((b"authorization", b"Bearer " + backend.api_key.encode()))
@@ -310,7 +316,7 @@ class Proxy:
                     outcome = "fallback"
                     return True
                 outcome = await self._relay(
-                    send, response, backend, route, request_id, flags, fell_back_from
+                    send, response, backend, route, request_id, flags, fell_back_from, scope["path"]
                 )
             except _EarlyFailure as early:
                 outcome = early.outcome
@@ -318,7 +324,19 @@ class Proxy:
                 if can_fall_back:
                     return True
                 status = await _send_upstream_failure(
-                    send, backend, early.cause, request_id, fell_back_from
+                    send, backend, route, early.cause, request_id, fell_back_from
+                )
+            except httpx.LocalProtocolError:
+                # The request cannot be written (a header that is not UTF-8): the client's
+                # fault, not the backend's. Nothing reached the upstream.
+                outcome = "bad_request"
+                refusal = RouterError(
+                    "A request header could not be forwarded (not UTF-8).",
+                    code="invalid_header",
+                    status=400,
+                )
+                status = await _send_error(
+                    send, refusal, request_id, backend, route, fell_back_from
                 )
             except httpx.TransportError as exc:
                 outcome = _outcome_of(exc)
@@ -326,12 +344,25 @@ class Proxy:
                 if can_fall_back:
                     return True
                 status = await _send_upstream_failure(
-                    send, backend, exc, request_id, fell_back_from
+                    send, backend, route, exc, request_id, fell_back_from
                 )
             return False
         except asyncio.CancelledError:
             outcome = "client_disconnected" if flags.disconnected else "cancelled"
             raise
+        except Exception as exc:  # a bug or an unforeseen library error: still answer
+            outcome = "internal_error"
+            log.error(
+                "proxy.internal_error", request_id=request_id.decode(), error=type(exc).__name__
+            )
+            if not flags.done and status == 0:
+                refusal = RouterError(
+                    "canary failed to forward the request.", code="internal_error", status=502
+                )
+                status = await _send_error(
+                    send, refusal, request_id, backend, route, fell_back_from
+                )
+            return False
         finally:
             if response is not None:
                 await response.aclose()
@@ -355,6 +386,7 @@ class Proxy:
         request_id: bytes,
         flags: _Flags,
         fell_back_from: str | None,
+        path: str,
     ) -> str:
         """Stream the upstream answer to the client; return how it ended.
 
@@ -362,9 +394,20 @@ class Proxy:
         before its first chunk raises ``_EarlyFailure`` with nothing sent (fallback still
         possible).
         """
-        out_headers = [
-            (k.lower(), v) for k, v in response.headers.raw if k.lower() not in _DROP_RESPONSE
-        ]
+        status = response.status_code
+        raw = [(k.lower(), v) for k, v in response.headers.raw]
+        drop = _DROP_RESPONSE
+        content_type = b""
+        for k, v in raw:
+            if k == b"connection":
+                drop = drop | _listed(v)
+            elif k == b"content-type":
+                content_type = v
+        sse = content_type.startswith(b"text/event-stream")
+        if sse or status < 200 or status in (204, 304):
+            # An SSE body may get an error event appended; a bodiless status has no length.
+            drop = drop | {b"content-length"}
+        out_headers = [(k, v) for k, v in raw if k not in drop]
         out_headers += [
             (b"x-canary-backend", backend.name.encode()),
             (b"x-canary-route", route.name.encode()),
@@ -372,12 +415,12 @@ class Proxy:
         ]
         if fell_back_from is not None:
             out_headers.append((b"x-canary-fallback", fell_back_from.encode()))
-        start = {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": out_headers,
-        }
-        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        start = {"type": "http.response.start", "status": status, "headers": out_headers}
+        # Chat and legacy completions end their streams with [DONE]; other event streams
+        # (the Responses API, say) end otherwise, and a compressed one cannot be read here.
+        expect_done = (
+            sse and status < 400 and path in _DONE_PATHS and b"content-encoding" not in dict(raw)
+        )
         loop = asyncio.get_running_loop()
         budget = backend.timeout_s + _SLOW_CLIENT_GRACE_S
         prev = last = b""
@@ -395,11 +438,7 @@ class Proxy:
                 if not started:
                     await send(start)
                     started = True
-                if (
-                    sse
-                    and response.status_code < 400
-                    and b"[DONE]" not in (prev[-16:] + last)[-32:]
-                ):
+                if expect_done and b"[DONE]" not in (prev[-16:] + last)[-32:]:
                     await _end_with_error(send, backend, "the stream ended before [DONE]", flags)
                     return "stream_cut"
                 flags.done = True
@@ -409,7 +448,7 @@ class Proxy:
             if not started:
                 raise _EarlyFailure(_outcome_of(exc), exc) from exc
             _log_failure(request_id, backend, exc, event="proxy.stream_broken")
-            if sse:
+            if sse and b"content-encoding" not in dict(raw):
                 await _end_with_error(
                     send, backend, f"the upstream stream broke ({type(exc).__name__})", flags
                 )
@@ -432,7 +471,9 @@ class _EarlyFailure(Exception):
 
 # Outcomes that count against the backend; and those that give no verdict on it.
 _ERROR_OUTCOMES = frozenset({"upstream_timeout", "upstream_error", "stream_cut"})
-_NO_VERDICT = frozenset({"client_disconnected", "cancelled", "slow_client"})
+_NO_VERDICT = frozenset(
+    {"client_disconnected", "cancelled", "slow_client", "bad_request", "internal_error"}
+)
 
 
 def _outcome_of(exc: httpx.TransportError) -> str:
@@ -499,6 +540,7 @@ async def _end_with_error(send: Send, backend: Backend, why: str, flags: _Flags)
 async def _send_upstream_failure(
     send: Send,
     backend: Backend,
+    route: Route,
     exc: httpx.TransportError,
     request_id: bytes,
     fell_back_from: str | None,
@@ -516,8 +558,23 @@ async def _send_upstream_failure(
             code="upstream_error",
             status=502,
         )
+    return await _send_error(send, error, request_id, backend, route, fell_back_from)
+
+
+async def _send_error(
+    send: Send,
+    error: RouterError,
+    request_id: bytes,
+    backend: Backend,
+    route: Route,
+    fell_back_from: str | None,
+) -> int:
+    """A router-made error for a routed call, with canary's routing headers."""
     start, end = error_response_parts(error, request_id)
-    start["headers"].append((b"x-canary-backend", backend.name.encode()))
+    start["headers"] += [
+        (b"x-canary-backend", backend.name.encode()),
+        (b"x-canary-route", route.name.encode()),
+    ]
     if fell_back_from is not None:
         start["headers"].append((b"x-canary-fallback", fell_back_from.encode()))
     await send(start)
@@ -574,6 +631,28 @@ async def _read_body(receive: Receive, hdrs: dict[bytes, bytes], limit: int) -> 
             raise _too_large(limit)
         parts.append(chunk)
     return _Body(b"".join(parts))
+
+
+def _check_path(path: str, raw_path: bytes | None) -> None:
+    """Forward only plain ``/v1/...`` paths: no dot segments, raw or percent-encoded.
+
+    ``base_url + path`` would otherwise let ``/v1/../admin`` (or ``%2e%2e``) reach any
+    path on the provider's host with the backend's key attached.
+    """
+    raw = raw_path if raw_path is not None else path.encode()
+    if not raw.startswith(b"/v1/") or (
+        ("/." in path or b"%2e" in raw.lower()) and any(p in (".", "..") for p in path.split("/"))
+    ):
+        raise RouterError(
+            "The request path must be /v1/... without '.' or '..' segments.",
+            code="invalid_path",
+            status=400,
+        )
+
+
+def _listed(connection: bytes) -> frozenset[bytes]:
+    """Header names a ``Connection`` header lists as hop-by-hop."""
+    return frozenset(t.strip().lower() for t in connection.split(b",") if t.strip())
 
 
 def _too_large(limit: int) -> RouterError:

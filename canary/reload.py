@@ -71,6 +71,8 @@ class ConfigStore:
             return self._loader(self.path)
         except ConfigError as exc:
             return exc
+        except Exception as exc:  # a loader bug must not stop reloads: report it as a problem
+            return ConfigError([ConfigProblem(self.path, None, "", f"{type(exc).__name__}: {exc}")])
 
     def _apply_or_keep(self, outcome: Config | ConfigError) -> ReloadResult:
         if isinstance(outcome, ConfigError):
@@ -121,5 +123,8 @@ class ConfigStore:
         """Poll the file until cancelled; reload whenever its followed stat changes."""
         while True:
             await asyncio.sleep(interval_s)
-            if self.changed_on_disk():
-                await self.reload(reason="file changed")
+            try:
+                if self.changed_on_disk():
+                    await self.reload(reason="file changed")
+            except Exception as exc:  # live reload must outlive any one bad file
+                log.error("config.watch_failed", error=type(exc).__name__)

@@ -295,6 +295,7 @@ async def test_upstream_failures_become_openai_errors(
     assert r.status_code == status
     assert error_of(r)["code"] == code
     assert r.headers["x-canary-backend"] == "legacy"
+    assert r.headers["x-canary-route"] == "default"
     assert UPSTREAM_KEY not in r.text
     backend = (await client.get("/status")).json()["backends"]["legacy"]
     assert (backend["requests"], backend["errors"]) == (1, 1)
@@ -340,7 +341,7 @@ async def test_broken_sse_stream_ends_with_an_error_event(
     upstream.handler = lambda r: httpx.Response(
         200, headers={"content-type": "text/event-stream"}, stream=stream
     )
-    r = await client.post("/v1/models", json=chat(stream=True))
+    r = await client.post("/v1/chat/completions", json=chat("claude-3", stream=True))
     events = [e for e in r.text.split("\n\n") if e]
     assert events[0] == 'data: {"n": 1}'
     last = orjson.loads(events[-1].removeprefix("data: "))
@@ -680,3 +681,104 @@ async def test_readiness_turns_true_after_enough_healthy_calls(
             await c.post("/v1/chat/completions", json=chat())
         migration = (await c.get("/status")).json()["migration"]
         assert migration["ready_for_full_migration"] is True
+
+
+async def test_responses_api_streams_without_done_are_not_cut(
+    fallback_client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """Only chat and legacy completions must end with [DONE]; other event streams pass whole."""
+    events = [b"event: response.created\ndata: {}\n\n", b"event: response.completed\ndata: {}\n\n"]
+    upstream.handler = lambda r: httpx.Response(
+        200,
+        headers={"content-type": "text/event-stream", "content-length": "999"},
+        stream=Chunks(events),
+    )
+    r = await fallback_client.post("/v1/responses", json=chat(stream=True))
+    assert r.content == b"".join(events)
+    assert "content-length" not in r.headers  # an SSE body may grow by an error event
+    assert (await fallback_client.get("/status")).json()["backends"]["relay"]["errors"] == 0
+
+
+async def test_a_header_that_cannot_be_forwarded_is_the_clients_400(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """A request the transport cannot write is refused as the client's error, not counted."""
+
+    def unwritable(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError("a request header is not UTF-8")
+
+    upstream.handler = unwritable
+    r = await client.get("/v1/models")
+    assert r.status_code == 400
+    assert error_of(r)["code"] == "invalid_header"
+    assert error_of(r)["type"] == "invalid_request_error"
+    assert (await client.get("/status")).json()["backends"]["legacy"]["errors"] == 0
+
+
+async def test_an_unexpected_failure_is_still_answered_in_openai_shape(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """Whatever goes wrong inside, the client gets a JSON 502 rather than a bare 500."""
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise ValueError("something canary did not foresee")
+
+    upstream.handler = broken
+    r = await client.get("/v1/models")
+    assert r.status_code == 502
+    assert error_of(r)["code"] == "internal_error"
+    assert "foresee" not in r.text
+
+
+async def test_bodiless_statuses_lose_their_content_length(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """A 304 or 204 from upstream is relayed without a Content-Length the server would enforce."""
+    upstream.handler = lambda r: httpx.Response(304, headers={"content-length": "10", "etag": "x"})
+    r = await client.get("/v1/models")
+    assert r.status_code == 304
+    assert r.headers["etag"] == "x"
+    assert "content-length" not in r.headers
+
+
+async def test_headers_named_in_connection_are_not_forwarded(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """Headers a Connection header lists are hop-by-hop in both directions."""
+    upstream.handler = lambda r: httpx.Response(
+        200, headers={"connection": "x-hop-down", "x-hop-down": "internal"}, content=b"{}"
+    )
+    r = await client.get("/v1/models", headers={"connection": "x-hop-up", "x-hop-up": "1"})
+    assert "x-hop-down" not in r.headers
+    assert "x-hop-up" not in upstream.requests[-1].headers
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(b"/v1/../admin/keys", id="dot-dot"),
+        pytest.param(b"/v1/%2e%2e/admin", id="encoded-dot-dot"),
+        pytest.param(b"/v1/./models", id="dot"),
+    ],
+)
+async def test_dot_segments_are_refused_before_any_upstream_call(
+    routes: Path, upstream: Upstream, path: bytes
+) -> None:
+    """/v1/../x would reach any path on the provider with the backend's key: 400 instead."""
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    decoded = path.decode().replace("%2e", ".")
+    scope = {"type": "http", "method": "GET", "path": decoded, "raw_path": path}
+    scope |= {"query_string": b"", "headers": []}
+    async with LifespanManager(app):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert b"invalid_path" in sent[1]["body"]
+    assert upstream.requests == []

@@ -186,3 +186,24 @@ def test_bad_file_at_start_leaves_no_config(tmp_path: Path) -> None:
     store.load_initial()
     assert store.config is None
     assert store.error is not None and "routes" in store.error
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("routes: 2024-02-30\n", id="impossible-date"),
+        pytest.param("backends: {legacy: {max_qps: " + "9" * 400 + "}}\n", id="huge-integer"),
+    ],
+)
+async def test_values_yaml_cannot_construct_are_located_errors(
+    store: ConfigStore, path: Path, text: str
+) -> None:
+    """A value PyYAML fails to build is reported like any problem, and reloads go on."""
+    before = store.config
+    path.write_text(text)
+    result = await store.reload(reason="test")
+    assert not result.applied and store.config is before
+    assert store.error is not None and "routes.yaml" in store.error
+    save_by_rename(path, good(60, 40))
+    assert await poll(store)
+    assert weights(store) == {"legacy": 60, "relay": 40}

@@ -576,7 +576,8 @@ class _Session:
     async def run(self) -> Summary:
         """Until the duration ends or SIGINT/SIGTERM arrives; then the summary."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
             loop.add_signal_handler(sig, self.stop.set)
         self.start, self.wall_start = time.monotonic(), time.time()
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
@@ -586,18 +587,21 @@ class _Session:
                 httpx.AsyncClient(timeout=2.0) as control,
             ):
                 tasks = asyncio.gather(self._send(load), self._inject(control))
-                with contextlib.ExitStack() as stack:
-                    show = _screen(stack, self.opts.live)
-                    while not self.stop.is_set() and self.elapsed() < self.opts.duration:
-                        await self._poll(control)
-                        show(self.view())
-                        await self._sleep_until(self.elapsed() + POLL_S)
-                self.stop.set()
-                await tasks  # the requests still in flight finish (or time out)
+                try:
+                    with contextlib.ExitStack() as stack:
+                        show = _screen(stack, self.opts.live)
+                        while not self.stop.is_set() and self.elapsed() < self.opts.duration:
+                            await self._poll(control)
+                            show(self.view())
+                            await self._sleep_until(self.elapsed() + POLL_S)
+                finally:
+                    self.stop.set()
+                    await tasks  # the requests still in flight finish (or time out)
                 await self._poll(control)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig, handler in previous.items():  # back to stopping the children on exit
                 loop.remove_signal_handler(sig)
+                signal.signal(sig, handler)
         return summarize(self.records, self.timeline, self.status)
 
     def elapsed(self) -> float:

@@ -326,7 +326,8 @@ DEMO = [sys.executable, "-m", "canary", "demo", "--no-live"]
 
 def _run_demo(args: list[str], *, interrupt_after: str | None = None) -> tuple[int, str]:
     """Run the demo in its own process group; whatever happens, nothing is left running."""
-    proc = subprocess.Popen(
+    lines: list[str] = []
+    with subprocess.Popen(
         [*DEMO, *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
@@ -334,20 +335,19 @@ def _run_demo(args: list[str], *, interrupt_after: str | None = None) -> tuple[i
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # bounded: the demo ends itself; the timeout below is a backstop
-            lines.append(line)
-            if interrupt_after and line.lstrip().startswith(interrupt_after):
-                proc.send_signal(signal.SIGINT)
-                interrupt_after = None
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # the demo ends itself; pytest's timeout is the backstop
+                lines.append(line)
+                if interrupt_after and line.lstrip().startswith(interrupt_after):
+                    proc.send_signal(signal.SIGINT)
+                    interrupt_after = None
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     with pytest.raises(ProcessLookupError):  # no simulator or router outlived the demo
         os.killpg(proc.pid, 0)
     return code, "".join(lines)

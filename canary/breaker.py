@@ -240,11 +240,14 @@ class Breakers:
                 circuit.rearm(f"routes.yaml changed {name}")
 
     def effective(self, route: Route) -> dict[str, float]:
-        """The route's weights with every non-closed canary at 0 (the baseline never is)."""
-        return {
-            name: 0.0 if name != route.baseline and self.state(name) != CLOSED else w
-            for name, w in route.weights.items()
-        }
+        """Where the route's traffic goes now, in the file's units: every non-closed canary
+        at 0, its share moved to the baseline (90/10 with relay open reads 100/0)."""
+        out = dict(route.weights)
+        for name, w in route.weights.items():
+            if name != route.baseline and self.state(name) != CLOSED:
+                out[name] = 0.0
+                out[route.baseline] += w
+        return out
 
     def __iter__(self) -> Iterator[Circuit]:
         return iter(self.circuits.values())

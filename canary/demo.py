@@ -54,7 +54,7 @@ rollback:
   min_requests: 20
   max_error_rate: {threshold:g}
   open_s: {open_s:g}
-  probe_requests: 5
+  probe_requests: 10  # 5 probes pass a 50%-broken relay 1 time in 32; 10, 1 in 1024
   auto_resume: true
 readiness: {{min_requests: 50, max_error_rate: 0.05}}
 retry: {{max_attempts: 1}}  # one try per backend: each failed relay call is one fallback

@@ -1,8 +1,9 @@
 """``/status``: the migration's state as one JSON document, rendered from snapshots.
 
-Weights are shown in the file's own units. ``effective`` is what the router uses now
-(``configured`` with every non-closed canary circuit at 0); ``canary_percentage`` is the
-effective non-baseline share of a route, in percent. ``migration`` says whether every
+Weights are shown in the file's own units. ``effective`` is where traffic goes now:
+``configured`` with every non-closed canary circuit at 0 and its share on the route's
+baseline (SPEC's example: 90/10 reads 100/0 while relay is open); ``canary_percentage``
+is the effective non-baseline share of a route, in percent. ``migration`` says whether every
 canary with configured weight is ready for 100%, and if not, why, in words. Nothing
 here holds a secret: backends show their URL without userinfo or query, and no key is
 ever read.

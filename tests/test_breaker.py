@@ -213,13 +213,13 @@ def test_circuits_exist_for_canaries_only(breakers: Breakers) -> None:
 
 
 def test_effective_weights_zero_open_canaries_never_the_baseline(breakers: Breakers) -> None:
-    """An open circuit zeroes that backend on every route except where it is the baseline."""
+    """An open circuit's share moves to each route's baseline; a baseline is never zeroed."""
     cfg = config()
     trip(breakers.circuits["legacy"])
     assert breakers.effective(cfg.routes[0]) == {"legacy": 90, "relay": 10}  # legacy is baseline
-    assert breakers.effective(cfg.routes[1]) == {"other": 100, "legacy": 0}
+    assert breakers.effective(cfg.routes[1]) == {"other": 105, "legacy": 0}
     trip(breakers.circuits["relay"])
-    assert breakers.effective(cfg.routes[0]) == {"legacy": 90, "relay": 0}
+    assert breakers.effective(cfg.routes[0]) == {"legacy": 100, "relay": 0}
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_routes_yaml_is_a_valid_config(tmp_path: Path) -> None:
     assert cfg.backends["relay"].base_url == "http://127.0.0.1:9102/v1"
     rb = cfg.rollback
     assert (rb.window_s, rb.min_requests, rb.max_error_rate) == (10, 20, 0.2)
-    assert (rb.open_s, rb.probe_requests, rb.auto_resume) == (4, 5, True)
+    assert (rb.open_s, rb.probe_requests, rb.auto_resume) == (4, 10, True)
     assert (cfg.readiness.min_requests, cfg.readiness.max_error_rate) == (50, 0.05)
 
 

@@ -649,7 +649,7 @@ async def test_an_open_circuit_sends_the_canary_share_to_the_baseline(
             assert r.status_code == 200  # every failure was answered by the fallback
         doc = (await c.get("/status")).json()
         assert doc["backends"]["relay"]["circuit"] == "open"
-        assert doc["routes"][0]["effective"] == {"legacy": 0, "relay": 0}
+        assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}
         assert doc["routes"][0]["canary_percentage"] == 0.0
         assert doc["events"][0]["to"] == "open"
         assert doc["migration"]["ready_for_full_migration"] is False

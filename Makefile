@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test check bench fmt clean venv
+.PHONY: run test check bench demo fmt clean venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ check: venv  ## lint, format check, strict typing
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+demo: venv  ## watch a canary rolled back live (about a minute)
+	$(BIN)/canary demo
 
 bench: venv  ## direct vs through canary: rps, latency, router CPU per request
 	$(BIN)/python bench/run.py

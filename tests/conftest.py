@@ -15,9 +15,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +110,17 @@ def _read(output: IO[bytes]) -> str:
     output.flush()
     output.seek(0)
     return output.read().decode(errors="replace")
+
+
+def simulator(port: int, name: str) -> contextlib.AbstractContextManager[Any]:
+    """``canary simulate`` as a real process on ``port``, ready when it answers."""
+    args = [sys.executable, "-m", "canary", "simulate", "--port", str(port), "--name", name]
+    return run_process(args, f"http://127.0.0.1:{port}/_sim/stats")
+
+
+@pytest.fixture(scope="module")
+def sims() -> Iterator[tuple[str, str]]:
+    """Two simulated providers, legacy and relay, shared by one test module."""
+    ports = free_port(), free_port()
+    with simulator(ports[0], "legacy"), simulator(ports[1], "relay"):
+        yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"

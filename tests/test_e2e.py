@@ -3,7 +3,6 @@ driven by the official openai client (and raw HTTP for the error cases)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -96,18 +95,6 @@ class Stack:
         self.log.flush()
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
-
-
-def simulator(port: int, name: str) -> contextlib.AbstractContextManager[Any]:
-    args = [sys.executable, "-m", "canary", "simulate", "--port", str(port), "--name", name]
-    return run_process(args, f"http://127.0.0.1:{port}/_sim/stats")
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[str, str]]:
-    ports = free_port(), free_port()
-    with simulator(ports[0], "legacy"), simulator(ports[1], "relay"):
-        yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
 
 
 @pytest.fixture

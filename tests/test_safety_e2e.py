@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 from conftest import free_port, run_process, wait_until
-from test_e2e import Stack, simulator
+from test_e2e import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -89,13 +89,6 @@ def routes(
 ) -> str:
     resume = "true" if auto_resume else "false"
     return ROUTES.format(legacy=legacy, relay=relay, open_s=open_s, auto_resume=resume)
-
-
-@pytest.fixture(scope="module")
-def sims() -> Iterator[tuple[str, str]]:
-    ports = free_port(), free_port()
-    with simulator(ports[0], "legacy"), simulator(ports[1], "relay"):
-        yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import hmac
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -86,6 +86,7 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = time.monotonic,
     rng: random.Random | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     watch: bool = True,
     watch_interval_s: float = 0.25,
     signals: bool = False,
@@ -102,6 +103,7 @@ def create_app(
         transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S),
         clock=clock,
         rng=rng or random.Random(),
+        sleep=sleep,
         access_log=access_log,
     )
 

@@ -43,13 +43,14 @@ import httpx
 import orjson
 import structlog
 
-from canary.breaker import Breakers
-from canary.config import Backend, Config, Route, digest
+from canary.breaker import CLOSED, Breakers, Circuit
+from canary.config import Backend, Config, Retry, Route, digest
 from canary.errors import RouterError
 from canary.logs import redactor
 from canary.reload import ConfigStore
+from canary.retry import RETRY_STATUSES, RetryBudget, backoff, delay_s, retryable_error
 from canary.router import match_route, pick
-from canary.stats import Clock, Stats
+from canary.stats import Clock, Stats, Window
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,6 +94,15 @@ class _Flags:
     def __init__(self) -> None:
         self.done = False
         self.disconnected = False
+
+
+class _Call:
+    """When the try that is still open started (None between tries)."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started: float | None = None
 
 
 class _Body:
@@ -163,6 +173,7 @@ class Proxy:
         *,
         clock: Clock,
         rng: random.Random,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         access_log: bool = True,
     ) -> None:
         self.store = store
@@ -171,6 +182,8 @@ class Proxy:
         self.transport = transport
         self.clock = clock
         self.rng = rng
+        self.sleep = sleep
+        self.budget = RetryBudget(clock)
         self.access_log = access_log
         self._urls: dict[str, httpx.URL] = {}
 
@@ -238,12 +251,30 @@ class Proxy:
         try:
             content = _map_model(backend, body)
             failed = await self._attempt(
-                scope, send, route, backend, content, request_id, flags, None, baseline is not None
+                scope,
+                send,
+                route,
+                backend,
+                content,
+                request_id,
+                flags,
+                None,
+                baseline is not None,
+                cfg.retry,
             )
             if failed and baseline is not None:
                 content = _map_model(baseline, body)
                 await self._attempt(
-                    scope, send, route, baseline, content, request_id, flags, backend.name, False
+                    scope,
+                    send,
+                    route,
+                    baseline,
+                    content,
+                    request_id,
+                    flags,
+                    backend.name,
+                    False,
+                    cfg.retry,
                 )
         except asyncio.CancelledError:
             if not flags.disconnected:
@@ -293,8 +324,9 @@ class Proxy:
         flags: _Flags,
         fell_back_from: str | None,
         can_fall_back: bool,
+        rules: Retry,
     ) -> bool:
-        """One call to one backend, counted in its window and circuit.
+        """One call to one backend (with its retries), counted in its window and circuit.
 
         Returns True when it failed before any byte reached the client and
         ``can_fall_back``: then nothing was sent, and the caller may try the baseline.
@@ -302,14 +334,14 @@ class Proxy:
         window = self.stats.window(backend.name)
         circuit = self.breakers.circuits.get(backend.name)
         started = self.clock()
-        window.start()
+        call = _Call()
         status = 0
         outcome = "ok"
         response: httpx.Response | None = None
         try:
             try:
-                response = await self.transport.handle_async_request(
-                    self._request(scope, backend, content, request_id)
+                response = await self._send(
+                    scope, backend, content, request_id, rules, window, circuit, call
                 )
                 status = response.status_code
                 if can_fall_back and (status >= 500 or status == 429):
@@ -366,16 +398,91 @@ class Proxy:
         finally:
             if response is not None:
                 await response.aclose()
-            error = outcome in _ERROR_OUTCOMES or status >= 500 or status == 429
-            elapsed = self.clock() - started
-            window.finish(elapsed, error=error)
-            if circuit is not None:
-                if outcome in _NO_VERDICT:
-                    circuit.abandon()
-                else:
-                    circuit.record(error=error)
+            if call.started is not None:  # the last try is still open (not one that failed)
+                error = outcome in _ERROR_OUTCOMES or status >= 500 or status == 429
+                window.finish(self.clock() - call.started, error=error)
+                if circuit is not None:
+                    if outcome in _NO_VERDICT:
+                        circuit.abandon()
+                    else:
+                        circuit.record(error=error)
             if self.access_log:
+                elapsed = self.clock() - started
                 _access(scope, request_id, route.name, backend.name, status, outcome, elapsed)
+
+    async def _send(
+        self,
+        scope: Scope,
+        backend: Backend,
+        content: bytes,
+        request_id: bytes,
+        rules: Retry,
+        window: Window,
+        circuit: Circuit | None,
+        call: _Call,
+    ) -> httpx.Response:
+        """Call the backend, retrying what cannot have been billed (see ``canary.retry``).
+
+        Each failed try is counted against the backend before the next; ``call.started``
+        is the start of the try still open, None while waiting between tries.
+        """
+        attempt = 1
+        while True:
+            self.budget.note_call(backend.name)
+            call.started = self.clock()
+            window.start()
+            response: httpx.Response | None = None
+            failure: httpx.TransportError | None = None
+            try:
+                response = await self.transport.handle_async_request(
+                    self._request(scope, backend, content, request_id)
+                )
+            except httpx.TransportError as exc:
+                if not retryable_error(exc):
+                    raise
+                wait, after, failure = (
+                    backoff(attempt, rules.backoff_s, self.rng),
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                asked = delay_s(attempt, rules.backoff_s, response.headers, self.rng)
+                if asked is None:
+                    return response
+                wait, after = asked, str(response.status_code)
+            # A retryable failure: count it now, so a circuit it trips stops the retries.
+            window.finish(self.clock() - call.started, error=True)
+            call.started = None
+            if circuit is not None:
+                circuit.record(error=True)
+            if not self._may_retry(attempt, rules, backend, circuit):
+                if failure is not None:
+                    raise failure
+                assert response is not None
+                return response  # counted already: call.started is None
+            if response is not None:
+                await response.aclose()
+            log.info(
+                "proxy.retry",
+                request_id=request_id.decode(),
+                backend=backend.name,
+                attempt=attempt,
+                after=after,
+                wait_s=round(wait, 3),
+            )
+            await self.sleep(wait)
+            attempt += 1
+
+    def _may_retry(
+        self, attempt: int, rules: Retry, backend: Backend, circuit: Circuit | None
+    ) -> bool:
+        return (
+            attempt < rules.max_attempts
+            and (circuit is None or circuit.state == CLOSED)  # a tripped backend gets no more
+            and self.budget.try_spend(backend.name, rules.budget)
+        )
 
     async def _relay(
         self,

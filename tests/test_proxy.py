@@ -54,6 +54,10 @@ routes:
 Handler = Callable[[httpx.Request], Any]
 
 
+async def no_sleep(seconds: float) -> None:
+    """Retry back-off in flow tests: waits are configuration, not something to sit through."""
+
+
 class Upstream:
     """A recording fake provider; ``handler`` decides the answer per request."""
 
@@ -111,7 +115,11 @@ def routes(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(routes: Path, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
-        str(routes), transport=httpx.MockTransport(upstream), rng=random.Random(7), watch=False
+        str(routes),
+        transport=httpx.MockTransport(upstream),
+        sleep=no_sleep,
+        rng=random.Random(7),
+        watch=False,
     )
     async with (
         LifespanManager(app) as manager,
@@ -235,7 +243,9 @@ async def test_unparsable_json_is_400_only_when_the_body_is_needed(
 async def test_body_over_the_limit_is_413(routes: Path, upstream: Upstream) -> None:
     """A declared or streamed body over server.max_body_bytes is refused before upstream."""
     routes.write_text(BASE + "server: {max_body_bytes: 1000}\n")
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(5):
@@ -258,7 +268,9 @@ async def test_body_over_the_limit_is_413(routes: Path, upstream: Upstream) -> N
 async def test_client_keys_are_required_when_configured(routes: Path, upstream: Upstream) -> None:
     """With auth.api_keys set, a missing or wrong key is 401 and never reaches upstream."""
     routes.write_text(BASE + f"auth: {{api_keys: 'other-key, {CLIENT_KEY}'}}\n")
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     async with (
         LifespanManager(app) as m,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
@@ -275,17 +287,22 @@ async def test_client_keys_are_required_when_configured(routes: Path, upstream: 
 
 
 @pytest.mark.parametrize(
-    ("exc", "status", "code"),
+    ("exc", "status", "code", "tries"),
     [
-        pytest.param(httpx.ConnectError("refused"), 502, "upstream_error", id="connect"),
-        pytest.param(httpx.ReadTimeout("slow"), 504, "upstream_timeout", id="timeout"),
-        pytest.param(httpx.RemoteProtocolError("closed"), 502, "upstream_error", id="protocol"),
+        pytest.param(httpx.ConnectError("refused"), 502, "upstream_error", 3, id="connect"),
+        pytest.param(httpx.ReadTimeout("slow"), 504, "upstream_timeout", 1, id="timeout"),
+        pytest.param(httpx.RemoteProtocolError("closed"), 502, "upstream_error", 1, id="protocol"),
     ],
 )
 async def test_upstream_failures_become_openai_errors(
-    client: httpx.AsyncClient, upstream: Upstream, exc: Exception, status: int, code: str
+    client: httpx.AsyncClient,
+    upstream: Upstream,
+    exc: Exception,
+    status: int,
+    code: str,
+    tries: int,
 ) -> None:
-    """Transport failures map to 502/504 in OpenAI's shape, naming the backend, no key."""
+    """Transport failures map to 502/504 in OpenAI's shape; only a refused connect is retried."""
 
     def fail(request: httpx.Request) -> httpx.Response:
         raise exc
@@ -297,15 +314,19 @@ async def test_upstream_failures_become_openai_errors(
     assert r.headers["x-canary-backend"] == "legacy"
     assert r.headers["x-canary-route"] == "default"
     assert UPSTREAM_KEY not in r.text
+    assert len(upstream.requests) == tries  # a call that may have been billed is not resent
     backend = (await client.get("/status")).json()["backends"]["legacy"]
-    assert (backend["requests"], backend["errors"]) == (1, 1)
+    assert (backend["requests"], backend["errors"]) == (tries, tries)
 
 
-@pytest.mark.parametrize(("status", "counts"), [(500, 1), (503, 1), (400, 0), (404, 0)])
+@pytest.mark.parametrize(("status", "counts"), [(500, 1), (503, 3), (400, 0), (404, 0)])
 async def test_upstream_error_responses_pass_through_unchanged(
     client: httpx.AsyncClient, upstream: Upstream, status: int, counts: int
 ) -> None:
-    """The provider's own error body and status reach the client; only 5xx count as errors."""
+    """The provider's own error body and status reach the client; only 5xx count as errors.
+
+    A 503 is tried three times (retry.max_attempts) before it is passed on, each one counted.
+    """
     body = b'{"error": {"message": "provider says no", "type": "x", "code": "y"}}'
     upstream.handler = lambda request: httpx.Response(status, content=body)
     r = await client.get("/v1/models")
@@ -379,7 +400,9 @@ async def test_health_and_readiness(client: httpx.AsyncClient, tmp_path: Path) -
     assert (await client.get("/readyz")).status_code == 200
     bad = tmp_path / "bad.yaml"
     bad.write_text("backends: [\n")
-    app = create_app(str(bad), transport=httpx.MockTransport(Upstream()), watch=False)
+    app = create_app(
+        str(bad), transport=httpx.MockTransport(Upstream()), sleep=no_sleep, watch=False
+    )
     async with (
         LifespanManager(app) as m,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
@@ -401,7 +424,9 @@ async def test_unknown_control_path_is_404_in_openai_shape(client: httpx.AsyncCl
 async def test_admin_reload_needs_the_admin_token(routes: Path, upstream: Upstream) -> None:
     """Admin reload needs the token, applies a good file and keeps the last good on a bad one."""
     routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     auth = {"authorization": f"Bearer {ADMIN}"}
     async with (
         LifespanManager(app) as m,
@@ -454,7 +479,9 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
 
     upstream.handler = slow
     routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     async with (
         LifespanManager(app) as m,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
@@ -483,7 +510,9 @@ async def test_a_client_that_stops_reading_releases_the_upstream(
     upstream.handler = lambda r: httpx.Response(
         200, headers={"content-type": "text/event-stream"}, stream=stream
     )
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     stuck = asyncio.Event()
     messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
 
@@ -532,7 +561,9 @@ rollback: {min_requests: 1000}
 async def fallback_client(tmp_path: Path, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
     path = tmp_path / "routes.yaml"
     path.write_text(FALLBACK)
-    app = create_app(str(path), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     async with (
         LifespanManager(app) as m,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
@@ -554,36 +585,37 @@ def relay_fails_with(failure: Any) -> Handler:
 
 
 @pytest.mark.parametrize(
-    "failure",
+    ("failure", "tries"),
     [
-        pytest.param(httpx.ConnectError("refused"), id="connect"),
-        pytest.param(httpx.ReadTimeout("slow"), id="timeout"),
-        pytest.param(lambda r: httpx.Response(503, content=b"{}"), id="503"),
-        pytest.param(lambda r: httpx.Response(429, content=b"{}"), id="429"),
+        pytest.param(httpx.ConnectError("refused"), 3, id="connect"),
+        pytest.param(httpx.ReadTimeout("slow"), 1, id="timeout"),
+        pytest.param(lambda r: httpx.Response(503, content=b"{}"), 3, id="503"),
+        pytest.param(lambda r: httpx.Response(429, content=b"{}"), 3, id="429"),
         pytest.param(
             lambda r: httpx.Response(
                 200,
                 headers={"content-type": "text/event-stream"},
                 stream=Chunks([], fail=httpx.RemoteProtocolError("cut before any chunk")),
             ),
+            1,
             id="stream-cut-before-first-chunk",
         ),
     ],
 )
 async def test_failed_canary_call_falls_back_to_the_baseline(
-    fallback_client: httpx.AsyncClient, upstream: Upstream, failure: Any
+    fallback_client: httpx.AsyncClient, upstream: Upstream, failure: Any, tries: int
 ) -> None:
-    """A canary failure before any byte is answered by the baseline, marked, and counted."""
+    """A canary failure before any byte is retried if safe, then answered by the baseline."""
     upstream.handler = relay_fails_with(failure)
     r = await fallback_client.post("/v1/chat/completions", json=chat())
     assert r.status_code == 200
     assert r.headers["x-canary-backend"] == "legacy"
     assert r.headers["x-canary-fallback"] == "relay"
-    assert [q.url.host for q in upstream.requests] == ["relay.test", "legacy.test"]
+    assert [q.url.host for q in upstream.requests] == ["relay.test"] * tries + ["legacy.test"]
     assert orjson.loads(upstream.requests[0].content)["model"] == "relay-4.1"
-    assert orjson.loads(upstream.requests[1].content)["model"] == "gpt-4.1"  # baseline's own map
+    assert orjson.loads(upstream.requests[-1].content)["model"] == "gpt-4.1"  # baseline's map
     backends = (await fallback_client.get("/status")).json()["backends"]
-    assert (backends["relay"]["requests"], backends["relay"]["errors"]) == (1, 1)
+    assert (backends["relay"]["requests"], backends["relay"]["errors"]) == (tries, tries)
     assert (backends["legacy"]["requests"], backends["legacy"]["errors"]) == (1, 0)
 
 
@@ -612,7 +644,7 @@ async def test_when_the_baseline_fails_too_the_client_gets_its_error(
     assert r.status_code == 502
     assert r.headers["x-canary-backend"] == "legacy"
     assert r.headers["x-canary-fallback"] == "relay"
-    assert len(upstream.requests) == 2
+    assert len(upstream.requests) == 6  # three tries on each: a refused connect is safe to retry
 
 
 async def test_a_stream_broken_after_its_first_chunk_does_not_fall_back(
@@ -638,7 +670,9 @@ async def test_an_open_circuit_sends_the_canary_share_to_the_baseline(
     """After the relay trips, calls go to legacy without touching relay; /status says so."""
     path = tmp_path / "routes.yaml"
     path.write_text(FALLBACK.replace("min_requests: 1000", "min_requests: 4, open_s: 600"))
-    app = create_app(str(path), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     upstream.handler = relay_fails_with(httpx.ConnectError("refused"))
     async with (
         LifespanManager(app) as m,
@@ -670,7 +704,9 @@ async def test_readiness_turns_true_after_enough_healthy_calls(
     """The verdict counts canary calls since the last change, with a reason until ready."""
     path = tmp_path / "routes.yaml"
     path.write_text(FALLBACK + "readiness: {min_requests: 3, max_error_rate: 0.05}\n")
-    app = create_app(str(path), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     async with (
         LifespanManager(app) as m,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
@@ -765,7 +801,9 @@ async def test_dot_segments_are_refused_before_any_upstream_call(
     routes: Path, upstream: Upstream, path: bytes
 ) -> None:
     """/v1/../x would reach any path on the provider with the backend's key: 400 instead."""
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), watch=False)
+    app = create_app(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -782,3 +820,46 @@ async def test_dot_segments_are_refused_before_any_upstream_call(
     assert sent[0]["status"] == 400
     assert b"invalid_path" in sent[1]["body"]
     assert upstream.requests == []
+
+
+async def test_a_429_is_retried_after_the_wait_the_provider_asked_for(
+    routes: Path, upstream: Upstream
+) -> None:
+    """429 with Retry-After, then 200: the client gets the 200; the wait honoured the header."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    answers = iter([httpx.Response(429, headers={"retry-after": "2"}, content=b"{}")])
+    upstream.handler = lambda r: next(answers, None) or Upstream.ok(r)
+    app = create_app(str(routes), transport=httpx.MockTransport(upstream), sleep=sleep, watch=False)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        r = await c.get("/v1/models")
+        assert r.status_code == 200
+        assert len(upstream.requests) == 2
+        assert len(slept) == 1 and slept[0] >= 2
+        legacy = (await c.get("/status")).json()["backends"]["legacy"]
+        assert (legacy["requests"], legacy["errors"]) == (2, 1)  # the 429 counted once
+
+
+async def test_a_backend_that_trips_gets_no_more_retries(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """Once the canary's circuit opens mid-retry, the call falls back at once."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(FALLBACK.replace("min_requests: 1000", "min_requests: 1, open_s: 600"))
+    upstream.handler = relay_fails_with(lambda r: httpx.Response(503, content=b"{}"))
+    app = create_app(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=chat())
+        assert (r.status_code, r.headers["x-canary-fallback"]) == (200, "relay")
+        assert [q.url.host for q in upstream.requests] == ["relay.test", "legacy.test"]

@@ -124,3 +124,70 @@ def sims() -> Iterator[tuple[str, str]]:
     ports = free_port(), free_port()
     with simulator(ports[0], "legacy"), simulator(ports[1], "relay"):
         yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free 127.0.0.1 port; a test may stop and start it again.
+
+    No persistence. ``start`` waits (bounded) until PING answers; ``url`` stays the same
+    across restarts, so clients reconnect by themselves.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._output = tempfile.TemporaryFile()
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._process is not None and self._process.poll() is None:
+            return
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no"]
+        self._process = process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir(),  # redis-server writes nothing, but never into the repo
+        )
+        try:
+            wait_until(lambda: self._pong(process), timeout, f"redis-server PING on {self.port}")
+        except BaseException:
+            self.stop()
+            sys.stderr.write(f"--- output of redis-server ---\n{_read(self._output)}\n")
+            raise
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process)
+            self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        self._output.close()
+
+    def _pong(self, process: subprocess.Popen[bytes]) -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {process.returncode} before ready")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole test session, always stopped at the end."""
+    import shutil  # (here, so the helpers above stay as they were)
+
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (.ci/run installs it with apt-get)")
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,404 @@
+"""Per-backend ``max_concurrency`` and ``max_qps``, in one process or shared through Redis.
+
+    Limiter (Protocol)  acquire(backend, *, max_concurrency, max_qps, wait_s) -> Lease
+    ├── MemoryLimiter   one replica; ``share`` scales the limits (Redis down: each of N takes 1/N)
+    └── RedisLimiter    all replicas against one Redis, one atomic Lua call per attempt
+
+    RateLimited(RouterError)     429 with Retry-After after the queue time; not a backend error
+    StateUnavailable(CanaryError) Redis unreachable or slower than ``op_timeout_s``
+
+A start is granted only when both limits allow it, atomically: a concurrency slot (a lease,
+released when the request ends) and a QPS start. Limits come with each call from the live
+config, so a reload takes effect on the next acquire.
+
+QPS is a sliding log, not GCRA: a start is allowed when fewer than ``n`` starts happened in
+the last ``period`` seconds (``n = floor(max_qps)`` per second; below 1 qps, one per
+``1/max_qps`` s); the log holds only the last period's starts. Only this meets SPEC §2
+exactly, at most max_qps starts in *any* one-second window with bursts of one second's
+worth: GCRA or a token bucket with burst = max_qps admits up to 2·max_qps - 1 in the second
+after an idle spell. So after a full burst the next start waits for the burst's first start
+to leave the window, not 1/max_qps.
+
+Waiting is a bounded FIFO queue. In memory the head waiter wakes when a lease is released,
+or sleeps exactly until the next start is due (no polling). With Redis a waiter retries when
+the script says the next start is due, or every ``poll_s`` for a slot, with a little jitter.
+Past ``wait_s`` (or at once, when the next start is due later than that) it is RateLimited.
+
+ACQUIRE script: KEYS = [leases zset, starts list], ARGV = [max_concurrency or 0, n or 0,
+period_s, lease_ttl_s, lease_id]. Drops expired leases and starts older than period; grants
+when ZCARD < max_concurrency and LLEN < n (then ZADD the lease scored by its expiry, LPUSH
+the start). Returns {1, "0", 0} granted, else {0, wait_s, 1} for max_concurrency or
+{0, wait_s, 2} for max_qps (wait_s: until the next start is due).
+Release is one ZREM. A replica renews its live leases every lease_ttl_s/3, so a long stream
+keeps its slot while a crashed replica's slots come back within lease_ttl_s.
+
+Clock: the scripts read Redis's own TIME, so every replica judges windows and lease expiry on
+one clock and skew between replica hosts cannot loosen a limit. Keys carry a hash tag per
+backend ({name}) so both keys of a backend live on one node (and one clock) in a cluster.
+The local monotonic clock only bounds the wait. Needs Redis >= 5 (TIME before writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from itertools import count
+from typing import Final, Protocol, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from canary.errors import CanaryError, RouterError
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
+
+# Nobody knows when an in-flight call ends: a concurrency refusal suggests this much.
+CONCURRENCY_RETRY_AFTER_S: Final = 1.0
+
+
+class RateLimited(RouterError):
+    """No slot within the bounded queue time: 429 with ``Retry-After``, not a backend error."""
+
+    status = 429
+
+    def __init__(self, backend: str, reason: str, retry_after: float) -> None:
+        self.backend = backend
+        self.reason = reason  # "max_concurrency" or "max_qps"
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(
+            f"Local {reason} of backend {backend!r} reached; retry after {self.retry_after:.2f} s.",
+            code="rate_limit_exceeded",
+        )
+        self.type = "requests"  # OpenAI's own type for request-rate 429s
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        ms = math.ceil(self.retry_after * 1000)
+        return [
+            (b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()),
+            (b"retry-after-ms", str(ms).encode()),  # the openai client prefers this one
+        ]
+
+
+class StateUnavailable(CanaryError):
+    """Redis did not answer within the call timeout; fall back to in-process state."""
+
+
+class Lease(Protocol):
+    async def release(self) -> None:
+        """Give the concurrency slot back; idempotent."""
+
+
+class Limiter(Protocol):
+    async def acquire(
+        self, backend: str, *, max_concurrency: int | None, max_qps: float | None, wait_s: float
+    ) -> Lease:
+        """One request start, waiting up to ``wait_s``; raises RateLimited after that."""
+
+    async def aclose(self) -> None: ...
+
+
+class _NoLease:
+    __slots__ = ()
+
+    async def release(self) -> None:
+        return None
+
+
+NO_LEASE: Final[Lease] = _NoLease()  # shared: nothing to give back
+
+
+def qps_window(max_qps: float) -> tuple[int, float]:
+    """``(n, period)``: at most n starts per period s, so never more than max_qps in a second."""
+    if max_qps >= 1:
+        return math.floor(max_qps), 1.0
+    return 1, 1.0 / max_qps
+
+
+class _Waiter:
+    __slots__ = ("fut",)
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+
+
+class _Backend:
+    """One backend's in-process state: in-flight count, recent starts, waiters in order."""
+
+    __slots__ = ("blocked_by", "in_flight", "queue", "starts")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.starts: deque[float] = deque()  # the last period's starts, oldest first
+        self.queue: deque[_Waiter] = deque()
+        self.blocked_by = "max_concurrency"
+
+    def take(self, now: float, concurrency: int | None, n: int, period: float) -> float | None:
+        """Take a slot and a start if both are free (None); else seconds until a start is due."""
+        if concurrency is not None and self.in_flight >= concurrency:
+            self.blocked_by = "max_concurrency"
+            return 0.0
+        if n:
+            starts = self.starts
+            while starts and starts[0] <= now - period:  # left the window: keep only live ones
+                starts.popleft()
+            if len(starts) >= n:  # more than n after a lowered limit: the n-th newest decides
+                self.blocked_by = "max_qps"
+                return starts[-n] + period - now
+            starts.append(now)
+        if concurrency is not None:
+            self.in_flight += 1
+        return None
+
+    def wake(self) -> None:
+        if self.queue and (fut := self.queue[0].fut) is not None and not fut.done():
+            fut.set_result(None)
+
+
+class _MemoryLease:
+    __slots__ = ("_state",)
+
+    def __init__(self, state: _Backend) -> None:
+        self._state: _Backend | None = state
+
+    async def release(self) -> None:
+        state, self._state = self._state, None
+        if state is not None:
+            state.in_flight -= 1
+            state.wake()
+
+
+class MemoryLimiter:
+    """Limits for one process; ``share`` is this replica's fraction of every limit."""
+
+    def __init__(
+        self, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, share: float = 1.0
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.share = share
+        self._backends: dict[str, _Backend] = {}
+
+    async def acquire(
+        self, backend: str, *, max_concurrency: int | None, max_qps: float | None, wait_s: float
+    ) -> Lease:
+        if max_concurrency is None and max_qps is None:
+            return NO_LEASE
+        state = self._backends.get(backend)
+        if state is None:
+            state = self._backends[backend] = _Backend()
+        concurrency = None if max_concurrency is None else max(1, int(max_concurrency * self.share))
+        n, period = (0, 0.0) if max_qps is None else qps_window(max_qps * self.share)
+        if not state.queue:  # FIFO: nobody waiting, so nobody to overtake
+            due = state.take(self._clock(), concurrency, n, period)
+            if due is None:
+                return NO_LEASE if concurrency is None else _MemoryLease(state)
+            if due > wait_s or wait_s <= 0:
+                raise self._refusal(backend, state, due, period)
+        return await self._wait(backend, state, concurrency, n, period, wait_s)
+
+    async def _wait(
+        self,
+        backend: str,
+        state: _Backend,
+        concurrency: int | None,
+        n: int,
+        period: float,
+        wait_s: float,
+    ) -> Lease:
+        deadline = self._clock() + wait_s
+        waiter = _Waiter()
+        state.queue.append(waiter)
+        try:
+            while True:
+                now = self._clock()
+                head = state.queue[0] is waiter
+                due = state.take(now, concurrency, n, period) if head else 0.0
+                if due is None:
+                    return NO_LEASE if concurrency is None else _MemoryLease(state)
+                remaining = deadline - now
+                if due > remaining or remaining <= 0:
+                    raise self._refusal(backend, state, due, period)
+                if due > 0:  # the head waits for the next start; a release changes nothing
+                    await self._sleep(due)
+                    continue
+                # For a slot, or for our turn: woken by wake(), or out of time.
+                waiter.fut = fut = asyncio.get_running_loop().create_future()
+                timer = asyncio.ensure_future(self._sleep(remaining))
+                try:
+                    await asyncio.wait((fut, timer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+        finally:
+            was_head = state.queue[0] is waiter
+            state.queue.remove(waiter)
+            if was_head:  # pass the turn on, even when cancelled
+                state.wake()
+
+    @staticmethod
+    def _refusal(backend: str, state: _Backend, due: float, period: float) -> RateLimited:
+        if state.blocked_by == "max_qps":
+            return RateLimited(backend, "max_qps", due or period)
+        return RateLimited(backend, "max_concurrency", max(due, CONCURRENCY_RETRY_AFTER_S))
+
+    async def aclose(self) -> None:
+        return None
+
+
+# Concurrency check before the QPS check, both before any write: granted means both taken.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local concurrency, n, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if concurrency > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= concurrency then return {0, '0', 1} end
+end
+if n > 0 then
+  local oldest = redis.call('LINDEX', KEYS[2], -1)
+  while oldest and tonumber(oldest) <= now - period do  -- left the window
+    redis.call('RPOP', KEYS[2])
+    oldest = redis.call('LINDEX', KEYS[2], -1)
+  end
+  if redis.call('LLEN', KEYS[2]) >= n then
+    local due = tonumber(redis.call('LINDEX', KEYS[2], n - 1)) + period - now
+    return {0, string.format('%.6f', due), 2}
+  end
+  redis.call('LPUSH', KEYS[2], string.format('%.6f', now))
+  redis.call('PEXPIRE', KEYS[2], math.ceil(period * 1000) + 1000)
+end
+if concurrency > 0 then
+  local ttl = tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 1000)
+end
+return {1, '0', 0}
+"""
+
+# XX: a lease already released or expired is never brought back.
+_RENEW = """
+local t = redis.call('TIME')
+local ttl = tonumber(ARGV[1])
+local expiry = tonumber(t[1]) + tonumber(t[2]) / 1000000 + ttl
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 1000)
+return 0
+"""
+
+_REASONS: Final = {1: "max_concurrency", 2: "max_qps"}
+
+
+class _RedisLease:
+    __slots__ = ("_id", "_key", "_limiter")
+
+    def __init__(self, limiter: RedisLimiter, key: str, lease_id: str) -> None:
+        self._limiter: RedisLimiter | None = limiter
+        self._key = key
+        self._id = lease_id
+
+    async def release(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            await limiter._release(self._key, self._id)
+
+
+class RedisLimiter:
+    """Limits shared by every replica on one Redis; the caller owns ``client``."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "canary",
+        lease_ttl_s: float = 30.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        op_timeout_s: float = 0.25,
+        poll_s: float = 0.05,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl = lease_ttl_s
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._timeout = op_timeout_s
+        self._poll = poll_s
+        self._acquire = client.register_script(_ACQUIRE)  # EVALSHA, loaded again on NOSCRIPT
+        self._renew = client.register_script(_RENEW)
+        self._replica = os.urandom(6).hex()
+        self._ids = count()
+        self._keys: dict[str, tuple[str, str]] = {}
+        self._live: dict[str, set[str]] = {}  # leases key -> ids this replica holds
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def acquire(
+        self, backend: str, *, max_concurrency: int | None, max_qps: float | None, wait_s: float
+    ) -> Lease:
+        if max_concurrency is None and max_qps is None:
+            return NO_LEASE
+        keys = self._keys.get(backend)
+        if keys is None:
+            base = f"{self._prefix}:limits:{{{backend}}}"
+            keys = self._keys[backend] = (f"{base}:leases", f"{base}:starts")
+        n, period = (0, 0.0) if max_qps is None else qps_window(max_qps)
+        lease_id = f"{self._replica}:{next(self._ids)}"
+        args = (max_concurrency or 0, n, period, self._ttl, lease_id)
+        deadline = self._clock() + wait_s
+        while True:
+            granted, wait, code = await self._call(self._acquire(keys=keys, args=args))
+            if granted:
+                return NO_LEASE if max_concurrency is None else self._hold(keys[0], lease_id)
+            reason = _REASONS[int(code)]
+            due = float(wait)
+            remaining = deadline - self._clock()
+            if remaining <= 0 or due > remaining:
+                retry_after = due if due > 0 else CONCURRENCY_RETRY_AFTER_S
+                raise RateLimited(backend, reason, retry_after)
+            # Retry when the next start is due, or poll for a slot; jitter keeps replicas
+            # that were told the same instant from arriving in lockstep.
+            pause = (due if due > 0 else self._poll) + self._rng() * 0.2 * self._poll
+            await self._sleep(min(pause, remaining))
+
+    def _hold(self, key: str, lease_id: str) -> Lease:
+        self._live.setdefault(key, set()).add(lease_id)
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        return _RedisLease(self, key, lease_id)
+
+    async def _release(self, key: str, lease_id: str) -> None:
+        self._live[key].discard(lease_id)
+        with contextlib.suppress(StateUnavailable):  # then it lapses within lease_ttl_s
+            await self._call(self._client.zrem(key, lease_id))
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await self._sleep(self._ttl / 3)
+            for key, ids in list(self._live.items()):
+                if ids:  # Redis down: try again next round; meanwhile leases may lapse
+                    with contextlib.suppress(StateUnavailable):
+                        await self._call(self._renew(keys=[key], args=[self._ttl, *ids]))
+
+    async def _call(self, op: Awaitable[T]) -> T:
+        """One Redis round trip, bounded; unreachable or slow Redis -> StateUnavailable."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await op
+        except (RedisError, OSError) as exc:  # OSError covers asyncio's TimeoutError
+            raise StateUnavailable(f"Redis did not answer: {exc!r}") from exc
+
+    async def aclose(self) -> None:
+        """Stop renewing leases (those still held lapse after lease_ttl_s)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None

@@ -31,6 +31,7 @@ from starlette.routing import Route
 from canary.breaker import Breakers
 from canary.config import Config, digest
 from canary.errors import RouterError
+from canary.limits import MemoryLimiter
 from canary.logs import redactor
 from canary.proxy import Message, Proxy, Receive, Scope, Send
 from canary.reload import ConfigStore
@@ -91,15 +92,22 @@ def create_app(
     watch_interval_s: float = 0.25,
     signals: bool = False,
     access_log: bool = True,
+    limit_share: float = 1.0,
 ) -> Canary:
-    """Build the router for ``config_path``; ``signals`` installs SIGHUP (serve only)."""
+    """Build the router for ``config_path``; ``signals`` installs SIGHUP (serve only).
+
+    ``limit_share`` is this process's part of each backend's limits: with N workers on
+    in-process state, each takes 1/N so the host as a whole keeps them.
+    """
     store = ConfigStore(config_path)
     stats = Stats(window_s=60.0, clock=clock)
     breakers = Breakers(stats, clock)
+    limiter = MemoryLimiter(clock=clock, share=limit_share)
     proxy = Proxy(
         store,
         stats,
         breakers,
+        limiter,
         transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S),
         clock=clock,
         rng=rng or random.Random(),
@@ -138,6 +146,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await limiter.aclose()
             await proxy.transport.aclose()
 
     async def status(_: Request) -> Response:

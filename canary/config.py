@@ -156,6 +156,7 @@ class Price:
 @dataclass(frozen=True, slots=True)
 class Server:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    queue_timeout_s: float = 5.0  # how long a call over a backend's limit waits for a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +508,7 @@ def _build(
         problems.add("state.redis_url", "must be a redis://, rediss:// or unix:// URL")
     auth = _auth(r, r.mapping(top.get("auth"), "auth", {"api_keys", "admin_token"}))
     pricing = _pricing(r, top.get("pricing"), names)
-    sv = r.mapping(top.get("server"), "server", {"max_body_bytes"})
+    sv = r.mapping(top.get("server"), "server", {"max_body_bytes", "queue_timeout_s"})
     server = Server(
         max_body_bytes=_int(
             r.number(
@@ -518,7 +519,10 @@ def _build(
                 maximum=1 << 30,
                 integer=True,
             )
-        )
+        ),
+        queue_timeout_s=_float(
+            r.number(sv.get("queue_timeout_s"), "server.queue_timeout_s", 5.0, maximum=600)
+        ),
     )
     if problems.items:
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 0))

@@ -46,6 +46,7 @@ import structlog
 from canary.breaker import CLOSED, Breakers, Circuit
 from canary.config import Backend, Config, Retry, Route, digest
 from canary.errors import RouterError
+from canary.limits import Limiter, RateLimited
 from canary.logs import redactor
 from canary.reload import ConfigStore
 from canary.retry import RETRY_STATUSES, RetryBudget, backoff, delay_s, retryable_error
@@ -169,6 +170,7 @@ class Proxy:
         store: ConfigStore,
         stats: Stats,
         breakers: Breakers,
+        limiter: Limiter,
         transport: httpx.AsyncBaseTransport,
         *,
         clock: Clock,
@@ -179,6 +181,7 @@ class Proxy:
         self.store = store
         self.stats = stats
         self.breakers = breakers
+        self.limiter = limiter
         self.transport = transport
         self.clock = clock
         self.rng = rng
@@ -260,7 +263,7 @@ class Proxy:
                 flags,
                 None,
                 baseline is not None,
-                cfg.retry,
+                cfg,
             )
             if failed and baseline is not None:
                 content = _map_model(baseline, body)
@@ -274,7 +277,7 @@ class Proxy:
                     flags,
                     backend.name,
                     False,
-                    cfg.retry,
+                    cfg,
                 )
         except asyncio.CancelledError:
             if not flags.disconnected:
@@ -324,7 +327,7 @@ class Proxy:
         flags: _Flags,
         fell_back_from: str | None,
         can_fall_back: bool,
-        rules: Retry,
+        cfg: Config,
     ) -> bool:
         """One call to one backend (with its retries), counted in its window and circuit.
 
@@ -334,6 +337,22 @@ class Proxy:
         window = self.stats.window(backend.name)
         circuit = self.breakers.circuits.get(backend.name)
         started = self.clock()
+        queue_s = cfg.server.queue_timeout_s
+        try:
+            lease = await self.limiter.acquire(
+                backend.name,
+                max_concurrency=backend.max_concurrency,
+                max_qps=backend.max_qps,
+                wait_s=queue_s,
+            )
+        except RateLimited as limited:  # canary's own limit: the backend did nothing wrong
+            status = await _send_error(send, limited, request_id, backend, route, fell_back_from)
+            if self.access_log:
+                elapsed = self.clock() - started
+                _access(
+                    scope, request_id, route.name, backend.name, status, "rate_limited", elapsed
+                )
+            return False
         call = _Call()
         status = 0
         outcome = "ok"
@@ -341,7 +360,7 @@ class Proxy:
         try:
             try:
                 response = await self._send(
-                    scope, backend, content, request_id, rules, window, circuit, call
+                    scope, backend, content, request_id, cfg, window, circuit, call
                 )
                 status = response.status_code
                 if can_fall_back and (status >= 500 or status == 429):
@@ -398,6 +417,7 @@ class Proxy:
         finally:
             if response is not None:
                 await response.aclose()
+            await lease.release()
             if call.started is not None:  # the last try is still open (not one that failed)
                 error = outcome in _ERROR_OUTCOMES or status >= 500 or status == 429
                 window.finish(self.clock() - call.started, error=error)
@@ -416,7 +436,7 @@ class Proxy:
         backend: Backend,
         content: bytes,
         request_id: bytes,
-        rules: Retry,
+        cfg: Config,
         window: Window,
         circuit: Circuit | None,
         call: _Call,
@@ -426,6 +446,7 @@ class Proxy:
         Each failed try is counted against the backend before the next; ``call.started``
         is the start of the try still open, None while waiting between tries.
         """
+        rules = cfg.retry
         attempt = 1
         while True:
             self.budget.note_call(backend.name)
@@ -457,7 +478,9 @@ class Proxy:
             call.started = None
             if circuit is not None:
                 circuit.record(error=True)
-            if not self._may_retry(attempt, rules, backend, circuit):
+            if not self._may_retry(attempt, rules, backend, circuit) or not await self._retry_start(
+                backend, cfg
+            ):
                 if failure is not None:
                     raise failure
                 assert response is not None
@@ -474,6 +497,21 @@ class Proxy:
             )
             await self.sleep(wait)
             attempt += 1
+
+    async def _retry_start(self, backend: Backend, cfg: Config) -> bool:
+        """A retry is a new request start: it needs a QPS slot like any other."""
+        if backend.max_qps is None:
+            return True
+        try:
+            await self.limiter.acquire(
+                backend.name,
+                max_concurrency=None,  # the call's concurrency lease is still held
+                max_qps=backend.max_qps,
+                wait_s=cfg.server.queue_timeout_s,
+            )
+        except RateLimited:
+            return False
+        return True
 
     def _may_retry(
         self, attempt: int, rules: Retry, backend: Backend, circuit: Circuit | None

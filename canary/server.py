@@ -58,7 +58,11 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app installs its reload handler
     logs.configure(json=options.log_json, level=options.log_level)
     app = create_app(
-        options.config_path, signals=True, watch=options.watch, access_log=options.access_log
+        options.config_path,
+        signals=True,
+        watch=options.watch,
+        access_log=options.access_log,
+        limit_share=1.0 / max(1, options.workers),  # in-process limits: each worker its part
     )
     config = uvicorn.Config(
         app,

@@ -863,3 +863,74 @@ async def test_a_backend_that_trips_gets_no_more_retries(
         r = await c.post("/v1/chat/completions", json=chat())
         assert (r.status_code, r.headers["x-canary-fallback"]) == (200, "relay")
         assert [q.url.host for q in upstream.requests] == ["relay.test", "legacy.test"]
+
+
+LIMITED = """
+backends:
+  legacy: {base_url: "http://legacy.test/v1", max_qps: 2, max_concurrency: 1}
+routes:
+  - name: all
+    weights: {legacy: 1}
+server: {queue_timeout_s: 0.05}
+"""
+
+
+async def test_over_max_qps_is_a_local_429_not_a_backend_error(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The third start within a second gets 429 with Retry-After and never reaches upstream."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(LIMITED)
+    clock = [1_000.0]
+    app = create_app(
+        str(path),
+        transport=httpx.MockTransport(upstream),
+        sleep=no_sleep,
+        clock=lambda: clock[0],
+        watch=False,
+    )
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        assert [(await c.get("/v1/models")).status_code for _ in range(2)] == [200, 200]
+        r = await c.get("/v1/models")
+        assert r.status_code == 429
+        assert error_of(r)["code"] == "rate_limit_exceeded"
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.headers["x-canary-backend"] == "legacy"
+        assert len(upstream.requests) == 2
+        legacy = (await c.get("/status")).json()["backends"]["legacy"]
+        assert legacy["errors"] == 0
+        clock[0] += 1.01
+        assert (await c.get("/v1/models")).status_code == 200
+
+
+async def test_over_max_concurrency_waits_then_gets_429(tmp_path: Path, upstream: Upstream) -> None:
+    """With one slot taken, a second call waits its bounded queue time, then gets 429."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(LIMITED.replace("max_qps: 2, ", ""))
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        arrived.set()
+        await release.wait()
+        return Upstream.ok(request)
+
+    upstream.handler = slow
+    app = create_app(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    )
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        first = asyncio.create_task(c.get("/v1/models"))
+        await asyncio.wait_for(arrived.wait(), 5)
+        second = await asyncio.wait_for(c.get("/v1/models"), 5)
+        assert second.status_code == 429
+        assert "max_concurrency" in error_of(second)["message"]
+        release.set()
+        assert (await first).status_code == 200
+        assert len(upstream.requests) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -52,6 +53,17 @@ routes:
 """
 
 Handler = Callable[[httpx.Request], Any]
+
+
+@contextlib.asynccontextmanager
+async def serving(*args: Any, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``create_app(*args, **kwargs)`` through its lifespan, with a client in front of it."""
+    app = create_app(*args, **kwargs)
+    async with (
+        LifespanManager(app) as m,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
+    ):
+        yield c
 
 
 async def no_sleep(seconds: float) -> None:
@@ -268,13 +280,9 @@ async def test_body_over_the_limit_is_413(routes: Path, upstream: Upstream) -> N
 async def test_client_keys_are_required_when_configured(routes: Path, upstream: Upstream) -> None:
     """With auth.api_keys set, a missing or wrong key is 401 and never reaches upstream."""
     routes.write_text(BASE + f"auth: {{api_keys: 'other-key, {CLIENT_KEY}'}}\n")
-    app = create_app(
+    async with serving(
         str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         assert (await c.get("/v1/models")).status_code == 401
         r = await c.get("/v1/models", headers={"authorization": "Bearer wrong"})
         assert r.status_code == 401
@@ -400,13 +408,9 @@ async def test_health_and_readiness(client: httpx.AsyncClient, tmp_path: Path) -
     assert (await client.get("/readyz")).status_code == 200
     bad = tmp_path / "bad.yaml"
     bad.write_text("backends: [\n")
-    app = create_app(
+    async with serving(
         str(bad), transport=httpx.MockTransport(Upstream()), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         assert (await c.get("/readyz")).status_code == 503
         r = await c.get("/v1/models")
         assert r.status_code == 503
@@ -479,13 +483,9 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
 
     upstream.handler = slow
     routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
-    app = create_app(
+    async with serving(
         str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         first = asyncio.create_task(c.get("/v1/models"))
         await asyncio.wait_for(arrived.wait(), 5)
         moved = BASE.replace(
@@ -561,13 +561,9 @@ rollback: {min_requests: 1000}
 async def fallback_client(tmp_path: Path, upstream: Upstream) -> AsyncIterator[httpx.AsyncClient]:
     path = tmp_path / "routes.yaml"
     path.write_text(FALLBACK)
-    app = create_app(
+    async with serving(
         str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         yield c
 
 
@@ -704,13 +700,9 @@ async def test_readiness_turns_true_after_enough_healthy_calls(
     """The verdict counts canary calls since the last change, with a reason until ready."""
     path = tmp_path / "routes.yaml"
     path.write_text(FALLBACK + "readiness: {min_requests: 3, max_error_rate: 0.05}\n")
-    app = create_app(
+    async with serving(
         str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         migration = (await c.get("/status")).json()["migration"]
         assert migration == {"ready_for_full_migration": False, "reason": "relay: 0 of 3 requests"}
         for _ in range(3):
@@ -833,11 +825,9 @@ async def test_a_429_is_retried_after_the_wait_the_provider_asked_for(
 
     answers = iter([httpx.Response(429, headers={"retry-after": "2"}, content=b"{}")])
     upstream.handler = lambda r: next(answers, None) or Upstream.ok(r)
-    app = create_app(str(routes), transport=httpx.MockTransport(upstream), sleep=sleep, watch=False)
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    async with serving(
+        str(routes), transport=httpx.MockTransport(upstream), sleep=sleep, watch=False
+    ) as c:
         r = await c.get("/v1/models")
         assert r.status_code == 200
         assert len(upstream.requests) == 2
@@ -853,13 +843,9 @@ async def test_a_backend_that_trips_gets_no_more_retries(
     path = tmp_path / "routes.yaml"
     path.write_text(FALLBACK.replace("min_requests: 1000", "min_requests: 1, open_s: 600"))
     upstream.handler = relay_fails_with(lambda r: httpx.Response(503, content=b"{}"))
-    app = create_app(
+    async with serving(
         str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         r = await c.post("/v1/chat/completions", json=chat())
         assert (r.status_code, r.headers["x-canary-fallback"]) == (200, "relay")
         assert [q.url.host for q in upstream.requests] == ["relay.test", "legacy.test"]
@@ -882,17 +868,13 @@ async def test_over_max_qps_is_a_local_429_not_a_backend_error(
     path = tmp_path / "routes.yaml"
     path.write_text(LIMITED)
     clock = [1_000.0]
-    app = create_app(
+    async with serving(
         str(path),
         transport=httpx.MockTransport(upstream),
         sleep=no_sleep,
         clock=lambda: clock[0],
         watch=False,
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         assert [(await c.get("/v1/models")).status_code for _ in range(2)] == [200, 200]
         r = await c.get("/v1/models")
         assert r.status_code == 429
@@ -919,13 +901,9 @@ async def test_over_max_concurrency_waits_then_gets_429(tmp_path: Path, upstream
         return Upstream.ok(request)
 
     upstream.handler = slow
-    app = create_app(
+    async with serving(
         str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
-    )
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
+    ) as c:
         first = asyncio.create_task(c.get("/v1/models"))
         await asyncio.wait_for(arrived.wait(), 5)
         second = await asyncio.wait_for(c.get("/v1/models"), 5)

@@ -289,7 +289,6 @@ class Proxy:
     def _request(
         self, scope: Scope, backend: Backend, content: bytes, request_id: bytes
     ) -> httpx.Request:
-        hdrs = dict(scope["headers"])
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         target = backend.base_url + raw_path[3:].decode("latin-1")
         if scope["query_string"]:
@@ -300,8 +299,9 @@ class Proxy:
                 self._urls.clear()
             url = self._urls[target] = httpx.URL(target)
         drop = _DROP_REQUEST
-        if b"connection" in hdrs:  # headers the client named hop-by-hop go no further
-            drop = drop | _listed(hdrs[b"connection"])
+        for k, v in scope["headers"]:
+            if k == b"connection":  # headers the client named hop-by-hop go no further
+                drop = _without(_DROP_REQUEST, v)
         headers = [(k, v) for k, v in scope["headers"] if k not in drop]
         headers.append((b"x-request-id", request_id))
         if backend.api_key:
@@ -545,7 +545,7 @@ class Proxy:
         content_type = b""
         for k, v in raw:
             if k == b"connection":
-                drop = drop | _listed(v)
+                drop = _without(_DROP_RESPONSE, v)
             elif k == b"content-type":
                 content_type = v
         sse = content_type.startswith(b"text/event-stream")
@@ -795,9 +795,12 @@ def _check_path(path: str, raw_path: bytes | None) -> None:
         )
 
 
-def _listed(connection: bytes) -> frozenset[bytes]:
-    """Header names a ``Connection`` header lists as hop-by-hop."""
-    return frozenset(t.strip().lower() for t in connection.split(b",") if t.strip())
+@functools.lru_cache(maxsize=256)
+def _without(base: frozenset[bytes], connection: bytes) -> frozenset[bytes]:
+    """``base`` plus the header names a ``Connection`` header lists as hop-by-hop.
+
+    Cached: nearly every client sends the same few values ("keep-alive")."""
+    return base | frozenset(t.strip().lower() for t in connection.split(b",") if t.strip())
 
 
 def _too_large(limit: int) -> RouterError:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import os
 import random
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 import structlog
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,7 +34,7 @@ from starlette.routing import Route
 from canary.breaker import Breakers
 from canary.config import Config, digest
 from canary.errors import RouterError
-from canary.limits import MemoryLimiter
+from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
 from canary.proxy import Message, Proxy, Receive, Scope, Send
 from canary.reload import ConfigStore
@@ -126,6 +129,20 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         store.load_initial()
+        shared: FailoverLimiter | None = None
+        client: Redis | None = None
+        if store.config is not None and store.config.state.redis_url:
+            # Shared limits across replicas; Redis down at start-up must not stop us serving.
+            client = Redis.from_url(
+                store.config.state.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
+            )
+            shared = FailoverLimiter(
+                RedisLimiter(client),
+                client,
+                replica_id=f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}",
+            )
+            await shared.start()
+            proxy.limiter = shared
         tasks: set[asyncio.Task[Any]] = set()
         loop = asyncio.get_running_loop()
         if watch:
@@ -147,10 +164,15 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await limiter.aclose()
+            if shared is not None and client is not None:
+                await shared.aclose()
+                await client.aclose()
+                proxy.limiter = limiter
             await proxy.transport.aclose()
 
     async def status(_: Request) -> Response:
-        return _json(status_document(store, stats, breakers))
+        state = getattr(proxy.limiter, "state", "memory")  # FailoverLimiter: redis | degraded
+        return _json(status_document(store, stats, breakers, state))
 
     async def healthz(_: Request) -> Response:
         return _json({"status": "ok"})

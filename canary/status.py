@@ -60,7 +60,9 @@ def readiness(cfg: Config, breakers: Breakers) -> tuple[bool, str]:
     return True, ", ".join(f"{n}: ready" for n in candidates)
 
 
-def status_document(store: ConfigStore, stats: Stats, breakers: Breakers) -> dict[str, Any]:
+def status_document(
+    store: ConfigStore, stats: Stats, breakers: Breakers, state: str = "memory"
+) -> dict[str, Any]:
     cfg = store.config
     doc: dict[str, Any] = {
         "config": {
@@ -70,7 +72,7 @@ def status_document(store: ConfigStore, stats: Stats, breakers: Breakers) -> dic
             "error": store.error,
             "error_at": store.error_at.isoformat() if store.error_at else None,
         },
-        "state": "memory",
+        "state": state,
         "routes": [],
         "backends": {},
         "migration": {"ready_for_full_migration": False, "reason": "no valid config loaded"},

@@ -1,0 +1,110 @@
+"""Shared state end to end: `canary serve` replicas, a real redis-server, Redis outages."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import free_port, run_process, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROUTES = """
+backends:
+  legacy:
+    base_url: {legacy}/v1
+    max_concurrency: {concurrency}
+routes:
+  - name: all
+    weights: {{legacy: 100}}
+state:
+  redis_url: {redis_url}
+server:
+  queue_timeout_s: 0.2
+"""
+
+BODY = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def routes(tmp_path: Path, legacy: str, redis_url: str, concurrency: int = 50) -> Path:
+    path = tmp_path / f"routes-{free_port()}.yaml"
+    path.write_text(ROUTES.format(legacy=legacy, redis_url=redis_url, concurrency=concurrency))
+    return path
+
+
+def serve(config: Path) -> tuple[str, Any]:
+    port = free_port()
+    args = [sys.executable, "-m", "canary", "serve", "-c", str(config), "--port", str(port)]
+    return f"http://127.0.0.1:{port}", run_process(args, f"http://127.0.0.1:{port}/readyz")
+
+
+def state(url: str) -> str:
+    return str(httpx.get(f"{url}/status", timeout=2).json()["state"])
+
+
+@pytest.fixture
+def redis_up(redis_server: Any) -> Iterator[Any]:
+    """The shared redis-server, restarted after any test that stops it."""
+    try:
+        yield redis_server
+    finally:
+        redis_server.start()
+
+
+def test_redis_outage_degrades_and_recovers_without_failing_requests(
+    sims: tuple[str, str], redis_up: Any, tmp_path: Path
+) -> None:
+    """Redis killed: every request still answered, state degraded; restarted: back to redis."""
+    url, router = serve(routes(tmp_path, sims[0], redis_up.url))
+    with router, httpx.Client(base_url=url, timeout=2) as http:
+        wait_until(lambda: state(url) == "redis", 5, "shared state at start")
+        assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+        redis_up.stop()
+        codes = [http.post("/v1/chat/completions", json=BODY).status_code for _ in range(20)]
+        assert codes == [200] * 20  # each bounded by the client's 2 s timeout
+        wait_until(lambda: state(url) == "degraded", 5, "degraded while Redis is down")
+        redis_up.start()
+        wait_until(lambda: state(url) == "redis", 10, "back to shared state")
+        assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+
+
+def test_redis_down_at_start_does_not_stop_the_router(
+    sims: tuple[str, str], tmp_path: Path
+) -> None:
+    """A router whose Redis is unreachable starts, serves, and says it is degraded."""
+    url, router = serve(routes(tmp_path, sims[0], f"redis://127.0.0.1:{free_port()}/0"))
+    with router, httpx.Client(base_url=url, timeout=2) as http:
+        assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+        assert state(url) == "degraded"
+
+
+def test_two_replicas_share_one_concurrency_limit(
+    sims: tuple[str, str], redis_up: Any, tmp_path: Path
+) -> None:
+    """max_concurrency 2 holds at the provider across two routers sharing one Redis."""
+    legacy = sims[0]
+    httpx.post(f"{legacy}/_sim/reset").raise_for_status()
+    httpx.post(f"{legacy}/_sim/faults", json={"latency_ms": 600}).raise_for_status()
+    config = routes(tmp_path, legacy, redis_up.url, concurrency=2)
+    (url_a, router_a), (url_b, router_b) = serve(config), serve(config)
+    try:
+        with router_a, router_b:
+            for url in (url_a, url_b):
+                wait_until(lambda u=url: state(u) == "redis", 5, "shared state")
+
+            def call(url: str) -> int:
+                return httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=5).status_code
+
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(call, [url_a, url_b] * 4))
+            stats = httpx.get(f"{legacy}/_sim/stats").json()
+            assert stats["peak_in_flight"] <= 2  # one limit for both replicas
+            assert codes.count(200) >= 2 and codes.count(429) >= 1
+            assert set(codes) <= {200, 429}
+    finally:
+        httpx.post(f"{legacy}/_sim/faults", json={"latency_ms": 0}).raise_for_status()

@@ -38,6 +38,7 @@ from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
 from canary.proxy import Message, Proxy, Receive, Scope, Send
 from canary.reload import ConfigStore
+from canary.shared import SharedBreakers
 from canary.stats import Clock, Stats
 from canary.status import status_document
 from canary.transport import AiohttpTransport
@@ -130,7 +131,10 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         store.load_initial()
         shared: FailoverLimiter | None = None
+        sharing: SharedBreakers | None = None
         client: Redis | None = None
+        listen_client: Redis | None = None
+        replica_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         if store.config is not None and store.config.state.redis_url:
             # Shared limits across replicas; Redis down at start-up must not stop us serving.
             client = Redis.from_url(
@@ -139,10 +143,16 @@ def create_app(
             shared = FailoverLimiter(
                 RedisLimiter(client),
                 client,
-                replica_id=f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}",
+                replica_id=replica_id,
             )
             await shared.start()
             proxy.limiter = shared
+            # pub/sub blocks on reads: its own connection, without the 0.25 s read timeout
+            listen_client = Redis.from_url(
+                store.config.state.redis_url, socket_connect_timeout=0.25
+            )
+            sharing = SharedBreakers(listen_client, breakers, replica_id)
+            await sharing.start()
         tasks: set[asyncio.Task[Any]] = set()
         loop = asyncio.get_running_loop()
         if watch:
@@ -164,6 +174,9 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await limiter.aclose()
+            if sharing is not None and listen_client is not None:
+                await sharing.aclose()
+                await listen_client.aclose()
             if shared is not None and client is not None:
                 await shared.aclose()
                 await client.aclose()

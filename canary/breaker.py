@@ -61,6 +61,7 @@ class CircuitEvent:
     reason: str
     requests: int
     errors: int
+    remote: bool = False  # followed from another replica (not published again)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,7 @@ class CircuitEvent:
             "reason": self.reason,
             "requests": self.requests,
             "errors": self.errors,
+            "origin": "replica" if self.remote else "local",
         }
 
 
@@ -100,6 +102,7 @@ class Circuit:
         self._clock = clock
         self._publish = publish
         self._reason = ""
+        self._remote = False
         self.opened_at = 0.0
         self.changed_at = datetime.now(UTC)
         self.probes_granted = 0
@@ -158,6 +161,16 @@ class Circuit:
         if self.state == HALF_OPEN and self.probes_granted > self.probes_ok:
             self.probes_granted -= 1
 
+    def follow(self, state: str, reason: str) -> None:
+        """Another replica changed this circuit: take the same state, without publishing it."""
+        if state == self.state or state not in (CLOSED, OPEN, HALF_OPEN):
+            return
+        self._remote = True
+        try:
+            self._go(state, reason)
+        finally:
+            self._remote = False
+
     def rearm(self, reason: str) -> None:
         """routes.yaml changed this backend: closed, fresh window, fresh readiness counts."""
         if self.state != CLOSED:
@@ -188,7 +201,9 @@ class Circuit:
             self.probes_granted = self.probes_ok = 0
         else:
             self._fresh(now)
-        event = CircuitEvent(now, self.backend, old, new, self._reason, requests, errors)
+        event = CircuitEvent(
+            now, self.backend, old, new, self._reason, requests, errors, self._remote
+        )
         log.warning(
             f"breaker.{new}",
             backend=self.backend,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,52 @@ def test_two_replicas_share_one_concurrency_limit(
             assert set(codes) <= {200, 429}
     finally:
         httpx.post(f"{legacy}/_sim/faults", json={"latency_ms": 0}).raise_for_status()
+
+
+ROLLBACK = """
+backends:
+  legacy: {{base_url: {legacy}/v1}}
+  relay: {{base_url: {relay}/v1}}
+routes:
+  - name: chat
+    weights: {{legacy: 50, relay: 50}}
+    baseline: legacy
+    fallback: true
+rollback: {{min_requests: 10, max_error_rate: 0.2, open_s: 60}}
+retry: {{max_attempts: 1}}
+state:
+  redis_url: {redis_url}
+"""
+
+
+def test_a_rollback_on_one_replica_shows_on_the_others(
+    sims: tuple[str, str], redis_up: Any, tmp_path: Path
+) -> None:
+    """Relay trips on replica A (all its traffic); B and C follow through Redis pub/sub."""
+    legacy, relay = sims
+    config = tmp_path / "rollback.yaml"
+    config.write_text(ROLLBACK.format(legacy=legacy, relay=relay, redis_url=redis_up.url))
+    replicas = [serve(config) for _ in range(3)]
+    (url_a, a), (url_b, b), (url_c, c) = replicas
+    try:
+        httpx.post(f"{relay}/_sim/faults", json={"error_rate": 1.0, "status_code": 503})
+        with a, b, c, httpx.Client(base_url=url_a, timeout=5) as http:
+            for url in (url_a, url_b, url_c):
+                wait_until(lambda u=url: state(u) == "redis", 5, "shared state")
+
+            def relay_circuit(url: str) -> str:
+                return str(httpx.get(f"{url}/status").json()["backends"]["relay"]["circuit"])
+
+            while relay_circuit(url_a) != "open":
+                assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+            opened = time.monotonic()
+            wait_until(
+                lambda: relay_circuit(url_b) == relay_circuit(url_c) == "open", 5, "followed"
+            )
+            print(
+                f"\nrollback propagation to two other replicas: {time.monotonic() - opened:.3f} s"
+            )
+            event = httpx.get(f"{url_b}/status").json()["events"][0]
+            assert event["origin"] == "replica" and "on replica" in event["reason"]
+    finally:
+        httpx.post(f"{relay}/_sim/faults", json={"error_rate": 0})

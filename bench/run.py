@@ -7,7 +7,9 @@ adds. Everything runs on 127.0.0.1 in processes started here and always stopped 
 Scenarios
   1. Throughput: closed loop, 32 requests in flight, non-streamed chat completions, upstream
      latency 0. Direct; canary with 1 and 2 workers; canary with a realistic routes file
-     (two backends, a 90/10 split, a sticky ``x-user-id`` header).
+     (two backends, a 90/10 split, a sticky ``x-user-id`` header); canary with 1 worker and
+     ``state.redis_url`` on a redis-server started here, limits set high enough never to
+     refuse, so the Redis limiter (one Lua call per request) is on every request's path.
   2. Latency: open loop at a fixed 100 rps over a 50 ms upstream. Requests leave on schedule
      whatever came back, and latency is measured from the *scheduled* send time, so a stall
      cannot hide by delaying the requests that would have seen it.
@@ -87,6 +89,10 @@ ADDED_P50_MS_MAX = 1.0
 ADDED_P99_MS_MAX = 2.0
 RPS_2_WORKERS_MIN = 3000.0
 ADDED_TTFB_P50_MS_MAX = 1.0
+REDIS_ADDED_CPU_MS_MAX = 0.15  # Redis mode over in-process mode, router CPU per request
+# Row 1e: limits on the Redis path for every request, never reached at c=32.
+REDIS_MAX_CONCURRENCY = 1000
+REDIS_MAX_QPS = 100_000
 # Above this share of one CPU used by processes outside the bench, the table carries a warning.
 OTHER_CPU_WARN_PCT = 10.0
 
@@ -471,7 +477,13 @@ def start_simulator(fleet: Fleet) -> tuple[Popen, int]:
 
 
 def start_router(
-    fleet: Fleet, name: str, routes: Path, *, workers: int = 1, access_log: bool = True
+    fleet: Fleet,
+    name: str,
+    routes: Path,
+    *,
+    workers: int = 1,
+    access_log: bool = True,
+    state: str = "",
 ) -> Router:
     port = free_port()
     args = [PYTHON, "-m", "canary", "serve", "-c", str(routes), "--host", "127.0.0.1"]
@@ -484,13 +496,65 @@ def start_router(
     def all_workers_loaded() -> bool:
         # Each worker logs config.applied when its lifespan starts; /readyz answers from any.
         text = log.read_text(errors="replace")
-        return text.count('"config.applied"') >= workers
+        loaded = text.count('"config.applied"') >= workers
+        return loaded and (not state or router_state(port) == state)
 
     wait_ready(proc, name, f"http://127.0.0.1:{port}/readyz", log, all_workers_loaded)
     pids = process_tree(proc.pid)
     if len(pids) < 1 + (workers if workers > 1 else 0):
         raise BenchError(f"{name}: expected {workers} workers, found processes {pids}")
     return Router(name, proc, port, pids)
+
+
+def start_redis(fleet: Fleet) -> tuple[Popen, int]:
+    """A throwaway redis-server on a free 127.0.0.1 port, no persistence; ready on PING."""
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+    args += ["--save", "", "--appendonly", "no", "--dir", str(fleet.workdir)]
+    try:
+        proc = fleet.start("redis", args)
+    except FileNotFoundError:
+        raise BenchError("redis-server is not installed (row 1e needs it)") from None
+
+    def pong() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not pong():
+        if proc.poll() is not None:
+            raise BenchError(
+                f"redis-server exited with {proc.returncode}:\n{_tail(fleet.log_path('redis'))}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(f"redis-server not ready within {START_TIMEOUT_S:g} s")
+        time.sleep(0.05)
+    return proc, port
+
+
+def router_state(port: int) -> str:
+    """``state`` from the router's ``/status`` (memory, redis, degraded); "" if unreadable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1.0) as response:
+            return str(json.loads(response.read()).get("state", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def write_redis_routes(workdir: Path, upstream_port: int, redis_port: int) -> Path:
+    """The simple routes file plus shared state and limits that never refuse at this load."""
+    path = workdir / "redis.yaml"
+    path.write_text(
+        f'backends:\n  up: {{base_url: "http://127.0.0.1:{upstream_port}/v1", '
+        f"max_concurrency: {REDIS_MAX_CONCURRENCY}, max_qps: {REDIS_MAX_QPS}}}\n"
+        "routes:\n  - name: all\n    weights: {up: 100}\n"
+        f'state:\n  redis_url: "redis://127.0.0.1:{redis_port}/0"\n'
+    )
+    return path
 
 
 def write_routes(workdir: Path, upstream_port: int) -> tuple[Path, Path]:
@@ -723,8 +787,32 @@ def run_all(settings: Settings, fleet: Fleet) -> list[Row]:
     r = closed(real.url, {"router": real.pids, **upstream}, sticky=STICKY_USERS)
     rows.append(Row("1d", thr, "canary 1w, 90/10 sticky", r, targets=[cpu_target(r)]))
     fleet.stop(real.proc)
+
+    # 1e: as 1b, with the limiter shared through Redis on every request's path
+    redis, redis_port = start_redis(fleet)
+    shared = start_router(
+        fleet,
+        "canary-1w-redis",
+        write_redis_routes(fleet.workdir, sim_port, redis_port),
+        state="redis",
+    )
+    progress(f"1e {thr}, canary 1 worker, state.redis_url (limits on the Redis path)")
+    r = closed(shared.url, {"router": shared.pids, "redis": [redis.pid], **upstream})
+    state = router_state(shared.port)
+    in_process = next(row for row in rows if row.key == "1b").cpu("router")
+    redis_cpu = r["cpu_ms_per_req"].get("router")
+    added = None if in_process is None or redis_cpu is None else redis_cpu - in_process
+    r["redis_added_cpu_ms_per_req"] = added
+    r["state_after"] = state
+    redis_targets = [
+        Target("redis +CPU ms/req vs 1b", added, REDIS_ADDED_CPU_MS_MAX),
+        Target.yes_no("state redis", state == "redis"),
+    ]
+    rows.append(Row("1e", thr, "canary 1w, redis limits", r, targets=redis_targets))
+    fleet.stop(shared.proc)
+    fleet.stop(redis)
     fleet.stop(sim)
-    order = ["1a", "1b", "1c", "1d", "4", "2a", "2b", "3a", "3b"]
+    order = ["1a", "1b", "1c", "1d", "1e", "4", "2a", "2b", "3a", "3b"]
     return sorted(rows, key=lambda row: order.index(row.key))
 
 
@@ -830,6 +918,14 @@ def render(rows: list[Row], info: dict[str, Any], settings: Settings) -> str:
             f"CPU-bound ceiling if the router had its cores to itself (workers x 1000 / CPU "
             f"ms/req): 1 worker ~{1000 / one_cpu:,.0f} rps, 2 workers ~{2000 / two_cpu:,.0f} rps."
         )
+    redis_row = by_key.get("1e")
+    if redis_row is not None and redis_row.result.get("redis_added_cpu_ms_per_req") is not None:
+        notes.append(
+            f"Redis mode adds {redis_row.result['redis_added_cpu_ms_per_req']:+.3f} ms CPU per "
+            f"request (1e - 1b; target <= {REDIS_ADDED_CPU_MS_MAX:g}); redis-server itself "
+            f"{_num(redis_row.cpu('redis'), 3)} ms/req; router state after the run: "
+            f"{redis_row.result.get('state_after') or '?'}."
+        )
     sse_direct, sse_canary = by_key["3a"].result, by_key["3b"].result
     notes.append(
         f"SSE events per stream: direct {sse_direct['events']}, canary {sse_canary['events']}; "
@@ -885,7 +981,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Direct vs through canary: rps, p50/p99, added latency, router CPU per request.\n\n"
-            "  1  throughput, closed loop (direct; canary 1 and 2 workers; a 90/10 sticky split)\n"
+            "  1  throughput, closed loop (direct; canary 1 and 2 workers; a 90/10 sticky split;\n"
+            "     limits shared through a redis-server started here)\n"
             "  2  latency, open loop at a fixed rate over a slow upstream\n"
             "  3  SSE time to first byte, and the same events through canary\n"
             "  4  canary with --no-access-log, against row 1b\n\n"
@@ -971,6 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "added_p99_ms_max": ADDED_P99_MS_MAX,
             "rps_2_workers_min": RPS_2_WORKERS_MIN,
             "added_ttfb_p50_ms_max": ADDED_TTFB_P50_MS_MAX,
+            "redis_added_cpu_ms_per_req_max": REDIS_ADDED_CPU_MS_MAX,
         },
         "rows": [row.as_json() for row in rows],
     }

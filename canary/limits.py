@@ -64,6 +64,7 @@ T = TypeVar("T")
 
 # Nobody knows when an in-flight call ends: a concurrency refusal suggests this much.
 CONCURRENCY_RETRY_AFTER_S: Final = 1.0
+RELEASE_BATCH_S: Final = 0.005
 
 
 class RateLimited(RouterError):
@@ -259,6 +260,7 @@ _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local concurrency, n, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 6, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end  -- this replica's queued releases
 if concurrency > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   if redis.call('ZCARD', KEYS[1]) >= concurrency then return {0, '0', 1} end
@@ -341,6 +343,9 @@ class RedisLimiter:
         self._keys: dict[str, tuple[str, str]] = {}
         self._live: dict[str, set[str]] = {}  # leases key -> ids this replica holds
         self._renewer: asyncio.Task[None] | None = None
+        self._pending: dict[str, list[str]] = {}  # released, not yet sent
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def acquire(
         self, backend: str, *, max_concurrency: int | None, max_qps: float | None, wait_s: float
@@ -356,7 +361,16 @@ class RedisLimiter:
         args = (max_concurrency or 0, n, period, self._ttl, lease_id)
         deadline = self._clock() + wait_s
         while True:
-            granted, wait, code = await self._call(self._acquire(keys=keys, args=args))
+            # Releases queued for this key ride along: a replica always sees its own at once.
+            released = self._pending.pop(keys[0], None)
+            try:
+                granted, wait, code = await self._call(
+                    self._acquire(keys=keys, args=(*args, *released) if released else args)
+                )
+            except StateUnavailable:
+                if released:  # not sent: keep them for the next flush
+                    self._pending.setdefault(keys[0], []).extend(released)
+                raise
             if granted:
                 return NO_LEASE if max_concurrency is None else self._hold(keys[0], lease_id)
             reason = _REASONS[int(code)]
@@ -377,9 +391,28 @@ class RedisLimiter:
         return _RedisLease(self, key, lease_id)
 
     async def _release(self, key: str, lease_id: str) -> None:
+        """Queue the release; one ZREM per key every RELEASE_BATCH_S carries them all.
+
+        Off the request's path, and one round trip for many requests: another replica may
+        see a freed slot up to RELEASE_BATCH_S late, which leases of seconds can afford.
+        """
         self._live[key].discard(lease_id)
-        with contextlib.suppress(StateUnavailable):  # then it lapses within lease_ttl_s
-            await self._call(self._client.zrem(key, lease_id))
+        self._pending.setdefault(key, []).append(lease_id)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, {}
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: dict[str, list[str]]) -> None:
+        for key, ids in batch.items():
+            with contextlib.suppress(StateUnavailable):  # then they lapse within lease_ttl_s
+                await self._call(self._client.zrem(key, *ids))
 
     async def _renew_forever(self) -> None:
         while True:
@@ -398,7 +431,10 @@ class RedisLimiter:
             raise StateUnavailable(f"Redis did not answer: {exc!r}") from exc
 
     async def aclose(self) -> None:
-        """Stop renewing leases (those still held lapse after lease_ttl_s)."""
+        """Send queued releases; stop renewing (leases still held lapse after lease_ttl_s)."""
+        batch, self._pending = self._pending, {}
+        await self._flush(batch)
+        await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -304,7 +304,8 @@ async def test_redis_live_lease_outlasts_its_ttl(redis_replicas: Replicas) -> No
     lease = await take(holder, concurrency=1)
     await refused(take(other, concurrency=1, wait_s=1.0))  # more than three ttls
     await lease.release()
-    await (await take(other, concurrency=1)).release()
+    # Another replica sees a release when its batch is sent (RELEASE_BATCH_S): wait for it.
+    await (await take(other, concurrency=1, wait_s=1.0)).release()
 
 
 async def test_redis_unreachable_raises_state_unavailable(redis_replicas: Replicas) -> None:

@@ -38,7 +38,7 @@ from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
 from canary.proxy import Message, Proxy, Receive, Scope, Send
 from canary.reload import ConfigStore
-from canary.shared import SharedBreakers
+from canary.shared import SharedBreakers, SharedWindows
 from canary.stats import Clock, Stats
 from canary.status import status_document
 from canary.transport import AiohttpTransport
@@ -132,6 +132,7 @@ def create_app(
         store.load_initial()
         shared: FailoverLimiter | None = None
         sharing: SharedBreakers | None = None
+        windows: SharedWindows | None = None
         client: Redis | None = None
         listen_client: Redis | None = None
         replica_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
@@ -153,6 +154,8 @@ def create_app(
             )
             sharing = SharedBreakers(listen_client, breakers, replica_id)
             await sharing.start()
+            windows = SharedWindows(client, stats, breakers, replica_id)
+            await windows.start()
         tasks: set[asyncio.Task[Any]] = set()
         loop = asyncio.get_running_loop()
         if watch:
@@ -174,6 +177,8 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await limiter.aclose()
+            if windows is not None:
+                await windows.aclose()
             if sharing is not None and listen_client is not None:
                 await sharing.aclose()
                 await listen_client.aclose()

@@ -141,12 +141,9 @@ class Circuit:
                 self.since_errors += 1
             # The rate can cross the bar only on a failure, or on the call that brings the
             # window up to min_requests; any other success lowers it. So check just then.
-            if error or self.window.requests == self.rules.min_requests:
-                requests, errors = self.window.counts()
-                rules = self.rules
-                if requests >= rules.min_requests and errors > rules.max_error_rate * requests:
-                    rate = f"{errors / requests:.3f} > {rules.max_error_rate:g}"
-                    self._go(OPEN, f"error rate {rate} over {requests} requests")
+            window = self.window
+            if error or window.requests + window.remote_requests == self.rules.min_requests:
+                self.check()
         elif self.state == HALF_OPEN:
             if error:
                 self._go(OPEN, f"probe failed ({self.probes_ok} of {self.rules.probe_requests} ok)")
@@ -155,6 +152,16 @@ class Circuit:
                 if self.probes_ok >= self.rules.probe_requests:
                     self._go(CLOSED, f"{self.probes_ok} probes succeeded")
         # open: a call that started before the circuit opened; the window has it already
+
+    def check(self) -> None:
+        """Apply the trip rule to the window (with other replicas' calls, when shared)."""
+        if self.state != CLOSED:
+            return
+        requests, errors = self.window.global_counts()
+        rules = self.rules
+        if requests >= rules.min_requests and errors > rules.max_error_rate * requests:
+            rate = f"{errors / requests:.3f} > {rules.max_error_rate:g}"
+            self._go(OPEN, f"error rate {rate} over {requests} requests")
 
     def abandon(self) -> None:
         """A call ended without a verdict (the client left): a probe gives its slot back."""

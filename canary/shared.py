@@ -7,15 +7,17 @@ Every replica subscribes and makes the same transition on its own circuit
 Redis round trip, rather than after a poll interval.
 
 While Redis is unreachable, publishing fails quietly (each replica keeps deciding on its
-own traffic) and the listener reconnects every ``RETRY_S``. What is not shared yet: the
-error windows themselves (each replica trips on its own counts) and the state of
-circuits that changed before a replica started.
+own traffic) and the listener reconnects every ``RETRY_S``. ``SharedWindows`` below
+shares the error windows. Not shared: the state of circuits that changed before a
+replica started, and readiness counts (each replica judges its own traffic).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ import structlog
 from redis.asyncio import Redis
 
 from canary.breaker import Breakers, CircuitEvent
+from canary.stats import Stats
 
 log = structlog.get_logger("canary.shared")
 
@@ -104,3 +107,99 @@ class SharedBreakers:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+WINDOWS_SYNC_S = 0.5
+FRESH_S = 2.0  # an entry older than this is a replica that left or lost Redis
+SKEW_S = 1.0  # counts taken since the same circuit change, give or take clock skew
+
+
+class SharedWindows:
+    """Each replica's window counts per backend, exchanged through Redis every 0.5 s.
+
+    One pipelined round trip per interval, off the request path: write this replica's
+    (requests, errors, since, sent_at) into a hash per backend, read everyone's. Others'
+    counts are summed into ``Window.remote_*``, so the trip rule and ``/status`` see the
+    whole fleet, and the trip rule is applied at once to the new figures. An entry counts
+    only while fresh and only if it was counted since the same circuit change as ours
+    (closing propagates by pub/sub), so old errors cannot re-trip a circuit that closed.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        stats: Stats,
+        breakers: Breakers,
+        replica_id: str,
+        *,
+        interval_s: float = WINDOWS_SYNC_S,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.stats = stats
+        self.breakers = breakers
+        self.replica_id = replica_id
+        self.interval_s = interval_s
+        self._wall = wall
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sync()
+            except Exception as exc:  # Redis down: decide on local counts only
+                self._forget()
+                log.debug("shared.windows_failed", error=type(exc).__name__)
+
+    def _since(self, backend: str) -> float:
+        circuit = self.breakers.get(backend)
+        return circuit.changed_at.timestamp() if circuit is not None else 0.0
+
+    async def sync(self) -> None:
+        """One exchange: publish ours, sum the others', apply the trip rule."""
+        names = list(self.stats.windows)
+        if not names:
+            return
+        now = self._wall()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            window = self.stats.windows[name]
+            requests, errors = window.counts()
+            key = f"canary:windows:{{{name}}}"
+            value = f"{requests},{errors},{self._since(name):.3f},{now:.3f}"
+            pipe.hset(key, self.replica_id, value)
+            pipe.pexpire(key, int(max(10.0, 2 * window.window_s) * 1000))
+            pipe.hgetall(key)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            results = await pipe.execute()
+        me = self.replica_id.encode()
+        for i, name in enumerate(names):
+            since = self._since(name)
+            remote_requests = remote_errors = 0
+            for replica, value in results[3 * i + 2].items():
+                requests, errors, their_since, sent = value.split(b",")
+                if replica == me or now - float(sent) > FRESH_S:
+                    continue
+                if float(their_since) < since - SKEW_S:
+                    continue  # counted before the last change of this circuit
+                remote_requests += int(requests)
+                remote_errors += int(errors)
+            window = self.stats.windows[name]
+            window.remote_requests, window.remote_errors = remote_requests, remote_errors
+            circuit = self.breakers.get(name)
+            if circuit is not None:
+                circuit.check()
+
+    def _forget(self) -> None:
+        for window in self.stats.windows.values():
+            window.remote_requests = window.remote_errors = 0
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._forget()

@@ -94,6 +94,9 @@ class Window:
         # Running sums over the live buckets, so the trip rule reads them in O(1).
         self.requests = 0
         self.errors = 0
+        # Other replicas' calls over their windows (canary.shared fills these in).
+        self.remote_requests = 0
+        self.remote_errors = 0
 
     def _bucket(self) -> _Bucket:
         second = int(self._clock())
@@ -147,6 +150,11 @@ class Window:
         self._bucket()  # expire what has left the window
         return self.requests, self.errors
 
+    def global_counts(self) -> tuple[int, int]:
+        """``counts()`` plus what the other replicas reported (the same without Redis)."""
+        requests, errors = self.counts()
+        return requests + self.remote_requests, errors + self.remote_errors
+
     def snapshot(self) -> WindowSnapshot:
         now = self._clock()
         second = int(now)
@@ -167,6 +175,8 @@ class Window:
                 if n:
                     hist[i] += n
         span = min(self.window_s, max(now - self._started_at, 1.0))
+        requests += self.remote_requests  # global figures when replicas share state
+        errors += self.remote_errors
         return WindowSnapshot(
             window_s=self.window_s,
             requests=requests,

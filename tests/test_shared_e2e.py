@@ -158,3 +158,43 @@ def test_a_rollback_on_one_replica_shows_on_the_others(
             assert event["origin"] == "replica" and "on replica" in event["reason"]
     finally:
         httpx.post(f"{relay}/_sim/faults", json={"error_rate": 0})
+
+
+def test_error_windows_add_up_across_replicas(
+    sims: tuple[str, str], redis_up: Any, tmp_path: Path
+) -> None:
+    """Each replica alone is below min_requests; together they trip, and /status is global."""
+    legacy, relay = sims
+    config = tmp_path / "windows.yaml"
+    text = ROLLBACK.format(legacy=legacy, relay=relay, redis_url=redis_up.url)
+    config.write_text(
+        text.replace("{legacy: 50, relay: 50}", "{legacy: 0, relay: 100}").replace(
+            "min_requests: 10, max_error_rate: 0.2", "min_requests: 30, max_error_rate: 0.1"
+        )
+    )
+    replicas = [serve(config) for _ in range(3)]
+    urls = [url for url, _ in replicas]
+    try:
+        httpx.post(f"{relay}/_sim/reset")
+        httpx.post(f"{relay}/_sim/faults", json={"error_rate": 0.3, "status_code": 503})
+        with replicas[0][1], replicas[1][1], replicas[2][1]:
+            for url in urls:
+                wait_until(lambda u=url: state(u) == "redis", 5, "shared state")
+            for i in range(45):  # 15 per replica: each below min_requests on its own
+                r = httpx.post(f"{urls[i % 3]}/v1/chat/completions", json=BODY, timeout=5)
+                assert r.status_code == 200
+            local_max = max(
+                httpx.get(f"{u}/status").json()["backends"]["relay"]["total_requests"] for u in urls
+            )
+            assert local_max < 30  # no replica could have tripped on its own traffic
+
+            def relay_status(url: str) -> dict[str, Any]:
+                return dict(httpx.get(f"{url}/status").json()["backends"]["relay"])
+
+            wait_until(
+                lambda: all(relay_status(u)["circuit"] == "open" for u in urls), 5, "fleet trip"
+            )
+            # Global figures on every replica, once the next exchange has run (0.5 s).
+            wait_until(lambda: relay_status(urls[1])["requests"] >= 30, 3, "global figures")
+    finally:
+        httpx.post(f"{relay}/_sim/faults", json={"error_rate": 0})

@@ -122,6 +122,7 @@ class Retry:
     max_attempts: int = 3
     backoff_s: float = 0.5
     budget: float = 0.2
+    unsafe: bool = False  # also resend calls that may have reached the provider (billed twice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +502,7 @@ def _build(
         ),
         backoff_s=_float(r.number(rt.get("backoff_s"), "retry.backoff_s", 0.5, maximum=60)),
         budget=_float(r.number(rt.get("budget"), "retry.budget", 0.2, maximum=1)),
+        unsafe=r.boolean(rt.get("unsafe"), "retry.unsafe", False),
     )
     st = r.mapping(top.get("state"), "state", {"redis_url"})
     redis_url = r.string(st.get("redis_url"), "state.redis_url")

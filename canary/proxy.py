@@ -459,7 +459,7 @@ class Proxy:
                     self._request(scope, backend, content, request_id)
                 )
             except httpx.TransportError as exc:
-                if not retryable_error(exc):
+                if not retryable_error(exc, unsafe=rules.unsafe):
                     raise
                 wait, after, failure = (
                     backoff(attempt, rules.backoff_s, self.rng),

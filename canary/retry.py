@@ -3,8 +3,9 @@
 Only failures that cannot have been billed are retried on the same backend: a 429, 502,
 503 or 504 answer (the provider said it did not do the work), or a connection that
 never opened (``httpx.ConnectError``/``ConnectTimeout``, exact thanks to
-``canary.transport``). A timeout or a reset after the request was sent is never resent
-here: an LLM call received twice is billed twice; fallback to the baseline still applies.
+``canary.transport``). A timeout or a reset after the request was sent is not resent
+(an LLM call received twice is billed twice) unless ``retry.unsafe: true`` says the
+caller accepts that; fallback to the baseline still applies.
 
 Waits grow exponentially from ``retry.backoff_s`` with full jitter, and honour the
 provider's ``retry-after-ms`` / ``Retry-After`` (seconds) when longer; a provider asking
@@ -28,9 +29,12 @@ SPAN_S = 10
 MIN_RETRIES = 3
 
 
-def retryable_error(exc: httpx.TransportError) -> bool:
-    """Only a connection that never opened is safe to send again."""
-    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+def retryable_error(exc: httpx.TransportError, *, unsafe: bool = False) -> bool:
+    """Only a connection that never opened is safe to send again; ``retry.unsafe`` accepts
+    the risk of a double bill for timeouts and resets too (never a bad request of ours)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return True
+    return unsafe and not isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol)
 
 
 def backoff(attempt: int, backoff_s: float, rng: random.Random) -> float:

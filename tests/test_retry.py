@@ -85,3 +85,10 @@ def test_budget_recovers_as_old_calls_leave_the_span() -> None:
         pass
     clock.now += 11
     assert budget.try_spend("relay", 0.2)
+
+
+def test_unsafe_retries_are_the_operators_choice() -> None:
+    """retry.unsafe resends timeouts and resets too, but never a request we could not write."""
+    assert retryable_error(httpx.ReadTimeout("read"), unsafe=True)
+    assert retryable_error(httpx.RemoteProtocolError("closed"), unsafe=True)
+    assert not retryable_error(httpx.LocalProtocolError("bad header"), unsafe=True)

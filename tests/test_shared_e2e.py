@@ -60,23 +60,26 @@ def redis_up(redis_server: Any) -> Iterator[Any]:
 def test_redis_outage_degrades_and_recovers_without_failing_requests(
     sims: tuple[str, str], redis_up: Any, tmp_path: Path
 ) -> None:
-    """Redis killed: every request still answered, state degraded; restarted: back to redis."""
-    url, router = serve(routes(tmp_path, sims[0], redis_up.url))
-    with router, httpx.Client(base_url=url, timeout=2) as http:
-        wait_until(lambda: state(url) == "redis", 5, "shared state at start")
-        assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+    """Redis killed: every request on three replicas answered, all degraded; back after."""
+    config = routes(tmp_path, sims[0], redis_up.url)
+    replicas = [serve(config) for _ in range(3)]
+    urls = [url for url, _ in replicas]
+    with replicas[0][1], replicas[1][1], replicas[2][1], httpx.Client(timeout=2) as http:
+        for url in urls:
+            wait_until(lambda u=url: state(u) == "redis", 5, "shared state at start")
         redis_up.stop()
         codes, slowest = [], 0.0
-        for _ in range(20):
+        for i in range(30):
             began = time.monotonic()
-            codes.append(http.post("/v1/chat/completions", json=BODY).status_code)
+            r = http.post(f"{urls[i % 3]}/v1/chat/completions", json=BODY)
+            codes.append(r.status_code)
             slowest = max(slowest, time.monotonic() - began)
-        assert codes == [200] * 20  # each bounded by the client's 2 s timeout
+        assert codes == [200] * 30  # each bounded by the client's 2 s timeout
         print(f"\nworst request latency while Redis is down: {slowest * 1000:.1f} ms")
-        wait_until(lambda: state(url) == "degraded", 5, "degraded while Redis is down")
+        wait_until(lambda: all(state(u) == "degraded" for u in urls), 5, "all degraded")
         redis_up.start()
-        wait_until(lambda: state(url) == "redis", 10, "back to shared state")
-        assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+        wait_until(lambda: all(state(u) == "redis" for u in urls), 10, "all back to redis")
+        assert http.post(f"{urls[0]}/v1/chat/completions", json=BODY).status_code == 200
 
 
 def test_redis_down_at_start_does_not_stop_the_router(

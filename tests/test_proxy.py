@@ -85,6 +85,18 @@ class Upstream:
             stream=httpx.ByteStream(b'{"ok": true, "host": "' + request.url.host.encode() + b'"}'),
         )
 
+    def hold(self) -> tuple[asyncio.Event, asyncio.Event]:
+        """Answer only once ``release`` is set; ``arrived`` is set when a call waits."""
+        arrived, release = asyncio.Event(), asyncio.Event()
+
+        async def held(request: httpx.Request) -> httpx.Response:
+            arrived.set()
+            await release.wait()
+            return self.ok(request)
+
+        self.handler = held
+        return arrived, release
+
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         result = self.handler(request)
@@ -473,15 +485,7 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
     routes: Path, upstream: Upstream
 ) -> None:
     """A reload during a call changes the next call's backend, not the running one's."""
-    release = asyncio.Event()
-    arrived = asyncio.Event()
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        arrived.set()
-        await release.wait()
-        return Upstream.ok(request)
-
-    upstream.handler = slow
+    arrived, release = upstream.hold()
     routes.write_text(BASE + f"auth: {{admin_token: {ADMIN}}}\n")
     async with serving(
         str(routes), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
@@ -892,15 +896,7 @@ async def test_over_max_concurrency_waits_then_gets_429(tmp_path: Path, upstream
     """With one slot taken, a second call waits its bounded queue time, then gets 429."""
     path = tmp_path / "routes.yaml"
     path.write_text(LIMITED.replace("max_qps: 2, ", ""))
-    release = asyncio.Event()
-    arrived = asyncio.Event()
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        arrived.set()
-        await release.wait()
-        return Upstream.ok(request)
-
-    upstream.handler = slow
+    arrived, release = upstream.hold()
     async with serving(
         str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
     ) as c:

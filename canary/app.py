@@ -32,11 +32,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from canary.breaker import Breakers
-from canary.config import Config, digest
+from canary.config import Config, bearer_digest
 from canary.errors import RouterError
 from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
-from canary.proxy import Message, Proxy, Receive, Scope, Send
+from canary.proxy import Proxy, Receive, Scope, Send
 from canary.reload import ConfigStore
 from canary.shared import SharedBreakers, SharedWindows
 from canary.stats import Clock, Stats
@@ -242,11 +242,8 @@ def _check_admin(cfg: Config | None, authorization: str | None) -> None:
             code="admin_disabled",
             status=403,
         )
-    token = ""
-    if authorization and authorization[:7].lower() == "bearer ":
-        token = authorization[7:].strip()
-    if not hmac.compare_digest(digest(token), cfg.auth.admin_token_digest):
+    if not hmac.compare_digest(bearer_digest(authorization), cfg.auth.admin_token_digest):
         raise RouterError("Missing or invalid admin token.", code="invalid_admin_token", status=401)
 
 
-__all__ = ["Canary", "Message", "create_app"]
+__all__ = ["Canary", "create_app"]

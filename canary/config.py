@@ -202,6 +202,16 @@ def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def bearer_digest(authorization: str | bytes | None) -> bytes:
+    """The digest of an ``Authorization: Bearer <token>`` value; empty when there is none."""
+    if isinstance(authorization, bytes):
+        authorization = authorization.decode("utf-8", "replace")
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return b""
+    token = authorization[7:].strip()
+    return digest(token) if token else b""
+
+
 # --- reading and expanding ---------------------------------------------------------------
 
 

@@ -44,7 +44,7 @@ import orjson
 import structlog
 
 from canary.breaker import CLOSED, Breakers, Circuit
-from canary.config import Backend, Config, Retry, Route, digest
+from canary.config import Backend, Config, Retry, Route, bearer_digest
 from canary.errors import RouterError
 from canary.limits import Limiter, RateLimited
 from canary.logs import redactor
@@ -739,10 +739,7 @@ async def _watch_disconnect(receive: Receive, flags: _Flags, task: asyncio.Task[
 
 
 def _check_client_key(cfg: Config, authorization: bytes | None) -> None:
-    presented = b""
-    if authorization and authorization[:7].lower() == b"bearer ":
-        presented = authorization[7:].strip()
-    given = digest(presented.decode("utf-8", "replace")) if presented else b""
+    given = bearer_digest(authorization)
     ok = False
     for known in cfg.auth.api_key_digests:  # compare with every key: no early exit
         ok |= hmac.compare_digest(given, known)

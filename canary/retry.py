@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import httpx
 
+from canary.transport import may_have_reached
+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
 SPAN_S = 10
@@ -30,11 +32,11 @@ MIN_RETRIES = 3
 
 
 def retryable_error(exc: httpx.TransportError, *, unsafe: bool = False) -> bool:
-    """Only a connection that never opened is safe to send again; ``retry.unsafe`` accepts
-    the risk of a double bill for timeouts and resets too (never a bad request of ours)."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return True
-    return unsafe and not isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol)
+    """Only a call that never reached the provider (``transport.may_have_reached``) is safe
+    to send again; ``retry.unsafe`` accepts the risk of a double bill for the rest."""
+    if isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol):
+        return False  # our request or URL is at fault: sending it again cannot help
+    return unsafe or not may_have_reached(exc)
 
 
 def backoff(attempt: int, backoff_s: float, rng: random.Random) -> float:

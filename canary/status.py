@@ -82,6 +82,16 @@ def status_document(
         return doc
     ready, reason = readiness(cfg, breakers)
     doc["migration"] = {"ready_for_full_migration": ready, "reason": reason}
+    rb, bar = cfg.rollback, cfg.readiness
+    doc["rollback"] = {
+        "window_s": rb.window_s,
+        "min_requests": rb.min_requests,
+        "max_error_rate": rb.max_error_rate,
+        "open_s": rb.open_s,
+        "probe_requests": rb.probe_requests,
+        "auto_resume": rb.auto_resume,
+    }
+    doc["readiness"] = {"min_requests": bar.min_requests, "max_error_rate": bar.max_error_rate}
     for route in cfg.routes:
         effective = breakers.effective(route)
         doc["routes"].append(

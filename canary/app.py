@@ -36,6 +36,9 @@ from canary.config import Config, bearer_digest
 from canary.errors import RouterError
 from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
+from canary.meter import Meter
+from canary.metrics import CONTENT_TYPE
+from canary.metrics import render as render_metrics
 from canary.proxy import Proxy, Receive, Scope, Send
 from canary.reload import ConfigStore
 from canary.shared import SharedBreakers, SharedWindows
@@ -106,6 +109,7 @@ def create_app(
     store = ConfigStore(config_path)
     stats = Stats(window_s=60.0, clock=clock)
     breakers = Breakers(stats, clock)
+    meter = Meter(clock)
     limiter = MemoryLimiter(clock=clock, share=limit_share)
     proxy = Proxy(
         store,
@@ -113,6 +117,7 @@ def create_app(
         breakers,
         limiter,
         transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S),
+        meter,
         clock=clock,
         rng=rng or random.Random(),
         sleep=sleep,
@@ -188,9 +193,15 @@ def create_app(
                 proxy.limiter = limiter
             await proxy.transport.aclose()
 
-    async def status(_: Request) -> Response:
+    def document() -> dict[str, Any]:
         state = getattr(proxy.limiter, "state", "memory")  # FailoverLimiter: redis | degraded
-        return _json(status_document(store, stats, breakers, state))
+        return status_document(store, stats, breakers, meter, state)
+
+    async def status(_: Request) -> Response:
+        return _json(document())
+
+    async def metrics(_: Request) -> Response:
+        return Response(render_metrics(document(), meter), media_type=CONTENT_TYPE)
 
     async def healthz(_: Request) -> Response:
         return _json({"status": "ok"})
@@ -225,6 +236,7 @@ def create_app(
     control = Starlette(
         routes=[
             Route("/status", status),
+            Route("/metrics", metrics),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/admin/reload", admin_reload, methods=["POST"]),

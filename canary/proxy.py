@@ -48,10 +48,12 @@ from canary.config import Backend, Config, Retry, Route, bearer_digest
 from canary.errors import RouterError
 from canary.limits import Limiter, RateLimited
 from canary.logs import redactor
+from canary.meter import Meter
 from canary.reload import ConfigStore
 from canary.retry import RETRY_STATUSES, RetryBudget, backoff, delay_s, retryable_error
 from canary.router import match_route, pick
 from canary.stats import Clock, Stats, Window
+from canary.usage import UsageScanner
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,6 +86,7 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 _DROP_RESPONSE = HOP_BY_HOP | {b"date"}  # uvicorn adds its own; two would confuse clients
 _SLOW_CLIENT_GRACE_S = 1.0
+_WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
 _URL_CACHE_SIZE = 4096
 _DONE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
@@ -98,12 +101,17 @@ class _Flags:
 
 
 class _Call:
-    """When the try that is still open started (None between tries)."""
+    """One call to one backend: when its open try started (None between tries), and how
+    it ended, for the access line and the meter."""
 
-    __slots__ = ("started",)
+    __slots__ = ("backend", "outcome", "started", "status", "tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
         self.started: float | None = None
+        self.status = 0
+        self.outcome = "ok"
+        self.tokens: tuple[int, int] | None = None
 
 
 class _Body:
@@ -135,6 +143,15 @@ class _Body:
         body = self.json()
         model = body.get("model") if body is not None else None
         return model if isinstance(model, str) else None
+
+    def accounted_model(self) -> str | None:
+        """The client's ``model`` for token accounting; never refuses a body it cannot read."""
+        if self.raw[:64].lstrip()[:1] != b"{":
+            return None
+        try:
+            return self.model()
+        except RouterError:
+            return None
 
 
 @functools.cache
@@ -172,6 +189,7 @@ class Proxy:
         breakers: Breakers,
         limiter: Limiter,
         transport: httpx.AsyncBaseTransport,
+        meter: Meter,
         *,
         clock: Clock,
         rng: random.Random,
@@ -183,6 +201,7 @@ class Proxy:
         self.breakers = breakers
         self.limiter = limiter
         self.transport = transport
+        self.meter = meter
         self.clock = clock
         self.rng = rng
         self.sleep = sleep
@@ -226,11 +245,12 @@ class Proxy:
             start, end = error_response_parts(exc, request_id)
             await send(start)
             await send(end)
+            elapsed = self.clock() - started
+            self.meter.call("", "", exc.status, elapsed)
             if self.access_log:
-                elapsed = self.clock() - started
                 _access(scope, request_id, None, None, exc.status, exc.code, elapsed)
             return
-        await self._forward(scope, receive, send, cfg, route, backend, body, request_id)
+        await self._forward(scope, receive, send, cfg, route, backend, body, request_id, started)
 
     async def _forward(
         self,
@@ -242,8 +262,11 @@ class Proxy:
         backend: Backend,
         body: _Body,
         request_id: bytes,
+        started: float,
     ) -> None:
-        """Call the chosen backend; on an early canary failure, call the baseline once."""
+        """Call the chosen backend; on an early canary failure, call the baseline once.
+
+        One access line per client request, written when it ends, however it ends."""
         flags = _Flags()
         task = asyncio.current_task()
         assert task is not None
@@ -251,40 +274,33 @@ class Proxy:
         baseline = cfg.backends[route.baseline] if route.fallback else None
         if baseline is backend:
             baseline = None
+        call = first = _Call(backend.name)
         try:
             content = _map_model(backend, body)
             failed = await self._attempt(
-                scope,
-                send,
-                route,
-                backend,
-                content,
-                request_id,
-                flags,
-                None,
-                baseline is not None,
-                cfg,
-            )
+                scope, send, route, backend, content, body, request_id, flags, None,
+                baseline is not None, cfg, call,
+            )  # fmt: skip
             if failed and baseline is not None:
+                self.meter.fallback(route.name, backend.name)
+                call = _Call(baseline.name)
                 content = _map_model(baseline, body)
                 await self._attempt(
-                    scope,
-                    send,
-                    route,
-                    baseline,
-                    content,
-                    request_id,
-                    flags,
-                    backend.name,
-                    False,
-                    cfg,
-                )
+                    scope, send, route, baseline, content, body, request_id, flags,
+                    backend.name, False, cfg, call,
+                )  # fmt: skip
         except asyncio.CancelledError:
             if not flags.disconnected:
                 raise
             task.uncancel()  # the client left: not a backend failure, nothing to answer
         finally:
             watcher.cancel()
+            if self.access_log:
+                fell_back = first if call is not first else None
+                _access(
+                    scope, request_id, route.name, call.backend, call.status, call.outcome,
+                    self.clock() - started, call.tokens, fell_back,
+                )  # fmt: skip
 
     def _request(
         self, scope: Scope, backend: Backend, content: bytes, request_id: bytes
@@ -323,11 +339,13 @@ class Proxy:
         route: Route,
         backend: Backend,
         content: bytes,
+        body: _Body,
         request_id: bytes,
         flags: _Flags,
         fell_back_from: str | None,
         can_fall_back: bool,
         cfg: Config,
+        call: _Call,
     ) -> bool:
         """One call to one backend (with its retries), counted in its window and circuit.
 
@@ -336,6 +354,7 @@ class Proxy:
         """
         window = self.stats.window(backend.name)
         circuit = self.breakers.circuits.get(backend.name)
+        meter = self.meter
         started = self.clock()
         queue_s = cfg.server.queue_timeout_s
         try:
@@ -346,16 +365,20 @@ class Proxy:
                 wait_s=queue_s,
             )
         except RateLimited as limited:  # canary's own limit: the backend did nothing wrong
-            status = await _send_error(send, limited, request_id, backend, route, fell_back_from)
-            if self.access_log:
-                elapsed = self.clock() - started
-                _access(
-                    scope, request_id, route.name, backend.name, status, "rate_limited", elapsed
-                )
+            call.status = await _send_error(
+                send, limited, request_id, backend, route, fell_back_from
+            )
+            call.outcome = "rate_limited"
+            meter.rejected(backend.name)
+            meter.call(route.name, backend.name, call.status, self.clock() - started)
             return False
-        call = _Call()
+        waited = self.clock() - started
+        if waited > _WAIT_S:
+            meter.waited(backend.name, waited)
         status = 0
         outcome = "ok"
+        # Usage is read from answers to POSTs (completions, embeddings, responses).
+        scanner = UsageScanner() if scope["method"] == "POST" else None
         response: httpx.Response | None = None
         try:
             try:
@@ -367,7 +390,15 @@ class Proxy:
                     outcome = "fallback"
                     return True
                 outcome = await self._relay(
-                    send, response, backend, route, request_id, flags, fell_back_from, scope["path"]
+                    send,
+                    response,
+                    backend,
+                    route,
+                    request_id,
+                    flags,
+                    fell_back_from,
+                    scope["path"],
+                    scanner if status < 300 else None,
                 )
             except _EarlyFailure as early:
                 outcome = early.outcome
@@ -418,17 +449,27 @@ class Proxy:
             if response is not None:
                 await response.aclose()
             await lease.release()
+            now = self.clock()
             if call.started is not None:  # the last try is still open (not one that failed)
                 error = outcome in _ERROR_OUTCOMES or status >= 500 or status == 429
-                window.finish(self.clock() - call.started, error=error)
+                window.finish(now - call.started, error=error)
                 if circuit is not None:
                     if outcome in _NO_VERDICT:
                         circuit.abandon()
                     else:
                         circuit.record(error=error)
-            if self.access_log:
-                elapsed = self.clock() - started
-                _access(scope, request_id, route.name, backend.name, status, outcome, elapsed)
+                if error:
+                    meter.failure(backend.name, _failure_kind(outcome, status))
+            if outcome == "ok" and scanner is not None and status < 300:
+                call.tokens = scanner.result()
+                if call.tokens is None:
+                    meter.no_usage(backend.name)
+                else:
+                    meter.usage(route.name, backend.name, body.accounted_model(), call.tokens)
+            if not status and outcome in _NO_VERDICT:
+                status = 499  # nginx's "client closed request": no answer was given
+            call.status, call.outcome = status, outcome
+            meter.call(route.name, backend.name, status, now - started)
 
     async def _send(
         self,
@@ -475,6 +516,7 @@ class Proxy:
                 wait, after = asked, str(response.status_code)
             # A retryable failure: count it now, so a circuit it trips stops the retries.
             window.finish(self.clock() - call.started, error=True)
+            self.meter.failure(backend.name, _failure_kind(after, 0))
             call.started = None
             if circuit is not None:
                 circuit.record(error=True)
@@ -487,6 +529,7 @@ class Proxy:
                 return response  # counted already: call.started is None
             if response is not None:
                 await response.aclose()
+            self.meter.retry(backend.name)
             log.info(
                 "proxy.retry",
                 request_id=request_id.decode(),
@@ -532,6 +575,7 @@ class Proxy:
         flags: _Flags,
         fell_back_from: str | None,
         path: str,
+        scanner: UsageScanner | None,
     ) -> str:
         """Stream the upstream answer to the client; return how it ended.
 
@@ -578,6 +622,8 @@ class Proxy:
                         await send(start)
                         started = True
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if scanner is not None:
+                        scanner.feed(chunk)
                     if sse and chunk:
                         prev, last = last, chunk
                 if not started:
@@ -621,6 +667,19 @@ _NO_VERDICT = frozenset(
 )
 
 
+def _failure_kind(outcome: str, status: int) -> str:
+    """The ``kind`` label of an upstream failure (``outcome`` may be a status or error name)."""
+    if status == 429 or outcome == "429":
+        return "429"
+    if status >= 500 or outcome.isdigit():
+        return "5xx"
+    if outcome == "stream_cut":
+        return "stream_cut"
+    if outcome == "upstream_timeout" or "Timeout" in outcome:
+        return "timeout"
+    return "connect"
+
+
 def _outcome_of(exc: httpx.TransportError) -> str:
     return "upstream_timeout" if isinstance(exc, httpx.TimeoutException) else "upstream_error"
 
@@ -648,8 +707,12 @@ def _access(
     status: int,
     outcome: str,
     elapsed_s: float,
+    tokens: tuple[int, int] | None = None,
+    fell_back: _Call | None = None,
 ) -> None:
-    """The one access-log line per request; a refusal has no route or backend."""
+    """The one access-log line per request; a refusal has no route or backend.
+
+    ``fallback`` names the backend that failed first and ``fallback_outcome`` how."""
     log.info(
         "proxy.request",
         request_id=request_id.decode(),
@@ -660,6 +723,10 @@ def _access(
         status=status,
         outcome=outcome,
         ms=round(elapsed_s * 1000, 2),
+        tokens_in=tokens[0] if tokens else None,
+        tokens_out=tokens[1] if tokens else None,
+        fallback=fell_back.backend if fell_back else None,
+        fallback_outcome=fell_back.outcome if fell_back else None,
     )
 
 

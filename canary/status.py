@@ -16,6 +16,8 @@ from typing import Any
 
 from canary.breaker import CLOSED, Breakers
 from canary.config import Config, Route, redact_url
+from canary.cost import backend_costs, cost_section
+from canary.meter import Meter
 from canary.reload import ConfigStore
 from canary.stats import Stats
 
@@ -61,7 +63,7 @@ def readiness(cfg: Config, breakers: Breakers) -> tuple[bool, str]:
 
 
 def status_document(
-    store: ConfigStore, stats: Stats, breakers: Breakers, state: str = "memory"
+    store: ConfigStore, stats: Stats, breakers: Breakers, meter: Meter, state: str = "memory"
 ) -> dict[str, Any]:
     cfg = store.config
     doc: dict[str, Any] = {
@@ -81,7 +83,13 @@ def status_document(
     if cfg is None:
         return doc
     ready, reason = readiness(cfg, breakers)
-    doc["migration"] = {"ready_for_full_migration": ready, "reason": reason}
+    cost = cost_section(meter, cfg)
+    doc["migration"] = {
+        "ready_for_full_migration": ready,
+        "reason": reason,
+        "projected_monthly_savings_usd": cost["projected_monthly_savings_usd"],
+    }
+    doc["cost"] = cost
     rb, bar = cfg.rollback, cfg.readiness
     doc["rollback"] = {
         "window_s": rb.window_s,
@@ -105,6 +113,7 @@ def status_document(
                 "fallback": route.fallback,
             }
         )
+    costs = backend_costs(meter, cfg)
     for name, backend in cfg.backends.items():
         s = stats.window(name).snapshot()
         circuit = breakers.get(name)
@@ -124,6 +133,7 @@ def status_document(
             "total_requests": s.total_requests,
             "total_errors": s.total_errors,
             "limits": {"max_concurrency": backend.max_concurrency, "max_qps": backend.max_qps},
+            **costs[name],
         }
         if circuit is not None:
             doc["backends"][name]["since_change"] = {

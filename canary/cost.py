@@ -1,0 +1,161 @@
+"""Cost and ROI from metered tokens and ``pricing`` (USD per million tokens).
+
+Every figure is tokens x the prices in routes.yaml now:
+
+- spent: each (backend, model)'s tokens at that backend's price;
+- at 100% baseline / at 100% canary: the same tokens, each route's traffic priced on its
+  baseline, or on its canary (the non-baseline backend with the most configured weight;
+  a route without one stays on its baseline);
+- projected monthly savings: the live token rate (last 5 minutes) per route and model, x
+  (baseline price - canary price), x 30 days.
+
+A token with no price is never counted as $0: the pair is listed in ``unpriced``, a
+figure that priced nothing is ``None``, and ``complete`` says whether every token was
+priced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from canary.config import Config, Price, Route
+from canary.meter import Meter
+
+SECONDS_PER_MONTH = 30 * 24 * 3600
+
+
+def _usd(tokens_in: float, tokens_out: float, price: Price) -> float:
+    return (tokens_in * price.input + tokens_out * price.output) / 1e6
+
+
+def canary_of(route: Route) -> str:
+    """The backend a route migrates to: its heaviest non-baseline backend, else its baseline."""
+    best, weight = route.baseline, 0.0
+    for name, w in route.weights.items():
+        if name != route.baseline and w > weight:
+            best, weight = name, w
+    return best
+
+
+def _price(cfg: Config, backend: str, model: str) -> Price | None:
+    return cfg.pricing.get(backend, {}).get(model)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+class _Sum:
+    """A cost total that remembers whether anything was priced, and what was not."""
+
+    def __init__(self, missing: set[str]) -> None:
+        self.usd = 0.0
+        self.priced = False
+        self.complete = True
+        self.missing = missing
+
+    def add(self, cfg: Config, backend: str, model: str, tin: float, tout: float) -> None:
+        if not (tin or tout):
+            return
+        price = _price(cfg, backend, model)
+        if price is None:
+            self.complete = False
+            self.missing.add(f"{backend}/{model}")
+            return
+        self.priced = True
+        self.usd += _usd(tin, tout, price)
+
+    def value(self) -> float | None:
+        return _round(self.usd) if self.priced else None
+
+
+def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
+    """Per backend: tokens, priced cost, unpriced tokens, unmetered calls (for /status)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in cfg.backends:
+        out[name] = {
+            "tokens": {"input": 0, "output": 0},
+            "cost_usd": None,
+            "unpriced_tokens": {"input": 0, "output": 0},
+            "unmetered_requests": meter.unmetered.get(name, 0),
+        }
+    for backend, model, _, tin, tout in meter.tokens_by_backend():
+        row = out.get(backend)
+        if row is None:  # a backend removed from routes.yaml since
+            continue
+        row["tokens"]["input"] += tin
+        row["tokens"]["output"] += tout
+        price = _price(cfg, backend, model)
+        if price is None:
+            row["unpriced_tokens"]["input"] += tin
+            row["unpriced_tokens"]["output"] += tout
+        else:
+            row["cost_usd"] = _round((row["cost_usd"] or 0.0) + _usd(tin, tout, price))
+    return out
+
+
+def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
+    """The ``cost`` section of /status: what ``canary report`` renders."""
+    routes: Mapping[str, Route] = {r.name: r for r in cfg.routes}
+    missing: set[str] = set()
+    spent, baseline, target = _Sum(missing), _Sum(set()), _Sum(set())
+    by_model = []
+    for backend, model, calls, tin, tout in meter.tokens_by_backend():
+        price = _price(cfg, backend, model)
+        spent.add(cfg, backend, model, tin, tout)
+        by_model.append(
+            {
+                "backend": backend,
+                "model": model,
+                "requests": calls,
+                "input_tokens": tin,
+                "output_tokens": tout,
+                "cost_usd": None if price is None else _round(_usd(tin, tout, price)),
+                "price": None if price is None else {"input": price.input, "output": price.output},
+            }
+        )
+    for (route_name, backend, model), (_, tin, tout) in meter.tokens.items():
+        route = routes.get(route_name)
+        base = route.baseline if route else backend  # a route renamed since: it stays put
+        baseline.add(cfg, base, model, tin, tout)
+        target.add(cfg, canary_of(route) if route else backend, model, tin, tout)
+    savings = _Sum(set())
+    rate_in = rate_out = 0.0
+    for (route_name, model), (rin, rout) in meter.token_rate().items():
+        rate_in += rin
+        rate_out += rout
+        route = routes.get(route_name)
+        if route is None or canary_of(route) == route.baseline:
+            continue
+        was = _price(cfg, route.baseline, model)
+        now = _price(cfg, canary_of(route), model)
+        if was is None or now is None:
+            savings.complete = False
+            missing.update(
+                f"{b}/{model}" for b, p in ((route.baseline, was), (canary_of(route), now)) if not p
+            )
+            continue
+        savings.priced = True
+        savings.usd += (_usd(rin, rout, was) - _usd(rin, rout, now)) * SECONDS_PER_MONTH
+    spent_usd, base_usd = spent.value(), baseline.value()
+    comparable = spent.complete and baseline.complete
+    return {
+        "currency": "USD",
+        "since": datetime.fromtimestamp(meter.started_at, UTC).isoformat(),
+        "by_model": by_model,
+        "total_usd": spent_usd or 0.0,
+        "complete": spent.complete,
+        "at_100_baseline_usd": base_usd,
+        "at_100_canary_usd": target.value(),
+        "savings_so_far_usd": (
+            _round(base_usd - spent_usd)
+            if base_usd is not None and spent_usd is not None and comparable
+            else None
+        ),
+        "token_rate_per_s": {"input": round(rate_in, 3), "output": round(rate_out, 3)},
+        "projected_monthly_savings_usd": _round(savings.usd) if savings.priced else None,
+        "unpriced": sorted(missing | baseline.missing | target.missing),
+        "unmetered_requests": sum(meter.unmetered.values()),
+    }

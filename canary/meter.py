@@ -1,0 +1,217 @@
+"""Lifetime counters behind ``/metrics``, token cost and the ROI report.
+
+The proxy bumps plain ints in dicts keyed by short tuples (one or two dict updates per
+call, no Prometheus object, no lock: one event loop per process). Prometheus text,
+``/status`` and ``canary report`` are rendered from these counters when asked
+(``canary.metrics``, ``canary.cost``), so scraping costs the scraper, not the request.
+
+Labels stay low-cardinality: routes and backends come from routes.yaml; a model name
+comes from the client, so at most ``MAX_MODELS`` distinct names are kept and the rest
+count as ``other``. Tokens are kept per (route, backend, model), from which every cost
+figure is derived: what was spent, and what the same traffic would cost on each route's
+baseline or canary. A ring of 10-second slots over the last 5 minutes gives the live
+token rate for the monthly projection.
+
+With ``--workers N`` each worker exports its counters (``export``) and any worker can
+sum everyone's into a fresh ``Meter`` (``absorb``), so every worker serves one view.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+Clock = Callable[[], float]
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MAX_MODELS = 100
+OTHER_MODEL = "other"
+RATE_SLOT_S = 10
+RATE_SLOTS = 30  # 5 minutes
+_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+_SEP = "\x1f"  # joins tuple keys in exports; cannot occur in route, backend or model names
+
+
+def status_class(status: int) -> str:
+    """``2xx`` ... ``5xx``; a call that got no status (transport failure) is a ``5xx``."""
+    return _CLASS[status // 100] if 100 <= status < 600 else "5xx"
+
+
+class Meter:
+    """Counters for one process (see the module docstring)."""
+
+    def __init__(self, clock: Clock, wall: Clock = time.time) -> None:
+        self.clock = clock
+        self.started_at = wall()
+        self.requests: dict[tuple[str, str, str], int] = {}  # (route, backend, class)
+        self.latency: dict[str, list[float]] = {}  # backend -> bucket counts, +Inf, sum
+        self.failures: dict[tuple[str, str], int] = {}  # (backend, kind)
+        self.retries: dict[str, int] = {}
+        self.fallbacks: dict[tuple[str, str], int] = {}  # (route, backend that failed)
+        self.limiter_waits: dict[str, int] = {}
+        self.limiter_wait_s: dict[str, float] = {}
+        self.limiter_rejections: dict[str, int] = {}
+        self.tokens: dict[tuple[str, str, str], list[int]] = {}  # -> [calls, input, output]
+        self.unmetered: dict[str, int] = {}  # answered calls without a usage object
+        self.rate: dict[int, dict[tuple[str, str], list[int]]] = {}  # slot -> (route, model)
+        self._models: set[str] = set()
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def call(self, route: str, backend: str, status: int, seconds: float) -> None:
+        """One finished call to ``backend`` (or a refusal, with backend ``""``)."""
+        key = (route, backend, status_class(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if backend:
+            hist = self.latency.get(backend)
+            if hist is None:
+                hist = self.latency[backend] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+            hist[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+            hist[-1] += seconds
+
+    def failure(self, backend: str, kind: str) -> None:
+        """An upstream failure: ``timeout``, ``connect``, ``5xx``, ``429`` or ``stream_cut``."""
+        key = (backend, kind)
+        self.failures[key] = self.failures.get(key, 0) + 1
+
+    def usage(self, route: str, backend: str, model: str | None, tokens: tuple[int, int]) -> None:
+        """Tokens a provider reported for one call; ``model`` is the one the client asked for."""
+        model = self._model(model)
+        key = (route, backend, model)
+        row = self.tokens.get(key)
+        if row is None:
+            row = self.tokens[key] = [0, 0, 0]
+        row[0] += 1
+        row[1] += tokens[0]
+        row[2] += tokens[1]
+        slot = int(self.clock() // RATE_SLOT_S)
+        rates = self.rate.get(slot)
+        if rates is None:
+            rates = self.rate[slot] = {}
+            for old in [s for s in self.rate if s <= slot - RATE_SLOTS]:
+                del self.rate[old]
+        pair = rates.get((route, model))
+        if pair is None:
+            pair = rates[(route, model)] = [0, 0]
+        pair[0] += tokens[0]
+        pair[1] += tokens[1]
+
+    def no_usage(self, backend: str) -> None:
+        """An answered call whose usage could not be read (a stream without include_usage)."""
+        self.unmetered[backend] = self.unmetered.get(backend, 0) + 1
+
+    def retry(self, backend: str) -> None:
+        self.retries[backend] = self.retries.get(backend, 0) + 1
+
+    def fallback(self, route: str, failed: str) -> None:
+        key = (route, failed)
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
+
+    def waited(self, backend: str, seconds: float) -> None:
+        """A call queued ``seconds`` for a limiter slot before it could start."""
+        self.limiter_waits[backend] = self.limiter_waits.get(backend, 0) + 1
+        self.limiter_wait_s[backend] = self.limiter_wait_s.get(backend, 0.0) + seconds
+
+    def rejected(self, backend: str) -> None:
+        self.limiter_rejections[backend] = self.limiter_rejections.get(backend, 0) + 1
+
+    def _model(self, model: str | None) -> str:
+        if model is None:
+            return "unknown"
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODELS or len(model) > 128 or _SEP in model:
+            return OTHER_MODEL
+        self._models.add(model)
+        return model
+
+    # -- reading -----------------------------------------------------------------------
+
+    def token_rate(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Tokens per second per (route, model) over the last full slots (up to 5 minutes)."""
+        now = int(self.clock() // RATE_SLOT_S)
+        slots = [s for s in self.rate if now - RATE_SLOTS < s < now]
+        if not slots:  # under one full slot of traffic: use the current one
+            slots = [s for s in self.rate if s == now]
+            span = max(1.0, self.clock() - now * RATE_SLOT_S)
+        else:
+            span = float(RATE_SLOT_S * (now - min(slots)))
+        out: dict[tuple[str, str], list[int]] = {}
+        for s in slots:
+            for key, (tin, tout) in self.rate[s].items():
+                row = out.setdefault(key, [0, 0])
+                row[0] += tin
+                row[1] += tout
+        return {k: (v[0] / span, v[1] / span) for k, v in out.items()}
+
+    def tokens_by_backend(self) -> Iterator[tuple[str, str, int, int, int]]:
+        """(backend, model, calls, input, output), summed over routes."""
+        out: dict[tuple[str, str], list[int]] = {}
+        for (_, backend, model), (calls, tin, tout) in self.tokens.items():
+            row = out.setdefault((backend, model), [0, 0, 0])
+            row[0] += calls
+            row[1] += tin
+            row[2] += tout
+        for (backend, model), (calls, tin, tout) in sorted(out.items()):
+            yield backend, model, calls, tin, tout
+
+    # -- workers -----------------------------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """Everything, JSON-ready (tuple keys joined), for the other workers to absorb."""
+
+        def flat(d: dict[Any, Any]) -> dict[str, Any]:
+            return {_SEP.join(k) if isinstance(k, tuple) else k: v for k, v in d.items()}
+
+        return {
+            "started_at": self.started_at,
+            "requests": flat(self.requests),
+            "latency": self.latency,
+            "failures": flat(self.failures),
+            "retries": self.retries,
+            "fallbacks": flat(self.fallbacks),
+            "limiter_waits": self.limiter_waits,
+            "limiter_wait_s": self.limiter_wait_s,
+            "limiter_rejections": self.limiter_rejections,
+            "tokens": flat(self.tokens),
+            "unmetered": self.unmetered,
+            "rate": {str(s): flat(r) for s, r in self.rate.items()},
+        }
+
+    def absorb(self, data: dict[str, Any]) -> None:
+        """Add another worker's ``export()`` into these counters."""
+        self.started_at = min(self.started_at, float(data["started_at"]))
+        for name in ("requests", "failures", "fallbacks"):
+            mine = getattr(self, name)
+            for k, v in data[name].items():
+                key = tuple(k.split(_SEP))
+                mine[key] = mine.get(key, 0) + v
+        for name in ("retries", "limiter_waits", "limiter_wait_s", "limiter_rejections"):
+            mine = getattr(self, name)
+            for k, v in data[name].items():
+                mine[k] = mine.get(k, 0) + v
+        for k, v in data["unmetered"].items():
+            self.unmetered[k] = self.unmetered.get(k, 0) + v
+        for backend, hist in data["latency"].items():
+            own = self.latency.setdefault(backend, [0.0] * len(hist))
+            for i, n in enumerate(hist):
+                own[i] += n
+        for k, (calls, tin, tout) in data["tokens"].items():
+            row = self.tokens.setdefault(_key3(k), [0, 0, 0])
+            row[0] += calls
+            row[1] += tin
+            row[2] += tout
+        for slot, rates in data["rate"].items():
+            mine_rates = self.rate.setdefault(int(slot), {})
+            for k, (tin, tout) in rates.items():
+                route, model = k.split(_SEP)
+                pair = mine_rates.setdefault((route, model), [0, 0])
+                pair[0] += tin
+                pair[1] += tout
+
+
+def _key3(k: str) -> tuple[str, str, str]:
+    route, backend, model = k.split(_SEP)
+    return route, backend, model

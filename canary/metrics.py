@@ -1,0 +1,205 @@
+"""``/metrics``: Prometheus text rendered at scrape time from the meter and ``/status``.
+
+The proxy never touches a Prometheus object (``canary.meter`` keeps plain counters); a
+scrape builds metric families from those counters and from the same status document
+``/status`` serves, so the two never disagree, and with ``--workers N`` both are the
+sum of every worker. Label values are route and backend names from routes.yaml, a
+bounded set of model names, status classes and failure kinds: never user ids or paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from canary.meter import LATENCY_BUCKETS_S, Meter
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+_BOUNDS = [f"{b:g}" for b in LATENCY_BUCKETS_S] + ["+Inf"]
+
+
+def _none(name: str) -> str:
+    return name or "none"  # a refusal before routing has no route and no backend
+
+
+def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
+    """Every canary metric family, from a /status document and the (merged) meter."""
+    requests = CounterMetricFamily(
+        "canary_requests",
+        "Calls by route, backend and status class (a refusal before routing: none/none).",
+        labels=["route", "backend", "status_class"],
+    )
+    for (route, backend, cls), n in sorted(meter.requests.items()):
+        requests.add_metric([_none(route), _none(backend), cls], n)
+    yield requests
+
+    latency = HistogramMetricFamily(
+        "canary_request_duration_seconds",
+        "Time from a call's start to its last byte or failure, per backend.",
+        labels=["backend"],
+    )
+    for backend, hist in sorted(meter.latency.items()):
+        cumulative, buckets = 0.0, list[tuple[str, float]]()
+        for bound, count in zip(_BOUNDS, hist[:-1], strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        latency.add_metric([backend], buckets, sum_value=hist[-1])
+    yield latency
+
+    yield _counter(
+        "canary_upstream_failures",
+        "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut.",
+        ["backend", "kind"],
+        meter.failures.items(),
+    )
+    yield _counter(
+        "canary_retries", "Tries made again on the same backend.", ["backend"], _one(meter.retries)
+    )
+    yield _counter(
+        "canary_fallbacks",
+        "Calls answered by the route's baseline after this backend failed first.",
+        ["route", "backend"],
+        meter.fallbacks.items(),
+    )
+    yield _counter(
+        "canary_limiter_waits",
+        "Calls that queued for a concurrency or QPS slot.",
+        ["backend"],
+        _one(meter.limiter_waits),
+    )
+    yield _counter(
+        "canary_limiter_wait_seconds",
+        "Time calls spent queued for a slot.",
+        ["backend"],
+        _one(meter.limiter_wait_s),
+    )
+    yield _counter(
+        "canary_limiter_rejections",
+        "Calls refused with 429 after the queue time (not backend errors).",
+        ["backend"],
+        _one(meter.limiter_rejections),
+    )
+    tokens = CounterMetricFamily(
+        "canary_tokens",
+        "Tokens reported by providers, by backend, client model and direction.",
+        labels=["backend", "model", "direction"],
+    )
+    for backend, model, _, tin, tout in meter.tokens_by_backend():
+        tokens.add_metric([backend, model, "input"], tin)
+        tokens.add_metric([backend, model, "output"], tout)
+    yield tokens
+    yield _counter(
+        "canary_unmetered_requests",
+        "Answered calls whose usage could not be read (streams without include_usage).",
+        ["backend"],
+        _one(meter.unmetered),
+    )
+
+    backends: dict[str, Any] = doc.get("backends", {})
+    cost = CounterMetricFamily(
+        "canary_cost_usd", "Cost of priced tokens at the prices in routes.yaml.", labels=["backend"]
+    )
+    unpriced = CounterMetricFamily(
+        "canary_unpriced_tokens",
+        "Tokens of models with no price.",
+        labels=["backend", "direction"],
+    )
+    circuit = GaugeMetricFamily(
+        "canary_circuit_state", "Circuit: 0 closed, 1 half_open, 2 open.", labels=["backend"]
+    )
+    in_flight = GaugeMetricFamily("canary_in_flight", "Calls in flight.", labels=["backend"])
+    error_rate = GaugeMetricFamily(
+        "canary_error_rate", "Error rate over rollback.window_s.", labels=["backend"]
+    )
+    for name, b in sorted(backends.items()):
+        if b.get("cost_usd") is not None:
+            cost.add_metric([name], b["cost_usd"])
+        for direction in ("input", "output"):
+            unpriced.add_metric([name, direction], b["unpriced_tokens"][direction])
+        circuit.add_metric([name], CIRCUIT_VALUES[b["circuit"]])
+        in_flight.add_metric([name], b["in_flight"])
+        error_rate.add_metric([name], b["error_rate"])
+    yield from (cost, unpriced, circuit, in_flight, error_rate)
+
+    weight = GaugeMetricFamily(
+        "canary_weight",
+        "Route weights in routes.yaml units: configured, and effective (open circuits at 0).",
+        labels=["route", "backend", "kind"],
+    )
+    canary_pct = GaugeMetricFamily(
+        "canary_canary_percentage", "Effective non-baseline share of a route.", labels=["route"]
+    )
+    for route in doc.get("routes", []):
+        for kind in ("configured", "effective"):
+            for backend, w in route[kind].items():
+                weight.add_metric([route["name"], backend, kind], w)
+        canary_pct.add_metric([route["name"]], route["canary_percentage"])
+    yield from (weight, canary_pct)
+
+    rollback = doc.get("rollback")
+    if rollback is not None:
+        yield GaugeMetricFamily(
+            "canary_max_error_rate", "rollback.max_error_rate", value=rollback["max_error_rate"]
+        )
+    migration = doc["migration"]
+    yield GaugeMetricFamily(
+        "canary_ready_for_full_migration",
+        "1 when every canary is ready for 100%.",
+        value=1 if migration["ready_for_full_migration"] else 0,
+    )
+    savings = migration.get("projected_monthly_savings_usd")
+    if savings is not None:
+        yield GaugeMetricFamily(
+            "canary_projected_monthly_savings_usd",
+            "Live token rate x (baseline - canary price) x 30 days.",
+            value=savings,
+        )
+    yield GaugeMetricFamily(
+        "canary_config_error",
+        "1 while the file on disk is invalid (the last good config keeps serving).",
+        value=1 if doc["config"]["error"] else 0,
+    )
+    state = GaugeMetricFamily(
+        "canary_state", "Shared state: 1 for the current one.", labels=["state"]
+    )
+    for name in ("memory", "redis", "degraded"):
+        state.add_metric([name], 1 if doc.get("state") == name else 0)
+    yield state
+
+
+def _one(d: dict[str, Any]) -> Iterable[tuple[tuple[str], Any]]:
+    return (((k,), v) for k, v in d.items())
+
+
+def _counter(
+    name: str, doc: str, labels: list[str], items: Iterable[tuple[tuple[str, ...], Any]]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(items):
+        family.add_metric(list(key), value)
+    return family
+
+
+class _Families(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics
+
+
+def render(doc: dict[str, Any], meter: Meter) -> bytes:
+    """The Prometheus text exposition of ``families``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families(doc, meter))))
+    return generate_latest(registry)

@@ -1,0 +1,282 @@
+"""Unit tests: usage scanning, the meter's counters, cost and ROI figures, and /metrics text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from canary.config import parse_config
+from canary.cost import backend_costs, canary_of, cost_section
+from canary.meter import MAX_MODELS, Meter, status_class
+from canary.metrics import render
+from canary.usage import UsageScanner
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scan(*chunks: bytes) -> tuple[int, int] | None:
+    scanner = UsageScanner()
+    for chunk in chunks:
+        scanner.feed(chunk)
+    return scanner.result()
+
+
+CHAT = orjson.dumps(
+    {
+        "id": "x",
+        "choices": [{"message": {"content": 'He said "usage": {"prompt_tokens": 999}'}}],
+        "usage": {
+            "prompt_tokens": 12,
+            "completion_tokens": 7,
+            "total_tokens": 19,
+            "prompt_tokens_details": {"cached_tokens": 3},
+        },
+    }
+)
+
+
+def test_usage_of_a_json_body() -> None:
+    """The usage object of a non-streamed answer gives (input, output); quoted text cannot."""
+    assert scan(CHAT) == (12, 7)
+
+
+def test_usage_split_across_chunks() -> None:
+    """A usage object split by a chunk boundary anywhere is still read whole."""
+    for cut in range(1, len(CHAT)):
+        assert scan(CHAT[:cut], CHAT[cut:]) == (12, 7), cut
+
+
+def test_usage_of_a_stream_is_the_last_usage_chunk() -> None:
+    """Streams carry "usage": null on every chunk and the figures in the last data event."""
+    chunks = [
+        b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n',
+        b'data: {"choices":[{"delta":{"content":"b"}}],"usage": null}\n\n',
+        b'data: {"choices":[],"usage": {"prompt_tokens": 5, "completion_tokens": 2}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    assert scan(*chunks) == (5, 2)
+    assert scan(*chunks[:2], chunks[3]) is None  # no include_usage: nothing to read
+
+
+def test_usage_of_embeddings_and_the_responses_api() -> None:
+    """Embeddings have input only; the Responses API names its fields input/output_tokens."""
+    assert scan(b'{"data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}}') == (8, 0)
+    event = b'event: response.completed\ndata: {"response": {"usage": {"input_tokens": 4, '
+    assert scan(event, b'"output_tokens": 9, "total_tokens": 13}}}\n\n') == (4, 9)
+
+
+def test_no_usage_in_an_unrelated_body() -> None:
+    """A body without a usage object, or with a null one, reports nothing."""
+    assert scan(b'{"object": "list", "data": []}') is None
+    assert scan(b'{"usage": null, "x": {"prompt_tokens": 3}}') is None
+
+
+def test_status_class() -> None:
+    """Calls are grouped by status class; a transport failure (no status) is a 5xx."""
+    assert [status_class(s) for s in (200, 204, 301, 404, 429, 503, 0)] == [
+        "2xx",
+        "2xx",
+        "3xx",
+        "4xx",
+        "4xx",
+        "5xx",
+        "5xx",
+    ]
+
+
+def test_model_labels_are_bounded() -> None:
+    """A client cannot grow the label set: past MAX_MODELS names, models count as other."""
+    meter = Meter(FakeClock())
+    for i in range(MAX_MODELS + 20):
+        meter.usage("chat", "legacy", f"m{i}", (1, 1))
+    meter.usage("chat", "legacy", None, (1, 1))
+    models = {m for (_, _, m) in meter.tokens}
+    assert len(models) == MAX_MODELS + 2
+    assert {"other", "unknown"} <= models
+    assert meter.tokens[("chat", "legacy", "other")][0] == 20
+
+
+ROUTES = """
+backends:
+  legacy: {base_url: "http://127.0.0.1:1/v1"}
+  relay: {base_url: "http://127.0.0.1:2/v1"}
+routes:
+  - name: chat
+    match: {paths: [/v1/chat/completions]}
+    weights: {legacy: 90, relay: 10}
+  - name: default
+    weights: {legacy: 100}
+pricing:
+  legacy: {gpt-4.1: {input: 8.0, output: 16.0}, text-embedding-3-small: {input: 0.02, output: 0}}
+  relay: {gpt-4.1: {input: 1.0, output: 2.0}}
+"""
+
+
+def config(text: str = ROUTES) -> Any:
+    return parse_config(text.encode(), "routes.yaml", environ={})
+
+
+def test_cost_per_backend_and_what_if() -> None:
+    """Spent, all-baseline and all-canary costs are tokens x prices, per route."""
+    cfg = config()
+    meter = Meter(FakeClock())
+    meter.usage("chat", "legacy", "gpt-4.1", (1_000_000, 500_000))  # 8 + 8 = $16
+    meter.usage("chat", "relay", "gpt-4.1", (1_000_000, 1_000_000))  # 1 + 2 = $3
+    meter.usage("default", "legacy", "text-embedding-3-small", (1_000_000, 0))  # $0.02
+    costs = backend_costs(meter, cfg)
+    assert costs["legacy"]["cost_usd"] == pytest.approx(16.02)
+    assert costs["legacy"]["tokens"] == {"input": 2_000_000, "output": 500_000}
+    assert costs["relay"]["cost_usd"] == pytest.approx(3.0)
+    section = cost_section(meter, cfg)
+    assert section["total_usd"] == pytest.approx(19.02)
+    assert section["complete"] is True
+    # all chat on legacy: 2M in x 8 + 1.5M out x 16 = 40; embeddings stay on legacy
+    assert section["at_100_baseline_usd"] == pytest.approx(40.02)
+    # all chat on relay: 2M x 1 + 1.5M x 2 = 5; the default route has no canary
+    assert section["at_100_canary_usd"] == pytest.approx(5.02)
+    assert section["savings_so_far_usd"] == pytest.approx(40.02 - 19.02)
+    assert section["unpriced"] == []
+    assert canary_of(cfg.routes[1]) == "legacy"
+
+
+def test_unknown_prices_are_reported_not_zero() -> None:
+    """Tokens of a model without a price are listed as such; nothing priced gives None."""
+    cfg = config()
+    meter = Meter(FakeClock())
+    meter.usage("chat", "relay", "gpt-4o", (1000, 1000))
+    costs = backend_costs(meter, cfg)
+    assert costs["relay"]["cost_usd"] is None
+    assert costs["relay"]["unpriced_tokens"] == {"input": 1000, "output": 1000}
+    section = cost_section(meter, cfg)
+    assert section["by_model"][0]["cost_usd"] is None
+    assert section["by_model"][0]["price"] is None
+    assert section["complete"] is False
+    assert section["at_100_baseline_usd"] is None
+    assert section["savings_so_far_usd"] is None
+    assert section["projected_monthly_savings_usd"] is None
+    assert "relay/gpt-4o" in section["unpriced"]
+    assert "legacy/gpt-4o" in section["unpriced"]
+
+
+def test_projected_monthly_savings_from_the_live_rate() -> None:
+    """The last minutes' token rate x (baseline - canary price) x 30 days."""
+    clock = FakeClock(1000.0)
+    cfg = config()
+    meter = Meter(clock)
+    for _ in range(12):  # 12 slots of 10 s: 2 minutes at 100 input + 50 output tokens/s
+        meter.usage("chat", "legacy", "gpt-4.1", (1000, 500))
+        clock.now += 10
+    section = cost_section(meter, cfg)
+    assert section["token_rate_per_s"] == {"input": pytest.approx(100), "output": pytest.approx(50)}
+    per_s = (100 * (8 - 1) + 50 * (16 - 2)) / 1e6
+    expected = per_s * 30 * 24 * 3600
+    assert section["projected_monthly_savings_usd"] == pytest.approx(expected, rel=1e-6)
+    clock.now += 3600  # an hour of silence: the live rate, and the projection, fall to 0
+    assert cost_section(meter, cfg)["projected_monthly_savings_usd"] is None
+
+
+def test_workers_export_and_absorb() -> None:
+    """A merged meter holds the sum of every worker's counters."""
+    clock = FakeClock()
+    a, b = Meter(clock), Meter(clock)
+    for m in (a, b):
+        m.call("chat", "relay", 200, 0.02)
+        m.call("chat", "relay", 503, 7.0)
+        m.failure("relay", "5xx")
+        m.usage("chat", "relay", "gpt-4.1", (10, 5))
+        m.retry("relay")
+        m.fallback("chat", "relay")
+        m.waited("relay", 0.5)
+        m.rejected("relay")
+        m.no_usage("relay")
+    merged = Meter(clock)
+    for m in (a, b):
+        merged.absorb(orjson.loads(orjson.dumps(m.export())))
+    assert merged.requests == {("chat", "relay", "2xx"): 2, ("chat", "relay", "5xx"): 2}
+    assert merged.tokens == {("chat", "relay", "gpt-4.1"): [2, 20, 10]}
+    assert merged.latency["relay"][-1] == pytest.approx(14.04)
+    assert merged.failures == {("relay", "5xx"): 2}
+    assert (merged.retries, merged.limiter_rejections) == ({"relay": 2}, {"relay": 2})
+    assert merged.fallbacks == {("chat", "relay"): 2}
+    assert merged.unmetered == {"relay": 2}
+    assert merged.token_rate() == a.token_rate() | {
+        k: (2 * x, 2 * y) for k, (x, y) in a.token_rate().items()
+    }
+
+
+def _doc(cfg: Any) -> dict[str, Any]:
+    """A minimal /status document for the metrics renderer."""
+    backends = {
+        name: {
+            **costs,
+            "circuit": "open" if name == "relay" else "closed",
+            "in_flight": 1,
+            "error_rate": 0.25,
+        }
+        for name, costs in backend_costs(METER, cfg).items()
+    }
+    return {
+        "config": {"error": None},
+        "state": "memory",
+        "routes": [
+            {
+                "name": "chat",
+                "configured": {"legacy": 90, "relay": 10},
+                "effective": {"legacy": 100, "relay": 0},
+                "canary_percentage": 0.0,
+            }
+        ],
+        "backends": backends,
+        "rollback": {"max_error_rate": 0.05},
+        "migration": {"ready_for_full_migration": False, "projected_monthly_savings_usd": 12.5},
+        "at": datetime.now(UTC).isoformat(),
+    }
+
+
+METER = Meter(FakeClock())
+
+
+def test_metrics_parse_with_prometheus_parser() -> None:
+    """/metrics text parses with prometheus-client's parser and holds the figures given."""
+    cfg = config()
+    METER.call("chat", "relay", 200, 0.02)
+    METER.call("chat", "relay", 200, 99.0)
+    METER.call("", "", 401, 0.0)
+    METER.usage("chat", "relay", "gpt-4.1", (1_000_000, 0))
+    METER.failure("relay", "timeout")
+    text = render(_doc(cfg), METER).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("canary_requests_total", route="chat", backend="relay", status_class="2xx") == 2
+    assert value("canary_requests_total", route="none", backend="none", status_class="4xx") == 1
+    assert value("canary_request_duration_seconds_bucket", backend="relay", le="0.025") == 1
+    assert value("canary_request_duration_seconds_bucket", backend="relay", le="60") == 1
+    assert value("canary_request_duration_seconds_bucket", backend="relay", le="+Inf") == 2
+    assert value("canary_request_duration_seconds_count", backend="relay") == 2
+    assert value("canary_upstream_failures_total", backend="relay", kind="timeout") == 1
+    assert value("canary_tokens_total", backend="relay", model="gpt-4.1", direction="input") == 1e6
+    assert value("canary_cost_usd_total", backend="relay") == pytest.approx(1.0)
+    assert value("canary_circuit_state", backend="relay") == 2
+    assert value("canary_weight", route="chat", backend="relay", kind="effective") == 0
+    assert value("canary_weight", route="chat", backend="relay", kind="configured") == 10
+    assert value("canary_max_error_rate") == 0.05
+    assert value("canary_projected_monthly_savings_usd") == 12.5
+    assert value("canary_ready_for_full_migration") == 0
+    assert value("canary_state", state="memory") == 1

@@ -1,0 +1,165 @@
+"""Flow tests: token accounting, cost, /metrics and the access line, through the whole app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+from test_proxy import Chunks, Upstream, no_sleep, serving
+
+ROUTES = """
+backends:
+  legacy: {base_url: "http://legacy.test/v1", api_key: sk-legacy-secret-000111}
+  relay: {base_url: "http://relay.test/v1", api_key: sk-relay-secret-222333}
+routes:
+  - name: chat
+    match: {paths: [/v1/chat/completions]}
+    weights: {legacy: 50, relay: 50}
+    baseline: legacy
+    sticky: header:x-user-id
+    fallback: true
+  - name: default
+    weights: {legacy: 100}
+retry: {max_attempts: 1}
+pricing:
+  legacy: {gpt-4.1: {input: 8.0, output: 8.0}}
+  relay: {gpt-4.1: {input: 1.0, output: 1.0}}
+"""
+
+
+def answer(prompt: int, completion: int) -> httpx.Response:
+    body = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": prompt}}
+    body["usage"]["completion_tokens"] = completion
+    return httpx.Response(
+        200,
+        headers={"content-type": "application/json"},
+        stream=httpx.ByteStream(orjson.dumps(body)),
+    )
+
+
+def stream(prompt: int, completion: int, usage: bool = True) -> httpx.Response:
+    chunks = [b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n']
+    if usage:
+        tail = {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+        chunks.append(b"data: " + orjson.dumps(tail) + b"\n\n")
+    chunks.append(b"data: [DONE]\n\n")
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks))
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_tokens_and_cost_from_json_and_stream_answers(tmp_path: Path) -> None:
+    """Usage of plain and streamed answers lands in /status per backend, priced per route."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES)
+    upstream = Upstream()
+    upstream.handler = lambda r: (
+        stream(100, 50) if b'"stream":true' in r.content else answer(1000, 500)
+    )
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        backends = set()
+        for i in range(20):
+            r = await c.post("/v1/chat/completions", json=chat(), headers={"x-user-id": f"u{i}"})
+            assert r.status_code == 200
+            backends.add(r.headers["x-canary-backend"])
+            s = await c.post(
+                "/v1/chat/completions", json=chat(stream=True), headers={"x-user-id": f"u{i}"}
+            )
+            assert s.text.endswith("data: [DONE]\n\n")
+        assert backends == {"legacy", "relay"}
+        doc = (await c.get("/status")).json()
+    legacy, relay = doc["backends"]["legacy"], doc["backends"]["relay"]
+    calls = {"legacy": legacy["total_requests"] // 2, "relay": relay["total_requests"] // 2}
+    for name, b in (("legacy", legacy), ("relay", relay)):
+        assert b["tokens"] == {"input": 1100 * calls[name], "output": 550 * calls[name]}
+        assert b["unmetered_requests"] == 0
+    assert legacy["cost_usd"] == round(8 * 1650 * calls["legacy"] / 1e6, 6)
+    assert relay["cost_usd"] == round(1 * 1650 * calls["relay"] / 1e6, 6)
+    cost = doc["cost"]
+    assert cost["total_usd"] == round(legacy["cost_usd"] + relay["cost_usd"], 6)
+    assert cost["at_100_baseline_usd"] == round(8 * 1650 * 20 / 1e6, 6)
+    assert cost["at_100_canary_usd"] == round(1 * 1650 * 20 / 1e6, 6)
+    assert doc["migration"]["projected_monthly_savings_usd"] > 0
+
+
+async def test_streams_without_usage_are_unmetered_and_unknown_models_unpriced(
+    tmp_path: Path,
+) -> None:
+    """A stream without a usage chunk counts as unmetered; a model without a price as unpriced."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("legacy: 50, relay: 50", "legacy: 100"))
+    upstream = Upstream()
+    upstream.handler = lambda r: (
+        stream(0, 0, usage=False) if b'"stream":true' in r.content else answer(10, 10)
+    )
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        await c.post("/v1/chat/completions", json=chat(stream=True))
+        await c.post("/v1/chat/completions", json=chat(model="gpt-9"))
+        doc = (await c.get("/status")).json()
+    legacy = doc["backends"]["legacy"]
+    assert legacy["unmetered_requests"] == 1
+    assert legacy["unpriced_tokens"] == {"input": 10, "output": 10}
+    assert legacy["cost_usd"] is None
+    assert "legacy/gpt-9" in doc["cost"]["unpriced"]
+    assert doc["cost"]["unmetered_requests"] == 1
+
+
+async def test_fallback_is_one_access_line_and_counted_in_metrics(tmp_path: Path) -> None:
+    """A canary failure answered by the baseline: one access line naming both, and the
+    failure, the fallback and both calls in /metrics, which parses as Prometheus text."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("legacy: 50, relay: 50", "legacy: 0, relay: 100"))
+    upstream = Upstream()
+    upstream.handler = lambda r: (
+        httpx.Response(503, json={"error": "down"}) if r.url.host == "relay.test" else answer(7, 3)
+    )
+    async with serving(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    ) as c:
+        with capture_logs() as logs:
+            r = await c.post("/v1/chat/completions", json=chat())
+        assert r.headers["x-canary-fallback"] == "relay"
+        text = (await c.get("/metrics")).text
+    lines = [e for e in logs if e["event"] == "proxy.request"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line["route"], line["backend"], line["status"]) == ("chat", "legacy", 200)
+    assert (line["fallback"], line["fallback_outcome"]) == ("relay", "fallback")
+    assert (line["tokens_in"], line["tokens_out"]) == (7, 3)
+    m = metrics(text)
+
+    def value(name: str, **labels: str) -> float:
+        return m[(name, tuple(sorted(labels.items())))]
+
+    assert value("canary_requests_total", route="chat", backend="relay", status_class="5xx") == 1
+    assert value("canary_requests_total", route="chat", backend="legacy", status_class="2xx") == 1
+    assert value("canary_upstream_failures_total", backend="relay", kind="5xx") == 1
+    assert value("canary_fallbacks_total", route="chat", backend="relay") == 1
+    assert value("canary_tokens_total", backend="legacy", model="gpt-4.1", direction="input") == 7
+    assert value("canary_cost_usd_total", backend="legacy") == (7 + 3) * 8 / 1e6
+    assert "sk-legacy-secret" not in text and "sk-relay-secret" not in text
+
+
+async def test_refusals_are_counted_without_a_backend(tmp_path: Path) -> None:
+    """A request refused before routing (here: no client key) is a 4xx of route "none"."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES + "auth: {api_keys: ck-client-key-123}\n")
+    async with serving(str(path), transport=httpx.MockTransport(Upstream()), watch=False) as c:
+        assert (await c.post("/v1/chat/completions", json=chat())).status_code == 401
+        m = metrics((await c.get("/metrics")).text)
+    labels = (("backend", "none"), ("route", "none"), ("status_class", "4xx"))
+    assert m[("canary_requests_total", labels)] == 1

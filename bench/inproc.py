@@ -39,9 +39,7 @@ pricing:
   relay: {gpt-4.1: {input: 1.1, output: 1.1}}
 """
 
-BODY = orjson.dumps(
-    {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello " * 40}]}
-)
+BODY = orjson.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello " * 40}]})
 ANSWER = orjson.dumps(
     {
         "id": "chatcmpl-1",
@@ -51,7 +49,10 @@ ANSWER = orjson.dumps(
         "usage": {"prompt_tokens": 42, "completion_tokens": 60, "total_tokens": 102},
     }
 )
-CHUNK = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"delta":{"content":"hi "}}],"usage":null}\n\n'
+CHUNK = (
+    b'data: {"id":"c","object":"chat.completion.chunk",'
+    b'"choices":[{"delta":{"content":"hi "}}],"usage":null}\n\n'
+)
 USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":42,"completion_tokens":20}}\n\n'
 
 
@@ -110,8 +111,11 @@ async def main(n: int, stream: bool) -> None:
             await one()
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
-    print(f"{'stream' if stream else 'json'}: {n} requests, {cpu / n * 1e6:.1f} us CPU/request, "
-          f"{wall / n * 1e6:.1f} us wall/request", file=sys.stderr)
+    print(
+        f"{'stream' if stream else 'json'}: {n} requests, {cpu / n * 1e6:.1f} us CPU/request, "
+        f"{wall / n * 1e6:.1f} us wall/request",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from starlette.routing import Route
 from canary.breaker import Breakers
 from canary.config import Config, bearer_digest
 from canary.errors import RouterError
+from canary.fleet import Fleet
 from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
 from canary.meter import Meter
@@ -100,11 +101,14 @@ def create_app(
     signals: bool = False,
     access_log: bool = True,
     limit_share: float = 1.0,
+    fleet_dir: str | None = None,
 ) -> Canary:
     """Build the router for ``config_path``; ``signals`` installs SIGHUP (serve only).
 
     ``limit_share`` is this process's part of each backend's limits: with N workers on
-    in-process state, each takes 1/N so the host as a whole keeps them.
+    in-process state, each takes 1/N so the host as a whole keeps them. ``fleet_dir`` is
+    the directory through which the workers of one ``serve --workers N`` share their
+    figures (``canary.fleet``).
     """
     store = ConfigStore(config_path)
     stats = Stats(window_s=60.0, clock=clock)
@@ -161,6 +165,17 @@ def create_app(
             await sharing.start()
             windows = SharedWindows(client, stats, breakers, replica_id)
             await windows.start()
+        if fleet_dir is not None:
+            fleet = Fleet(
+                fleet_dir,
+                replica_id,
+                stats,
+                breakers,
+                meter,
+                share_windows=windows is None,  # with Redis, SharedWindows covers the workers
+            )
+            await fleet.start()
+            fleets.append(fleet)
         tasks: set[asyncio.Task[Any]] = set()
         loop = asyncio.get_running_loop()
         if watch:
@@ -181,6 +196,9 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for fleet in fleets:
+                await fleet.aclose()
+            fleets.clear()
             await limiter.aclose()
             if windows is not None:
                 await windows.aclose()
@@ -193,15 +211,19 @@ def create_app(
                 proxy.limiter = limiter
             await proxy.transport.aclose()
 
-    def document() -> dict[str, Any]:
+    fleets: list[Fleet] = []  # this worker's exchange with its siblings, while serving
+
+    def document() -> tuple[dict[str, Any], Meter]:
         state = getattr(proxy.limiter, "state", "memory")  # FailoverLimiter: redis | degraded
-        return status_document(store, stats, breakers, meter, state)
+        fleet = fleets[0] if fleets else None
+        merged = fleet.merged_meter() if fleet else meter
+        return status_document(store, stats, breakers, merged, state, fleet), merged
 
     async def status(_: Request) -> Response:
-        return _json(document())
+        return _json(document()[0])
 
     async def metrics(_: Request) -> Response:
-        return Response(render_metrics(document(), meter), media_type=CONTENT_TYPE)
+        return Response(render_metrics(*document()), media_type=CONTENT_TYPE)
 
     async def healthz(_: Request) -> Response:
         return _json({"status": "ok"})

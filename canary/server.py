@@ -4,15 +4,19 @@ With ``--workers N`` the parent binds the socket once and starts N spawned worke
 share it; each worker loads routes.yaml, watches it and reloads it on its own. The
 parent forwards SIGHUP to every worker (uvicorn's own supervisor would restart them on
 SIGHUP, which drops a worker's last good config when the file on disk is bad), forwards
-SIGINT/SIGTERM for a graceful stop, and restarts a worker that dies.
+SIGINT/SIGTERM for a graceful stop, and restarts a worker that dies. The workers share
+their figures through a private directory the parent makes (``canary.fleet``), so any
+worker's ``/status`` and ``/metrics`` describe the whole server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ class ServeOptions:
     watch: bool = True
     log_json: bool | None = None
     log_level: str = "info"
+    fleet_dir: str | None = None  # set by the parent of N workers (canary.fleet)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -63,6 +68,7 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
         watch=options.watch,
         access_log=options.access_log,
         limit_share=1.0 / max(1, options.workers),  # in-process limits: each worker its part
+        fleet_dir=options.fleet_dir,
     )
     config = uvicorn.Config(
         app,
@@ -91,6 +97,11 @@ def serve(options: ServeOptions) -> int:
 
 def _supervise(sock: socket.socket, options: ServeOptions) -> int:
     logs.configure(json=options.log_json, level=options.log_level)
+    with tempfile.TemporaryDirectory(prefix="canary-workers-") as fleet_dir:
+        return _run_workers(sock, dataclasses.replace(options, fleet_dir=fleet_dir))
+
+
+def _run_workers(sock: socket.socket, options: ServeOptions) -> int:
     ctx = multiprocessing.get_context("spawn")
     stop = threading.Event()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -114,6 +114,33 @@ FRESH_S = 2.0  # an entry older than this is a replica that left or lost Redis
 SKEW_S = 1.0  # counts taken since the same circuit change, give or take clock skew
 
 
+def apply_remote(
+    stats: Stats,
+    breakers: Breakers,
+    name: str,
+    entries: Iterable[tuple[float, ...]],
+    now: float,
+) -> None:
+    """Sum other processes' (requests, errors, since, sent_at) into ``name``'s window and
+    apply the trip rule to the new figures.
+
+    An entry counts only while fresh and only if it was counted since the same circuit
+    change as ours, give or take clock skew, so old errors cannot re-trip a closed circuit.
+    """
+    circuit = breakers.get(name)
+    since = circuit.changed_at.timestamp() if circuit is not None else 0.0
+    remote_requests = remote_errors = 0
+    for requests, errors, their_since, sent in entries:
+        if now - sent > FRESH_S or their_since < since - SKEW_S:
+            continue
+        remote_requests += int(requests)
+        remote_errors += int(errors)
+    window = stats.window(name)
+    window.remote_requests, window.remote_errors = remote_requests, remote_errors
+    if circuit is not None:
+        circuit.check()
+
+
 class SharedWindows:
     """Each replica's window counts per backend, exchanged through Redis every 0.5 s.
 
@@ -178,21 +205,12 @@ class SharedWindows:
             results = await pipe.execute()
         me = self.replica_id.encode()
         for i, name in enumerate(names):
-            since = self._since(name)
-            remote_requests = remote_errors = 0
-            for replica, value in results[3 * i + 2].items():
-                requests, errors, their_since, sent = value.split(b",")
-                if replica == me or now - float(sent) > FRESH_S:
-                    continue
-                if float(their_since) < since - SKEW_S:
-                    continue  # counted before the last change of this circuit
-                remote_requests += int(requests)
-                remote_errors += int(errors)
-            window = self.stats.windows[name]
-            window.remote_requests, window.remote_errors = remote_requests, remote_errors
-            circuit = self.breakers.get(name)
-            if circuit is not None:
-                circuit.check()
+            entries = (
+                tuple(float(x) for x in value.split(b","))
+                for replica, value in results[3 * i + 2].items()
+                if replica != me
+            )
+            apply_remote(self.stats, self.breakers, name, entries, now)
 
     def _forget(self) -> None:
         for window in self.stats.windows.values():

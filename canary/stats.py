@@ -14,8 +14,9 @@ in tests; nothing here sleeps or reads the wall clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -155,42 +156,82 @@ class Window:
         requests, errors = self.counts()
         return requests + self.remote_requests, errors + self.remote_errors
 
-    def snapshot(self) -> WindowSnapshot:
+    def export(self) -> dict[str, Any]:
+        """This process's own figures, JSON-ready, for sibling workers' ``snapshot(peers)``.
+
+        Buckets are keyed by monotonic second, which all processes of one host share."""
+        oldest = int(self._clock()) - self._size + 1
+        buckets = [
+            [b.second, b.starts, b.requests, b.errors, b.peak_in_flight]
+            + [[i, n] for i, n in enumerate(b.hist) if n]
+            for b in self._ring
+            if b.second >= oldest
+        ]
+        return {
+            "buckets": buckets,
+            "in_flight": self.in_flight,
+            "total_requests": self.total_requests,
+            "total_errors": self.total_errors,
+        }
+
+    def snapshot(self, peers: Sequence[dict[str, Any]] = ()) -> WindowSnapshot:
+        """Figures over the window; ``peers`` adds sibling workers' ``export()``s.
+
+        ``requests`` and ``errors`` are this process's plus ``remote_*`` (what replicas,
+        or sibling workers, reported); latency, qps and concurrency add the peers' buckets.
+        """
         now = self._clock()
         second = int(now)
         oldest = second - self._size + 1
-        requests = errors = starts = peak_conc = 0
-        peak_qps = 0
+        requests = errors = starts = 0
         hist = [0] * _BINS
-        for b in self._ring:
-            if b.second < oldest:
+        per_second: dict[int, list[int]] = {}  # second -> [starts, peak in flight]
+        rows: list[list[Any]] = [
+            [b.second, b.starts, b.requests, b.errors, b.peak_in_flight, b.hist] for b in self._ring
+        ]
+        for peer in peers:
+            for row in peer["buckets"]:
+                sparse = [0] * _BINS
+                for i, n in row[5:]:
+                    sparse[i] = n
+                rows.append([*row[:5], sparse])
+        in_flight = self.in_flight + sum(p["in_flight"] for p in peers)
+        for sec, b_starts, b_requests, b_errors, b_peak, b_hist in rows:
+            if sec < oldest:
                 continue
-            requests += b.requests
-            errors += b.errors
-            starts += b.starts
-            peak_conc = max(peak_conc, b.peak_in_flight)
-            if b.second != second:  # the current second is still filling up
-                peak_qps = max(peak_qps, b.starts)
-            for i, n in enumerate(b.hist):
+            requests += b_requests
+            errors += b_errors
+            starts += b_starts
+            cell = per_second.setdefault(sec, [0, 0])
+            cell[0] += b_starts
+            cell[1] += b_peak
+            for i, n in enumerate(b_hist):
                 if n:
                     hist[i] += n
+        # the current second is still filling up: it does not count for the peak rate
+        peak_qps = max((c[0] for s, c in per_second.items() if s != second), default=0)
+        peak_conc = max((c[1] for c in per_second.values()), default=0)
         span = min(self.window_s, max(now - self._started_at, 1.0))
-        requests += self.remote_requests  # global figures when replicas share state
-        errors += self.remote_errors
+        latency_count = requests
+        if peers:  # the peers' own counts are in remote_* already (exchanged by the fleet)
+            requests, errors = self.global_counts()
+        else:
+            requests += self.remote_requests  # global figures when replicas share state
+            errors += self.remote_errors
         return WindowSnapshot(
             window_s=self.window_s,
             requests=requests,
             errors=errors,
             error_rate=errors / requests if requests else 0.0,
-            p50_ms=_percentile(hist, requests, 0.50),
-            p95_ms=_percentile(hist, requests, 0.95),
-            p99_ms=_percentile(hist, requests, 0.99),
+            p50_ms=_percentile(hist, latency_count, 0.50),
+            p95_ms=_percentile(hist, latency_count, 0.95),
+            p99_ms=_percentile(hist, latency_count, 0.99),
             qps=starts / span,
             peak_qps=float(peak_qps),
-            in_flight=self.in_flight,
-            peak_concurrency=max(peak_conc, self.in_flight),
-            total_requests=self.total_requests,
-            total_errors=self.total_errors,
+            in_flight=in_flight,
+            peak_concurrency=max(peak_conc, in_flight),
+            total_requests=self.total_requests + sum(p["total_requests"] for p in peers),
+            total_errors=self.total_errors + sum(p["total_errors"] for p in peers),
         )
 
 

@@ -11,12 +11,13 @@ ever read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from canary.breaker import CLOSED, Breakers
 from canary.config import Config, Route, redact_url
 from canary.cost import backend_costs, cost_section
+from canary.fleet import Fleet
 from canary.meter import Meter
 from canary.reload import ConfigStore
 from canary.stats import Stats
@@ -34,9 +35,13 @@ def canary_percentage(route: Route, weights: Mapping[str, float]) -> float:
     return round(100.0 * canary / total, 2)
 
 
-def readiness(cfg: Config, breakers: Breakers) -> tuple[bool, str]:
+def readiness(
+    cfg: Config, breakers: Breakers, others: Callable[[str], tuple[int, int]] | None = None
+) -> tuple[bool, str]:
     """Ready when every weighted canary has, since its circuit closed or its config changed,
-    enough calls, an error rate below the bar, and a closed circuit."""
+    enough calls, an error rate below the bar, and a closed circuit.
+
+    ``others(backend)`` adds sibling workers' (requests, errors) since the same change."""
     bar = cfg.readiness
     candidates = sorted(
         {n for r in cfg.routes for n, w in r.weights.items() if w > 0 and n != r.baseline}
@@ -48,13 +53,16 @@ def readiness(cfg: Config, breakers: Breakers) -> tuple[bool, str]:
         circuit = breakers.get(name)
         if circuit is None:
             continue
+        requests, errors = others(name) if others is not None else (0, 0)
+        requests += circuit.since_requests
+        errors += circuit.since_errors
         if circuit.state != CLOSED:
             since = circuit.changed_at.astimezone().strftime("%H:%M:%S")
             reasons.append(f"{name}: circuit {circuit.state.replace('_', '-')} since {since}")
-        elif circuit.since_requests < bar.min_requests:
-            reasons.append(f"{name}: {circuit.since_requests} of {bar.min_requests} requests")
+        elif requests < bar.min_requests:
+            reasons.append(f"{name}: {requests} of {bar.min_requests} requests")
         else:
-            rate = circuit.since_errors / circuit.since_requests
+            rate = errors / requests
             if rate >= bar.max_error_rate:
                 reasons.append(f"{name}: error rate {rate:.3f} >= {bar.max_error_rate:g}")
     if reasons:
@@ -63,8 +71,17 @@ def readiness(cfg: Config, breakers: Breakers) -> tuple[bool, str]:
 
 
 def status_document(
-    store: ConfigStore, stats: Stats, breakers: Breakers, meter: Meter, state: str = "memory"
+    store: ConfigStore,
+    stats: Stats,
+    breakers: Breakers,
+    meter: Meter,
+    state: str = "memory",
+    fleet: Fleet | None = None,
 ) -> dict[str, Any]:
+    """The /status document; with ``fleet`` (``--workers N``), every worker's figures.
+
+    ``meter`` is already merged by the caller (``Fleet.merged_meter``): /metrics needs it too.
+    """
     cfg = store.config
     doc: dict[str, Any] = {
         "config": {
@@ -82,7 +99,9 @@ def status_document(
     }
     if cfg is None:
         return doc
-    ready, reason = readiness(cfg, breakers)
+    if fleet is not None:
+        doc["workers"] = {"this": fleet.worker_id, "alive": 1 + len(fleet.fresh())}
+    ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None)
     cost = cost_section(meter, cfg)
     doc["migration"] = {
         "ready_for_full_migration": ready,
@@ -115,7 +134,7 @@ def status_document(
         )
     costs = backend_costs(meter, cfg)
     for name, backend in cfg.backends.items():
-        s = stats.window(name).snapshot()
+        s = stats.window(name).snapshot(fleet.window_peers(name) if fleet else ())
         circuit = breakers.get(name)
         doc["backends"][name] = {
             "base_url": redact_url(backend.base_url),
@@ -136,9 +155,10 @@ def status_document(
             **costs[name],
         }
         if circuit is not None:
+            requests, errors = fleet.since_counts(name) if fleet else (0, 0)
             doc["backends"][name]["since_change"] = {
                 "at": circuit.changed_at.isoformat(),
-                "requests": circuit.since_requests,
-                "errors": circuit.since_errors,
+                "requests": circuit.since_requests + requests,
+                "errors": circuit.since_errors + errors,
             }
     return doc

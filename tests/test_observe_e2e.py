@@ -1,0 +1,128 @@
+"""End to end: token accounting, cost and /metrics over real processes, one view over workers.
+
+``canary serve --workers 2`` in front of two ``canary simulate`` providers, called with the
+official openai client; the router's figures are compared with the usage the simulators
+say they sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import wait_until
+from prometheus_client.parser import text_string_to_metric_families
+from test_e2e import SECRETS, Stack, routes, stack_factory  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.e2e
+
+PRICING = """
+pricing:
+  legacy: {gpt-4.1: {input: 8.0, output: 8.0}}
+  relay: {gpt-4.1: {input: 1.1, output: 1.1}}
+"""
+
+
+def sim_tokens(stack: Stack) -> tuple[int, int]:
+    prompt = completion = 0
+    for which in ("legacy", "relay"):
+        tokens = stack.sim(which, "/_sim/stats")["tokens"]
+        prompt += tokens["prompt"]
+        completion += tokens["completion"]
+    return prompt, completion
+
+
+def fresh_status(stack: Stack) -> Any:
+    """/status over a new connection, so successive calls land on different workers."""
+    with httpx.Client() as c:
+        return c.get(f"{stack.url}/status").json()
+
+
+def router_tokens(doc: Any) -> tuple[int, int]:
+    backends = doc["backends"].values()
+    return sum(b["tokens"]["input"] for b in backends), sum(b["tokens"]["output"] for b in backends)
+
+
+def talk(client: openai.OpenAI, n: int, user: str) -> None:
+    """n plain calls and n streams that ask for their usage."""
+    for i in range(n):
+        words = " ".join(["word"] * (i + 1))
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=[{"role": "user", "content": words}],
+            extra_headers={"x-user-id": f"{user}-{i}"},
+        )
+        chunks = client.chat.completions.create(
+            model="gpt-4.1",
+            messages=[{"role": "user", "content": words}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-user-id": f"{user}-{i}"},
+        )
+        assert [c for c in chunks if c.usage is not None]
+
+
+def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) -> None:
+    """Two workers: /status on either sums both, tokens match what the simulators sent,
+    costs follow pricing, and /metrics (parsed by prometheus-client) agrees."""
+    stack: Stack = stack_factory(routes(50, 50) + PRICING, args=["--workers", "2"])
+    for i in range(4):  # new connections: the kernel spreads them over both workers
+        with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0) as c:
+            talk(c, 5, f"u{i}")
+    sent = sim_tokens(stack)
+    assert sent[0] > 0 and sent[1] > 0
+
+    def settled() -> bool:  # workers exchange figures every 0.5 s
+        return all(router_tokens(fresh_status(stack)) == sent for _ in range(4))
+
+    wait_until(settled, 10, f"router tokens == simulators' {sent}")
+    doc = fresh_status(stack)
+    assert doc["workers"]["alive"] == 2
+    legacy, relay = doc["backends"]["legacy"], doc["backends"]["relay"]
+    assert legacy["total_requests"] + relay["total_requests"] == 40
+    assert legacy["requests"] + relay["requests"] == 40  # the window, over both workers
+    assert legacy["unmetered_requests"] == relay["unmetered_requests"] == 0
+    for b, price in ((legacy, 8.0), (relay, 1.1)):
+        tokens = b["tokens"]["input"] + b["tokens"]["output"]
+        assert b["cost_usd"] == pytest.approx(tokens * price / 1e6, abs=1e-6)
+    cost = doc["cost"]
+    total = sum(sent)
+    assert cost["at_100_baseline_usd"] == pytest.approx(total * 8.0 / 1e6, abs=1e-6)
+    assert cost["at_100_canary_usd"] == pytest.approx(total * 1.1 / 1e6, abs=1e-6)
+    assert doc["migration"]["projected_monthly_savings_usd"] > 0
+
+    text = httpx.get(f"{stack.url}/metrics").text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def total_of(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    assert total_of("canary_requests_total", route="chat", status_class="2xx") == 40
+    assert total_of("canary_tokens_total", direction="input") == sent[0]
+    assert total_of("canary_tokens_total", direction="output") == sent[1]
+    assert total_of("canary_request_duration_seconds_count") == 40
+    assert total_of("canary_cost_usd_total") == pytest.approx(cost["total_usd"], abs=1e-6)
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_streams_without_usage_are_counted_as_unmetered(stack_factory: Any) -> None:
+    """A stream whose client did not ask for usage is answered, and reported as unmetered."""
+    stack: Stack = stack_factory(routes(100, 0) + PRICING)
+    client = stack.client()
+    for _ in range(3):
+        list(
+            client.chat.completions.create(
+                model="gpt-4.1", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
+    doc = stack.status()
+    assert doc["backends"]["legacy"]["unmetered_requests"] == 3
+    assert doc["cost"]["unmetered_requests"] == 3
+    assert doc["backends"]["legacy"]["tokens"] == {"input": 0, "output": 0}

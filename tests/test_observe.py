@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,31 @@ async def test_refusals_are_counted_without_a_backend(tmp_path: Path) -> None:
         m = metrics((await c.get("/metrics")).text)
     labels = (("backend", "none"), ("route", "none"), ("status_class", "4xx"))
     assert m[("canary_requests_total", labels)] == 1
+
+
+GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "canary-dashboard.json"
+_PROMQL_WORDS = {"sum", "by", "rate", "max", "min", "ignoring", "group_left", "histogram_quantile"}
+
+
+async def test_grafana_dashboard_queries_name_exported_metrics(tmp_path: Path) -> None:
+    """Every metric a Grafana panel queries is one the router really exports."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES)
+    upstream = Upstream()
+    upstream.handler = lambda r: answer(5, 5)
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        await c.post("/v1/chat/completions", json=chat())
+        text = (await c.get("/metrics")).text
+    exported = set()
+    for family in text_string_to_metric_families(text):
+        exported.add(family.name)
+        exported.update(s.name for s in family.samples)
+        if family.type == "counter":  # a counter with no sample yet is still exported
+            exported.add(f"{family.name}_total")
+    dashboard = orjson.loads(GRAFANA.read_bytes())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 20
+    used = {m for e in exprs for m in re.findall(r"\b(canary_[a-z_]+)", e)}
+    assert used - exported == set()
+    assert {w for e in exprs for w in re.findall(r"\b([a-z_]+)\s*\(", e)} <= _PROMQL_WORDS
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])

@@ -105,6 +105,11 @@ class Circuit:
         self._remote = False
         self.opened_at = 0.0
         self.changed_at = datetime.now(UTC)
+        # What the window's counts cover, for processes that exchange them: counted since
+        # ``epoch`` (creation or the last fresh window); another's counts from before
+        # ``reset_at`` (the last fresh window; 0: never) cannot be added to ours.
+        self.epoch = self.changed_at.timestamp()
+        self.reset_at = 0.0
         self.probes_granted = 0
         self.probes_ok = 0
         self.since_requests = 0
@@ -225,6 +230,7 @@ class Circuit:
         self.window.reset()
         self.since_requests = self.since_errors = 0
         self.changed_at = now
+        self.epoch = self.reset_at = now.timestamp()
 
 
 class Breakers:

@@ -82,7 +82,7 @@ class Fleet:
 
     def _since(self, backend: str) -> float:
         circuit = self.breakers.get(backend)
-        return circuit.changed_at.timestamp() if circuit is not None else 0.0
+        return circuit.epoch if circuit is not None else 0.0
 
     def sync(self) -> None:
         """Write this worker's file, read the others', share the windows' counts."""
@@ -91,10 +91,7 @@ class Fleet:
         for name, window in self.stats.windows.items():
             requests, errors = window.counts()
             windows[name] = {**window.export(), "counts": [requests, errors, self._since(name)]}
-        circuits = {
-            c.backend: [c.changed_at.timestamp(), c.since_requests, c.since_errors]
-            for c in self.breakers
-        }
+        circuits = {c.backend: [c.epoch, c.since_requests, c.since_errors] for c in self.breakers}
         mine = {
             "worker": self.worker_id,
             "pid": os.getpid(),

@@ -124,14 +124,15 @@ def apply_remote(
     """Sum other processes' (requests, errors, since, sent_at) into ``name``'s window and
     apply the trip rule to the new figures.
 
-    An entry counts only while fresh and only if it was counted since the same circuit
-    change as ours, give or take clock skew, so old errors cannot re-trip a closed circuit.
+    An entry counts only while fresh and only if everything in it was counted after our
+    circuit's last fresh window (give or take clock skew), so errors from before a circuit
+    closed cannot re-trip it; a process that started later counts from its start.
     """
     circuit = breakers.get(name)
-    since = circuit.changed_at.timestamp() if circuit is not None else 0.0
+    reset_at = circuit.reset_at if circuit is not None else 0.0
     remote_requests = remote_errors = 0
     for requests, errors, their_since, sent in entries:
-        if now - sent > FRESH_S or their_since < since - SKEW_S:
+        if now - sent > FRESH_S or their_since < reset_at - SKEW_S:
             continue
         remote_requests += int(requests)
         remote_errors += int(errors)
@@ -184,7 +185,7 @@ class SharedWindows:
 
     def _since(self, backend: str) -> float:
         circuit = self.breakers.get(backend)
-        return circuit.changed_at.timestamp() if circuit is not None else 0.0
+        return circuit.epoch if circuit is not None else 0.0
 
     async def sync(self) -> None:
         """One exchange: publish ours, sum the others', apply the trip rule."""

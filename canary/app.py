@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from canary.breaker import Breakers
 from canary.config import Config, bearer_digest
+from canary.dashboard import dashboard_routes
 from canary.errors import RouterError
 from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
 from canary.logs import redactor
@@ -228,6 +229,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/admin/reload", admin_reload, methods=["POST"]),
+            *dashboard_routes(),
         ],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,

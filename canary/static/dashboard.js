@@ -101,10 +101,9 @@
     return h;
   }
 
+  // One row per poll; a backend first seen now gets nulls for the rows before it (track()),
+  // so the time column is appended last.
   function record(doc, now) {
-    history.t.push(now);
-    const rb = doc && doc.rollback;
-    history.threshold.push(rb ? 100 * rb.max_error_rate : null);
     const seen = new Set();
     for (const [name, b] of Object.entries((doc && doc.backends) || {})) {
       seen.add(name);
@@ -138,6 +137,9 @@
     for (const [name, h] of history.backends) {
       h.share.push(all > 0 && seen.has(name) ? (100 * sums.get(name)) / all : null);
     }
+    const rb = doc && doc.rollback;
+    history.threshold.push(rb ? 100 * rb.max_error_rate : null);
+    history.t.push(now);
     trim(now);
   }
 
@@ -194,7 +196,7 @@
         legend: { live: false },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true } },
-        hooks: { draw: [drawEvents] },
+        hooks: { draw: [(u) => drawEvents(u, true)] },
       },
       extra,
     );
@@ -207,7 +209,7 @@
   // Circuit changes as labelled vertical lines, so every chart shows when a rollback began.
   let events = [];
 
-  function drawEvents(u) {
+  function drawEvents(u, labelled) {
     const [min, max] = [u.scales.x.min, u.scales.x.max];
     if (min === undefined || min === null) return;
     const ctx = u.ctx;
@@ -226,6 +228,7 @@
       ctx.moveTo(x, u.bbox.top);
       ctx.lineTo(x, u.bbox.top + u.bbox.height);
       ctx.stroke();
+      if (!labelled) continue;
       ctx.fillStyle = ctx.strokeStyle;
       const text = e.backend + " " + String(e.to).replace("_", "-");
       const width = ctx.measureText(text).width;
@@ -362,7 +365,7 @@
             ticks: { show: false },
           }),
         ],
-        hooks: { draw: [(u) => drawCircuits(u, rows), drawEvents] },
+        hooks: { draw: [(u) => drawCircuits(u, rows), (u) => drawEvents(u, false)] },
       }),
       [history.t, history.t.map(() => null)],
       container,
@@ -375,18 +378,34 @@
     ctx.save();
     rows.forEach((name, r) => {
       const states = history.backends.get(name).circuit;
+      const starts = changeTimes(name, states);
       const top = u.valToPos(rows.length - r - 0.15, "y", true);
       const bottom = u.valToPos(rows.length - r - 0.85, "y", true);
       for (let i = 0; i < t.length; i++) {
         const fill = CIRCUIT_FILL[states[i]];
         if (!fill) continue;
-        const x0 = u.valToPos(t[i], "x", true);
-        const x1 = u.valToPos(i + 1 < t.length ? t[i + 1] : t[i] + POLL_MS / 1000, "x", true);
+        const x0 = u.valToPos(starts[i], "x", true);
+        const end = i + 1 < t.length ? starts[i + 1] : t[i] + POLL_MS / 1000;
+        const x1 = u.valToPos(end, "x", true);
         ctx.fillStyle = fill;
         ctx.fillRect(x0, top, Math.max(1, x1 - x0 + 0.5), bottom - top);
       }
     });
     ctx.restore();
+  }
+
+  // When each polled state began: the poll's time, or the router's own time for the change
+  // when an event between two polls says so (polls only see a change up to a second late).
+  function changeTimes(name, states) {
+    const t = history.t;
+    return t.map((at, i) => {
+      if (i === 0 || states[i] === states[i - 1] || !states[i]) return at;
+      for (const e of events) {
+        const when = Date.parse(e.at) / 1000;
+        if (e.backend === name && e.to === states[i] && when > t[i - 1] && when <= at) return when;
+      }
+      return at;
+    });
   }
 
   function drawCharts() {
@@ -787,6 +806,8 @@
   }
 
   function start() {
+    // Read-only view of the history for devtools and the browser test.
+    window.canaryDashboard = Object.freeze({ history: history });
     setupReload();
     let pending = null;
     window.addEventListener("resize", () => {

@@ -160,9 +160,14 @@ def router(sims: tuple[str, str], tmp_path: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def needs_chromium() -> None:
+    """Decide before any process starts (autouse runs ahead of ``sims``)."""
+    chromium_or_skip()
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -201,7 +206,7 @@ def points(page: Any) -> int:
 
 
 def test_the_dashboard_shows_a_rollback(
-    router: str, sims: tuple[str, str], browser: Any, tmp_path: Path
+    browser: Any, router: str, sims: tuple[str, str], tmp_path: Path
 ) -> None:
     """Healthy traffic, then a broken relay: the page follows both and shows the rollback."""
     _, relay = sims
@@ -299,7 +304,7 @@ def test_the_dashboard_shows_a_rollback(
     ]
 
 
-def test_unknown_cost_is_shown_as_unknown_never_zero(router: str, browser: Any) -> None:
+def test_unknown_cost_is_shown_as_unknown_never_zero(browser: Any, router: str) -> None:
     """The cost figures from /status render as money; a null (no price) renders as words,
     never as $0. (The /status here is the router's own, with cost fields filled in.)"""
     doc = httpx.get(f"{router}/status").json()

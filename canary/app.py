@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from canary.breaker import Breakers
 from canary.config import Config, bearer_digest
+from canary.dashboard import dashboard_routes
 from canary.errors import RouterError
 from canary.fleet import Fleet
 from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
@@ -262,6 +263,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/admin/reload", admin_reload, methods=["POST"]),
+            *dashboard_routes(),
         ],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,

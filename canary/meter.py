@@ -62,7 +62,7 @@ class Meter:
 
     def call(self, route: str, backend: str, status: int, seconds: float) -> None:
         """One finished call to ``backend`` (or a refusal, with backend ``""``)."""
-        key = (route, backend, status_class(status))
+        key = (route, backend, _CLASS[status // 100] if 100 <= status < 600 else "5xx")
         self.requests[key] = self.requests.get(key, 0) + 1
         if backend:
             hist = self.latency.get(backend)

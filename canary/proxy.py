@@ -712,7 +712,13 @@ def _access(
 ) -> None:
     """The one access-log line per request; a refusal has no route or backend.
 
+    ``tokens_in``/``tokens_out`` when the provider reported usage; after a fallback,
     ``fallback`` names the backend that failed first and ``fallback_outcome`` how."""
+    extra: dict[str, Any] = {}
+    if tokens is not None:
+        extra["tokens_in"], extra["tokens_out"] = tokens
+    if fell_back is not None:
+        extra["fallback"], extra["fallback_outcome"] = fell_back.backend, fell_back.outcome
     log.info(
         "proxy.request",
         request_id=request_id.decode(),
@@ -723,10 +729,7 @@ def _access(
         status=status,
         outcome=outcome,
         ms=round(elapsed_s * 1000, 2),
-        tokens_in=tokens[0] if tokens else None,
-        tokens_out=tokens[1] if tokens else None,
-        fallback=fell_back.backend if fell_back else None,
-        fallback_outcome=fell_back.outcome if fell_back else None,
+        **extra,
     )
 
 

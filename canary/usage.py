@@ -7,9 +7,9 @@ The Responses API names the fields ``input_tokens`` / ``output_tokens``.
 
 ``UsageScanner.feed`` looks at each chunk once with a substring search; only when a
 usage object starts does it keep a few hundred bytes from there on (a chunk boundary may
-split the object), and ``result`` reads the numbers from that tail at the end. A key
-inside a JSON string cannot match: its quotes are escaped there. Nothing is buffered,
-decoded or parsed as a whole.
+split the object, or the key itself), and ``result`` reads the numbers from that tail at
+the end. A key inside a JSON string cannot match: its quotes are escaped there. Nothing
+is buffered, decoded or parsed as a whole.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import re
 
 _MARK = b'"usage"'
 _KEEP = 512  # bytes kept from a usage object's start: it holds a handful of counters
-_FIELD = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
+_NUMBER = re.compile(rb"\s*:\s*(\d+)")
 _SPACE = b" \t\r\n:"
-_BRACES = re.compile(rb"[{}]")
+_PREFIXES = tuple(_MARK[:n] for n in range(1, len(_MARK)))  # a mark cut by a chunk end
 
 
 class UsageScanner:
@@ -38,32 +38,43 @@ class UsageScanner:
             self._tail = tail + chunk[: _KEEP - len(tail)]  # the object was split
         if self._edge:  # rare: SSE chunks end in a blank line, JSON bodies in a brace
             chunk = self._edge + chunk
-        edge = chunk[-len(_MARK) + 1 :]
-        self._edge = edge if b'"' in edge else b""
+            self._edge = b""
+        if chunk.endswith(_PREFIXES):
+            self._edge = chunk[1 - len(_MARK) :]
         i = chunk.rfind(_MARK)
         if i < 0:
             return
         j = i + len(_MARK)
-        rest = chunk[j : j + 16].lstrip(_SPACE)
-        if rest[:1] == b"{" or (not rest and len(chunk) - j < 16):
+        k = chunk.find(b"{", j, j + 16)  # "usage": {  -- and not "usage": null
+        if (k >= 0 and not chunk[j:k].strip(_SPACE)) or (
+            len(chunk) - j < 16 and not chunk[j:].strip(_SPACE)
+        ):
             self._tail = chunk[i : i + _KEEP]  # the newest usage object wins
 
     def result(self) -> tuple[int, int] | None:
-        """(input tokens, output tokens) of the last usage object seen, or None."""
-        tail = self._tail[len(_MARK) :].lstrip(_SPACE)
-        if tail[:1] != b"{":
+        """(input tokens, output tokens) of the last usage object seen, or None.
+
+        The first of each field after the object's start is the object's own: nested
+        details come after the counters, and their keys differ (``cached_tokens``)."""
+        tail = self._tail
+        start = tail.find(b"{")
+        if start < 0 or tail[len(_MARK) : start].strip(_SPACE):
             return None
-        depth = 0
-        for brace in _BRACES.finditer(tail):  # cut at the object's own closing brace
-            depth += 1 if brace.group() == b"{" else -1
-            if depth == 0:
-                tail = tail[: brace.end()]
-                break
-        fields: dict[bytes, int] = {}
-        for name, value in _FIELD.findall(tail):
-            fields.setdefault(name, int(value))
-        if not fields:
+        tokens_in = _field(tail, b'"prompt_tokens"')
+        if tokens_in is None:
+            tokens_in = _field(tail, b'"input_tokens"')
+        tokens_out = _field(tail, b'"completion_tokens"')
+        if tokens_out is None:
+            tokens_out = _field(tail, b'"output_tokens"')
+        if tokens_in is None and tokens_out is None:
             return None
-        tokens_in = fields.get(b"prompt_tokens", fields.get(b"input_tokens", 0))
-        tokens_out = fields.get(b"completion_tokens", fields.get(b"output_tokens", 0))
-        return tokens_in, tokens_out
+        return tokens_in or 0, tokens_out or 0
+
+
+def _field(obj: bytes, name: bytes) -> int | None:
+    """The integer after ``name`` (a quoted key) in ``obj``; a plain find beats a regex here."""
+    i = obj.find(name)
+    if i < 0:
+        return None
+    m = _NUMBER.match(obj, i + len(name))
+    return int(m.group(1)) if m else None

@@ -387,7 +387,7 @@ class Proxy:
                 )
                 status = response.status_code
                 if can_fall_back and (status >= 500 or status == 429):
-                    outcome = "fallback"
+                    outcome = f"upstream_{status}"  # answered by the baseline instead
                     return True
                 outcome = await self._relay(
                     send,

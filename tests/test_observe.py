@@ -139,7 +139,7 @@ async def test_fallback_is_one_access_line_and_counted_in_metrics(tmp_path: Path
     assert len(lines) == 1
     line = lines[0]
     assert (line["route"], line["backend"], line["status"]) == ("chat", "legacy", 200)
-    assert (line["fallback"], line["fallback_outcome"]) == ("relay", "fallback")
+    assert (line["fallback"], line["fallback_outcome"]) == ("relay", "upstream_503")
     assert (line["tokens_in"], line["tokens_out"]) == (7, 3)
     m = metrics(text)
 

@@ -19,10 +19,15 @@ from urllib.parse import urlsplit
 
 from canary import __version__
 from canary.config import Config, load_config, redact_url
-from canary.console import add_url_arguments, run_report, run_status
 from canary.demo import add_demo_arguments, run_demo
 from canary.errors import ConfigError
-from canary.load import add_load_arguments, run_load_command
+from canary.ops import (
+    add_load_arguments,
+    add_url_arguments,
+    run_load_command,
+    run_report,
+    run_status,
+)
 from canary.server import ServeOptions, serve
 from canary.simulate import add_simulate_arguments, run_simulate
 

@@ -1,64 +1,23 @@
-"""``canary status`` and ``canary report``: the router's ``/status`` rendered for a person.
+"""The router's ``/status`` for a person: the views of ``canary status`` and ``canary report``.
 
-Both read one ``/status`` document (bounded wait; a clear message, never a traceback,
-when the router cannot be reached) and render it with rich. Rendering is a pure function
-of the document, so tests feed it fixed documents. Money that cannot be priced is said to
-be unknown, with the reason, and is never shown as $0.
+Pure functions of one ``/status`` document, rendered with rich, so tests feed them fixed
+documents; they cope with sections an older router does not send. Money that cannot be
+priced is "unknown" or "no price", with the reason, and is never shown as $0.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import httpx
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-FETCH_TIMEOUT_S = 5.0
 EVENTS_SHOWN = 10
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
-
-
-class Unavailable(Exception):
-    """``/status`` could not be read; the message says why, for the command line."""
-
-
-def status_url(url: str) -> str:
-    """``/status`` of a router given by its base, with or without ``/v1`` or ``/status``."""
-    base = url.rstrip("/")
-    for suffix in ("/status", "/v1"):
-        base = base.removesuffix(suffix)
-    return base + "/status"
-
-
-def fetch_status(url: str, timeout: float = FETCH_TIMEOUT_S, **client: Any) -> dict[str, Any]:
-    """The router's ``/status`` document; ``Unavailable`` with a reason otherwise."""
-    where = status_url(url)
-    try:
-        with httpx.Client(timeout=timeout, **client) as http:
-            response = http.get(where)
-    except httpx.TimeoutException:
-        raise Unavailable(f"no answer from {where} within {timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        reason = str(exc) or type(exc).__name__
-        raise Unavailable(f"cannot reach {where}: {reason} (is `canary serve` running?)") from None
-    if response.status_code != 200:
-        raise Unavailable(f"{where} answered {response.status_code}, not a /status document")
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise Unavailable(f"{where} did not answer with a JSON object")
-    return doc
 
 
 # --- small formatters -------------------------------------------------------------------
@@ -349,46 +308,3 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
             "(e.g. streams without stream_options.include_usage); not in any figure"
         )
     return Group(table, Text("\n".join(lines)))
-
-
-# --- the verbs ----------------------------------------------------------------------------
-
-
-def add_url_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the router (default: {DEFAULT_URL})")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-Fetch = Callable[[str], dict[str, Any]]
-
-
-def run_status(
-    args: argparse.Namespace, console: Console | None = None, *, fetch: Fetch = fetch_status
-) -> int:
-    """``canary status``: 0 when the document was read, 1 when the router cannot be reached."""
-    try:
-        doc = fetch(args.url)
-    except Unavailable as exc:
-        print(f"canary status: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        (console or Console()).print(render_status(doc))
-    return 0
-
-
-def run_report(
-    args: argparse.Namespace, console: Console | None = None, *, fetch: Fetch = fetch_status
-) -> int:
-    """``canary report``: 1 when the router cannot be reached or reports no cost."""
-    try:
-        data = report_data(fetch(args.url))
-    except (Unavailable, NoCost) as exc:
-        print(f"canary report: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        (console or Console()).print(render_report(data))
-    return 0

@@ -10,28 +10,23 @@ then are cancelled and counted as ``cancelled``. Clock, sleep and transport are 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
-import os
-import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as Bar
 
-from canary.tally import LoadResult, Tally, format_result
+from canary.tally import LoadResult, Tally
 
 MAX_REQUESTS = 10_000_000  # per run: the tallies keep a few floats per request
+MAX_WAIT_S = 3600  # for --timeout and --drain: every wait is bounded
+STOP_POLL_S = 0.1  # how soon the schedule sees ``stop`` at low rates
+POOL_SIZE = 8  # connections per httpx client (see ``_slots``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +53,9 @@ class LoadOptions:
             (self.qps > 0, "--qps must be > 0"),
             (self.duration > 0, "--duration must be > 0"),
             (self.qps * self.duration <= MAX_REQUESTS, f"at most {MAX_REQUESTS:,} requests a run"),
-            (self.concurrency >= 1, "--concurrency must be >= 1"),
-            (self.timeout_s > 0, "--timeout must be > 0"),
-            (self.drain_s >= 0, "--drain must be >= 0"),
+            (1 <= self.concurrency <= 10_000, "--concurrency must be in [1, 10000]"),
+            (0 < self.timeout_s <= MAX_WAIT_S, f"--timeout must be in (0, {MAX_WAIT_S}]"),
+            (0 <= self.drain_s <= MAX_WAIT_S, f"--drain must be in [0, {MAX_WAIT_S}]"),
             (self.path.startswith("/"), "--path must start with /"),
         ]
         return next((message for ok, message in checks if not ok), None)
@@ -114,6 +109,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
+    """For a progress bar: requests sent so far, answered or failed, and scheduled in all."""
+
     sent: int
     done: int
     total: int
@@ -139,16 +136,8 @@ async def run_load(
     ``stop`` ends the schedule early (the drain still applies). ``on_result`` sees every
     request once, including those cancelled at the end of the drain.
     """
-    headers = {"authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
-    limits = httpx.Limits(
-        max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency
-    )
-    timeout = httpx.Timeout(opts.timeout_s, connect=min(opts.timeout_s, 5.0))
-    slots = asyncio.Semaphore(opts.concurrency)
     pending: dict[asyncio.Task[Outcome], float] = {}
     bugs: list[BaseException] = []
-    t0 = clock()
-    tally = Tally(t0)
 
     def report() -> None:
         if on_progress is not None:
@@ -169,15 +158,17 @@ async def run_load(
             on_result(o)
         report()
 
-    async with httpx.AsyncClient(
-        headers=headers, limits=limits, timeout=timeout, transport=transport
-    ) as client:
-        send = _Sender(client, opts, slots, clock)
+    async with contextlib.AsyncExitStack() as stack:
+        slots = await _slots(stack, opts, transport)
+        send = _Sender(slots, opts, clock)
+        t0 = clock()  # after the clients are built: that takes a while, and is not the server's
+        tally, span = Tally(t0), opts.duration
         for i in range(opts.total):
             due = t0 + i / opts.qps
-            if (wait := due - clock()) > 0:
-                await _sleep_or_stop(sleep, wait, stop)
+            while (wait := due - clock()) > 0 and not (stop and stop.is_set()):
+                await sleep(min(wait, STOP_POLL_S))  # awaited here: the deadline is now's
             if stop is not None and stop.is_set():
+                span = clock() - t0
                 break
             task = asyncio.create_task(send(due))
             pending[task] = due
@@ -199,20 +190,38 @@ async def run_load(
         "qps": opts.qps,
         "duration_s": opts.duration,
         "concurrency": opts.concurrency,
-        **tally.figures(opts.duration, stream=opts.stream),
+        "stopped_early": span < opts.duration,
+        **tally.figures(span, stream=opts.stream),
     }
 
 
-async def _sleep_or_stop(sleep: Sleep, seconds: float, stop: asyncio.Event | None) -> None:
-    if stop is None:
-        await sleep(seconds)
-        return
-    both = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(sleep(seconds))}
-    try:
-        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in both:
-            waiter.cancel()
+async def _slots(
+    stack: contextlib.AsyncExitStack, opts: LoadOptions, transport: httpx.AsyncBaseTransport | None
+) -> asyncio.LifoQueue[httpx.AsyncClient]:
+    """``concurrency`` slots, each naming the client to send with; a request holds one.
+
+    Clients of at most ``POOL_SIZE`` connections: on each request and each answer httpcore
+    1.0 checks every pooled connection against every other (O(n²)), so one pool of 256 costs
+    milliseconds of CPU per call and the generator, not the server, would set the pace (50
+    rather than 200 req/s on a small machine). Last in, first out: at a low rate one warm
+    connection does all the work.
+    """
+    headers = {"authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+    timeout = httpx.Timeout(opts.timeout_s, connect=min(opts.timeout_s, 5.0))
+    verify = httpx.create_ssl_context()  # one for all clients: each costs ~0.1 s of CPU
+    slots: asyncio.LifoQueue[httpx.AsyncClient] = asyncio.LifoQueue()
+    sizes = [POOL_SIZE] * (opts.concurrency // POOL_SIZE)
+    sizes += [opts.concurrency % POOL_SIZE] if opts.concurrency % POOL_SIZE else []
+    for size in reversed(sizes):
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(
+                headers=headers, limits=limits, timeout=timeout, verify=verify, transport=transport
+            )
+        )
+        for _ in range(size):
+            slots.put_nowait(client)
+    return slots
 
 
 class _Sender:
@@ -220,30 +229,32 @@ class _Sender:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        slots: asyncio.LifoQueue[httpx.AsyncClient],
         opts: LoadOptions,
-        slots: asyncio.Semaphore,
         clock: Clock,
     ) -> None:
-        self.client, self.slots, self.clock = client, slots, clock
+        self.slots, self.clock = slots, clock
         self.url, self.stream = opts.target, opts.stream
         self.content = orjson.dumps(opts.body())
 
     async def __call__(self, due: float) -> Outcome:
-        async with self.slots:
+        client = await self.slots.get()
+        try:
             started = self.clock()
             seen: dict[str, Any] = {}
             try:
-                await self._exchange(seen)
+                await self._exchange(client, seen)
             except httpx.HTTPError as exc:
                 seen["error"] = _kind(exc, "status" in seen)
             return Outcome(due, started, self.clock(), **seen)
+        finally:
+            self.slots.put_nowait(client)
 
-    async def _exchange(self, seen: dict[str, Any]) -> None:
-        request = self.client.build_request(
+    async def _exchange(self, client: httpx.AsyncClient, seen: dict[str, Any]) -> None:
+        request = client.build_request(
             "POST", self.url, content=self.content, headers={"content-type": "application/json"}
         )
-        response = await self.client.send(request, stream=True)
+        response = await client.send(request, stream=True)
         try:
             seen["status"] = response.status_code
             seen["backend"] = response.headers.get("x-canary-backend")
@@ -295,82 +306,3 @@ def _kind(exc: httpx.HTTPError, answered: bool) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timeout"
     return "cut" if answered else "transport"
-
-
-# --- the verb -------------------------------------------------------------------------------
-
-
-def add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("url", help="the router's base URL, e.g. http://127.0.0.1:8080 (with or without /v1)")
-    add("--qps", type=float, required=True, help="requests started per second")
-    add("--duration", type=float, required=True, help="seconds of sending")
-    add("--concurrency", type=int, default=256, help="most requests in flight (default: 256)")
-    add("--stream", action="store_true", help="streamed completions (usage chunk included)")
-    add("--model", default="gpt-4.1", help="the body's model (default: gpt-4.1)")
-    add("--path", default="/v1/chat/completions", help="default: /v1/chat/completions")
-    add("--api-key", help="client key sent as Bearer (default: $CANARY_CLIENT_KEY)")
-    add("--timeout", type=float, default=30.0, help="per request, in seconds (default: 30)")
-    add("--drain", type=float, default=30.0, help="seconds to wait for the last answers")
-    add("--json", action="store_true", help="print one JSON object, no progress bar")
-
-
-def run_load_command(args: argparse.Namespace) -> int:
-    """``canary load``: 0 when the run happened (errors included), 2 for bad arguments."""
-    opts = LoadOptions(
-        url=args.url,
-        qps=args.qps,
-        duration=args.duration,
-        concurrency=args.concurrency,
-        stream=args.stream,
-        model=args.model,
-        api_key=args.api_key or os.environ.get("CANARY_CLIENT_KEY") or None,
-        path=args.path,
-        timeout_s=args.timeout,
-        drain_s=args.drain,
-    )
-    if problem := opts.problem():
-        print(f"canary load: {problem}", file=sys.stderr)
-        return 2
-    try:
-        result = asyncio.run(_run(opts, bar=not args.json and sys.stderr.isatty()))
-    except KeyboardInterrupt:
-        print("canary load: interrupted", file=sys.stderr)
-        return 130
-    print(json.dumps(result) if args.json else format_result(result), flush=True)
-    return 0
-
-
-async def _run(opts: LoadOptions, *, bar: bool) -> LoadResult:
-    """The first SIGINT/SIGTERM ends the schedule (answers still drain); a second SIGINT aborts."""
-    loop, stop = asyncio.get_running_loop(), asyncio.Event()
-
-    def first_signal() -> None:
-        stop.set()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, first_signal)
-    try:
-        with _progress(opts, bar) as on_progress:
-            return await run_load(opts, on_progress=on_progress, stop=stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-@contextlib.contextmanager
-def _progress(opts: LoadOptions, shown: bool) -> Iterator[Callable[[Progress], None] | None]:
-    """A rich progress bar on stderr (answers of all scheduled), or nothing."""
-    if not shown:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Bar(*columns, TimeElapsedColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task("sent 0", total=opts.total)
-
-        def update(p: Progress) -> None:
-            bar.update(task, completed=p.done, description=f"sent {p.sent:,}")
-
-        yield update

@@ -63,8 +63,9 @@ class Tally:
         self.last = 0.0
 
     def add(self, o: Outcome) -> None:
-        self.lag.append(max(0.0, o.started - o.scheduled))
-        self.starts.append(o.started - self.t0)
+        if o.error != "cancelled":  # it may never have left: no send time to speak of
+            self.lag.append(max(0.0, o.started - o.scheduled))
+            self.starts.append(o.started - self.t0)
         self.last = max(self.last, o.finished - self.t0)
         if o.error is not None:
             self.errors[o.error] += 1
@@ -88,7 +89,7 @@ class Tally:
             self.completions.append(o.finished - self.t0)
 
     def figures(self, duration: float, *, stream: bool) -> LoadResult:
-        """The run's figures; rates are over ``duration`` or until the last answer if later."""
+        """The figures; rates are over the ``duration`` sent for, or to the last answer if later."""
         elapsed = max(duration, self.last)
         heard = sum(self.backends.values())
         return {
@@ -96,7 +97,7 @@ class Tally:
             "completed": self.answered,
             "ok": self.ok,
             "elapsed_s": round(elapsed, 3),
-            "achieved_qps": round(self.answered / elapsed, 2),
+            "achieved_qps": round(self.answered / elapsed, 2) if elapsed > 0 else 0.0,
             "peak_qps": peak_per_second(self.completions),
             "peak_sent_qps": peak_per_second(self.starts),
             "latency_ms": quantiles_ms(self.latency),
@@ -136,7 +137,7 @@ def format_result(r: Mapping[str, Any]) -> str:
         f"canary load: {r['target']}  {r['qps']:g} req/s for {r['duration_s']:g} s "
         f"({r['model']}, {mode}, at most {r['concurrency']} in flight)",
         f"  sent {r['sent']:,}  completed {r['completed']:,}  ok {r['ok']:,}  "
-        f"in {r['elapsed_s']:.2f} s",
+        f"in {r['elapsed_s']:.2f} s" + ("  (stopped early)" if r.get("stopped_early") else ""),
         f"  qps: {r['achieved_qps']:.1f} average; peak {r['peak_qps']} completed, "
         f"{r['peak_sent_qps']} sent in any 1 s",
         f"  latency ms from the scheduled send: {_points(r['latency_ms'])}",

@@ -17,18 +17,14 @@ from rich.console import Console, RenderableType
 from canary.cli import main
 from canary.console import (
     NoCost,
-    Unavailable,
     compact,
-    fetch_status,
     render_report,
     render_status,
     report_data,
-    run_report,
-    run_status,
     savings_reason,
-    status_url,
     usd,
 )
+from canary.ops import Unavailable, fetch_status, run_report, run_status, status_url
 
 OLD: dict[str, Any] = {  # a router from before cost accounting
     "config": {

@@ -205,9 +205,9 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "backend": m.get("backend"),
                 "model": m.get("model"),
-                "requests": m.get("requests", 0),
-                "input_tokens": m.get("input_tokens", 0),
-                "output_tokens": m.get("output_tokens", 0),
+                "requests": m.get("requests") or 0,
+                "input_tokens": m.get("input_tokens") or 0,
+                "output_tokens": m.get("output_tokens") or 0,
                 "price_input_per_1m": price.get("input"),
                 "price_output_per_1m": price.get("output"),
                 "cost_usd": m.get("cost_usd"),

@@ -62,8 +62,8 @@ class LoadOptions:
 
     @property
     def target(self) -> str:
-        """``url`` + ``path``, without a doubled ``/v1`` when both carry it."""
-        base = self.url.rstrip("/")
+        """``url`` + ``path``, without a doubled ``/v1`` (or whole path) when both carry it."""
+        base = self.url.rstrip("/").removesuffix(self.path)
         if base.endswith("/v1") and (self.path == "/v1" or self.path.startswith("/v1/")):
             base = base[: -len("/v1")]
         return base + self.path

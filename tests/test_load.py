@@ -317,7 +317,7 @@ def test_bad_arguments_exit_2_with_a_message(
 
 def test_target_joins_base_and_path_once() -> None:
     """The router's base is accepted with or without /v1."""
-    for url in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"):
+    for url in ("http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/chat/completions"):
         assert LoadOptions(url, 1, 1).target == "http://h:1/v1/chat/completions"
     assert LoadOptions("http://h:1/v1", 1, 1, path="/status").target == "http://h:1/v1/status"
 
@@ -389,7 +389,7 @@ def test_load_through_a_real_router(router: str, sims: tuple[str, str], stream: 
     assert 90 <= result["sent"] <= 110
     assert result["status"] == {"200": result["sent"]} and result["errors"] == {}
     assert result["completed"] == result["ok"] == result["sent"]
-    assert 55 <= result["backends"]["legacy"]["percent"] <= 85  # 70% of ~100 calls
+    assert 50 <= result["backends"]["legacy"]["percent"] <= 90  # 70% of 100 calls: ±4.4 sigma
     if stream:
         assert result["ttfb_ms"]["p50"] <= result["latency_ms"]["p50"]
     spent, answered, used = 0.0, 0, [0, 0]
@@ -408,13 +408,14 @@ def test_load_through_a_real_router(router: str, sims: tuple[str, str], stream: 
     assert [result["tokens"]["input"], result["tokens"]["output"]] == used
     assert result["unmetered"] == 0
     if after["cost"] is not None:
-        assert after["cost"] - before["cost"] == pytest.approx(spent, rel=1e-6, abs=1e-9)
+        # /status may round; a wrong price (8 vs 1.1 per 1M) is far outside 2%
+        assert after["cost"] - before["cost"] == pytest.approx(spent, rel=0.02)
 
 
 @pytest.mark.e2e
 def test_status_and_report_read_the_live_router(router: str) -> None:
     """After traffic, status and report name the backends; report needs the cost section."""
-    for _ in range(10):
+    for _ in range(30):  # both backends answer some: all 30 on legacy is 0.7**30, 2e-5
         httpx.post(f"{router}/v1/chat/completions", json=BODY).raise_for_status()
     shown = canary("status", "--url", router)
     assert shown.returncode == 0, shown.stderr

@@ -82,15 +82,15 @@ def render_status(doc: Mapping[str, Any]) -> RenderableType:
     """The whole ``/status`` document for a person: config, routes, backends, verdict."""
     config = doc.get("config") or {}
     version = str(config.get("version") or "-")[:12]
-    loaded = clock_time(config.get("loaded_at"))
+    loaded = clock_time(config["loaded_at"]) if config.get("loaded_at") else "never"
+    state = str(doc.get("state") or "?")
     parts: list[RenderableType] = [
         Text.assemble(("config: ", "bold"), f"{config.get('path', '?')}  version {version}"),
-        Text.assemble(("loaded: ", "bold"), loaded, ("   state: ", "bold"), str(doc.get("state"))),
+        Text.assemble(("loaded: ", "bold"), loaded, ("   state: ", "bold"), state),
     ]
     if config.get("error"):
-        parts.append(
-            Text(f"config error (last good config still serving): {config['error']}", "bold red")
-        )
+        serving = "last good config still serving" if config.get("version") else "not serving"
+        parts.append(Text(f"config error ({serving}): {config['error']}", "bold red"))
     routes = _table("routes", "route", "baseline", "configured", "effective", "canary %", left=4)
     for r in doc.get("routes") or ():
         configured, effective = r.get("configured") or {}, r.get("effective") or {}

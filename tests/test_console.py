@@ -181,8 +181,12 @@ def test_status_says_why_savings_are_unknown() -> None:
 
 def test_status_shows_a_config_error_and_copes_with_a_sparse_document() -> None:
     """A rejected edit is shown in red words; missing sections do not crash the view."""
-    out = text(render_status({"config": {"error": "routes.yaml:3: routes[0].weights: bad"}}))
-    assert "config error (last good config still serving): routes.yaml:3" in out
+    error = "routes.yaml:3: routes[0].weights: bad"
+    out = text(render_status({"config": {"error": error}}))
+    assert f"config error (not serving): {error}" in out and "loaded: never" in out
+    doc = copy.deepcopy(OLD)
+    doc["config"]["error"] = error
+    assert f"config error (last good config still serving): {error}" in text(render_status(doc))
     assert "circuit events: none" in out
 
 

@@ -115,7 +115,16 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     add("--path", default="/v1/chat/completions", help="default: /v1/chat/completions")
     add("--api-key", help="client key sent as Bearer (default: $CANARY_CLIENT_KEY)")
     add("--timeout", type=float, default=30.0, help="per request, in seconds (default: 30)")
-    add("--drain", type=float, default=30.0, help="seconds to wait for the last answers")
+    add(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the last answers (default: 30); the rest count as cancelled",
+    )
+    parser.epilog = (
+        "Latency counts from each request's scheduled send time. Ctrl-C stops sending and "
+        "prints the figures once the answers drain; a second Ctrl-C quits at once."
+    )
     add("--json", action="store_true", help="print one JSON object, no progress bar")
 
 

@@ -21,6 +21,13 @@ from canary import __version__
 from canary.config import Config, load_config, redact_url
 from canary.demo import add_demo_arguments, run_demo
 from canary.errors import ConfigError
+from canary.ops import (
+    add_load_arguments,
+    add_url_arguments,
+    run_load_command,
+    run_report,
+    run_status,
+)
 from canary.server import ServeOptions, serve
 from canary.simulate import add_simulate_arguments, run_simulate
 
@@ -61,7 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = verbs.add_parser("demo", help="simulators + router + load: watch a canary rolled back live")
     add_demo_arguments(p)
 
+    p = verbs.add_parser("load", help="open-loop load at a fixed rate (the pre-migration audit)")
+    add_load_arguments(p)
+    p = verbs.add_parser("status", help="render the router's /status for a person")
+    add_url_arguments(p)
+    p = verbs.add_parser("report", help="tokens, cost per backend, projected savings")
+    add_url_arguments(p)
+
     args = parser.parse_args(argv)
+    operator_verbs = {"load": run_load_command, "status": run_status, "report": run_report}
+    if args.verb in operator_verbs:
+        return operator_verbs[args.verb](args)
     if args.verb == "serve":
         return _serve(args)
     if args.verb == "check":

@@ -31,10 +31,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from canary.load import LoadOptions, Outcome, run_load
+
 CANARY, BASELINE = "relay", "legacy"
 REQUEST_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 20.0
-CHAT_BODY = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello canary"}]}
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
 PHASE_STYLES = {"healthy": "green", "relay broken": "red", "relay healed": "cyan"}
 
@@ -580,13 +581,9 @@ class _Session:
         for sig in previous:
             loop.add_signal_handler(sig, self.stop.set)
         self.start, self.wall_start = time.monotonic(), time.time()
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
         try:
-            async with (
-                httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as load,
-                httpx.AsyncClient(timeout=2.0) as control,
-            ):
-                tasks = asyncio.gather(self._send(load), self._inject(control))
+            async with httpx.AsyncClient(timeout=2.0) as control:
+                tasks = asyncio.gather(self._send(), self._inject(control))
                 try:
                     with contextlib.ExitStack() as stack:
                         show = _screen(stack, self.opts.live)
@@ -637,29 +634,22 @@ class _Session:
                 await asyncio.wait_for(self.stop.wait(), delay)
         return self.stop.is_set()
 
-    async def _send(self, client: httpx.AsyncClient) -> None:
-        """Open loop: request ``i`` starts at ``i / qps`` whether or not others finished."""
-        pending: set[asyncio.Task[None]] = set()
-        for i in range(int(self.opts.qps * self.opts.duration)):
-            if await self._sleep_until(i / self.opts.qps):
-                break
-            task = asyncio.create_task(self._one(client))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.wait(set(pending), timeout=REQUEST_TIMEOUT_S + 1)
-        for task in set(pending):
-            task.cancel()
+    async def _send(self) -> None:
+        """Open loop (``canary load``'s engine): request ``i`` is due at ``i / qps``."""
+        opts = LoadOptions(
+            self.router,
+            self.opts.qps,
+            self.opts.duration,
+            concurrency=1000,
+            timeout_s=REQUEST_TIMEOUT_S,
+            drain_s=REQUEST_TIMEOUT_S + 1,
+        )
 
-    async def _one(self, client: httpx.AsyncClient) -> None:
-        sent = self.elapsed()
-        try:
-            r = await client.post(f"{self.router}/v1/chat/completions", json=CHAT_BODY)
-        except httpx.HTTPError:
-            self.records.append(Record(sent, 0))
-            return
-        backend, fallback = r.headers.get("x-canary-backend"), r.headers.get("x-canary-fallback")
-        self.records.append(Record(sent, r.status_code, backend, fallback))
+        def record(o: Outcome) -> None:  # status 0: no whole answer
+            status = o.status if o.error is None else 0
+            self.records.append(Record(o.scheduled, status, o.backend, o.fallback))
+
+        await run_load(opts, on_result=record, stop=self.stop, clock=self.elapsed)
 
     async def _inject(self, control: httpx.AsyncClient) -> None:
         """Break the relay at ``break_at`` (503s), heal it at ``heal_at``."""

@@ -59,6 +59,9 @@ rollback:
   auto_resume: true
 readiness: {{min_requests: 50, max_error_rate: 0.05}}
 retry: {{max_attempts: 1}}  # one try per backend: each failed relay call is one fallback
+pricing:  # USD per million tokens, as in the example routes.yaml
+  legacy: {{gpt-4.1: {{input: 8.00, output: 8.00}}}}
+  relay: {{gpt-4.1: {{input: 1.10, output: 1.10}}}}
 """
 THRESHOLD = 0.2
 
@@ -372,6 +375,7 @@ class Summary:
     closed_at: float | None
     closed_again: bool
     verdict: str
+    cost: str = "-"
 
     @property
     def ok(self) -> bool:
@@ -394,7 +398,24 @@ def summarize(records: Sequence[Record], timeline: Timeline, status: Mapping[str
         closed_at=timeline.closed_at,
         closed_again=timeline.closed_again,
         verdict=verdict(status),
+        cost=cost_line(status),
     )
+
+
+def cost_line(status: Mapping[str, Any]) -> str:
+    """Tokens and cost per backend, and the projected savings, from the last /status."""
+    backends = status.get("backends") or {}
+    parts = []
+    for name, b in backends.items():
+        tokens = b.get("tokens") or {}
+        usd = b.get("cost_usd")
+        money = "no price" if usd is None else f"${usd:,.4f}"
+        parts.append(
+            f"{name} {tokens.get('input', 0):,} in / {tokens.get('output', 0):,} out {money}"
+        )
+    savings = (status.get("migration") or {}).get("projected_monthly_savings_usd")
+    projected = "unknown" if savings is None else f"${savings:,.2f}"
+    return f"{'; '.join(parts) or '-'}; projected monthly savings {projected}"
 
 
 def format_summary(s: Summary) -> str:
@@ -422,6 +443,7 @@ def format_summary(s: Summary) -> str:
         f"  first failure to rollback: {rollback}",
         f"  circuit opened: {'yes' if s.opened_at is not None else 'no'}",
         f"  circuit closed again after healing: {closed}",
+        f"  tokens and cost: {s.cost}",
         f"  final verdict: {s.verdict}",
         f"  result: {result}",
     ]
@@ -583,11 +605,13 @@ class _Session:
         self.start, self.wall_start = time.monotonic(), time.time()
         try:
             async with httpx.AsyncClient(timeout=2.0) as control:
-                tasks = asyncio.gather(self._send(), self._inject(control))
+                send = asyncio.ensure_future(self._send())
+                tasks = asyncio.gather(send, self._inject(control))
                 try:
                     with contextlib.ExitStack() as stack:
                         show = _screen(stack, self.opts.live)
-                        while not self.stop.is_set() and self.elapsed() < self.opts.duration:
+                        # until the load's schedule (duration x qps requests) has run out
+                        while not self.stop.is_set() and not send.done():
                             await self._poll(control)
                             show(self.view())
                             await self._sleep_until(self.elapsed() + POLL_S)

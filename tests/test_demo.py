@@ -21,6 +21,7 @@ from canary.demo import (
     Record,
     Summary,
     Timeline,
+    cost_line,
     error_bar,
     event_time,
     format_summary,
@@ -286,7 +287,7 @@ def test_a_circuit_that_never_opened_fails_the_run() -> None:
 
 def test_format_summary_lines() -> None:
     """The summary names each figure on its own line."""
-    s = Summary(360, 0, 8, 8, 4.5, 6.3, 15.7, True, "ready for full migration")
+    s = Summary(360, 0, 8, 8, 4.5, 6.3, 15.7, True, "ready for full migration", "x")
     assert format_summary(s).splitlines() == [
         "canary demo summary",
         "  client requests: 360",
@@ -296,9 +297,27 @@ def test_format_summary_lines() -> None:
         "  first failure to rollback: 1.8 s (first relay failure at 4.5 s, circuit open at 6.3 s)",
         "  circuit opened: yes",
         "  circuit closed again after healing: yes, at 15.7 s",
+        "  tokens and cost: x",
         "  final verdict: ready for full migration",
         "  result: PASS",
     ]
+
+
+def test_cost_line_names_tokens_cost_and_unknowns() -> None:
+    """The summary's cost line: per backend tokens and cost ("no price" when null), savings."""
+    doc = {
+        "backends": {
+            "legacy": {"tokens": {"input": 1200, "output": 4800}, "cost_usd": 0.048},
+            "relay": {"tokens": {"input": 10, "output": 40}, "cost_usd": None},
+        },
+        "migration": {"projected_monthly_savings_usd": 1234.5},
+    }
+    assert cost_line(doc) == (
+        "legacy 1,200 in / 4,800 out $0.0480; relay 10 in / 40 out no price; "
+        "projected monthly savings $1,234.50"
+    )
+    doc["migration"]["projected_monthly_savings_usd"] = None
+    assert cost_line(doc).endswith("projected monthly savings unknown")
 
 
 def test_options_are_bounded() -> None:
@@ -366,6 +385,9 @@ def test_demo_rolls_the_canary_back_and_restores_it() -> None:
     assert "relay closed -> open" in out and "relay half_open -> closed" in out
     requests = int(out.split("client requests: ")[1].split()[0])
     assert requests == 24 * 15
+    cost = out.split("tokens and cost: ")[1].splitlines()[0]
+    assert "legacy " in cost and "relay " in cost and "no price" not in cost, cost
+    assert "projected monthly savings $" in cost, cost
 
 
 @pytest.mark.e2e

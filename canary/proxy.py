@@ -612,7 +612,7 @@ class Proxy:
         )
         loop = asyncio.get_running_loop()
         budget = backend.timeout_s + _SLOW_CLIENT_GRACE_S
-        prev = last = b""
+        before = prev = last = b""  # an SSE stream's last chunks: [DONE] and the usage event
         started = False
         try:
             async with asyncio.timeout(loop.time() + budget) as deadline:
@@ -622,13 +622,17 @@ class Proxy:
                         await send(start)
                         started = True
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if scanner is not None:
+                    if sse:
+                        if chunk:
+                            before, prev, last = prev, last, chunk
+                    elif scanner is not None:
                         scanner.feed(chunk)
-                    if sse and chunk:
-                        prev, last = last, chunk
                 if not started:
                     await send(start)
                     started = True
+                if sse and scanner is not None:  # usage rides in a stream's last event
+                    for part in (before, prev, last):
+                        scanner.feed(part)
                 if expect_done and b"[DONE]" not in (prev[-16:] + last)[-32:]:
                     await _end_with_error(send, backend, "the stream ended before [DONE]", flags)
                     return "stream_cut"

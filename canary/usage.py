@@ -5,6 +5,8 @@ a non-streamed body, and in the last data event of a stream when the client aske
 (``stream_options.include_usage``; every earlier chunk then carries ``"usage": null``).
 The Responses API names the fields ``input_tokens`` / ``output_tokens``.
 
+The proxy feeds a plain answer's chunks as they pass, and a stream's last three chunks
+when it ends (the usage event is its last), so a stream costs nothing per chunk.
 ``UsageScanner.feed`` looks at each chunk once with a substring search; only when a
 usage object starts does it keep a few hundred bytes from there on (a chunk boundary may
 split the object, or the key itself), and ``result`` reads the numbers from that tail at
@@ -14,11 +16,8 @@ is buffered, decoded or parsed as a whole.
 
 from __future__ import annotations
 
-import re
-
 _MARK = b'"usage"'
 _KEEP = 512  # bytes kept from a usage object's start: it holds a handful of counters
-_NUMBER = re.compile(rb"\s*:\s*(\d+)")
 _SPACE = b" \t\r\n:"
 _PREFIXES = tuple(_MARK[:n] for n in range(1, len(_MARK)))  # a mark cut by a chunk end
 
@@ -72,9 +71,10 @@ class UsageScanner:
 
 
 def _field(obj: bytes, name: bytes) -> int | None:
-    """The integer after ``name`` (a quoted key) in ``obj``; a plain find beats a regex here."""
+    """The integer after ``name`` (a quoted key) in ``obj``: a few C-level bytes calls."""
     i = obj.find(name)
     if i < 0:
         return None
-    m = _NUMBER.match(obj, i + len(name))
-    return int(m.group(1)) if m else None
+    i += len(name)
+    value = obj[i : i + 32].lstrip(_SPACE).partition(b",")[0].partition(b"}")[0].strip()
+    return int(value) if value.isdigit() else None

@@ -34,6 +34,7 @@ from starlette.routing import Route
 from canary.breaker import Breakers
 from canary.config import Config, bearer_digest
 from canary.dashboard import dashboard_routes
+from canary.drain import Traffic
 from canary.errors import RouterError
 from canary.fleet import Fleet
 from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
@@ -67,7 +68,11 @@ def _error(exc: RouterError) -> Response:
 
 
 class Canary:
-    """The ASGI app: ``/v1/*`` to the proxy, the rest to the control plane."""
+    """The ASGI app: ``/v1/*`` to the proxy, the rest to the control plane.
+
+    Every HTTP call passes ``traffic``, which counts it and can end it cleanly when a
+    drain times out (``canary.drain``).
+    """
 
     def __init__(
         self,
@@ -76,18 +81,22 @@ class Canary:
         store: ConfigStore,
         stats: Stats,
         breakers: Breakers,
+        traffic: Traffic,
     ) -> None:
         self.control = control
         self.proxy = proxy
         self.store = store
         self.stats = stats
         self.breakers = breakers
+        self.traffic = traffic
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            await self.proxy(scope, receive, send)
+        if scope["type"] != "http":
+            await self.control(scope, receive, send)  # the lifespan
+        elif scope["path"].startswith("/v1/"):
+            await self.traffic.run(self.proxy, scope, receive, send)
         else:
-            await self.control(scope, receive, send)
+            await self.traffic.run(self.control, scope, receive, send)
 
 
 def create_app(
@@ -112,6 +121,7 @@ def create_app(
     figures (``canary.fleet``).
     """
     store = ConfigStore(config_path)
+    traffic = Traffic()
     stats = Stats(window_s=60.0, clock=clock)
     breakers = Breakers(stats, clock)
     meter = Meter(clock)
@@ -230,6 +240,8 @@ def create_app(
         return _json({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        if traffic.draining:  # SIGTERM: let load balancers move on before we stop accepting
+            return _json({"status": "draining"}, 503)
         if store.config is None:
             return _json({"status": "no valid config", "error": store.error}, 503)
         return _json({"status": "ready", "version": store.config.version})
@@ -268,7 +280,7 @@ def create_app(
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,
     )
-    return Canary(control, proxy, store, stats, breakers)
+    return Canary(control, proxy, store, stats, breakers, traffic)
 
 
 def _check_admin(cfg: Config | None, authorization: str | None) -> None:

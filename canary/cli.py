@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from canary import __version__
 from canary.config import Config, load_config, redact_url
 from canary.demo import add_demo_arguments, run_demo
+from canary.drain import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S, default_grace_s
 from canary.errors import ConfigError
 from canary.ops import (
     add_load_arguments,
@@ -34,18 +35,42 @@ from canary.simulate import add_simulate_arguments, run_simulate
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; ``serve`` takes its config and workers from the environment
+    (``CANARY_CONFIG``, ``CANARY_WORKERS``) when not given, as containers set them."""
     parser = argparse.ArgumentParser(prog="canary", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"canary {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("serve", help="run the router")
     p.add_argument(
-        "-c", "--config", default="routes.yaml", help="routes file (default: routes.yaml)"
+        "-c",
+        "--config",
+        default=os.environ.get("CANARY_CONFIG") or "routes.yaml",
+        help="routes file (default: $CANARY_CONFIG, else routes.yaml)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.environ.get("CANARY_WORKERS") or "1",
+        help="worker processes sharing the port (default: $CANARY_WORKERS, else 1)",
+    )
+    p.add_argument(
+        "--drain-grace-s",
+        type=_seconds,
+        default=None,
+        help="after SIGTERM, keep accepting this long while /readyz says 503 (default: "
+        f"{DEFAULT_GRACE_S:g} s, 0 on a loopback --host)",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=_seconds,
+        default=None,
+        help="after SIGTERM, cut calls still running after this long (default: "
+        f"server.drain_timeout_s of routes.yaml, else {DEFAULT_TIMEOUT_S:g} s)",
+    )
     p.add_argument(
         "--simulators",
         choices=("auto", "off"),
@@ -74,8 +99,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_url_arguments(p)
     p = verbs.add_parser("report", help="tokens, cost per backend, projected savings")
     add_url_arguments(p)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, not {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     operator_verbs = {"load": run_load_command, "status": run_status, "report": run_report}
     if args.verb in operator_verbs:
         return operator_verbs[args.verb](args)
@@ -147,6 +185,10 @@ def _serve(args: argparse.Namespace) -> int:
         watch=not args.no_watch,
         log_json=log_json,
         log_level=args.log_level,
+        drain_grace_s=(
+            default_grace_s(args.host) if args.drain_grace_s is None else args.drain_grace_s
+        ),
+        drain_timeout_s=args.drain_timeout_s,
     )
     with _simulators(args.config if args.simulators == "auto" else None) as started:
         _banner(options, started)

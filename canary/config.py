@@ -158,6 +158,7 @@ class Price:
 class Server:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     queue_timeout_s: float = 5.0  # how long a call over a backend's limit waits for a slot
+    drain_timeout_s: float = 30.0  # after SIGTERM: how long calls in flight may still run
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +521,7 @@ def _build(
         problems.add("state.redis_url", "must be a redis://, rediss:// or unix:// URL")
     auth = _auth(r, r.mapping(top.get("auth"), "auth", {"api_keys", "admin_token"}))
     pricing = _pricing(r, top.get("pricing"), names)
-    sv = r.mapping(top.get("server"), "server", {"max_body_bytes", "queue_timeout_s"})
+    sv = r.mapping(top.get("server"), "server", set(Server.__slots__))
     server = Server(
         max_body_bytes=_int(
             r.number(
@@ -534,6 +535,9 @@ def _build(
         ),
         queue_timeout_s=_float(
             r.number(sv.get("queue_timeout_s"), "server.queue_timeout_s", 5.0, maximum=600)
+        ),
+        drain_timeout_s=_float(
+            r.number(sv.get("drain_timeout_s"), "server.drain_timeout_s", 30.0, maximum=3600)
         ),
     )
     if problems.items:

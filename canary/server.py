@@ -3,10 +3,15 @@
 With ``--workers N`` the parent binds the socket once and starts N spawned workers that
 share it; each worker loads routes.yaml, watches it and reloads it on its own. The
 parent forwards SIGHUP to every worker (uvicorn's own supervisor would restart them on
-SIGHUP, which drops a worker's last good config when the file on disk is bad), forwards
-SIGINT/SIGTERM for a graceful stop, and restarts a worker that dies. The workers share
-their figures through a private directory the parent makes (``canary.fleet``), so any
-worker's ``/status`` and ``/metrics`` describe the whole server.
+SIGHUP, which drops a worker's last good config when the file on disk is bad), turns
+SIGINT/SIGTERM into one SIGTERM per worker, and restarts a worker that dies.
+
+On SIGTERM every worker drains (``canary.drain``): ``/readyz`` 503 at once, new
+connections accepted for the grace, calls in flight finished up to the drain timeout.
+The parent closes its copy of the socket at once, so the port stops accepting when the
+last worker's grace ends, and exits 0 once every worker has drained and exited 0.
+The workers share their figures through a private directory the parent makes
+(``canary.fleet``), so any worker's ``/status`` and ``/metrics`` describe the whole server.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -28,11 +34,14 @@ import uvicorn
 
 from canary import logs
 from canary.app import create_app
+from canary.config import load_config
+from canary.drain import DEFAULT_TIMEOUT_S, DrainingServer
+from canary.errors import ConfigError
 from canary.signals import stop_signals_return
 
 log = structlog.get_logger("canary.server")
 
-GRACEFUL_SHUTDOWN_S = 30.0
+JOIN_MARGIN_S = 10.0  # beyond grace + drain timeout: lifespan shutdown, a slow spawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,8 @@ class ServeOptions:
     watch: bool = True
     log_json: bool | None = None
     log_level: str = "info"
+    drain_grace_s: float = 0.0
+    drain_timeout_s: float | None = None  # None: server.drain_timeout_s of routes.yaml
     fleet_dir: str | None = None  # set by the parent of N workers (canary.fleet)
 
 
@@ -56,6 +67,11 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+# Signals a worker holds back until it can act on them (the parent blocks them around the
+# spawn; a worker inherits the mask): a SIGTERM during start-up must drain, not kill it.
+_HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def run_worker(sock: socket.socket, options: ServeOptions) -> None:
@@ -79,12 +95,38 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
         log_config=None,
         log_level="warning",
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
         server_header=False,
         proxy_headers=False,  # do not trust X-Forwarded-For from whoever connects
     )
+
+    def drain_timeout_s() -> float:
+        if options.drain_timeout_s is not None:
+            return options.drain_timeout_s
+        cfg = app.store.config  # the config serving when SIGTERM arrives
+        return cfg.server.drain_timeout_s if cfg is not None else DEFAULT_TIMEOUT_S
+
+    server = DrainingServer(
+        config,
+        app.traffic,
+        grace_s=options.drain_grace_s,
+        timeout_s=drain_timeout_s,
+        supervised=options.workers > 1,
+    )
     with stop_signals_return():
-        uvicorn.Server(config).run(sockets=[sock])
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, server.handle_exit)  # a stop held back during start-up drains
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+        server.run(sockets=[sock])
+
+
+def _drain_timeout_s(options: ServeOptions) -> float:
+    """The drain timeout the workers will use (for the parent's bound on waiting)."""
+    if options.drain_timeout_s is not None:
+        return options.drain_timeout_s
+    try:
+        return load_config(options.config_path).server.drain_timeout_s
+    except ConfigError:
+        return DEFAULT_TIMEOUT_S
 
 
 def serve(options: ServeOptions) -> int:
@@ -105,13 +147,20 @@ def _run_workers(sock: socket.socket, options: ServeOptions) -> int:
     ctx = multiprocessing.get_context("spawn")
     stop = threading.Event()
 
+    # multiprocessing starts its resource tracker on the first spawn and unblocks SIGINT and
+    # SIGTERM when it has: start it first, so the mask below holds for every worker.
+    resource_tracker.ensure_running()
+
     def spawn() -> BaseProcess:
         p = ctx.Process(target=run_worker, args=(sock, options), daemon=False)
-        p.start()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return p
 
-    workers = [spawn() for _ in range(options.workers)]
-    log.info("server.started", workers=options.workers, pids=[p.pid for p in workers])
+    workers: list[BaseProcess] = []
 
     def on_stop(signum: int, _: FrameType | None) -> None:
         stop.set()
@@ -121,9 +170,12 @@ def _run_workers(sock: socket.socket, options: ServeOptions) -> int:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signal.SIGHUP)
 
+    # Before the first spawn: a SIGTERM from here on must reach the workers, not orphan them.
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    workers += (spawn() for _ in range(options.workers))
+    log.info("server.started", workers=options.workers, pids=[p.pid for p in workers])
     restarts: list[float] = []
     while not stop.wait(0.5):
         for i, p in enumerate(workers):
@@ -137,15 +189,20 @@ def _run_workers(sock: socket.socket, options: ServeOptions) -> int:
                 break
             log.warning("server.worker_died", pid=p.pid, exitcode=p.exitcode)
             workers[i] = spawn()
+    # The workers' copies keep accepting through their grace; ours must not outlive them,
+    # or the kernel would queue connections that no one accepts.
+    sock.close()
     for p in workers:
         if p.pid is not None and p.is_alive():
             os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACEFUL_SHUTDOWN_S + 5
+    deadline = time.monotonic() + _drain_timeout_s(options) + JOIN_MARGIN_S  # grace included
+    killed = 0
     for p in workers:
         p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
+            killed += 1
             p.kill()
             p.join(5)
-    sock.close()
-    log.info("server.stopped")
-    return 0
+    codes = [p.exitcode for p in workers]
+    log.info("server.stopped", exitcodes=codes, killed=killed)
+    return 0 if all(code == 0 for code in codes) else 1

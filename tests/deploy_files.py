@@ -119,8 +119,22 @@ def image(path: Path = DOCKERFILE) -> Image:
 
 
 def env_references(text: str) -> dict[str, str | None]:
-    """``${VAR}`` / ``${VAR:-default}`` in a routes file: name -> default (None: none)."""
-    return {m.group(1): m.group(2) for m in ENV_REFERENCE.finditer(text)}
+    """``${VAR}`` / ``${VAR:-default}`` in the values of a routes file (as load_config
+    expands them: in scalars, not comments): name -> default (None: none)."""
+    found: dict[str, str | None] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            found.update((m.group(1), m.group(2)) for m in ENV_REFERENCE.finditer(node))
+
+    walk(yaml.safe_load(text))
+    return found
 
 
 def yaml_documents(path: Path) -> Iterator[dict[str, Any]]:

@@ -224,9 +224,9 @@ def test_the_image_holds_the_built_package_not_a_link_to_the_sources(
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_the_image_command_serves_from_the_documented_config_path(installed: Replayed) -> None:
-    """ENTRYPOINT + CMD with the image's ENV, config at CANARY_CONFIG (no -c): /healthz and
-    /readyz answer, the HEALTHCHECK command passes (and fails with no router), and SIGTERM
-    ends it with exit 0."""
+    """ENTRYPOINT + CMD with the image's ENV, config at CANARY_CONFIG (no -c): /healthz,
+    /readyz, /metrics and /dashboard answer, the HEALTHCHECK command passes (and fails
+    with no router), and SIGTERM ends it with exit 0."""
     img = image()
     config = installed.at(img.config_path)
     config.write_bytes((DEPLOY / "config" / "routes.yaml").read_bytes())
@@ -258,6 +258,8 @@ def test_the_image_command_serves_from_the_documented_config_path(installed: Rep
         status = httpx.get(f"{url}/status").json()
         assert status["config"]["path"] == str(config)
         assert ready == {"status": "ready", "version": status["config"]["version"]}
+        for page in ("/metrics", "/dashboard"):  # package data (the page's assets) shipped
+            assert httpx.get(f"{url}{page}").status_code == 200, page
         assert healthcheck() == 0
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=15) == 0

@@ -19,6 +19,7 @@ Ctrl-C twice skips the rest of the drain: what is in flight is cut at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import signal
 import socket
@@ -47,28 +48,26 @@ _CUT = "drain timeout"
 
 
 class _Call:
-    """What one call has sent so far: enough to end it properly if it has to be cut."""
+    """How one call's response began: enough to end it properly if it has to be cut."""
 
-    __slots__ = ("_send", "complete", "sse", "started")
+    __slots__ = ("_send", "sse", "started")
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self.started = self.sse = self.complete = False
+        self.started = self.sse = False
 
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine: it hands back the server's own awaitable, and after the first
+        # message it only reads a flag, so a long stream pays a plain call per chunk.
+        if not self.started and message["type"] == "http.response.start":
             self.started = True
             for key, value in message.get("headers", ()):
                 if key.lower() == b"content-type":
                     self.sse = value.startswith(b"text/event-stream")
-        elif not message.get("more_body", False):
-            self.complete = True
-        await self._send(message)
+        return self._send(message)
 
     async def end(self) -> None:
-        """Close a cut call as a client can tell: never as if it had completed."""
-        if self.complete:
-            return
+        """Close a cut call so a client can tell: never as if it had completed."""
         error = RouterError(
             "canary is shutting down and this call outlasted its drain timeout; retry it.",
             code="shutting_down",
@@ -80,8 +79,9 @@ class _Call:
             await self._send({"type": "http.response.body", "body": error.body()})
         elif self.sse:  # the openai client raises on an error event, as on the proxy's own
             chunk = b"data: " + error.body() + b"\n\n"
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await self._send({"type": "http.response.body", "body": b""})
+            with contextlib.suppress(RuntimeError):  # the server's word: it had completed
+                await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await self._send({"type": "http.response.body", "body": b""})
         # Any other body under way stays incomplete: uvicorn closes the connection, so the
         # client sees a broken response rather than a short "complete" one.
 

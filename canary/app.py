@@ -228,7 +228,9 @@ def create_app(
         state = getattr(proxy.limiter, "state", "memory")  # FailoverLimiter: redis | degraded
         fleet = fleets[0] if fleets else None
         merged = fleet.merged_meter() if fleet else meter
-        return status_document(store, stats, breakers, merged, state, fleet), merged
+        doc = status_document(store, stats, breakers, merged, state, fleet)
+        doc["draining"] = traffic.draining  # SIGTERM received: finishing what is in flight
+        return doc, merged
 
     async def status(_: Request) -> Response:
         return _json(document()[0])

@@ -1,8 +1,11 @@
-"""The ``canary`` command: serve, check, simulate.
+"""canary: serve, check, status, report, load, simulate and demo (an LLM canary router).
 
 ``canary serve --simulators auto`` (what ``make run`` uses) starts a built-in simulated
 provider for every backend whose ``base_url`` is on this machine and not answering yet,
 so a newcomer can try the router with no provider and no keys.
+
+Each verb imports what it needs when it runs (and its arguments when it is the verb on
+the command line), so ``canary status`` or a simulator starts without loading the router.
 """
 
 from __future__ import annotations
@@ -15,34 +18,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from canary import __version__
-from canary.config import Config, load_config, redact_url
-from canary.demo import add_demo_arguments, run_demo
-from canary.drain import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S, default_grace_s
-from canary.errors import ConfigError
-from canary.ops import (
-    add_load_arguments,
-    add_url_arguments,
-    run_load_command,
-    run_report,
-    run_status,
-)
-from canary.server import ServeOptions, serve
-from canary.simulate import add_simulate_arguments, run_simulate
+
+if TYPE_CHECKING:
+    from canary.config import Config
+    from canary.server import ServeOptions
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; ``serve`` takes its config and workers from the environment
-    (``CANARY_CONFIG``, ``CANARY_WORKERS``) when not given, as containers set them."""
-    parser = argparse.ArgumentParser(prog="canary", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"canary {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from canary.drain import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S
 
-    p = verbs.add_parser("serve", help="run the router")
     p.add_argument(
         "-c",
         "--config",
@@ -84,21 +74,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
 
-    p = verbs.add_parser("check", help="validate routes.yaml and print the routing table")
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="routes.yaml")
 
-    p = verbs.add_parser("simulate", help="an OpenAI-compatible fake provider with fault injection")
+
+def _simulate_arguments(p: argparse.ArgumentParser) -> None:
+    from canary.simulate import add_simulate_arguments
+
     add_simulate_arguments(p)
 
-    p = verbs.add_parser("demo", help="simulators + router + load: watch a canary rolled back live")
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from canary.demo import add_demo_arguments
+
     add_demo_arguments(p)
 
-    p = verbs.add_parser("load", help="open-loop load at a fixed rate (the pre-migration audit)")
+
+def _load_arguments(p: argparse.ArgumentParser) -> None:
+    from canary.ops import add_load_arguments
+
     add_load_arguments(p)
-    p = verbs.add_parser("status", help="render the router's /status for a person")
+
+
+def _url_arguments(p: argparse.ArgumentParser) -> None:
+    from canary.ops import add_url_arguments
+
     add_url_arguments(p)
-    p = verbs.add_parser("report", help="tokens, cost per backend, projected savings")
-    add_url_arguments(p)
+
+
+_VERBS = {
+    "serve": ("run the router", _serve_arguments),
+    "check": ("validate routes.yaml and print the routing table", _check_arguments),
+    "status": ("render the router's /status for a person", _url_arguments),
+    "report": ("tokens, cost per backend, projected savings", _url_arguments),
+    "load": ("open-loop load at a fixed rate (the pre-migration audit)", _load_arguments),
+    "simulate": ("an OpenAI-compatible fake provider with fault injection", _simulate_arguments),
+    "demo": ("simulators + router + load: watch a canary rolled back live", _demo_arguments),
+}
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``verb``, only that verb's arguments are loaded.
+
+    ``serve`` takes its config and workers from the environment (``CANARY_CONFIG``,
+    ``CANARY_WORKERS``) when not given, as containers set them."""
+    parser = argparse.ArgumentParser(prog="canary", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"canary {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (text, add_arguments) in _VERBS.items():
+        p = verbs.add_parser(name, help=text)
+        if verb is None or verb == name:
+            add_arguments(p)
     return parser
 
 
@@ -113,20 +140,31 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    operator_verbs = {"load": run_load_command, "status": run_status, "report": run_report}
-    if args.verb in operator_verbs:
-        return operator_verbs[args.verb](args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(verb if verb in _VERBS else None).parse_args(argv)
+    if args.verb in ("load", "status", "report"):
+        from canary import ops
+
+        run = {"load": ops.run_load_command, "status": ops.run_status, "report": ops.run_report}
+        return run[args.verb](args)
     if args.verb == "serve":
         return _serve(args)
     if args.verb == "check":
         return _check(args.config)
     if args.verb == "demo":
+        from canary.demo import run_demo
+
         return run_demo(args)
+    from canary.simulate import run_simulate
+
     return run_simulate(args)
 
 
 def _check(path: str) -> int:
+    from canary.config import load_config
+    from canary.errors import ConfigError
+
     try:
         cfg = load_config(path)
     except ConfigError as exc:
@@ -141,6 +179,8 @@ def _check(path: str) -> int:
 
 def routing_table(cfg: Config) -> str:
     """The routes in match order, with their split, baseline and stickiness."""
+    from canary.config import redact_url
+
     lines = ["backends:"]
     for b in cfg.backends.values():
         qps = f"{b.max_qps:g}" if b.max_qps else "-"
@@ -175,6 +215,9 @@ def routing_table(cfg: Config) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from canary.drain import default_grace_s
+    from canary.server import ServeOptions, serve
+
     log_json = {"auto": None, "json": True, "console": False}[args.log_format]
     options = ServeOptions(
         config_path=args.config,
@@ -198,6 +241,9 @@ def _serve(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _simulators(config_path: str | None) -> Iterator[dict[str, str]]:
     """Start ``canary simulate`` for local backends that are down; stop them on exit."""
+    from canary.config import load_config
+    from canary.errors import ConfigError
+
     procs: list[subprocess.Popen[bytes]] = []
     started: dict[str, str] = {}
     try:

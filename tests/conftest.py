@@ -31,6 +31,36 @@ def free_port() -> int:
         return port
 
 
+def canary(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``canary ARGS`` as a real process from the repository root; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "canary", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def prometheus_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text, parsed by prometheus-client: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(
+    samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """One sample's value from ``prometheus_samples``; KeyError when it is not there."""
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
     """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -11,20 +11,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, run_process, wait_until
+from conftest import ROOT, canary, free_port, run_process, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def canary(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "canary", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def test_check_prints_the_routing_table_for_the_example_config() -> None:

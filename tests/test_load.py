@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, run_process
+from conftest import canary, free_port, run_process
 
 from canary.cli import main
 from canary.load import LoadOptions, Outcome, run_load
@@ -347,16 +345,6 @@ def router(sims: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     args = [sys.executable, "-m", "canary", "serve", "-c", str(config), "--port", str(port)]
     with run_process([*args, "--no-access-log"], f"http://127.0.0.1:{port}/readyz"):
         yield f"http://127.0.0.1:{port}"
-
-
-def canary(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "canary", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
-    )
 
 
 BODY = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello"}]}

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import prometheus_samples, sample
 
 from canary.config import parse_config
 from canary.cost import backend_costs, canary_of, cost_section
@@ -254,15 +254,10 @@ def test_metrics_parse_with_prometheus_parser() -> None:
     METER.call("", "", 401, 0.0)
     METER.usage("chat", "relay", "gpt-4.1", (1_000_000, 0))
     METER.failure("relay", "timeout")
-    text = render(_doc(cfg), METER).decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    samples = prometheus_samples(render(_doc(cfg), METER).decode())
 
     def value(name: str, **labels: str) -> float:
-        return samples[(name, tuple(sorted(labels.items())))]
+        return sample(samples, name, **labels)
 
     assert value("canary_requests_total", route="chat", backend="relay", status_class="2xx") == 2
     assert value("canary_requests_total", route="none", backend="none", status_class="4xx") == 1

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import orjson
+from conftest import prometheus_samples, sample
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 from test_proxy import Chunks, Upstream, no_sleep, serving
@@ -53,14 +54,6 @@ def stream(prompt: int, completion: int, usage: bool = True) -> httpx.Response:
 
 def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
-
-
-def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 async def test_tokens_and_cost_from_json_and_stream_answers(tmp_path: Path) -> None:
@@ -141,10 +134,10 @@ async def test_fallback_is_one_access_line_and_counted_in_metrics(tmp_path: Path
     assert (line["route"], line["backend"], line["status"]) == ("chat", "legacy", 200)
     assert (line["fallback"], line["fallback_outcome"]) == ("relay", "upstream_503")
     assert (line["tokens_in"], line["tokens_out"]) == (7, 3)
-    m = metrics(text)
+    m = prometheus_samples(text)
 
     def value(name: str, **labels: str) -> float:
-        return m[(name, tuple(sorted(labels.items())))]
+        return sample(m, name, **labels)
 
     assert value("canary_requests_total", route="chat", backend="relay", status_class="5xx") == 1
     assert value("canary_requests_total", route="chat", backend="legacy", status_class="2xx") == 1
@@ -161,7 +154,7 @@ async def test_refusals_are_counted_without_a_backend(tmp_path: Path) -> None:
     path.write_text(ROUTES + "auth: {api_keys: ck-client-key-123}\n")
     async with serving(str(path), transport=httpx.MockTransport(Upstream()), watch=False) as c:
         assert (await c.post("/v1/chat/completions", json=chat())).status_code == 401
-        m = metrics((await c.get("/metrics")).text)
+        m = prometheus_samples((await c.get("/metrics")).text)
     labels = (("backend", "none"), ("route", "none"), ("status_class", "4xx"))
     assert m[("canary_requests_total", labels)] == 1
 

@@ -322,7 +322,9 @@ def _banner(options: ServeOptions, simulated: dict[str, str]) -> None:
         "",
         f'  .venv/bin/python -c "{python}"',
         "",
-        f"  status: curl -s {base}/status",
+        f"  status: curl -s {base}/status    (for a person: .venv/bin/canary status --url {base})",
+        f"  dashboard: {base}/dashboard    metrics: {base}/metrics",
+        f"  cost and savings: .venv/bin/canary report --url {base}",
         "",
     ]
     print("\n".join(lines), flush=True)

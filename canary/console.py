@@ -31,6 +31,12 @@ def usd(value: float | None) -> str:
     return f"{sign}${value:,.2f}" if value >= 100 else f"{sign}${value:.4f}"
 
 
+def literal(*cells: RenderableType) -> list[RenderableType]:
+    """Table cells with every string taken literally: names come from routes.yaml and
+    model names from clients, and rich would read ``[...]`` in them as markup."""
+    return [Text(c) if isinstance(c, str) else c for c in cells]
+
+
 def number(value: Any, spec: str = ",") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -99,7 +105,13 @@ def render_status(doc: Mapping[str, Any]) -> RenderableType:
             eff.append(f"{name} {w:g}  ", "bold red" if configured.get(name) and not w else "")
         pct = r.get("canary_percentage")
         routes.add_row(
-            r.get("name", "?"), r.get("baseline", "?"), weights(configured), eff, number(pct, "g")
+            *literal(
+                str(r.get("name", "?")),
+                str(r.get("baseline", "?")),
+                weights(configured),
+                eff,
+                number(pct, "g"),
+            )
         )
     parts.append(routes)
     parts.append(_backends(doc))
@@ -154,7 +166,7 @@ def _backends(doc: Mapping[str, Any]) -> Table:
         ]
         if metered:
             row += _spend(b)
-        table.add_row(*row)
+        table.add_row(*literal(*row))
     return table
 
 
@@ -256,8 +268,7 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
     for r in data["rows"]:
         priced = r["cost_usd"] is not None
         table.add_row(
-            r["backend"],
-            r["model"],
+            *literal(str(r["backend"]), str(r["model"])),
             number(r["requests"]),
             number(r["input_tokens"]),
             number(r["output_tokens"]),
@@ -266,7 +277,10 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
             usd(r["cost_usd"]) if priced else Text("no price", "yellow"),
         )
     t = data["totals"]
-    total = usd(t["cost_usd"]) + ("" if t["complete"] else " *")
+    if t["cost_usd"] is None:
+        total = "no price"
+    else:
+        total = usd(t["cost_usd"]) + ("" if t["complete"] else " * (priced tokens only)")
     table.add_section()
     table.add_row(
         "total",

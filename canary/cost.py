@@ -1,17 +1,16 @@
 """Cost and ROI from metered tokens and ``pricing`` (USD per million tokens).
 
-Every figure is tokens x the prices in routes.yaml now:
-
-- spent: each (backend, model)'s tokens at that backend's price;
-- at 100% baseline / at 100% canary: the same tokens, each route's traffic priced on its
-  baseline, or on its canary (the non-baseline backend with the most configured weight;
-  a route without one stays on its baseline);
+- spent: priced when each call ended, at the prices routes.yaml had then (``Meter.spent``),
+  so a later price edit does not rewrite history;
+- at 100% baseline / at 100% canary: every token so far at today's prices, each route's
+  traffic on its baseline, or on its canary (the non-baseline backend with the most
+  configured weight; a route without one stays on its baseline);
 - projected monthly savings: the live token rate (last 5 minutes) per route and model, x
-  (baseline price - canary price), x 30 days.
+  (baseline price - canary price), x 30 days; 0 with no traffic in that time.
 
-A token with no price is never counted as $0: the pair is listed in ``unpriced``, a
-figure that priced nothing is ``None``, and ``complete`` says whether every token was
-priced.
+A token with no price is never counted as $0: the pair is listed in ``unpriced``, and a
+figure that would need its price is ``None``. ``total_usd`` is what the priced tokens
+cost (``None`` when none were priced); ``complete`` says whether every token was.
 """
 
 from __future__ import annotations
@@ -48,11 +47,10 @@ def _round(x: float | None) -> float | None:
 
 
 class _Sum:
-    """A cost total that remembers whether anything was priced, and what was not."""
+    """A cost figure that is known only when every token in it has a price."""
 
     def __init__(self, missing: set[str]) -> None:
         self.usd = 0.0
-        self.priced = False
         self.complete = True
         self.missing = missing
 
@@ -64,11 +62,10 @@ class _Sum:
             self.complete = False
             self.missing.add(f"{backend}/{model}")
             return
-        self.priced = True
         self.usd += _usd(tin, tout, price)
 
     def value(self) -> float | None:
-        return _round(self.usd) if self.priced else None
+        return _round(self.usd) if self.complete else None
 
 
 def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
@@ -81,30 +78,34 @@ def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
             "unpriced_tokens": {"input": 0, "output": 0},
             "unmetered_requests": meter.unmetered.get(name, 0),
         }
-    for backend, model, _, tin, tout in meter.tokens_by_backend():
+    for backend, _, _, tin, tout in meter.tokens_by_backend():
         row = out.get(backend)
-        if row is None:  # a backend removed from routes.yaml since
-            continue
-        row["tokens"]["input"] += tin
-        row["tokens"]["output"] += tout
-        price = _price(cfg, backend, model)
-        if price is None:
+        if row is not None:  # else a backend removed from routes.yaml since
+            row["tokens"]["input"] += tin
+            row["tokens"]["output"] += tout
+    for (backend, _), usd in meter.spent.items():
+        row = out.get(backend)
+        if row is not None:
+            row["cost_usd"] = (row["cost_usd"] or 0.0) + usd
+    for (backend, _), (tin, tout) in meter.unpriced.items():
+        row = out.get(backend)
+        if row is not None:
             row["unpriced_tokens"]["input"] += tin
             row["unpriced_tokens"]["output"] += tout
-        else:
-            row["cost_usd"] = _round((row["cost_usd"] or 0.0) + _usd(tin, tout, price))
+    for row in out.values():
+        row["cost_usd"] = _round(row["cost_usd"])
     return out
 
 
 def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
     """The ``cost`` section of /status: what ``canary report`` renders."""
     routes: Mapping[str, Route] = {r.name: r for r in cfg.routes}
-    missing: set[str] = set()
-    spent, baseline, target = _Sum(missing), _Sum(set()), _Sum(set())
+    missing = {f"{b}/{m}" for (b, m), (tin, tout) in meter.unpriced.items() if tin or tout}
     by_model = []
     for backend, model, calls, tin, tout in meter.tokens_by_backend():
         price = _price(cfg, backend, model)
-        spent.add(cfg, backend, model, tin, tout)
+        spent = meter.spent.get((backend, model))
+        unpriced = meter.unpriced.get((backend, model), [0, 0])
         by_model.append(
             {
                 "backend": backend,
@@ -112,16 +113,18 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
                 "requests": calls,
                 "input_tokens": tin,
                 "output_tokens": tout,
-                "cost_usd": None if price is None else _round(_usd(tin, tout, price)),
+                "cost_usd": None if spent is None else _round(spent),
+                "unpriced_tokens": {"input": unpriced[0], "output": unpriced[1]},
                 "price": None if price is None else {"input": price.input, "output": price.output},
             }
         )
+    baseline, target = _Sum(missing), _Sum(missing)
     for (route_name, backend, model), (_, tin, tout) in meter.tokens.items():
         route = routes.get(route_name)
         base = route.baseline if route else backend  # a route renamed since: it stays put
         baseline.add(cfg, base, model, tin, tout)
         target.add(cfg, canary_of(route) if route else backend, model, tin, tout)
-    savings = _Sum(set())
+    savings = _Sum(missing)
     rate_in = rate_out = 0.0
     for (route_name, model), (rin, rout) in meter.token_rate().items():
         rate_in += rin
@@ -137,25 +140,23 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
                 f"{b}/{model}" for b, p in ((route.baseline, was), (canary_of(route), now)) if not p
             )
             continue
-        savings.priced = True
         savings.usd += (_usd(rin, rout, was) - _usd(rin, rout, now)) * SECONDS_PER_MONTH
-    spent_usd, base_usd = spent.value(), baseline.value()
-    comparable = spent.complete and baseline.complete
+    spent_usd = _round(sum(meter.spent.values())) if meter.spent else None
+    complete = not any(tin or tout for tin, tout in meter.unpriced.values())
+    base_usd = baseline.value()
     return {
         "currency": "USD",
         "since": datetime.fromtimestamp(meter.started_at, UTC).isoformat(),
         "by_model": by_model,
-        "total_usd": spent_usd or 0.0,
-        "complete": spent.complete,
+        "total_usd": spent_usd if spent_usd is not None or not meter.tokens else None,
+        "complete": complete,
         "at_100_baseline_usd": base_usd,
         "at_100_canary_usd": target.value(),
         "savings_so_far_usd": (
-            _round(base_usd - spent_usd)
-            if base_usd is not None and spent_usd is not None and comparable
-            else None
+            _round(base_usd - (spent_usd or 0.0)) if base_usd is not None and complete else None
         ),
         "token_rate_per_s": {"input": round(rate_in, 3), "output": round(rate_out, 3)},
-        "projected_monthly_savings_usd": _round(savings.usd) if savings.priced else None,
-        "unpriced": sorted(missing | baseline.missing | target.missing),
+        "projected_monthly_savings_usd": savings.value(),
+        "unpriced": sorted(missing),
         "unmetered_requests": sum(meter.unmetered.values()),
     }

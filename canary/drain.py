@@ -203,7 +203,7 @@ class DrainingServer(uvicorn.Server):
             connection.shutdown()  # idle ones close now, busy ones after their response
         try:
             async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
-                await self._settled()
+                await self._settled(drain=True)
         except TimeoutError:
             self.traffic.cut_all()
             try:
@@ -225,9 +225,12 @@ class DrainingServer(uvicorn.Server):
         if not self.force_exit:
             await self.lifespan.shutdown()
 
-    async def _settled(self) -> None:
+    async def _settled(self, *, drain: bool = False) -> None:
         # uvicorn has no event for "the last connection closed"; it polls the same sets.
+        # While draining, a second Ctrl-C moves the deadline to now: the wait ends at once.
         while self.server_state.connections or self.server_state.tasks:  # noqa: ASYNC110
+            if drain and time.monotonic() >= self._deadline:
+                raise TimeoutError
             await asyncio.sleep(0.05)
         for server in self.servers:
             await server.wait_closed()

@@ -54,6 +54,9 @@ class Meter:
         self.limiter_wait_s: dict[str, float] = {}
         self.limiter_rejections: dict[str, int] = {}
         self.tokens: dict[tuple[str, str, str], list[int]] = {}  # -> [calls, input, output]
+        # Priced at the call, at the prices then in routes.yaml: a counter never goes back.
+        self.spent: dict[tuple[str, str], float] = {}  # (backend, model) -> USD
+        self.unpriced: dict[tuple[str, str], list[int]] = {}  # (backend, model) -> [in, out]
         self.unmetered: dict[str, int] = {}  # answered calls without a usage object
         self.rate: dict[int, dict[tuple[str, str], list[int]]] = {}  # slot -> (route, model)
         self._models: set[str] = set()
@@ -76,9 +79,26 @@ class Meter:
         key = (backend, kind)
         self.failures[key] = self.failures.get(key, 0) + 1
 
-    def usage(self, route: str, backend: str, model: str | None, tokens: tuple[int, int]) -> None:
-        """Tokens a provider reported for one call; ``model`` is the one the client asked for."""
+    def usage(
+        self,
+        route: str,
+        backend: str,
+        model: str | None,
+        tokens: tuple[int, int],
+        price: tuple[float, float] | None,
+    ) -> None:
+        """Tokens a provider reported for one call; ``model`` is the one the client asked
+        for, ``price`` its (input, output) USD per million tokens on ``backend``, if known."""
         model = self._model(model)
+        if price is None:
+            missing = self.unpriced.get((backend, model))
+            if missing is None:
+                missing = self.unpriced[(backend, model)] = [0, 0]
+            missing[0] += tokens[0]
+            missing[1] += tokens[1]
+        else:
+            usd = (tokens[0] * price[0] + tokens[1] * price[1]) / 1e6
+            self.spent[(backend, model)] = self.spent.get((backend, model), 0.0) + usd
         key = (route, backend, model)
         row = self.tokens.get(key)
         if row is None:
@@ -176,6 +196,8 @@ class Meter:
             "limiter_wait_s": self.limiter_wait_s,
             "limiter_rejections": self.limiter_rejections,
             "tokens": flat(self.tokens),
+            "spent": flat(self.spent),
+            "unpriced": flat(self.unpriced),
             "unmetered": self.unmetered,
             "rate": {str(s): flat(r) for s, r in self.rate.items()},
         }
@@ -183,7 +205,7 @@ class Meter:
     def absorb(self, data: dict[str, Any]) -> None:
         """Add another worker's ``export()`` into these counters."""
         self.started_at = min(self.started_at, float(data["started_at"]))
-        for name in ("requests", "failures", "fallbacks"):
+        for name in ("requests", "failures", "fallbacks", "spent"):
             mine = getattr(self, name)
             for k, v in data[name].items():
                 key = tuple(k.split(_SEP))
@@ -198,6 +220,11 @@ class Meter:
             own = self.latency.setdefault(backend, [0.0] * len(hist))
             for i, n in enumerate(hist):
                 own[i] += n
+        for k, (tin, tout) in data["unpriced"].items():
+            backend, model = k.split(_SEP)
+            missing = self.unpriced.setdefault((backend, model), [0, 0])
+            missing[0] += tin
+            missing[1] += tout
         for k, (calls, tin, tout) in data["tokens"].items():
             row = self.tokens.setdefault(_key3(k), [0, 0, 0])
             row[0] += calls

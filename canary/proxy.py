@@ -44,7 +44,7 @@ import orjson
 import structlog
 
 from canary.breaker import CLOSED, Breakers, Circuit
-from canary.config import Backend, Config, Retry, Route, bearer_digest
+from canary.config import Backend, Config, Price, Retry, Route, bearer_digest
 from canary.errors import RouterError
 from canary.limits import Limiter, RateLimited
 from canary.logs import redactor
@@ -53,7 +53,7 @@ from canary.reload import ConfigStore
 from canary.retry import RETRY_STATUSES, RetryBudget, backoff, delay_s, retryable_error
 from canary.router import match_route, pick
 from canary.stats import Clock, Stats, Window
-from canary.usage import UsageScanner
+from canary.usage import UsageScanner, readable_encodings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -90,6 +90,10 @@ _WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not jus
 _URL_CACHE_SIZE = 4096
 _DONE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
+_NO_PRICES: dict[str, Price] = {}
+_PARSE_FOR_MODEL = 4096  # bodies up to this size are parsed for the model (a few us)
+_MODEL_SPAN = 4096
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 
 
 class _Flags:
@@ -145,13 +149,24 @@ class _Body:
         return model if isinstance(model, str) else None
 
     def accounted_model(self) -> str | None:
-        """The client's ``model`` for token accounting; never refuses a body it cannot read."""
-        if self.raw[:64].lstrip()[:1] != b"{":
+        """The client's ``model`` for token accounting; never refuses a body it cannot read.
+
+        A body already parsed (a route needed it) or a small one is read exactly; a large
+        one is not parsed for a label: ``"model": "..."`` is looked for in its first and
+        last 4 KiB (SDKs write it first, or right after ``messages``)."""
+        raw = self.raw
+        if raw[:64].lstrip()[:1] != b"{":
             return None
-        try:
-            return self.model()
-        except RouterError:
-            return None
+        if self._parsed or len(raw) <= _PARSE_FOR_MODEL:
+            try:
+                return self.model()
+            except RouterError:
+                return None
+        for part in (raw[:_MODEL_SPAN], raw[-_MODEL_SPAN:]):
+            found = _MODEL.search(part)
+            if found is not None:
+                return found.group(1).decode("utf-8", "replace")
+        return None
 
 
 @functools.cache
@@ -318,7 +333,12 @@ class Proxy:
         for k, v in scope["headers"]:
             if k == b"connection":  # headers the client named hop-by-hop go no further
                 drop = _without(_DROP_REQUEST, v)
-        headers = [(k, v) for k, v in scope["headers"] if k not in drop]
+        # Ask for codings whose usage canary can read (gzip, deflate), never br or zstd.
+        headers = [
+            (k, readable_encodings(v) if k == b"accept-encoding" else v)
+            for k, v in scope["headers"]
+            if k not in drop
+        ]
         headers.append((b"x-request-id", request_id))
         if backend.api_key:
             headers.append((b"authorization", b"Bearer " + backend.api_key.encode()))
@@ -402,6 +422,7 @@ class Proxy:
                 )
             except _EarlyFailure as early:
                 outcome = early.outcome
+                status = 0  # the headers said 200, but no answer came: not a success
                 _log_failure(request_id, backend, early.cause)
                 if can_fall_back:
                     return True
@@ -465,7 +486,15 @@ class Proxy:
                 if call.tokens is None:
                     meter.no_usage(backend.name)
                 else:
-                    meter.usage(route.name, backend.name, body.accounted_model(), call.tokens)
+                    model = body.accounted_model()
+                    price = cfg.pricing.get(backend.name, _NO_PRICES).get(model or "")
+                    meter.usage(
+                        route.name,
+                        backend.name,
+                        model,
+                        call.tokens,
+                        None if price is None else (price.input, price.output),
+                    )
             if not status and outcome in _NO_VERDICT:
                 status = 499  # nginx's "client closed request": no answer was given
             call.status, call.outcome = status, outcome
@@ -586,12 +615,14 @@ class Proxy:
         status = response.status_code
         raw = [(k.lower(), v) for k, v in response.headers.raw]
         drop = _DROP_RESPONSE
-        content_type = b""
+        content_type = encoding = b""
         for k, v in raw:
             if k == b"connection":
                 drop = _without(_DROP_RESPONSE, v)
             elif k == b"content-type":
                 content_type = v
+            elif k == b"content-encoding":
+                encoding = v
         sse = content_type.startswith(b"text/event-stream")
         if sse or status < 200 or status in (204, 304):
             # An SSE body may get an error event appended; a bodiless status has no length.
@@ -607,9 +638,12 @@ class Proxy:
         start = {"type": "http.response.start", "status": status, "headers": out_headers}
         # Chat and legacy completions end their streams with [DONE]; other event streams
         # (the Responses API, say) end otherwise, and a compressed one cannot be read here.
-        expect_done = (
-            sse and status < 400 and path in _DONE_PATHS and b"content-encoding" not in dict(raw)
-        )
+        expect_done = sse and status < 400 and path in _DONE_PATHS and not encoding
+        if scanner is not None and encoding and not scanner.encoded(encoding):
+            scanner = None  # an encoding it cannot read: the call counts as unmetered
+        # A plain stream's usage rides in its last event: keep its last chunks (comments,
+        # such as keep-alives, aside) and read them at the end; anything else as it passes.
+        last_chunks = sse and not encoding
         loop = asyncio.get_running_loop()
         budget = backend.timeout_s + _SLOW_CLIENT_GRACE_S
         before = prev = last = b""  # an SSE stream's last chunks: [DONE] and the usage event
@@ -622,15 +656,15 @@ class Proxy:
                         await send(start)
                         started = True
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if sse:
-                        if chunk:
+                    if last_chunks:
+                        if chunk and chunk[:1] != b":":
                             before, prev, last = prev, last, chunk
                     elif scanner is not None:
                         scanner.feed(chunk)
                 if not started:
                     await send(start)
                     started = True
-                if sse and scanner is not None:  # usage rides in a stream's last event
+                if last_chunks and scanner is not None:
                     for part in (before, prev, last):
                         scanner.feed(part)
                 if expect_done and b"[DONE]" not in (prev[-16:] + last)[-32:]:
@@ -640,10 +674,11 @@ class Proxy:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return "ok"
         except httpx.TransportError as exc:
-            if not started:
-                raise _EarlyFailure(_outcome_of(exc), exc) from exc
+            if not started:  # the headers came, the body broke: a cut (or a timeout)
+                timeout = isinstance(exc, httpx.TimeoutException)
+                raise _EarlyFailure("upstream_timeout" if timeout else "stream_cut", exc) from exc
             _log_failure(request_id, backend, exc, event="proxy.stream_broken")
-            if sse and b"content-encoding" not in dict(raw):
+            if sse and not encoding:
                 await _end_with_error(
                     send, backend, f"the upstream stream broke ({type(exc).__name__})", flags
                 )
@@ -672,16 +707,17 @@ _NO_VERDICT = frozenset(
 
 
 def _failure_kind(outcome: str, status: int) -> str:
-    """The ``kind`` label of an upstream failure (``outcome`` may be a status or error name)."""
-    if status == 429 or outcome == "429":
-        return "429"
-    if status >= 500 or outcome.isdigit():
-        return "5xx"
+    """The ``kind`` label of an upstream failure, from how it ended (an outcome, or for a
+    retried try the status or error name); ``status`` may be the router's own 502/504."""
     if outcome == "stream_cut":
         return "stream_cut"
-    if outcome == "upstream_timeout" or "Timeout" in outcome:
+    if outcome == "upstream_timeout" or outcome.endswith("Timeout"):
         return "timeout"
-    return "connect"
+    if outcome == "upstream_error" or outcome.endswith("Error"):
+        return "connect"
+    if status == 429 or outcome.endswith("429"):
+        return "429"
+    return "5xx"
 
 
 def _outcome_of(exc: httpx.TransportError) -> str:

@@ -255,6 +255,26 @@ def test_report_table_shows_prices_unpriced_and_unmetered() -> None:
     assert "unmetered: 3 answered requests had no usage" in out
 
 
+def test_names_are_shown_literally_never_as_markup() -> None:
+    """A client's model name or a backend name with [brackets] is printed as written."""
+    doc = {
+        "cost": {
+            "since": "2026-11-30T03:53:59+00:00",
+            "by_model": [
+                {"backend": "relay", "model": "evil[/]", "requests": 1, "input_tokens": 2,
+                 "output_tokens": 3, "cost_usd": None, "price": None},
+                {"backend": "legacy", "model": "[link=http://x]m", "requests": 1,
+                 "input_tokens": 2, "output_tokens": 3, "cost_usd": None, "price": None},
+            ],
+            "total_usd": None,
+            "unpriced": ["relay/evil[/]"],
+        }
+    }  # fmt: skip
+    rendered = text(render_report(report_data(doc)))
+    assert "evil[/]" in rendered and "[link=http://x]m" in rendered
+    assert line_with(rendered, "total").rstrip().endswith("no price")  # unknown, never $0
+
+
 def test_report_of_a_router_without_cost_is_refused() -> None:
     with pytest.raises(NoCost, match="no cost section"):
         report_data(OLD)

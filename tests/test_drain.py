@@ -280,6 +280,30 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut_cleanly(sims: Sims, tmp_p
     assert [(e["in_flight"], e["cut"]) for e in drained] == [(3, 3)]
 
 
+@pytest.mark.e2e
+def test_a_second_ctrl_c_cuts_the_drain_short(sims: Sims, tmp_path: Path) -> None:
+    """Ctrl-C starts the 20 s drain; a second Ctrl-C ends it: the stream is cut cleanly and
+    the process exits within the cut's own bounded wait."""
+    chunk_delay(sims, 800)
+    with router(sims, tmp_path, "--drain-timeout-s", "20") as r:
+        streams = Streams(r.url, 1)
+        streams.wait_started()
+        r.process.send_signal(signal.SIGINT)
+        wait_until(lambda: r.events("server.draining") != [], 5, "the drain to begin")
+        t0 = time.monotonic()
+        r.process.send_signal(signal.SIGINT)
+        r.process.wait(timeout=10)
+        exited_at = time.monotonic() - t0
+        with pytest.raises(openai.APIError) as caught:
+            streams.futures[0].result(timeout=5)
+        streams.pool.shutdown()
+        drained = r.events("server.drained")
+    assert r.process.returncode == 0
+    assert exited_at < 5  # not the 20 s drain timeout
+    assert caught.value.code == "shutting_down"
+    assert [e["cut"] for e in drained] == [1]
+
+
 def upstream_in_flight(base: str) -> int:
     return int(httpx.get(f"{base}/_sim/stats", timeout=2).json()["in_flight"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from canary.config import parse_config
 from canary.cost import backend_costs, canary_of, cost_section
 from canary.meter import MAX_MODELS, Meter, status_class
 from canary.metrics import render
-from canary.usage import UsageScanner
+from canary.usage import UsageScanner, readable_encodings
 
 
 class FakeClock:
@@ -98,8 +99,8 @@ def test_model_labels_are_bounded() -> None:
     """A client cannot grow the label set: past MAX_MODELS names, models count as other."""
     meter = Meter(FakeClock())
     for i in range(MAX_MODELS + 20):
-        meter.usage("chat", "legacy", f"m{i}", (1, 1))
-    meter.usage("chat", "legacy", None, (1, 1))
+        meter.usage("chat", "legacy", f"m{i}", (1, 1), None)
+    meter.usage("chat", "legacy", None, (1, 1), None)
     models = {m for (_, _, m) in meter.tokens}
     assert len(models) == MAX_MODELS + 2
     assert {"other", "unknown"} <= models
@@ -126,13 +127,21 @@ def config(text: str = ROUTES) -> Any:
     return parse_config(text.encode(), "routes.yaml", environ={})
 
 
+def use(
+    meter: Meter, cfg: Any, route: str, backend: str, model: str, tokens: tuple[int, int]
+) -> None:
+    """Meter a call as the proxy does: priced from routes.yaml's pricing, when it has one."""
+    price = cfg.pricing.get(backend, {}).get(model)
+    meter.usage(route, backend, model, tokens, (price.input, price.output) if price else None)
+
+
 def test_cost_per_backend_and_what_if() -> None:
     """Spent, all-baseline and all-canary costs are tokens x prices, per route."""
     cfg = config()
     meter = Meter(FakeClock())
-    meter.usage("chat", "legacy", "gpt-4.1", (1_000_000, 500_000))  # 8 + 8 = $16
-    meter.usage("chat", "relay", "gpt-4.1", (1_000_000, 1_000_000))  # 1 + 2 = $3
-    meter.usage("default", "legacy", "text-embedding-3-small", (1_000_000, 0))  # $0.02
+    use(meter, cfg, "chat", "legacy", "gpt-4.1", (1_000_000, 500_000))  # 8 + 8 = $16
+    use(meter, cfg, "chat", "relay", "gpt-4.1", (1_000_000, 1_000_000))  # 1 + 2 = $3
+    use(meter, cfg, "default", "legacy", "text-embedding-3-small", (1_000_000, 0))  # $0.02
     costs = backend_costs(meter, cfg)
     assert costs["legacy"]["cost_usd"] == pytest.approx(16.02)
     assert costs["legacy"]["tokens"] == {"input": 2_000_000, "output": 500_000}
@@ -153,13 +162,15 @@ def test_unknown_prices_are_reported_not_zero() -> None:
     """Tokens of a model without a price are listed as such; nothing priced gives None."""
     cfg = config()
     meter = Meter(FakeClock())
-    meter.usage("chat", "relay", "gpt-4o", (1000, 1000))
+    use(meter, cfg, "chat", "relay", "gpt-4o", (1000, 1000))
     costs = backend_costs(meter, cfg)
     assert costs["relay"]["cost_usd"] is None
     assert costs["relay"]["unpriced_tokens"] == {"input": 1000, "output": 1000}
     section = cost_section(meter, cfg)
     assert section["by_model"][0]["cost_usd"] is None
     assert section["by_model"][0]["price"] is None
+    assert section["by_model"][0]["unpriced_tokens"] == {"input": 1000, "output": 1000}
+    assert section["total_usd"] is None  # nothing priced: unknown, not $0
     assert section["complete"] is False
     assert section["at_100_baseline_usd"] is None
     assert section["savings_so_far_usd"] is None
@@ -174,7 +185,7 @@ def test_projected_monthly_savings_from_the_live_rate() -> None:
     cfg = config()
     meter = Meter(clock)
     for _ in range(12):  # 12 slots of 10 s: 2 minutes at 100 input + 50 output tokens/s
-        meter.usage("chat", "legacy", "gpt-4.1", (1000, 500))
+        use(meter, cfg, "chat", "legacy", "gpt-4.1", (1000, 500))
         clock.now += 10
     section = cost_section(meter, cfg)
     assert section["token_rate_per_s"] == {"input": pytest.approx(100), "output": pytest.approx(50)}
@@ -182,7 +193,33 @@ def test_projected_monthly_savings_from_the_live_rate() -> None:
     expected = per_s * 30 * 24 * 3600
     assert section["projected_monthly_savings_usd"] == pytest.approx(expected, rel=1e-6)
     clock.now += 3600  # an hour of silence: the live rate, and the projection, fall to 0
-    assert cost_section(meter, cfg)["projected_monthly_savings_usd"] is None
+    assert cost_section(meter, cfg)["projected_monthly_savings_usd"] == 0.0
+
+
+def test_spent_is_priced_when_the_call_ends() -> None:
+    """A price edit changes what-ifs, not what was spent: the cost counter never goes back."""
+    cfg = config()
+    meter = Meter(FakeClock())
+    use(meter, cfg, "chat", "relay", "gpt-4.1", (1_000_000, 0))  # $1 at 1.0/M
+    cheaper = config(
+        ROUTES.replace("relay: {gpt-4.1: {input: 1.0,", "relay: {gpt-4.1: {input: 0.5,")
+    )
+    assert backend_costs(meter, cheaper)["relay"]["cost_usd"] == pytest.approx(1.0)
+    assert cost_section(meter, cheaper)["at_100_canary_usd"] == pytest.approx(0.5)
+
+
+def test_partly_priced_what_ifs_are_unknown() -> None:
+    """A what-if that needs a missing price is None, whatever else was priced."""
+    cfg = config()
+    meter = Meter(FakeClock())
+    use(meter, cfg, "chat", "legacy", "gpt-4.1", (1000, 1000))
+    use(meter, cfg, "default", "legacy", "mystery", (1000, 1000))
+    section = cost_section(meter, cfg)
+    assert section["total_usd"] == pytest.approx((1000 * 8 + 1000 * 16) / 1e6)
+    assert section["complete"] is False
+    assert section["at_100_baseline_usd"] is None and section["at_100_canary_usd"] is None
+    assert section["savings_so_far_usd"] is None
+    assert section["unpriced"] == ["legacy/mystery"]
 
 
 def test_workers_export_and_absorb() -> None:
@@ -193,7 +230,8 @@ def test_workers_export_and_absorb() -> None:
         m.call("chat", "relay", 200, 0.02)
         m.call("chat", "relay", 503, 7.0)
         m.failure("relay", "5xx")
-        m.usage("chat", "relay", "gpt-4.1", (10, 5))
+        m.usage("chat", "relay", "gpt-4.1", (10, 5), (1.0, 2.0))
+        m.usage("chat", "relay", "gpt-9", (1, 1), None)
         m.retry("relay")
         m.fallback("chat", "relay")
         m.waited("relay", 0.5)
@@ -203,7 +241,9 @@ def test_workers_export_and_absorb() -> None:
     for m in (a, b):
         merged.absorb(orjson.loads(orjson.dumps(m.export())))
     assert merged.requests == {("chat", "relay", "2xx"): 2, ("chat", "relay", "5xx"): 2}
-    assert merged.tokens == {("chat", "relay", "gpt-4.1"): [2, 20, 10]}
+    assert merged.tokens[("chat", "relay", "gpt-4.1")] == [2, 20, 10]
+    assert merged.spent == {("relay", "gpt-4.1"): pytest.approx(2 * 20 / 1e6)}
+    assert merged.unpriced == {("relay", "gpt-9"): [2, 2]}
     assert merged.latency["relay"][-1] == pytest.approx(14.04)
     assert merged.failures == {("relay", "5xx"): 2}
     assert (merged.retries, merged.limiter_rejections) == ({"relay": 2}, {"relay": 2})
@@ -252,7 +292,7 @@ def test_metrics_parse_with_prometheus_parser() -> None:
     METER.call("chat", "relay", 200, 0.02)
     METER.call("chat", "relay", 200, 99.0)
     METER.call("", "", 401, 0.0)
-    METER.usage("chat", "relay", "gpt-4.1", (1_000_000, 0))
+    METER.usage("chat", "relay", "gpt-4.1", (1_000_000, 0), (1.0, 2.0))
     METER.failure("relay", "timeout")
     samples = prometheus_samples(render(_doc(cfg), METER).decode())
 
@@ -275,3 +315,36 @@ def test_metrics_parse_with_prometheus_parser() -> None:
     assert value("canary_projected_monthly_savings_usd") == 12.5
     assert value("canary_ready_for_full_migration") == 0
     assert value("canary_state", state="memory") == 1
+
+
+def test_usage_of_gzip_and_deflate_answers() -> None:
+    """A compressed answer is inflated for the scanner only, however it is chunked."""
+    for wbits, name in ((16 + zlib.MAX_WBITS, b"gzip"), (zlib.MAX_WBITS, b"deflate")):
+        packer = zlib.compressobj(wbits=wbits)
+        packed = packer.compress(CHAT) + packer.flush()
+        for cut in (1, 7, len(packed) // 2, len(packed) - 1):
+            scanner = UsageScanner()
+            assert scanner.encoded(name)
+            scanner.feed(packed[:cut])
+            scanner.feed(packed[cut:])
+            assert scanner.result() == (12, 7), (name, cut)
+    assert not UsageScanner().encoded(b"br")  # unreadable: the call counts as unmetered
+    garbage = UsageScanner()
+    garbage.encoded(b"gzip")
+    garbage.feed(b"not gzip at all")
+    assert garbage.result() is None
+
+
+def test_usage_is_read_within_its_own_object() -> None:
+    """Counters after the usage object's closing brace are not its own; a later bare
+    "usage" string does not throw away an object already read."""
+    assert scan(b'{"usage": {"completion_tokens": 2}, "x": {"prompt_tokens": 777}}') == (0, 2)
+    assert scan(CHAT, b', "role": "usage"') == (12, 7)
+    assert scan(b'{"a": 1, "usage"', b': {"prompt_tokens": 3, "completion_tokens": 4}}') == (3, 4)
+
+
+def test_readable_encodings_drop_only_what_canary_cannot_read() -> None:
+    """br and zstd are not asked of providers; gzip and deflate stay, with their weights."""
+    assert readable_encodings(b"gzip, deflate, br, zstd") == b"gzip, deflate"
+    assert readable_encodings(b"br;q=1.0, gzip;q=0.8") == b"gzip;q=0.8"
+    assert readable_encodings(b"br") == b"identity"

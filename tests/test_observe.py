@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from conftest import prometheus_samples, sample
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
@@ -185,3 +187,111 @@ async def test_grafana_dashboard_queries_name_exported_metrics(tmp_path: Path) -
     assert used - exported == set()
     assert {w for e in exprs for w in re.findall(r"\b([a-z_]+)\s*\(", e)} <= _PROMQL_WORDS
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"])
+
+
+async def test_gzip_answers_are_metered_and_reach_the_client_as_sent(tmp_path: Path) -> None:
+    """The openai SDKs ask for gzip: such an answer passes untouched and is still metered;
+    br and zstd are not asked of the provider."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("legacy: 50, relay: 50", "legacy: 100"))
+    body = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 9}})
+    packed = gzip.compress(body)
+    upstream = Upstream()
+    upstream.handler = lambda r: httpx.Response(
+        200,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+        stream=Chunks([packed[:10], packed[10:]]),
+    )
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        r = await c.post(
+            "/v1/chat/completions", json=chat(), headers={"accept-encoding": "gzip, br, zstd"}
+        )
+        assert r.json()["usage"]["prompt_tokens"] == 30  # httpx inflated the bytes we passed
+        doc = (await c.get("/status")).json()
+    assert upstream.requests[0].headers["accept-encoding"] == "gzip"
+    assert doc["backends"]["legacy"]["tokens"] == {"input": 30, "output": 9}
+    assert doc["backends"]["legacy"]["unmetered_requests"] == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.ConnectError("refused"), "connect"),
+    ],
+)
+async def test_failure_kinds_name_the_upstream_failure_not_our_answer(
+    tmp_path: Path, failure: Exception, kind: str
+) -> None:
+    """A timeout is a timeout and a refused connection a connect failure (not the 504 or
+    502 the router answered with)."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("legacy: 50, relay: 50", "legacy: 100"))
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    upstream = Upstream()
+    upstream.handler = fail
+    async with serving(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    ) as c:
+        r = await c.post("/v1/chat/completions", json=chat())
+        assert r.status_code in (502, 504)
+        m = prometheus_samples((await c.get("/metrics")).text)
+    assert sample(m, "canary_upstream_failures_total", backend="legacy", kind=kind) == 1
+
+
+async def test_a_stream_broken_before_its_first_chunk_is_a_cut_and_not_a_success(
+    tmp_path: Path,
+) -> None:
+    """Headers said 200, then the body broke: the canary call counts as a 5xx stream_cut,
+    and the baseline answers (fallback)."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("legacy: 50, relay: 50", "legacy: 0, relay: 100"))
+    upstream = Upstream()
+    upstream.handler = lambda r: (
+        httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            stream=Chunks([], fail=httpx.ReadError("reset")),
+        )
+        if r.url.host == "relay.test"
+        else answer(1, 1)
+    )
+    async with serving(
+        str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False
+    ) as c:
+        r = await c.post("/v1/chat/completions", json=chat())
+        assert (r.status_code, r.headers["x-canary-fallback"]) == (200, "relay")
+        m = prometheus_samples((await c.get("/metrics")).text)
+    assert sample(m, "canary_upstream_failures_total", backend="relay", kind="stream_cut") == 1
+    assert (
+        sample(m, "canary_requests_total", route="chat", backend="relay", status_class="5xx") == 1
+    )
+    assert (
+        "canary_requests_total",
+        (("backend", "relay"), ("route", "chat"), ("status_class", "2xx")),
+    ) not in m
+
+
+async def test_a_large_body_is_not_parsed_for_the_model_label(tmp_path: Path) -> None:
+    """Past a few KiB the model is found by a bounded search, at the end where the openai
+    SDK writes it (after messages), and the tokens are priced for it."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("legacy: 50, relay: 50", "legacy: 100"))
+    upstream = Upstream()
+    upstream.handler = lambda r: answer(100, 10)
+    big = (
+        b'{"messages": [{"role": "user", "content": "'
+        + b"x" * 300_000
+        + b'"}], "model": "gpt-4.1"}'
+    )
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        r = await c.post(
+            "/v1/chat/completions", content=big, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 200
+        doc = (await c.get("/status")).json()
+    assert doc["cost"]["by_model"][0]["model"] == "gpt-4.1"
+    assert doc["backends"]["legacy"]["cost_usd"] == round(110 * 8 / 1e6, 6)

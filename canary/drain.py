@@ -228,7 +228,7 @@ class DrainingServer(uvicorn.Server):
     async def _settled(self, *, drain: bool = False) -> None:
         # uvicorn has no event for "the last connection closed"; it polls the same sets.
         # While draining, a second Ctrl-C moves the deadline to now: the wait ends at once.
-        while self.server_state.connections or self.server_state.tasks:  # noqa: ASYNC110
+        while self.server_state.connections or self.server_state.tasks:
             if drain and time.monotonic() >= self._deadline:
                 raise TimeoutError
             await asyncio.sleep(0.05)

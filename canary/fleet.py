@@ -69,16 +69,19 @@ class Fleet:
         self._peers: list[dict[str, Any]] = []
 
     async def start(self) -> None:
-        self.sync()
+        self._sync_quietly()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            try:
-                self.sync()
-            except Exception as exc:  # a full disk must not stop the worker
-                log.warning("fleet.sync_failed", error=type(exc).__name__)
+            self._sync_quietly()
+
+    def _sync_quietly(self) -> None:
+        try:
+            self.sync()
+        except Exception as exc:  # a full or read-only disk must not stop the worker
+            log.warning("fleet.sync_failed", error=type(exc).__name__)
 
     def _since(self, backend: str) -> float:
         circuit = self.breakers.get(backend)
@@ -140,6 +143,13 @@ class Fleet:
             merged.absorb(peer["meter"])
         return merged
 
+    def calls_by_worker(self) -> dict[str, int]:
+        """Lifetime calls (refusals included) of every worker that wrote a file, and ours."""
+        calls = {self.worker_id: sum(self.meter.requests.values())}
+        for peer in self._peers:
+            calls[peer["worker"]] = sum(peer["meter"]["requests"].values())
+        return calls
+
     def since_counts(self, backend: str) -> tuple[int, int]:
         """Other live workers' readiness counts for ``backend`` since the same change."""
         since = self._since(backend)
@@ -155,5 +165,4 @@ class Fleet:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            self.sync()  # the last figures stay for the others (counters never go back)
+        self._sync_quietly()  # the last figures stay for the others (counters never go back)

@@ -186,28 +186,30 @@ class Window:
         requests = errors = starts = 0
         hist = [0] * _BINS
         per_second: dict[int, list[int]] = {}  # second -> [starts, peak in flight]
-        rows: list[list[Any]] = [
-            [b.second, b.starts, b.requests, b.errors, b.peak_in_flight, b.hist] for b in self._ring
-        ]
-        for peer in peers:
-            for row in peer["buckets"]:
-                sparse = [0] * _BINS
-                for i, n in row[5:]:
-                    sparse[i] = n
-                rows.append([*row[:5], sparse])
         in_flight = self.in_flight + sum(p["in_flight"] for p in peers)
-        for sec, b_starts, b_requests, b_errors, b_peak, b_hist in rows:
+
+        def count(sec: int, b_starts: int, b_requests: int, b_errors: int, b_peak: int) -> bool:
+            nonlocal requests, errors, starts
             if sec < oldest:
-                continue
+                return False
             requests += b_requests
             errors += b_errors
             starts += b_starts
             cell = per_second.setdefault(sec, [0, 0])
             cell[0] += b_starts
             cell[1] += b_peak
-            for i, n in enumerate(b_hist):
-                if n:
-                    hist[i] += n
+            return True
+
+        for b in self._ring:
+            if count(b.second, b.starts, b.requests, b.errors, b.peak_in_flight):
+                for i, n in enumerate(b.hist):
+                    if n:
+                        hist[i] += n
+        for peer in peers:  # their latency bins come sparse: [bin, count] pairs
+            for row in peer["buckets"]:
+                if count(*row[:5]):
+                    for i, n in row[5:]:
+                        hist[i] += n
         # the current second is still filling up: it does not count for the peak rate
         peak_qps = max((c[0] for s, c in per_second.items() if s != second), default=0)
         peak_conc = max((c[1] for c in per_second.values()), default=0)

@@ -100,7 +100,11 @@ def status_document(
     if cfg is None:
         return doc
     if fleet is not None:
-        doc["workers"] = {"this": fleet.worker_id, "alive": 1 + len(fleet.fresh())}
+        doc["workers"] = {
+            "this": fleet.worker_id,
+            "alive": 1 + len(fleet.fresh()),
+            "calls": fleet.calls_by_worker(),  # lifetime, per worker: is the load spread?
+        }
     ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None)
     cost = cost_section(meter, cfg)
     doc["migration"] = {

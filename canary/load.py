@@ -43,6 +43,9 @@ class LoadOptions:
     path: str = "/v1/chat/completions"
     timeout_s: float = 30.0
     drain_s: float = 30.0
+    # Requests waiting for a slot, at most, so memory stays bounded when the server
+    # stalls; past that a request due is not sent and counts as the error "backlog".
+    max_backlog: int = 20_000
     prompt: str = "hello canary"
 
     def problem(self) -> str | None:
@@ -91,7 +94,7 @@ class Outcome:
     started: float
     finished: float
     status: int = 0
-    error: str | None = None  # timeout | connect | cut | transport | cancelled
+    error: str | None = None  # timeout | connect | cut | transport | cancelled | backlog
     first_byte: float | None = None
     backend: str | None = None
     fallback: str | None = None
@@ -170,10 +173,17 @@ async def run_load(
             if stop is not None and stop.is_set():
                 span = clock() - t0
                 break
+            tally.sent += 1
+            if len(pending) >= opts.max_backlog + opts.concurrency:
+                now = clock()
+                o = Outcome(due, now, now, error="backlog")  # the server stalled: not sent
+                tally.add(o)
+                if on_result is not None:
+                    on_result(o)
+                continue
             task = asyncio.create_task(send(due))
             pending[task] = due
             task.add_done_callback(finished)
-            tally.sent += 1
             report()
         if pending:
             await asyncio.wait(set(pending), timeout=opts.drain_s)

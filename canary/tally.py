@@ -63,7 +63,7 @@ class Tally:
         self.last = 0.0
 
     def add(self, o: Outcome) -> None:
-        if o.error != "cancelled":  # it may never have left: no send time to speak of
+        if o.error not in ("cancelled", "backlog"):  # maybe never sent: no send time
             self.lag.append(max(0.0, o.started - o.scheduled))
             self.starts.append(o.started - self.t0)
         self.last = max(self.last, o.finished - self.t0)

@@ -134,6 +134,19 @@ async def test_concurrency_caps_requests_in_flight() -> None:
     assert result["sent"] == 20 and result["errors"] == {"cancelled": 20}
 
 
+async def test_a_stalled_server_cannot_grow_the_backlog_without_bound() -> None:
+    """Past max_backlog requests waiting for a slot, a request due is not sent: "backlog"."""
+    never = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    result = await load(handler, qps=50, duration=1, concurrency=2, max_backlog=10, drain_s=0)
+    assert result["sent"] == 50
+    assert result["errors"] == {"cancelled": 12, "backlog": 38}
+
+
 async def test_stop_ends_the_schedule_early() -> None:
     """Setting ``stop`` sends nothing more; what was sent still answers; rates use the time run."""
     stop, fake, answers = asyncio.Event(), FakeTime(), []

@@ -174,7 +174,9 @@ def create_app(
             )
             sharing = SharedBreakers(listen_client, breakers, replica_id)
             await sharing.start()
-            windows = SharedWindows(client, stats, breakers, replica_id)
+            windows = SharedWindows(
+                client, stats, breakers, replica_id, forget_on_failure=fleet_dir is None
+            )
             await windows.start()
         if fleet_dir is not None:
             fleet = Fleet(
@@ -183,7 +185,8 @@ def create_app(
                 stats,
                 breakers,
                 meter,
-                share_windows=windows is None,  # with Redis, SharedWindows covers the workers
+                # while Redis answers, SharedWindows covers the workers too
+                share_windows=lambda: windows is None or not windows.healthy,
             )
             await fleet.start()
             fleets.append(fleet)

@@ -5,10 +5,11 @@ The parent makes a private directory and hands it to every worker. Every
 meter counters, its windows' buckets, and per backend its (requests, errors, since
 the circuit's last change) and its readiness counts. Reading the others' files:
 
-- without Redis, their window counts become this worker's ``remote_*`` and the trip
-  rule runs on them (``canary.shared.apply_remote``, the same rule replicas use through
-  Redis), so the workers trip within one interval of each other on the host's figures;
-  with Redis that exchange already covers every worker, and files only feed the view;
+- without Redis (or while it is unreachable), their window counts become this worker's
+  ``remote_*`` and the trip rule runs on them (``canary.shared.apply_remote``, the same
+  rule replicas use through Redis), so the workers trip within one interval of each
+  other on the host's figures; while Redis answers, that exchange already covers every
+  worker, and files only feed the view;
 - ``/status`` and ``/metrics`` on any worker merge everyone: meter counters summed (a
   worker that died keeps its last file, so counters never go back), latency, qps and
   concurrency from the buckets of the workers that are alive (fresh files), readiness
@@ -53,7 +54,7 @@ class Fleet:
         breakers: Breakers,
         meter: Meter,
         *,
-        share_windows: bool,
+        share_windows: Callable[[], bool],
         interval_s: float = SYNC_S,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -108,7 +109,7 @@ class Fleet:
         tmp.write_bytes(orjson.dumps(mine))
         os.replace(tmp, path)
         self._peers = self._read_peers()
-        if self.share_windows:
+        if self.share_windows():
             for name in self.stats.windows:
                 entries = (
                     (*p["windows"][name]["counts"], p["sent_at"])

@@ -162,8 +162,12 @@ class SharedWindows:
         *,
         interval_s: float = WINDOWS_SYNC_S,
         wall: Callable[[], float] = time.time,
+        forget_on_failure: bool = True,
     ) -> None:
         self.client = client
+        self.healthy = False  # the last exchange succeeded
+        # False when sibling workers take over the exchange while Redis is down (fleet)
+        self.forget_on_failure = forget_on_failure
         self.stats = stats
         self.breakers = breakers
         self.replica_id = replica_id
@@ -179,8 +183,11 @@ class SharedWindows:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.sync()
-            except Exception as exc:  # Redis down: decide on local counts only
-                self._forget()
+                self.healthy = True
+            except Exception as exc:  # Redis down: decide on local counts (and siblings')
+                self.healthy = False
+                if self.forget_on_failure:
+                    self._forget()
                 log.debug("shared.windows_failed", error=type(exc).__name__)
 
     def _since(self, backend: str) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import wait_until
+from conftest import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_e2e import SECRETS, Stack, routes, stack_factory  # noqa: F401  (a fixture)
 
@@ -45,6 +45,12 @@ def router_tokens(doc: Any) -> tuple[int, int]:
     return sum(b["tokens"]["input"] for b in backends), sum(b["tokens"]["output"] for b in backends)
 
 
+def spread(stack: Stack) -> bool:
+    """Both workers have served calls (their figures arrive within 0.5 s)."""
+    calls = fresh_status(stack)["workers"]["calls"]
+    return len(calls) == 2 and min(calls.values()) > 0
+
+
 def talk(client: openai.OpenAI, n: int, user: str) -> None:
     """n plain calls and n streams that ask for their usage."""
     for i in range(n):
@@ -69,12 +75,8 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) 
     costs follow pricing, and /metrics (parsed by prometheus-client) agrees."""
     stack: Stack = stack_factory(routes(50, 50) + PRICING, args=["--workers", "2"])
 
-    def spread() -> bool:  # both workers have served (their figures arrive within 0.5 s)
-        calls = fresh_status(stack)["workers"]["calls"]
-        return len(calls) == 2 and min(calls.values()) > 0
-
     n = 0  # each new connection goes to whichever worker accepts it first
-    while n < 20 or (not spread() and n < 200):
+    while n < 20 or (not spread(stack) and n < 200):
         with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0) as c:
             talk(c, 5, f"u{n}")
         n += 10
@@ -136,3 +138,22 @@ def test_streams_without_usage_are_counted_as_unmetered(stack_factory: Any) -> N
     assert doc["backends"]["legacy"]["unmetered_requests"] == 3
     assert doc["cost"]["unmetered_requests"] == 3
     assert doc["backends"]["legacy"]["tokens"] == {"input": 0, "output": 0}
+
+
+def test_workers_share_windows_while_redis_is_unreachable(stack_factory: Any) -> None:
+    """Two workers, Redis configured but down: state is degraded, and each worker's window
+    still holds the host's calls (the workers' own exchange takes over)."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    text = routes(0, 100) + f"state: {{redis_url: '{dead}'}}\n"
+    stack: Stack = stack_factory(text, args=["--workers", "2"])
+    n = 0
+    while n < 20 or (not spread(stack) and n < 200):
+        with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0) as c:
+            talk(c, 5, f"d{n}")
+        n += 10
+
+    def window_is_the_hosts() -> bool:
+        return all(fresh_status(stack)["backends"]["relay"]["requests"] == n for _ in range(4))
+
+    wait_until(window_is_the_hosts, 10, f"relay's window on every worker == {n} calls")
+    assert fresh_status(stack)["state"] == "degraded"

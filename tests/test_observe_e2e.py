@@ -103,7 +103,10 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) 
     total = sum(sent)
     assert cost["at_100_baseline_usd"] == pytest.approx(total * 8.0 / 1e6, abs=1e-6)
     assert cost["at_100_canary_usd"] == pytest.approx(total * 1.1 / 1e6, abs=1e-6)
-    assert doc["migration"]["projected_monthly_savings_usd"] > 0
+    rate = cost["token_rate_per_s"]  # all of it on the chat route: legacy 8.0 -> relay 1.1
+    expected = (rate["input"] + rate["output"]) * (8.0 - 1.1) * 30 * 24 * 3600 / 1e6
+    assert expected > 0
+    assert doc["migration"]["projected_monthly_savings_usd"] == pytest.approx(expected, rel=0.01)
 
     text = httpx.get(f"{stack.url}/metrics").text
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]

@@ -91,7 +91,6 @@ _URL_CACHE_SIZE = 4096
 _DONE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 _NO_PRICES: dict[str, Price] = {}
-_PARSE_FOR_MODEL = 4096  # bodies up to this size are parsed for the model (a few us)
 _MODEL_SPAN = 4096
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 
@@ -151,18 +150,16 @@ class _Body:
     def accounted_model(self) -> str | None:
         """The client's ``model`` for token accounting; never refuses a body it cannot read.
 
-        A body already parsed (a route needed it) or a small one is read exactly; a large
-        one is not parsed for a label: ``"model": "..."`` is looked for in its first and
-        last 4 KiB (SDKs write it first, or right after ``messages``)."""
+        A body already parsed (a route needed it) is read exactly; otherwise it is not
+        parsed for a label: ``"model": "..."`` is looked for in its first and last 4 KiB
+        (SDKs write it first, or right after ``messages``)."""
         raw = self.raw
+        if self._parsed:
+            return self.model() if self._json is not None else None
         if raw[:64].lstrip()[:1] != b"{":
             return None
-        if self._parsed or len(raw) <= _PARSE_FOR_MODEL:
-            try:
-                return self.model()
-            except RouterError:
-                return None
-        for part in (raw[:_MODEL_SPAN], raw[-_MODEL_SPAN:]):
+        small = len(raw) <= 2 * _MODEL_SPAN
+        for part in (raw,) if small else (raw[:_MODEL_SPAN], raw[-_MODEL_SPAN:]):
             found = _MODEL.search(part)
             if found is not None:
                 return found.group(1).decode("utf-8", "replace")

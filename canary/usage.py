@@ -22,6 +22,7 @@ deflate at most (``readable_encodings``).
 from __future__ import annotations
 
 import functools
+import re
 import zlib
 
 _MARK = b'"usage"'
@@ -29,6 +30,8 @@ KEEP = 1024  # bytes kept from a usage object's start: it holds a handful of cou
 MAX_INFLATED = 8 << 20  # a compressed answer is inflated this far for the scanner, no further
 _SPACE = b" \t\r\n:"
 _PREFIXES = tuple(_MARK[:n] for n in range(1, len(_MARK)))  # a mark cut by a chunk end
+_INPUT = re.compile(rb'"(?:prompt|input)_tokens"\s*:\s*(\d+)')
+_OUTPUT = re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)')
 _WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 
 
@@ -98,16 +101,13 @@ class UsageScanner:
         start = tail.find(b"{")
         if start < 0 or tail[len(_MARK) : start].strip(_SPACE):
             return None
-        obj = tail[start : _closing(tail, start) + 1]
-        tokens_in = _field(obj, b'"prompt_tokens"')
-        if tokens_in is None:
-            tokens_in = _field(obj, b'"input_tokens"')
-        tokens_out = _field(obj, b'"completion_tokens"')
-        if tokens_out is None:
-            tokens_out = _field(obj, b'"output_tokens"')
-        if tokens_in is None and tokens_out is None:
-            return None
-        return tokens_in or 0, tokens_out or 0
+        # Counters come before any nested details: try up to the first closing brace, then
+        # the whole object (cut at its own closing brace, never past it).
+        first = tail.find(b"}", start)
+        found = _counters(tail[start : first + 1] if first >= 0 else tail)
+        if found is None and first >= 0:
+            found = _counters(tail[start : _closing(tail, start) + 1])
+        return found
 
 
 def _closing(text: bytes, start: int) -> int:
@@ -128,14 +128,16 @@ def _closing(text: bytes, start: int) -> int:
         i = close + 1
 
 
-def _field(obj: bytes, name: bytes) -> int | None:
-    """The integer after ``name`` (a quoted key) in ``obj``: a few C-level bytes calls."""
-    i = obj.find(name)
-    if i < 0:
+def _counters(obj: bytes) -> tuple[int, int] | None:
+    """(input, output) from the counters in ``obj``, or None when it holds neither."""
+    tokens_in = _INPUT.search(obj)
+    tokens_out = _OUTPUT.search(obj)
+    if tokens_in is None and tokens_out is None:
         return None
-    i += len(name)
-    value = obj[i : i + 32].lstrip(_SPACE).partition(b",")[0].partition(b"}")[0].strip()
-    return int(value) if value.isdigit() else None
+    return (
+        int(tokens_in.group(1)) if tokens_in else 0,
+        int(tokens_out.group(1)) if tokens_out else 0,
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -148,7 +148,8 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
         "currency": "USD",
         "since": datetime.fromtimestamp(meter.started_at, UTC).isoformat(),
         "by_model": by_model,
-        "total_usd": spent_usd if spent_usd is not None or not meter.tokens else None,
+        # nothing yet costs $0; tokens with no price at all cost an unknown amount
+        "total_usd": spent_usd if spent_usd is not None else (None if meter.tokens else 0.0),
         "complete": complete,
         "at_100_baseline_usd": base_usd,
         "at_100_canary_usd": target.value(),

@@ -158,6 +158,14 @@ def test_cost_per_backend_and_what_if() -> None:
     assert canary_of(cfg.routes[1]) == "legacy"
 
 
+def test_no_traffic_costs_nothing() -> None:
+    """Before any call, what was spent is $0 (known), and so are the what-ifs."""
+    section = cost_section(Meter(FakeClock()), config())
+    assert section["total_usd"] == 0.0 and section["complete"] is True
+    assert section["at_100_baseline_usd"] == section["at_100_canary_usd"] == 0.0
+    assert section["projected_monthly_savings_usd"] == 0.0
+
+
 def test_unknown_prices_are_reported_not_zero() -> None:
     """Tokens of a model without a price are listed as such; nothing priced gives None."""
     cfg = config()

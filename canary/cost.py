@@ -99,7 +99,8 @@ def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
 
 def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
     """The ``cost`` section of /status: what ``canary report`` renders."""
-    routes: Mapping[str, Route] = {r.name: r for r in cfg.routes}
+    # route -> (where its traffic goes at 100% baseline, at 100% canary)
+    moves: Mapping[str, tuple[str, str]] = {r.name: (r.baseline, canary_of(r)) for r in cfg.routes}
     missing = {f"{b}/{m}" for (b, m), (tin, tout) in meter.unpriced.items() if tin or tout}
     by_model = []
     for backend, model, calls, tin, tout in meter.tokens_by_backend():
@@ -120,25 +121,21 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
         )
     baseline, target = _Sum(missing), _Sum(missing)
     for (route_name, backend, model), (_, tin, tout) in meter.tokens.items():
-        route = routes.get(route_name)
-        base = route.baseline if route else backend  # a route renamed since: it stays put
+        base, to = moves.get(route_name, (backend, backend))  # a route renamed: it stays put
         baseline.add(cfg, base, model, tin, tout)
-        target.add(cfg, canary_of(route) if route else backend, model, tin, tout)
+        target.add(cfg, to, model, tin, tout)
     savings = _Sum(missing)
     rate_in = rate_out = 0.0
     for (route_name, model), (rin, rout) in meter.token_rate().items():
         rate_in += rin
         rate_out += rout
-        route = routes.get(route_name)
-        if route is None or canary_of(route) == route.baseline:
+        base, to = moves.get(route_name, ("", ""))
+        if base == to:  # no canary on this route (or the route is gone): nothing moves
             continue
-        was = _price(cfg, route.baseline, model)
-        now = _price(cfg, canary_of(route), model)
+        was, now = _price(cfg, base, model), _price(cfg, to, model)
         if was is None or now is None:
             savings.complete = False
-            missing.update(
-                f"{b}/{model}" for b, p in ((route.baseline, was), (canary_of(route), now)) if not p
-            )
+            missing.update(f"{b}/{model}" for b, p in ((base, was), (to, now)) if p is None)
             continue
         savings.usd += (_usd(rin, rout, was) - _usd(rin, rout, now)) * SECONDS_PER_MONTH
     spent_usd = _round(sum(meter.spent.values())) if meter.spent else None

@@ -76,31 +76,34 @@ def run_status(
     args: argparse.Namespace, console: Console | None = None, *, fetch: Fetch = fetch_status
 ) -> int:
     """``canary status``: 0 when the document was read, 1 when the router cannot be reached."""
-    try:
-        doc = fetch(args.url)
-    except Unavailable as exc:
-        print(f"canary status: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        (console or Console()).print(render_status(doc))
-    return 0
+    return _show("status", args, console, fetch, lambda doc: doc, render_status)
 
 
 def run_report(
     args: argparse.Namespace, console: Console | None = None, *, fetch: Fetch = fetch_status
 ) -> int:
     """``canary report``: 1 when the router cannot be reached or reports no cost."""
+    return _show("report", args, console, fetch, report_data, render_report)
+
+
+def _show(
+    verb: str,
+    args: argparse.Namespace,
+    console: Console | None,
+    fetch: Fetch,
+    prepare: Callable[[dict[str, Any]], Any],
+    render: Callable[[Any], Any],
+) -> int:
+    """Read /status, shape it, then print it as JSON (``--json``) or for a person."""
     try:
-        data = report_data(fetch(args.url))
+        data = prepare(fetch(args.url))
     except (Unavailable, NoCost) as exc:
-        print(f"canary report: {exc}", file=sys.stderr)
+        print(f"canary {verb}: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        (console or Console()).print(render_report(data))
+        (console or Console()).print(render(data))
     return 0
 
 

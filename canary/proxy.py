@@ -533,6 +533,7 @@ class Proxy:
                     type(exc).__name__,
                     exc,
                 )
+                kind = _failure_kind(_outcome_of(exc), 0)
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
@@ -540,9 +541,10 @@ class Proxy:
                 if asked is None:
                     return response
                 wait, after = asked, str(response.status_code)
+                kind = _failure_kind("", response.status_code)
             # A retryable failure: count it now, so a circuit it trips stops the retries.
             window.finish(self.clock() - call.started, error=True)
-            self.meter.failure(backend.name, _failure_kind(after, 0))
+            self.meter.failure(backend.name, kind)
             call.started = None
             if circuit is not None:
                 circuit.record(error=True)
@@ -704,17 +706,15 @@ _NO_VERDICT = frozenset(
 
 
 def _failure_kind(outcome: str, status: int) -> str:
-    """The ``kind`` label of an upstream failure, from how it ended (an outcome, or for a
-    retried try the status or error name); ``status`` may be the router's own 502/504."""
+    """The ``kind`` label of an upstream failure: from the outcome when the transport
+    failed (``status`` is then the router's own 502/504), else from the status."""
     if outcome == "stream_cut":
         return "stream_cut"
-    if outcome == "upstream_timeout" or outcome.endswith("Timeout"):
+    if outcome == "upstream_timeout":
         return "timeout"
-    if outcome == "upstream_error" or outcome.endswith("Error"):
+    if outcome == "upstream_error":
         return "connect"
-    if status == 429 or outcome.endswith("429"):
-        return "429"
-    return "5xx"
+    return "429" if status == 429 else "5xx"
 
 
 def _outcome_of(exc: httpx.TransportError) -> str:

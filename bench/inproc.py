@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import orjson
 
-from canary import logs
-from canary.app import create_app
+from canary.observe import logs
+from canary.serve.app import create_app
 
 ROUTES = """
 backends:

@@ -1,5 +1,5 @@
 """``python -m canary`` runs the CLI."""
 
-from canary.cli import main
+from canary.tools.cli import main
 
 raise SystemExit(main())

@@ -4,7 +4,7 @@
     ├── ConfigError      file, line and key path of every problem in routes.yaml
     └── RouterError      a response the router makes itself (400, 401, 404, 413, 502, 503, 504)
 
-Upstream failures stay httpx exceptions (mapped exactly by ``canary.transport``); the
+Upstream failures stay httpx exceptions (mapped exactly by ``canary.proxy.transport``); the
 proxy turns them into ``RouterError`` responses.
 
 Router refusals render as OpenAI's error shape ``{"error": {"message", "type", "code"}}``.

@@ -1,7 +1,7 @@
 """Readers for the files under deploy/, shared by the deploy tests.
 
 The tests compare these files with each other and with what the router really reads
-(the CLI parser, ``load_config``, the ``${VAR}`` pattern of canary.config), so the image,
+(the CLI parser, ``load_config``, the ``${VAR}`` pattern of canary.config.model), so the image,
 the compose stack and the manifests cannot drift apart silently.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from conftest import ROOT
 
-from canary.config import _ENV as ENV_REFERENCE  # the exact ${VAR} syntax load_config expands
+from canary.config.model import _ENV as ENV_REFERENCE  # the exact ${VAR} syntax load_config expands
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"

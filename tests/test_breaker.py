@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from canary.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, Circuit, CircuitEvent
-from canary.config import Config, Rollback, parse_config
-from canary.stats import Stats, Window
+from canary.config.model import Config, Rollback, parse_config
+from canary.safety.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, Circuit, CircuitEvent
+from canary.safety.windows import Stats, Window
 
 RULES = Rollback(
     window_s=60, min_requests=10, max_error_rate=0.2, open_s=30, probe_requests=3, auto_resume=True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from canary.config import (
+from canary.config.model import (
     DEFAULT_MAX_BODY_BYTES,
     MAX_FILE_BYTES,
     Auth,

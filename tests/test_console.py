@@ -14,8 +14,8 @@ import pytest
 from conftest import free_port
 from rich.console import Console, RenderableType
 
-from canary.cli import main
-from canary.console import (
+from canary.tools.cli import main
+from canary.tools.console import (
     NoCost,
     compact,
     render_report,
@@ -24,7 +24,7 @@ from canary.console import (
     savings_reason,
     usd,
 )
-from canary.ops import Unavailable, fetch_status, run_report, run_status, status_url
+from canary.tools.ops import Unavailable, fetch_status, run_report, run_status, status_url
 
 OLD: dict[str, Any] = {  # a router from before cost accounting
     "config": {

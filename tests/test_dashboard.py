@@ -9,7 +9,7 @@ import httpx
 import pytest
 from test_proxy import serving
 
-from canary.dashboard import ASSETS, CSP
+from canary.observe.dashboard import ASSETS, CSP
 
 CLIENT_KEY = "ck-dash-SECRET-5555555555"
 ADMIN = "adm-dash-SECRET-6666666666"

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from canary.cli import main
-from canary.config import load_config
-from canary.demo import (
+from canary.config.model import load_config
+from canary.tools.cli import main
+from canary.tools.demo import (
     Options,
     Record,
     Summary,

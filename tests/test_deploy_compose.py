@@ -21,8 +21,8 @@ from deploy_files import (
     image,
 )
 
-from canary.cli import build_parser
-from canary.config import load_config
+from canary.config.model import load_config
+from canary.tools.cli import build_parser
 
 ROUTERS = ["router-1", "router-2", "router-3"]
 SIMULATORS = {"legacy": 9101, "relay": 9102}

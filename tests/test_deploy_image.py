@@ -33,7 +33,7 @@ from deploy_files import (
     replace_flag,
 )
 
-from canary.cli import build_parser
+from canary.tools.cli import build_parser
 
 BIN = Path(sys.executable).parent
 IMAGE_PATHS = ("/opt/", "/etc/", "/src")

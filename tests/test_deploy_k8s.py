@@ -23,8 +23,8 @@ import yaml
 from conftest import free_port, run_process, wait_until
 from deploy_files import K8S, env_references, flag, image, k8s_objects, replace_flag
 
-from canary.cli import build_parser
-from canary.config import Config, load_config
+from canary.config.model import Config, load_config
+from canary.tools.cli import build_parser
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CLI_ENV = {"CANARY_CONFIG", "CANARY_WORKERS"}  # read by `canary serve`, not by routes.yaml

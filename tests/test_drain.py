@@ -23,7 +23,7 @@ import openai
 import pytest
 from conftest import free_port, run_process, simulator, wait_until
 
-from canary.config import load_config
+from canary.config.model import load_config
 from canary.errors import ConfigError
 
 REPLY = "Hello from legacy! This is a simulated reply."  # what the simulator streams

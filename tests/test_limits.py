@@ -17,7 +17,7 @@ from conftest import RedisServer, free_port
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from canary.limits import (
+from canary.safety.limits import (
     NO_LEASE,
     FailoverLimiter,
     Lease,

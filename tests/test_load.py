@@ -13,9 +13,9 @@ import httpx
 import pytest
 from conftest import canary, free_port, run_process
 
-from canary.cli import main
-from canary.load import LoadOptions, Outcome, run_load
-from canary.tally import format_result, peak_per_second, percentile
+from canary.tools.cli import main
+from canary.tools.load import LoadOptions, Outcome, run_load
+from canary.tools.tally import format_result, peak_per_second, percentile
 
 KEY = "ck-load-SECRET-555555"
 

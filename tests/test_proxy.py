@@ -14,7 +14,7 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 
-from canary.app import create_app
+from canary.serve.app import create_app
 
 UPSTREAM_KEY = "sk-upstream-legacy-0123456789"
 RELAY_KEY = "sk-upstream-relay-9876543210"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from canary.config import Config
-from canary.reload import ConfigStore
+from canary.config.model import Config
+from canary.config.store import ConfigStore
 
 GOOD = """
 backends:

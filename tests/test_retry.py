@@ -7,7 +7,7 @@ import random
 import httpx
 import pytest
 
-from canary.retry import MAX_RETRY_AFTER_S, MIN_RETRIES, RetryBudget, delay_s, retryable_error
+from canary.proxy.retry import MAX_RETRY_AFTER_S, MIN_RETRIES, RetryBudget, delay_s, retryable_error
 
 
 class FakeClock:

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from canary.config import Route, parse_config
-from canary.router import BUCKETS, bucket_of, match_route, pick
+from canary.config.model import Route, parse_config
+from canary.proxy.router import BUCKETS, bucket_of, match_route, pick
 
 BACKENDS = """\
 backends:
@@ -384,7 +384,7 @@ def test_bucket_of_and_sticky_picks_are_stable_across_processes(seed: str) -> No
     weights = {"legacy": 90, "relay": 10}
     code = (
         "import json, random, sys\n"
-        "from canary.router import bucket_of, pick\n"
+        "from canary.proxy.router import bucket_of, pick\n"
         "keys, weights = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
         "print(json.dumps({'buckets': [bucket_of(k) for k in keys],\n"
         "                  'backends': [pick(weights, k, random.Random()) for k in keys]}))\n"

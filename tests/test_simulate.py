@@ -20,7 +20,7 @@ import orjson
 import pytest
 from conftest import free_port, run_process, wait_until
 
-from canary.simulate import REPLY, Faults, Simulator, StreamCut, create_sim_app
+from canary.tools.simulate import REPLY, Faults, Simulator, StreamCut, create_sim_app
 
 NOW = 1_700_000_000.0
 WORDS = REPLY.format(name="sim").split()  # 8 words: "Hello from sim! This is a simulated reply."
@@ -468,7 +468,16 @@ async def test_lifespan_is_acknowledged(app: Simulator) -> None:
 
 
 def simulator_args(port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "canary.simulate", "--port", str(port), "--seed", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "canary.tools.simulate",
+        "--port",
+        str(port),
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")

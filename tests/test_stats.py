@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from canary.stats import Stats, Window, WindowSnapshot
+from canary.safety.windows import Stats, Window, WindowSnapshot
 
 T0 = 1_000.0
 

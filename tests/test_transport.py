@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 import pytest
 
-from canary.transport import AiohttpTransport, may_have_reached
+from canary.proxy.transport import AiohttpTransport, may_have_reached
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -6,7 +6,7 @@ meter counters, its windows' buckets, and per backend its (requests, errors, sin
 the circuit's last change) and its readiness counts. Reading the others' files:
 
 - without Redis (or while it is unreachable), their window counts become this worker's
-  ``remote_*`` and the trip rule runs on them (``canary.shared.apply_remote``, the same
+  ``remote_*`` and the trip rule runs on them (``canary.fleet.shared.apply_remote``, the same
   rule replicas use through Redis), so the workers trip within one interval of each
   other on the host's figures; while Redis answers, that exchange already covers every
   worker, and files only feed the view;
@@ -32,12 +32,12 @@ from typing import Any
 import orjson
 import structlog
 
-from canary.breaker import Breakers
-from canary.meter import Meter
-from canary.shared import FRESH_S, apply_remote
-from canary.stats import Stats
+from canary.fleet.shared import FRESH_S, apply_remote
+from canary.observe.meter import Meter
+from canary.safety.breaker import Breakers
+from canary.safety.windows import Stats
 
-log = structlog.get_logger("canary.fleet")
+log = structlog.get_logger("canary.fleet.workers")
 
 SYNC_S = 0.5
 READINESS_SKEW_S = 5.0  # workers start (and load the config) a few seconds apart at most

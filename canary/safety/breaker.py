@@ -36,10 +36,10 @@ from typing import Any
 import pybreaker
 import structlog
 
-from canary.config import Config, Rollback, Route
-from canary.stats import Clock, Stats, Window
+from canary.config.model import Config, Rollback, Route
+from canary.safety.windows import Clock, Stats, Window
 
-log = structlog.get_logger("canary.breaker")
+log = structlog.get_logger("canary.safety.breaker")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 _FROM_PYBREAKER = {

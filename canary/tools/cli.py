@@ -24,14 +24,14 @@ from urllib.parse import urlsplit
 from canary import __version__
 
 if TYPE_CHECKING:
-    from canary.config import Config
-    from canary.server import ServeOptions
+    from canary.config.model import Config
+    from canary.serve.server import ServeOptions
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    from canary.drain import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S
+    from canary.serve.drain import DEFAULT_GRACE_S, DEFAULT_TIMEOUT_S
 
     p.add_argument(
         "-c",
@@ -80,25 +80,25 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
-    from canary.simulate import add_simulate_arguments
+    from canary.tools.simulate import add_simulate_arguments
 
     add_simulate_arguments(p)
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    from canary.demo import add_demo_arguments
+    from canary.tools.demo import add_demo_arguments
 
     add_demo_arguments(p)
 
 
 def _load_arguments(p: argparse.ArgumentParser) -> None:
-    from canary.ops import add_load_arguments
+    from canary.tools.ops import add_load_arguments
 
     add_load_arguments(p)
 
 
 def _url_arguments(p: argparse.ArgumentParser) -> None:
-    from canary.ops import add_url_arguments
+    from canary.tools.ops import add_url_arguments
 
     add_url_arguments(p)
 
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb if verb in _VERBS else None).parse_args(argv)
     if args.verb in ("load", "status", "report"):
-        from canary import ops
+        from canary.tools import ops
 
         run = {"load": ops.run_load_command, "status": ops.run_status, "report": ops.run_report}
         return run[args.verb](args)
@@ -153,16 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "check":
         return _check(args.config)
     if args.verb == "demo":
-        from canary.demo import run_demo
+        from canary.tools.demo import run_demo
 
         return run_demo(args)
-    from canary.simulate import run_simulate
+    from canary.tools.simulate import run_simulate
 
     return run_simulate(args)
 
 
 def _check(path: str) -> int:
-    from canary.config import load_config
+    from canary.config.model import load_config
     from canary.errors import ConfigError
 
     try:
@@ -179,7 +179,7 @@ def _check(path: str) -> int:
 
 def routing_table(cfg: Config) -> str:
     """The routes in match order, with their split, baseline and stickiness."""
-    from canary.config import redact_url
+    from canary.config.model import redact_url
 
     lines = ["backends:"]
     for b in cfg.backends.values():
@@ -215,8 +215,8 @@ def routing_table(cfg: Config) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from canary.drain import default_grace_s
-    from canary.server import ServeOptions, serve
+    from canary.serve.drain import default_grace_s
+    from canary.serve.server import ServeOptions, serve
 
     log_json = {"auto": None, "json": True, "console": False}[args.log_format]
     options = ServeOptions(
@@ -241,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _simulators(config_path: str | None) -> Iterator[dict[str, str]]:
     """Start ``canary simulate`` for local backends that are down; stop them on exit."""
-    from canary.config import load_config
+    from canary.config.model import load_config
     from canary.errors import ConfigError
 
     procs: list[subprocess.Popen[bytes]] = []

@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from canary.load import LoadOptions, Outcome, run_load
+from canary.tools.load import LoadOptions, Outcome, run_load
 
 CANARY, BASELINE = "relay", "legacy"
 REQUEST_TIMEOUT_S = 10.0

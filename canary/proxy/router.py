@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 
-from canary.config import Route
+from canary.config.model import Route
 
 BUCKETS = 10_000
 

@@ -36,7 +36,7 @@ import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from canary.signals import stop_signals_return
+from canary.serve.signals import stop_signals_return
 
 REPLY = "Hello from {name}! This is a simulated reply."
 DEFAULT_MODELS = ("gpt-4.1", "gpt-4.1-mini", "text-embedding-3-small")

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 
 import structlog
 
-from canary.config import Config, load_config
+from canary.config.model import Config, load_config
 from canary.errors import ConfigError, ConfigProblem
 
-log = structlog.get_logger("canary.reload")
+log = structlog.get_logger("canary.config.store")
 
 PARSE_TIMEOUT_S = 5.0
 

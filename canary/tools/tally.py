@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from canary.load import Outcome
+    from canary.tools.load import Outcome
 
 LoadResult = dict[str, Any]  # JSON-ready: what ``canary load --json`` prints
 

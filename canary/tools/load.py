@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from canary.tally import LoadResult, Tally
+from canary.tools.tally import LoadResult, Tally
 
 MAX_REQUESTS = 10_000_000  # per run: the tallies keep a few floats per request
 MAX_WAIT_S = 3600  # for --timeout and --drain: every wait is bounded

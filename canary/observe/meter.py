@@ -3,7 +3,8 @@
 The proxy bumps plain ints in dicts keyed by short tuples (one or two dict updates per
 call, no Prometheus object, no lock: one event loop per process). Prometheus text,
 ``/status`` and ``canary report`` are rendered from these counters when asked
-(``canary.metrics``, ``canary.cost``), so scraping costs the scraper, not the request.
+(``canary.observe.metrics``, ``canary.observe.cost``), so scraping costs the scraper,
+not the request.
 
 Labels stay low-cardinality: routes and backends come from routes.yaml; a model name
 comes from the client, so at most ``MAX_MODELS`` distinct names are kept and the rest

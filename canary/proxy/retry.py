@@ -3,7 +3,7 @@
 Only failures that cannot have been billed are retried on the same backend: a 429, 502,
 503 or 504 answer (the provider said it did not do the work), or a connection that
 never opened (``httpx.ConnectError``/``ConnectTimeout``, exact thanks to
-``canary.transport``). A timeout or a reset after the request was sent is not resent
+``canary.proxy.transport``). A timeout or a reset after the request was sent is not resent
 (an LLM call received twice is billed twice) unless ``retry.unsafe: true`` says the
 caller accepts that; fallback to the baseline still applies.
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import httpx
 
-from canary.transport import may_have_reached
+from canary.proxy.transport import may_have_reached
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0

@@ -6,12 +6,12 @@ parent forwards SIGHUP to every worker (uvicorn's own supervisor would restart t
 SIGHUP, which drops a worker's last good config when the file on disk is bad), turns
 SIGINT/SIGTERM into one SIGTERM per worker, and restarts a worker that dies.
 
-On SIGTERM every worker drains (``canary.drain``): ``/readyz`` 503 at once, new
+On SIGTERM every worker drains (``canary.serve.drain``): ``/readyz`` 503 at once, new
 connections accepted for the grace, calls in flight finished up to the drain timeout.
 The parent closes its copy of the socket at once, so the port stops accepting when the
 last worker's grace ends, and exits 0 once every worker has drained and exited 0.
 The workers share their figures through a private directory the parent makes
-(``canary.fleet``), so any worker's ``/status`` and ``/metrics`` describe the whole server.
+(``canary.fleet.workers``), so any worker's ``/status`` and ``/metrics`` describe the whole server.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from canary import logs
-from canary.app import create_app
-from canary.config import load_config
-from canary.drain import DEFAULT_TIMEOUT_S, DrainingServer
+from canary.config.model import load_config
 from canary.errors import ConfigError
-from canary.signals import stop_signals_return
+from canary.observe import logs
+from canary.serve.app import create_app
+from canary.serve.drain import DEFAULT_TIMEOUT_S, DrainingServer
+from canary.serve.signals import stop_signals_return
 
-log = structlog.get_logger("canary.server")
+log = structlog.get_logger("canary.serve.server")
 
 JOIN_MARGIN_S = 10.0  # beyond grace + drain timeout: lifespan shutdown, a slow spawn
 
@@ -56,7 +56,7 @@ class ServeOptions:
     log_level: str = "info"
     drain_grace_s: float = 0.0
     drain_timeout_s: float | None = None  # None: server.drain_timeout_s of routes.yaml
-    fleet_dir: str | None = None  # set by the parent of N workers (canary.fleet)
+    fleet_dir: str | None = None  # set by the parent of N workers (canary.fleet.workers)
 
 
 def bind(host: str, port: int) -> socket.socket:

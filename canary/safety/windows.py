@@ -95,7 +95,7 @@ class Window:
         # Running sums over the live buckets, so the trip rule reads them in O(1).
         self.requests = 0
         self.errors = 0
-        # Other replicas' calls over their windows (canary.shared fills these in).
+        # Other replicas' calls over their windows (canary.fleet.shared fills these in).
         self.remote_requests = 0
         self.remote_errors = 0
 

@@ -1,6 +1,6 @@
 """``/metrics``: Prometheus text rendered at scrape time from the meter and ``/status``.
 
-The proxy never touches a Prometheus object (``canary.meter`` keeps plain counters); a
+The proxy never touches a Prometheus object (``canary.observe.meter`` keeps plain counters); a
 scrape builds metric families from those counters and from the same status document
 ``/status`` serves, so the two never disagree, and with ``--workers N`` both are the
 sum of every worker. Label values are route and backend names from routes.yaml, a
@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from canary.meter import LATENCY_BUCKETS_S, Meter
+from canary.observe.meter import LATENCY_BUCKETS_S, Meter
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}

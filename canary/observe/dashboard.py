@@ -1,7 +1,7 @@
 """``/dashboard``: one self-contained page that polls ``/status`` and draws it in the browser.
 
 The page, its script and style, and the vendored chart library (uPlot, MIT, its licence
-beside it in ``canary/static/``) are read once when the app is built and served from
+beside it in ``canary/observe/static/``) are read once when the app is built and served from
 memory under a strict Content-Security-Policy: the page loads only its own files and talks
 only to this router. Nothing here reads the config, so the page cannot hold a secret; the
 admin token a user types for "Reload config" stays in that browser tab.
@@ -62,7 +62,7 @@ class Asset:
 
 def load_assets() -> tuple[Asset, dict[str, Asset]]:
     """The page and its assets, read from the installed package."""
-    static = resources.files("canary") / "static"
+    static = resources.files("canary.observe") / "static"
 
     def read(name: str, media_type: str) -> Asset:
         body = (static / name).read_bytes()

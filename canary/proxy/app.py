@@ -43,24 +43,24 @@ import httpx
 import orjson
 import structlog
 
-from canary.breaker import CLOSED, Breakers, Circuit
-from canary.config import Backend, Config, Price, Retry, Route, bearer_digest
+from canary.config.model import Backend, Config, Price, Retry, Route, bearer_digest
+from canary.config.store import ConfigStore
 from canary.errors import RouterError
-from canary.limits import Limiter, RateLimited
-from canary.logs import redactor
-from canary.meter import Meter
-from canary.reload import ConfigStore
-from canary.retry import RETRY_STATUSES, RetryBudget, backoff, delay_s, retryable_error
-from canary.router import match_route, pick
-from canary.stats import Clock, Stats, Window
-from canary.usage import UsageScanner, readable_encodings
+from canary.observe.logs import redactor
+from canary.observe.meter import Meter
+from canary.proxy.retry import RETRY_STATUSES, RetryBudget, backoff, delay_s, retryable_error
+from canary.proxy.router import match_route, pick
+from canary.proxy.usage import UsageScanner, readable_encodings
+from canary.safety.breaker import CLOSED, Breakers, Circuit
+from canary.safety.limits import Limiter, RateLimited
+from canary.safety.windows import Clock, Stats, Window
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-log = structlog.get_logger("canary.proxy")
+log = structlog.get_logger("canary.proxy.app")
 
 HOP_BY_HOP = frozenset(
     {
@@ -508,7 +508,7 @@ class Proxy:
         circuit: Circuit | None,
         call: _Call,
     ) -> httpx.Response:
-        """Call the backend, retrying what cannot have been billed (see ``canary.retry``).
+        """Call the backend, retrying what cannot have been billed (see ``canary.proxy.retry``).
 
         Each failed try is counted against the backend before the next; ``call.started``
         is the start of the try still open, None while waiting between tries.

@@ -2,7 +2,7 @@
 
 Every wait is bounded, and every failure to reach the router is one clear line on stderr
 and exit 1 (``load`` reports connection errors in its figures instead: it ran). What they
-print is rendered by ``canary.console`` and ``canary.tally``.
+print is rendered by ``canary.tools.console`` and ``canary.tools.tally``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bar
 
-from canary.console import NoCost, render_report, render_status, report_data
-from canary.load import LoadOptions, Progress, run_load
-from canary.tally import LoadResult, format_result
+from canary.tools.console import NoCost, render_report, render_status, report_data
+from canary.tools.load import LoadOptions, Progress, run_load
+from canary.tools.tally import LoadResult, format_result
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 FETCH_TIMEOUT_S = 5.0

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from canary.breaker import CLOSED, Breakers
-from canary.config import Config, Route, redact_url
-from canary.cost import backend_costs, cost_section
-from canary.fleet import Fleet
-from canary.meter import Meter
-from canary.reload import ConfigStore
-from canary.stats import Stats
+from canary.config.model import Config, Route, redact_url
+from canary.config.store import ConfigStore
+from canary.fleet.workers import Fleet
+from canary.observe.cost import backend_costs, cost_section
+from canary.observe.meter import Meter
+from canary.safety.breaker import CLOSED, Breakers
+from canary.safety.windows import Stats
 
 
 def _units(weights: Mapping[str, float]) -> dict[str, float | int]:

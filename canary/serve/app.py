@@ -31,25 +31,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from canary.breaker import Breakers
-from canary.config import Config, bearer_digest
-from canary.dashboard import dashboard_routes
-from canary.drain import Traffic
+from canary.config.model import Config, bearer_digest
+from canary.config.store import ConfigStore
 from canary.errors import RouterError
-from canary.fleet import Fleet
-from canary.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
-from canary.logs import redactor
-from canary.meter import Meter
-from canary.metrics import CONTENT_TYPE
-from canary.metrics import render as render_metrics
-from canary.proxy import Proxy, Receive, Scope, Send
-from canary.reload import ConfigStore
-from canary.shared import SharedBreakers, SharedWindows
-from canary.stats import Clock, Stats
-from canary.status import status_document
-from canary.transport import AiohttpTransport
+from canary.fleet.shared import SharedBreakers, SharedWindows
+from canary.fleet.workers import Fleet
+from canary.observe.dashboard import dashboard_routes
+from canary.observe.logs import redactor
+from canary.observe.meter import Meter
+from canary.observe.metrics import CONTENT_TYPE
+from canary.observe.metrics import render as render_metrics
+from canary.observe.status import status_document
+from canary.proxy.app import Proxy, Receive, Scope, Send
+from canary.proxy.transport import AiohttpTransport
+from canary.safety.breaker import Breakers
+from canary.safety.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
+from canary.safety.windows import Clock, Stats
+from canary.serve.drain import Traffic
 
-log = structlog.get_logger("canary.app")
+log = structlog.get_logger("canary.serve.app")
 
 # Keep pooled upstream connections for less time than providers keep them idle (uvicorn
 # and most providers: 5 s or more), so the router never writes into one they closed.
@@ -71,7 +71,7 @@ class Canary:
     """The ASGI app: ``/v1/*`` to the proxy, the rest to the control plane.
 
     Every HTTP call passes ``traffic``, which counts it and can end it cleanly when a
-    drain times out (``canary.drain``).
+    drain times out (``canary.serve.drain``).
     """
 
     def __init__(
@@ -118,7 +118,7 @@ def create_app(
     ``limit_share`` is this process's part of each backend's limits: with N workers on
     in-process state, each takes 1/N so the host as a whole keeps them. ``fleet_dir`` is
     the directory through which the workers of one ``serve --workers N`` share their
-    figures (``canary.fleet``).
+    figures (``canary.fleet.workers``).
     """
     store = ConfigStore(config_path)
     traffic = Traffic()

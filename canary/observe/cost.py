@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from canary.config import Config, Price, Route
-from canary.meter import Meter
+from canary.config.model import Config, Price, Route
+from canary.observe.meter import Meter
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
 

@@ -33,7 +33,7 @@ import uvicorn
 
 from canary.errors import RouterError
 
-log = structlog.get_logger("canary.server")
+log = structlog.get_logger("canary.serve.server")
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]

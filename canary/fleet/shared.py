@@ -24,10 +24,10 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from canary.breaker import Breakers, CircuitEvent
-from canary.stats import Stats
+from canary.safety.breaker import Breakers, CircuitEvent
+from canary.safety.windows import Stats
 
-log = structlog.get_logger("canary.shared")
+log = structlog.get_logger("canary.fleet.shared")
 
 CHANNEL = "canary:breakers"
 PUBLISH_TIMEOUT_S = 0.5

@@ -551,7 +551,7 @@ class FailoverLimiter:
             return
         self.state = new
         # Looked up per transition (rare), not cached: capture_logs in tests sees it too.
-        log = structlog.get_logger("canary.limits")
+        log = structlog.get_logger("canary.safety.limits")
         if new == "degraded":
             log.warning("state.degraded", **fields)
         else:

@@ -21,10 +21,10 @@ from typing import IO, Any
 import httpx
 import openai
 import pytest
-from conftest import free_port, run_process, simulator, wait_until
 
 from canary.config.model import load_config
 from canary.errors import ConfigError
+from tests.helpers import free_port, run_process, simulator, wait_until
 
 REPLY = "Hello from legacy! This is a simulated reply."  # what the simulator streams
 CHUNKS = 9  # 8 words, then an empty delta with finish_reason; [DONE] after them

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from canary.serve.app import create_app
+from tests.helpers import Chunks, Handler, Upstream, no_sleep, serving
 
 UPSTREAM_KEY = "sk-upstream-legacy-0123456789"
 RELAY_KEY = "sk-upstream-relay-9876543210"
@@ -51,77 +51,6 @@ routes:
       paths: [/v1/models, /v1/embeddings, /v1/echo]
     weights: {{legacy: 100}}
 """
-
-Handler = Callable[[httpx.Request], Any]
-
-
-@contextlib.asynccontextmanager
-async def serving(*args: Any, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """``create_app(*args, **kwargs)`` through its lifespan, with a client in front of it."""
-    app = create_app(*args, **kwargs)
-    async with (
-        LifespanManager(app) as m,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://c") as c,
-    ):
-        yield c
-
-
-async def no_sleep(seconds: float) -> None:
-    """Retry back-off in flow tests: waits are configuration, not something to sit through."""
-
-
-class Upstream:
-    """A recording fake provider; ``handler`` decides the answer per request."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.handler: Handler = self.ok
-
-    @staticmethod
-    def ok(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200,
-            headers=[("content-type", "application/json"), ("date", "x"), ("x-up", "1")],
-            stream=httpx.ByteStream(b'{"ok": true, "host": "' + request.url.host.encode() + b'"}'),
-        )
-
-    def hold(self) -> tuple[asyncio.Event, asyncio.Event]:
-        """Answer only once ``release`` is set; ``arrived`` is set when a call waits."""
-        arrived, release = asyncio.Event(), asyncio.Event()
-
-        async def held(request: httpx.Request) -> httpx.Response:
-            arrived.set()
-            await release.wait()
-            return self.ok(request)
-
-        self.handler = held
-        return arrived, release
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        result = self.handler(request)
-        if asyncio.iscoroutine(result):
-            result = await result
-        assert isinstance(result, httpx.Response)
-        return result
-
-
-class Chunks(httpx.AsyncByteStream):
-    """A streamed upstream body; ``fail`` raises after the chunks, like a cut connection."""
-
-    def __init__(self, chunks: list[bytes], fail: Exception | None = None) -> None:
-        self.chunks = chunks
-        self.fail = fail
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-        if self.fail is not None:
-            raise self.fail
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture

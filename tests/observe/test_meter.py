@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import prometheus_samples, sample
 
 from canary.config.model import parse_config
 from canary.observe.cost import backend_costs, canary_of, cost_section
 from canary.observe.meter import MAX_MODELS, Meter, status_class
 from canary.observe.metrics import render
 from canary.proxy.usage import UsageScanner, readable_encodings
+from tests.helpers import prometheus_samples, sample
 
 
 class FakeClock:

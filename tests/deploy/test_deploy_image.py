@@ -22,8 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port, run_process
-from deploy_files import (
+
+from canary.tools.cli import build_parser
+from tests.deploy.deploy_files import (
     DEPLOY,
     DOCKERFILE,
     Stage,
@@ -32,8 +33,7 @@ from deploy_files import (
     image,
     replace_flag,
 )
-
-from canary.tools.cli import build_parser
+from tests.helpers import ROOT, free_port, run_process
 
 BIN = Path(sys.executable).parent
 IMAGE_PATHS = ("/opt/", "/etc/", "/src")

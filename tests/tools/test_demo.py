@@ -33,7 +33,7 @@ from canary.tools.demo import (
     view_model,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WALL = 1_700_000_000.0  # the demo's start on the wall clock
 
 

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import prometheus_samples, sample
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
-from test_proxy import Chunks, Upstream, no_sleep, serving
+
+from tests.helpers import Chunks, Upstream, no_sleep, prometheus_samples, sample, serving
 
 ROUTES = """
 backends:
@@ -161,7 +161,7 @@ async def test_refusals_are_counted_without_a_backend(tmp_path: Path) -> None:
     assert m[("canary_requests_total", labels)] == 1
 
 
-GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "canary-dashboard.json"
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "canary-dashboard.json"
 _PROMQL_WORDS = {"sum", "by", "rate", "max", "min", "ignoring", "group_left", "histogram_quantile"}
 
 

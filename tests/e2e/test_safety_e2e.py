@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import free_port, run_process, wait_until
-from test_e2e import Stack
+
+from tests.helpers import Stack, free_port, run_process, wait_until
 
 pytestmark = pytest.mark.e2e
 

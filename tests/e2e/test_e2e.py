@@ -3,164 +3,26 @@ driven by the official openai client (and raw HTTP for the error cases)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from conftest import free_port, run_process, wait_until
+
+from tests.helpers import (
+    ADMIN_TOKEN,
+    CLIENT_KEY,
+    LEGACY_KEY,
+    RELAY_KEY,
+    SECRETS,
+    Stack,
+    free_port,
+    stack_routes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
-
-LEGACY_KEY = "sk-legacy-e2e-SECRET-111111"
-RELAY_KEY = "sk-relay-e2e-SECRET-222222"
-CLIENT_KEY = "ck-client-e2e-SECRET-333333"
-ADMIN_TOKEN = "adm-e2e-SECRET-444444"
-SECRETS = (LEGACY_KEY, RELAY_KEY, CLIENT_KEY, ADMIN_TOKEN)
-
-ROUTES = """
-backends:
-  legacy:
-    base_url: ${{LEGACY_BASE_URL}}
-    api_key: ${{LEGACY_API_KEY:-}}
-    timeout_s: 10
-  relay:
-    base_url: ${{RELAY_BASE_URL}}
-    api_key: ${{RELAY_API_KEY:-}}
-    timeout_s: 10
-    model_map: {{gpt-4.1: relay-4.1}}
-routes:
-  - name: claude
-    match:
-      paths: [/v1/chat/completions]
-      models: ["claude-*"]
-    weights: {{legacy: 100}}
-  - name: chat
-    match:
-      paths: [/v1/chat/completions]
-    weights: {{legacy: {legacy}, relay: {relay}}}
-    sticky: header:x-user-id
-  - name: default
-    weights: {{legacy: 100}}
-auth:
-  api_keys: ${{CANARY_API_KEYS:-}}
-  admin_token: ${{CANARY_ADMIN_TOKEN:-}}
-server:
-  max_body_bytes: 100000
-"""
-
-
-def routes(legacy: int = 100, relay: int = 0) -> str:
-    return ROUTES.format(legacy=legacy, relay=relay)
-
-
-@dataclass
-class Stack:
-    url: str
-    legacy: str
-    relay: str
-    config: Path
-    router: Any
-    log: IO[bytes]
-    clients: list[openai.OpenAI] = field(default_factory=list)
-
-    def client(self, api_key: str = "unused", **kw: Any) -> openai.OpenAI:
-        """An openai client for this router, closed when the test ends."""
-        c = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kw)
-        self.clients.append(c)
-        return c
-
-    def save(self, text: str) -> None:
-        tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.config)
-
-    def sim(self, which: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        base = self.legacy if which == "legacy" else self.relay
-        r = httpx.post(base + path, json=body) if body is not None else httpx.get(base + path)
-        r.raise_for_status()
-        return r.json()
-
-    def status(self) -> Any:
-        return httpx.get(f"{self.url}/status").json()
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-
-@pytest.fixture
-def stack_factory(sims: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
-    """Start a router on the shared simulators; faults and stats are reset per test."""
-    legacy, relay = sims
-    started: list[Any] = []
-
-    def start(
-        text: str | None = None,
-        *,
-        env: dict[str, str] | None = None,
-        args: list[str] = (),  # type: ignore[assignment]
-    ) -> Stack:
-        for base in sims:
-            httpx.post(base + "/_sim/reset").raise_for_status()
-            httpx.post(
-                base + "/_sim/faults",
-                json={
-                    "latency_ms": 0,
-                    "chunk_delay_ms": 0,
-                    "error_rate": 0,
-                    "cut_after": None,
-                    "hang": False,
-                },
-            ).raise_for_status()
-        config = tmp_path / f"routes{len(started)}.yaml"
-        config.write_text(text or routes())
-        port = free_port()
-        log = tempfile.TemporaryFile()
-        cm = run_process(
-            [
-                sys.executable,
-                "-m",
-                "canary",
-                "serve",
-                "-c",
-                str(config),
-                "--port",
-                str(port),
-                *args,
-            ],
-            f"http://127.0.0.1:{port}/readyz",
-            output=log,
-            env={
-                "LEGACY_BASE_URL": f"{legacy}/v1",
-                "RELAY_BASE_URL": f"{relay}/v1",
-                **(env or {}),
-            },
-        )
-        router = cm.__enter__()
-        stack = Stack(f"http://127.0.0.1:{port}", legacy, relay, config, router, log)
-        started.append((cm, stack))
-        return stack
-
-    yield start
-    for cm, stack in reversed(started):
-        for c in stack.clients:
-            c.close()
-        cm.__exit__(None, None, None)
-        stack.log.close()
-
-
-@pytest.fixture
-def stack(stack_factory: Any) -> Stack:
-    return stack_factory()  # type: ignore[no-any-return]
 
 
 def test_openai_sync_client_gets_an_answer_through_canary(stack: Stack) -> None:
@@ -251,7 +113,9 @@ def test_stream_cut_mid_way_makes_the_openai_client_raise(stack: Stack) -> None:
 def test_upstream_errors_pass_through_and_dead_upstream_is_502(stack_factory: Any) -> None:
     """A provider 503 reaches the client as is; an unreachable backend is canary's 502."""
     dead = free_port()
-    s: Stack = stack_factory(routes().replace("${LEGACY_BASE_URL}", f"http://127.0.0.1:{dead}/v1"))
+    s: Stack = stack_factory(
+        stack_routes().replace("${LEGACY_BASE_URL}", f"http://127.0.0.1:{dead}/v1")
+    )
     s.sim("relay", "/_sim/faults", {"error_rate": 1.0, "status_code": 503})
     with pytest.raises(openai.APIStatusError) as info:
         s.client().chat.completions.create(
@@ -259,7 +123,7 @@ def test_upstream_errors_pass_through_and_dead_upstream_is_502(stack_factory: An
         )
     assert info.value.status_code == 502
     assert info.value.response.headers["x-canary-backend"] == "legacy"
-    s.save(routes(0, 100).replace("${LEGACY_BASE_URL}", f"http://127.0.0.1:{dead}/v1"))
+    s.save(stack_routes(0, 100).replace("${LEGACY_BASE_URL}", f"http://127.0.0.1:{dead}/v1"))
     wait_until(lambda: s.status()["routes"][1]["configured"] == {"legacy": 0, "relay": 100}, 5)
     with pytest.raises(openai.InternalServerError) as info2:
         s.client().chat.completions.create(
@@ -272,7 +136,7 @@ def test_upstream_errors_pass_through_and_dead_upstream_is_502(stack_factory: An
 def test_router_refusals_over_raw_http(stack_factory: Any) -> None:
     """Bad key 401, oversized body 413, broken JSON 400, unknown route 404, all OpenAI-shaped."""
     s: Stack = stack_factory(
-        routes().replace("  - name: default\n    weights: {legacy: 100}\n", ""),
+        stack_routes().replace("  - name: default\n    weights: {legacy: 100}\n", ""),
         env={"CANARY_API_KEYS": CLIENT_KEY},
     )
     ok = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -307,12 +171,12 @@ def test_weight_edit_applies_live_and_a_bad_edit_keeps_serving(stack: Stack) -> 
         return str(raw.headers["x-canary-backend"])
 
     assert backend() == "legacy"
-    stack.save(routes(0, 100))
+    stack.save(stack_routes(0, 100))
     wait_until(lambda: backend() == "relay", 5, "weights applied")
     version = stack.status()["config"]["version"]
 
     stack.save(
-        routes(0, 100).replace(
+        stack_routes(0, 100).replace(
             "weights: {legacy: 0, relay: 100}", "weights: {legacy: 0, relay: -1}"
         )
     )
@@ -323,7 +187,7 @@ def test_weight_edit_applies_live_and_a_bad_edit_keeps_serving(stack: Stack) -> 
     assert all(backend() == "relay" for _ in range(5))
     assert httpx.get(f"{stack.url}/readyz").status_code == 200
 
-    stack.save(routes(100, 0))
+    stack.save(stack_routes(100, 0))
     wait_until(lambda: stack.status()["config"]["error"] is None, 5, "error cleared")
     assert backend() == "legacy"
 
@@ -331,12 +195,12 @@ def test_weight_edit_applies_live_and_a_bad_edit_keeps_serving(stack: Stack) -> 
 def test_sighup_and_admin_reload(stack_factory: Any) -> None:
     """Without the file watch, SIGHUP and POST /admin/reload apply a saved file."""
     s: Stack = stack_factory(args=["--no-watch"], env={"CANARY_ADMIN_TOKEN": ADMIN_TOKEN})
-    s.save(routes(0, 100))
+    s.save(stack_routes(0, 100))
     assert s.status()["routes"][1]["configured"] == {"legacy": 100, "relay": 0}
     s.router.send_signal(signal.SIGHUP)
     wait_until(lambda: s.status()["routes"][1]["configured"] == {"legacy": 0, "relay": 100}, 5)
 
-    s.save(routes(30, 70))
+    s.save(stack_routes(30, 70))
     assert httpx.post(f"{s.url}/admin/reload").status_code == 401
     r = httpx.post(f"{s.url}/admin/reload", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert r.status_code == 200 and r.json()["changed"] is True
@@ -361,7 +225,7 @@ def test_workers_share_the_port_and_all_reload(stack_factory: Any) -> None:
 
     assert client.models.list().data
     assert backends() == {"legacy"}
-    s.save(routes(0, 100))
+    s.save(stack_routes(0, 100))
     s.router.send_signal(signal.SIGHUP)
     wait_until(lambda: backends(10) == {"relay"}, 10, "every worker reloaded")
     assert backends() == {"relay"}
@@ -369,7 +233,7 @@ def test_workers_share_the_port_and_all_reload(stack_factory: Any) -> None:
 
 def test_sticky_users_keep_their_backend_end_to_end(stack: Stack) -> None:
     """At 50/50 each user id keeps one backend across calls, and both backends are used."""
-    stack.save(routes(50, 50))
+    stack.save(stack_routes(50, 50))
     wait_until(lambda: stack.status()["routes"][1]["configured"] == {"legacy": 50, "relay": 50}, 5)
     client = stack.client()
     per_user: dict[str, set[str]] = {}
@@ -413,7 +277,7 @@ def test_no_key_appears_in_logs_status_or_errors(stack_factory: Any) -> None:
         bodies.append(
             http.get("/v1/models", headers={"authorization": f"Bearer {CLIENT_KEY}"}).text
         )
-        s.save(routes() + "bogus: 1\n")
+        s.save(stack_routes() + "bogus: 1\n")
         wait_until(lambda: s.status()["config"]["error"] is not None, 5)
         bodies.append(http.get("/status").text)
         bodies.append(
@@ -431,7 +295,9 @@ def test_a_429_storm_is_absorbed_within_the_retry_budget(stack_factory: Any) -> 
     Four tries per call: a call fails only if all four draw a 429 (p = 6e-6), so over 200
     calls a client-visible 429 has a chance near 0.1%, not the 10% of three tries at 10%.
     """
-    s: Stack = stack_factory(routes() + "retry: {max_attempts: 4, backoff_s: 0.01, budget: 0.2}\n")
+    s: Stack = stack_factory(
+        stack_routes() + "retry: {max_attempts: 4, backoff_s: 0.01, budget: 0.2}\n"
+    )
     s.sim("legacy", "/_sim/faults", {"rate_limit_rate": 0.05, "retry_after_s": 0.02})
     client = s.client()
     for _ in range(200):

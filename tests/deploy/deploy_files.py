@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import ROOT
 
 from canary.config.model import _ENV as ENV_REFERENCE  # the exact ${VAR} syntax load_config expands
+from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"

@@ -18,9 +18,9 @@ import httpx2
 import openai
 import orjson
 import pytest
-from conftest import free_port, run_process, wait_until
 
 from canary.tools.simulate import REPLY, Faults, Simulator, StreamCut, create_sim_app
+from tests.helpers import free_port, run_process, wait_until
 
 NOW = 1_700_000_000.0
 WORDS = REPLY.format(name="sim").split()  # 8 words: "Hello from sim! This is a simulated reply."

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_proxy import serving
 
 from canary.observe.dashboard import ASSETS, CSP
+from tests.helpers import serving
 
 CLIENT_KEY = "ck-dash-SECRET-5555555555"
 ADMIN = "adm-dash-SECRET-6666666666"

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, run_process, wait_until
+
+from tests.helpers import free_port, run_process, wait_until
 
 pytestmark = pytest.mark.e2e
 

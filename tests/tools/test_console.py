@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
 from rich.console import Console, RenderableType
 
 from canary.tools.cli import main
@@ -25,6 +24,7 @@ from canary.tools.console import (
     usd,
 )
 from canary.tools.ops import Unavailable, fetch_status, run_report, run_status, status_url
+from tests.helpers import free_port
 
 OLD: dict[str, Any] = {  # a router from before cost accounting
     "config": {

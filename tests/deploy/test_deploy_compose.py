@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_files import (
+
+from canary.config.model import load_config
+from canary.tools.cli import build_parser
+from tests.deploy.deploy_files import (
     COMPOSE,
     DEPLOY,
     compose_interpolate,
     env_references,
     image,
 )
-
-from canary.config.model import load_config
-from canary.tools.cli import build_parser
 
 ROUTERS = ["router-1", "router-2", "router-3"]
 SIMULATORS = {"legacy": 9101, "relay": 9102}

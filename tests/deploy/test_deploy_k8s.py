@@ -20,11 +20,11 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import free_port, run_process, wait_until
-from deploy_files import K8S, env_references, flag, image, k8s_objects, replace_flag
 
 from canary.config.model import Config, load_config
 from canary.tools.cli import build_parser
+from tests.deploy.deploy_files import K8S, env_references, flag, image, k8s_objects, replace_flag
+from tests.helpers import free_port, run_process, wait_until
 
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CLI_ENV = {"CANARY_CONFIG", "CANARY_WORKERS"}  # read by `canary serve`, not by routes.yaml

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from test_e2e import SECRETS, Stack, routes, stack_factory  # noqa: F401  (a fixture)
+
+from tests.helpers import SECRETS, Stack, free_port, stack_routes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +73,7 @@ def talk(client: openai.OpenAI, n: int, user: str) -> None:
 def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) -> None:
     """Two workers: /status on either sums both, tokens match what the simulators sent,
     costs follow pricing, and /metrics (parsed by prometheus-client) agrees."""
-    stack: Stack = stack_factory(routes(50, 50) + PRICING, args=["--workers", "2"])
+    stack: Stack = stack_factory(stack_routes(50, 50) + PRICING, args=["--workers", "2"])
 
     n = 0  # each new connection goes to whichever worker accepts it first
     while n < 20 or (not spread(stack) and n < 200):
@@ -129,7 +129,7 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) 
 
 def test_streams_without_usage_are_counted_as_unmetered(stack_factory: Any) -> None:
     """A stream whose client did not ask for usage is answered, and reported as unmetered."""
-    stack: Stack = stack_factory(routes(100, 0) + PRICING)
+    stack: Stack = stack_factory(stack_routes(100, 0) + PRICING)
     client = stack.client()
     for _ in range(3):
         list(
@@ -147,7 +147,7 @@ def test_workers_share_windows_while_redis_is_unreachable(stack_factory: Any) ->
     """Two workers, Redis configured but down: state is degraded, and each worker's window
     still holds the host's calls (the workers' own exchange takes over)."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    text = routes(0, 100) + f"state: {{redis_url: '{dead}'}}\n"
+    text = stack_routes(0, 100) + f"state: {{redis_url: '{dead}'}}\n"
     stack: Stack = stack_factory(text, args=["--workers", "2"])
     n = 0
     while n < 20 or (not spread(stack) and n < 200):

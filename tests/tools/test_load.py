@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import canary, free_port, run_process
 
 from canary.tools.cli import main
 from canary.tools.load import LoadOptions, Outcome, run_load
 from canary.tools.tally import format_result, peak_per_second, percentile
+from tests.helpers import canary, free_port, run_process
 
 KEY = "ck-load-SECRET-555555"
 

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import free_port, run_process
+
+from tests.helpers import free_port, run_process
 
 pytestmark = pytest.mark.e2e
 

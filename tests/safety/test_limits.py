@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import RedisServer, free_port
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
@@ -27,6 +26,7 @@ from canary.safety.limits import (
     RedisLimiter,
     StateUnavailable,
 )
+from tests.helpers import RedisServer, free_port
 
 
 class FakeClock:

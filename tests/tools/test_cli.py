@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, canary, free_port, run_process, wait_until
+
+from tests.helpers import ROOT, canary, free_port, run_process, wait_until
 
 pytestmark = pytest.mark.e2e
 

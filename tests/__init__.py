@@ -1,0 +1,1 @@
+"""canary's tests: a folder per layer of ``canary/``, plus ``e2e/`` and ``deploy/``."""

@@ -36,12 +36,13 @@ import hmac
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import httpx
 import orjson
 import structlog
+from starlette.types import Message, Receive, Scope, Send
 
 from canary.config.model import Backend, Config, Price, Retry, Route, bearer_digest
 from canary.config.store import ConfigStore
@@ -53,12 +54,8 @@ from canary.proxy.router import match_route, pick
 from canary.proxy.usage import UsageScanner, readable_encodings
 from canary.safety.breaker import CLOSED, Breakers, Circuit
 from canary.safety.limits import Limiter, RateLimited
-from canary.safety.windows import Clock, Stats, Window
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from canary.safety.windows import Stats, Window
+from canary.types import Clock
 
 log = structlog.get_logger("canary.proxy.app")
 

@@ -37,7 +37,8 @@ import pybreaker
 import structlog
 
 from canary.config.model import Config, Rollback, Route
-from canary.safety.windows import Clock, Stats, Window
+from canary.safety.windows import Stats, Window
+from canary.types import Clock
 
 log = structlog.get_logger("canary.safety.breaker")
 

@@ -57,9 +57,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from canary.errors import CanaryError, RouterError
+from canary.types import Clock, Sleep
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 
 # Nobody knows when an in-flight call ends: a concurrency refusal suggests this much.

@@ -14,11 +14,11 @@ in tests; nothing here sleeps or reads the wall clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-Clock = Callable[[], float]
+from canary.types import Clock
 
 _BIN_BASE_MS = 0.1
 _BIN_RATIO = 1.15

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from canary.config.model import Config, bearer_digest
 from canary.config.store import ConfigStore
@@ -42,12 +43,13 @@ from canary.observe.meter import Meter
 from canary.observe.metrics import CONTENT_TYPE
 from canary.observe.metrics import render as render_metrics
 from canary.observe.status import status_document
-from canary.proxy.app import Proxy, Receive, Scope, Send
+from canary.proxy.app import Proxy
 from canary.proxy.transport import AiohttpTransport
 from canary.safety.breaker import Breakers
 from canary.safety.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
-from canary.safety.windows import Clock, Stats
+from canary.safety.windows import Stats
 from canary.serve.drain import Traffic
+from canary.types import Clock
 
 log = structlog.get_logger("canary.serve.app")
 

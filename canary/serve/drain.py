@@ -24,21 +24,18 @@ import math
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
 import structlog
 import uvicorn
+from starlette.types import Message, Receive, Scope, Send
 
 from canary.errors import RouterError
 
 log = structlog.get_logger("canary.serve.server")
 
-Message = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_GRACE_S = 5.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from canary.tools.tally import LoadResult, Tally
+from canary.types import Clock, Sleep
 
 MAX_REQUESTS = 10_000_000  # per run: the tallies keep a few floats per request
 MAX_WAIT_S = 3600  # for --timeout and --drain: every wait is bounded
@@ -118,10 +119,6 @@ class Progress:
     done: int
     total: int
     elapsed: float
-
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 async def run_load(

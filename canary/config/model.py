@@ -52,7 +52,9 @@ def _secret(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """One upstream provider; ``api_key`` is sent upstream as a Bearer token."""
+    """One upstream provider; ``api_key`` goes upstream in ``api_key_header``
+    (``authorization`` as ``Bearer KEY``, ``x-api-key`` or ``api-key``; None: in the
+    scheme the client used)."""
 
     name: str
     base_url: str
@@ -61,6 +63,7 @@ class Backend:
     max_qps: float | None
     timeout_s: float
     model_map: Mapping[str, str]
+    api_key_header: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -85,7 +88,8 @@ class Sticky:
 class Match:
     """Route predicates; ``None`` means "any". Globs are compiled once, here."""
 
-    paths: frozenset[str] | None = None
+    paths: frozenset[str] | None = None  # exact paths; with ``prefixes``, None means "any"
+    prefixes: tuple[str, ...] = ()  # from paths written with a trailing ``*``
     models: tuple[str, ...] | None = None
     headers: tuple[tuple[str, str], ...] = ()
     model_pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
@@ -369,7 +373,16 @@ _TOP = {
     "pricing",
     "server",
 }
-_BACKEND = {"base_url", "api_key", "max_concurrency", "max_qps", "timeout_s", "model_map"}
+_BACKEND = {
+    "base_url",
+    "api_key",
+    "api_key_header",
+    "max_concurrency",
+    "max_qps",
+    "timeout_s",
+    "model_map",
+}
+KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 _ROUTE = {"name", "match", "weights", "baseline", "sticky", "fallback"}
 _MATCH = {"paths", "models", "headers"}
 
@@ -579,6 +592,9 @@ def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
         api_key = r.string(b.get("api_key"), f"{path}.api_key").strip()  # mounted files end in \n
         if any(ord(c) < 32 or ord(c) == 127 for c in api_key):
             r.p.add(f"{path}.api_key", "contains a control character")
+        key_header = r.string(b.get("api_key_header"), f"{path}.api_key_header").lower() or None
+        if key_header is not None and key_header not in KEY_HEADERS:
+            r.p.add(f"{path}.api_key_header", f"must be one of {', '.join(KEY_HEADERS)}")
         model_map: dict[str, str] = {}
         for client_model, upstream in r.mapping(b.get("model_map"), f"{path}.model_map").items():
             if not isinstance(upstream, str) or not upstream:
@@ -600,6 +616,7 @@ def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
                 )
             ),
             model_map=model_map,
+            api_key_header=key_header,
         )
     return out
 
@@ -670,6 +687,10 @@ def _match(r: _Reader, value: Any, path: str) -> Match:
     for i, p in enumerate(paths or []):
         if not p.startswith("/"):
             r.p.add(f"{path}.paths[{i}]", "must start with '/' (e.g. /v1/chat/completions)")
+        elif "*" in p[:-1]:
+            r.p.add(f"{path}.paths[{i}]", "'*' may only end a path, as a prefix (/v1/messages*)")
+    exact = [p for p in paths or [] if not p.endswith("*")]
+    prefixes = tuple(p[:-1] for p in paths or [] if p.endswith("*"))
     models = r.strings(m.get("models"), f"{path}.models")
     pattern = None
     if models:
@@ -688,7 +709,8 @@ def _match(r: _Reader, value: Any, path: str) -> Match:
         else:
             headers.append((key.lower(), str(want)))
     return Match(
-        paths=frozenset(paths) if paths else None,
+        paths=frozenset(exact) if paths else None,
+        prefixes=prefixes,
         models=tuple(models) if models else None,
         headers=tuple(headers),
         model_pattern=pattern,

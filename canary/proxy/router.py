@@ -35,7 +35,7 @@ def match_route(
     """First route whose paths, headers and model glob all match (model read only if needed)."""
     for route in routes:
         m = route.match
-        if m.paths is not None and path not in m.paths:
+        if m.paths is not None and path not in m.paths and not path.startswith(m.prefixes):
             continue
         if any(header(name) != want for name, want in m.headers):
             continue

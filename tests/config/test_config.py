@@ -1043,3 +1043,23 @@ def test_a_quoted_variable_in_a_number_field_is_read_as_a_number() -> None:
     assert [str(p) for p in found] == [
         "routes.yaml:8: routes[0].weights.relay: must be a number, not a string"
     ]
+
+
+def test_api_key_header_is_one_of_three_and_a_star_only_ends_a_path() -> None:
+    """``api_key_header`` names where the backend's key goes; a '*' elsewhere is an error."""
+    ok = parse(
+        "backends:\n  a: {base_url: 'http://h/v1', api_key_header: X-Api-Key}\n"
+        "  b: {base_url: 'http://h/v1'}\n"
+        "routes:\n  - name: r\n    match: {paths: ['/v1/messages*']}\n    weights: {a: 1, b: 1}\n"
+    )
+    assert ok.backends["a"].api_key_header == "x-api-key"
+    assert ok.backends["b"].api_key_header is None
+    assert ok.routes[0].match.prefixes == ("/v1/messages",)
+    found = problems_of(
+        "backends:\n  a: {base_url: 'http://h/v1', api_key_header: bearer}\n"
+        "routes:\n  - name: r\n    match: {paths: ['/v1/*/x']}\n    weights: {a: 1}\n"
+    )
+    assert [(p.path, p.line) for p in found] == [
+        ("backends.a.api_key_header", 2),
+        ("routes[0].match.paths[0]", 5),
+    ]

@@ -403,3 +403,22 @@ def test_bucket_of_and_sticky_picks_are_stable_across_processes(seed: str) -> No
     backends = [pick(weights, k, random.Random()) for k in keys]
     assert json.loads(result.stdout) == {"buckets": buckets, "backends": backends}
     assert all(0 <= bucket < BUCKETS for bucket in buckets)
+
+
+def test_a_path_ending_in_star_matches_as_a_prefix() -> None:
+    """``/v1/messages*`` takes /v1/messages and /v1/messages/count_tokens, nothing else."""
+    routes = routes_of(
+        "routes:\n  - name: claude\n    match: {paths: ['/v1/messages*', /v1/x]}\n"
+        + "    weights: {relay: 1}\n  - name: default\n    weights: {legacy: 1}\n"
+    )
+    names = {
+        path: match_route(routes, path, lambda _: None, lambda: None).name  # type: ignore[union-attr]
+        for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/x", "/v1/x/y", "/v1/chat")
+    }
+    assert names == {
+        "/v1/messages": "claude",
+        "/v1/messages/count_tokens": "claude",
+        "/v1/x": "claude",
+        "/v1/x/y": "default",
+        "/v1/chat": "default",
+    }

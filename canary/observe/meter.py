@@ -60,6 +60,7 @@ class Meter:
         self.unpriced: dict[tuple[str, str], list[int]] = {}  # (backend, model) -> [in, out]
         self.unmetered: dict[str, int] = {}  # answered calls without a usage object
         self.rate: dict[int, dict[tuple[str, str], list[int]]] = {}  # slot -> (route, model)
+        self.internal_errors = 0  # faults of the router itself, answered as 500
         self._models: set[str] = set()
 
     # -- the hot path ------------------------------------------------------------------
@@ -76,7 +77,8 @@ class Meter:
             hist[-1] += seconds
 
     def failure(self, backend: str, kind: str) -> None:
-        """An upstream failure: ``timeout``, ``connect``, ``5xx``, ``429`` or ``stream_cut``."""
+        """An upstream failure: ``timeout``, ``connect``, ``5xx``, ``429``, ``stream_cut``,
+        ``401``/``402``/``403`` (key, credit, account refused) or ``rejected``."""
         key = (backend, kind)
         self.failures[key] = self.failures.get(key, 0) + 1
 
@@ -134,6 +136,9 @@ class Meter:
         """A call queued ``seconds`` for a limiter slot before it could start."""
         self.limiter_waits[backend] = self.limiter_waits.get(backend, 0) + 1
         self.limiter_wait_s[backend] = self.limiter_wait_s.get(backend, 0.0) + seconds
+
+    def internal_error(self) -> None:
+        self.internal_errors += 1
 
     def rejected(self, backend: str) -> None:
         self.limiter_rejections[backend] = self.limiter_rejections.get(backend, 0) + 1
@@ -201,11 +206,13 @@ class Meter:
             "unpriced": flat(self.unpriced),
             "unmetered": self.unmetered,
             "rate": {str(s): flat(r) for s, r in self.rate.items()},
+            "internal_errors": self.internal_errors,
         }
 
     def absorb(self, data: dict[str, Any]) -> None:
         """Add another worker's ``export()`` into these counters."""
         self.started_at = min(self.started_at, float(data["started_at"]))
+        self.internal_errors += int(data.get("internal_errors", 0))
         for name in ("requests", "failures", "fallbacks", "spent"):
             mine = getattr(self, name)
             for k, v in data[name].items():

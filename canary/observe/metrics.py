@@ -58,9 +58,17 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
 
     yield _counter(
         "canary_upstream_failures",
-        "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut.",
+        "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut, 401 (key "
+        "refused), 402 (credit spent), 403 (account barred), rejected (a 4xx the baseline "
+        "then served).",
         ["backend", "kind"],
         meter.failures.items(),
+    )
+    yield _counter(
+        "canary_internal_errors",
+        "Faults of the router itself, answered as 500 internal_error.",
+        [],
+        [((), meter.internal_errors)],
     )
     yield _counter(
         "canary_retries", "Tries made again on the same backend.", ["backend"], _one(meter.retries)

@@ -19,7 +19,7 @@ from canary.config.store import ConfigStore
 from canary.fleet.workers import Fleet
 from canary.observe.cost import backend_costs, cost_section
 from canary.observe.meter import Meter
-from canary.safety.breaker import CLOSED, Breakers
+from canary.safety.breaker import CLOSED, Breakers, Circuit
 from canary.safety.windows import Stats
 
 
@@ -58,16 +58,41 @@ def readiness(
         errors += circuit.since_errors
         if circuit.state != CLOSED:
             since = circuit.changed_at.astimezone().strftime("%H:%M:%S")
-            reasons.append(f"{name}: circuit {circuit.state.replace('_', '-')} since {since}")
+            state = circuit.state.replace("_", "-")
+            reasons.append(f"{name}: circuit {state} since {since}{_failures(circuit)}")
         elif requests < bar.min_requests:
             reasons.append(f"{name}: {requests} of {bar.min_requests} requests")
         else:
             rate = errors / requests
             if rate >= bar.max_error_rate:
-                reasons.append(f"{name}: error rate {rate:.3f} >= {bar.max_error_rate:g}")
+                reasons.append(
+                    f"{name}: error rate {rate:.3f} >= {bar.max_error_rate:g}{_failures(circuit)}"
+                )
     if reasons:
         return False, "; ".join(reasons)
     return True, ", ".join(f"{n}: ready" for n in candidates)
+
+
+_KIND_WORDS = {
+    "401": "key refused (401)",
+    "402": "credit spent (402)",
+    "403": "account barred (403)",
+    "rejected": "refused what the baseline served (4xx)",
+    "429": "rate limited (429)",
+    "5xx": "server errors (5xx)",
+    "timeout": "timeouts",
+    "connect": "connection failures",
+    "stream_cut": "streams cut",
+}
+
+
+def _failures(circuit: Circuit) -> str:
+    """How the backend mostly failed, in words: ``: key refused (401) on 40 of 40 calls``."""
+    if not circuit.since_kinds:
+        return ""
+    kind, count = max(circuit.since_kinds.items(), key=lambda item: item[1])
+    words = _KIND_WORDS.get(kind, kind)
+    return f": {words} on {count} of {circuit.since_requests} calls"
 
 
 def status_document(

@@ -5,8 +5,10 @@ a non-streamed body, and in the last data event of a stream when the client aske
 (``stream_options.include_usage``; every earlier chunk then carries ``"usage": null``).
 The Responses API names the fields ``input_tokens`` / ``output_tokens``.
 
-The proxy feeds a plain answer's chunks as they pass, and a stream's last three chunks
-when it ends (the usage event is its last), so a plain stream costs nothing per chunk.
+The proxy feeds a plain answer's chunks as they pass, and a stream's first and last whole
+events when it ends (``canary.proxy.sse``), so a plain stream costs nothing per chunk.
+Which counters an object holds is the dialect's to say (``openai_counters``,
+``anthropic_counters``: Anthropic's cache reads and writes are input tokens too).
 ``UsageScanner.feed`` looks at each chunk once with a substring search; only when a
 usage object starts does it keep up to ``KEEP`` bytes from there on (a chunk boundary
 may split the object, or the key itself), and ``result`` reads the counters of that
@@ -24,6 +26,9 @@ from __future__ import annotations
 import functools
 import re
 import zlib
+from collections.abc import Callable
+
+Counters = Callable[[bytes], tuple[int, int] | None]  # a usage object -> (input, output)
 
 _MARK = b'"usage"'
 KEEP = 1024  # bytes kept from a usage object's start: it holds a handful of counters
@@ -32,6 +37,10 @@ _SPACE = b" \t\r\n:"
 _PREFIXES = tuple(_MARK[:n] for n in range(1, len(_MARK)))  # a mark cut by a chunk end
 _INPUT = re.compile(rb'"(?:prompt|input)_tokens"\s*:\s*(\d+)')
 _OUTPUT = re.compile(rb'"(?:completion|output)_tokens"\s*:\s*(\d+)')
+_ANTHROPIC_INPUT = re.compile(
+    rb'"(?:input_tokens|cache_creation_input_tokens|cache_read_input_tokens)"\s*:\s*(\d+)'
+)
+_ANTHROPIC_OUTPUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
 _WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 
 
@@ -95,19 +104,16 @@ class UsageScanner:
         self._inflated += len(out)
         return out
 
-    def result(self) -> tuple[int, int] | None:
+    def result(self, counters: Counters | None = None) -> tuple[int, int] | None:
         """(input tokens, output tokens) of the last usage object seen, or None."""
+        counters = counters or openai_counters
         tail = self._tail
         start = tail.find(b"{")
         if start < 0 or tail[len(_MARK) : start].strip(_SPACE):
             return None
-        # Counters come before any nested details: try up to the first closing brace, then
-        # the whole object (cut at its own closing brace, never past it).
-        first = tail.find(b"}", start)
-        found = _counters(tail[start : first + 1] if first >= 0 else tail)
-        if found is None and first >= 0:
-            found = _counters(tail[start : _closing(tail, start) + 1])
-        return found
+        # The whole object, cut at its own closing brace (never past it): Anthropic's
+        # output_tokens follows a nested cache_creation object.
+        return counters(tail[start : _closing(tail, start) + 1])
 
 
 def _closing(text: bytes, start: int) -> int:
@@ -128,7 +134,16 @@ def _closing(text: bytes, start: int) -> int:
         i = close + 1
 
 
-def _counters(obj: bytes) -> tuple[int, int] | None:
+def anthropic_counters(obj: bytes) -> tuple[int, int] | None:
+    """Anthropic's usage: input, cache writes and cache reads are all input tokens."""
+    found = _ANTHROPIC_INPUT.findall(obj)
+    tokens_out = _ANTHROPIC_OUTPUT.search(obj)
+    if not found and tokens_out is None:
+        return None
+    return sum(int(n) for n in found), int(tokens_out.group(1)) if tokens_out else 0
+
+
+def openai_counters(obj: bytes) -> tuple[int, int] | None:
     """(input, output) from the counters in ``obj``, or None when it holds neither."""
     tokens_in = _INPUT.search(obj)
     tokens_out = _OUTPUT.search(obj)

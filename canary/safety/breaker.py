@@ -115,6 +115,7 @@ class Circuit:
         self.probes_ok = 0
         self.since_requests = 0
         self.since_errors = 0
+        self.since_kinds: dict[str, int] = {}  # failed calls by kind, over the same span
         self._cb = pybreaker.CircuitBreaker(
             fail_max=2**31,  # never trips on its own: the error-rate rule below decides
             reset_timeout=rules.open_s,
@@ -139,12 +140,16 @@ class Circuit:
             return True
         return False
 
-    def record(self, *, error: bool) -> None:
-        """A call to this backend finished (after ``window.finish``); apply the rules."""
+    def record(self, *, error: bool, kind: str | None = None) -> None:
+        """A call to this backend finished (after ``window.finish``); apply the rules.
+
+        ``kind`` names how a failed call failed, for the readiness reason."""
         if self.state == CLOSED:
             self.since_requests += 1
             if error:
                 self.since_errors += 1
+                if kind is not None:
+                    self.since_kinds[kind] = self.since_kinds.get(kind, 0) + 1
             # The rate can cross the bar only on a failure, or on the call that brings the
             # window up to min_requests; any other success lowers it. So check just then.
             window = self.window
@@ -230,6 +235,7 @@ class Circuit:
     def _fresh(self, now: datetime) -> None:
         self.window.reset()
         self.since_requests = self.since_errors = 0
+        self.since_kinds = {}
         self.changed_at = now
         self.epoch = self.reset_at = now.timestamp()
 

@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
+import structlog.testing
 from asgi_lifespan import LifespanManager
 
 from canary.serve.app import create_app
-from tests.helpers import Chunks, Handler, Upstream, no_sleep, serving
+from tests.helpers import Chunks, Handler, Upstream, no_sleep, prometheus_samples, serving
 
 UPSTREAM_KEY = "sk-upstream-legacy-0123456789"
 RELAY_KEY = "sk-upstream-relay-9876543210"
@@ -520,6 +522,10 @@ def relay_fails_with(failure: Any) -> Handler:
         pytest.param(httpx.ReadTimeout("slow"), 1, id="timeout"),
         pytest.param(lambda r: httpx.Response(503, content=b"{}"), 3, id="503"),
         pytest.param(lambda r: httpx.Response(429, content=b"{}"), 3, id="429"),
+        pytest.param(lambda r: httpx.Response(401, content=b"{}"), 1, id="401-key-refused"),
+        pytest.param(lambda r: httpx.Response(402, content=b"{}"), 1, id="402-credit-spent"),
+        pytest.param(lambda r: httpx.Response(403, content=b"{}"), 1, id="403-account-barred"),
+        pytest.param(lambda r: httpx.Response(404, content=b"{}"), 1, id="404-rejected"),
         pytest.param(
             lambda r: httpx.Response(
                 200,
@@ -548,16 +554,20 @@ async def test_failed_canary_call_falls_back_to_the_baseline(
     assert (backends["legacy"]["requests"], backends["legacy"]["errors"]) == (1, 0)
 
 
-async def test_client_errors_from_the_canary_do_not_fall_back(
+async def test_a_4xx_both_backends_give_is_the_clients_mistake(
     fallback_client: httpx.AsyncClient, upstream: Upstream
 ) -> None:
-    """A 400 from the canary is the client's error: passed through, not retried, not counted."""
-    upstream.handler = relay_fails_with(lambda r: httpx.Response(400, content=b'{"e": 1}'))
+    """A 400 from the canary is made once more on the baseline; when the baseline refuses
+    too, the client gets the baseline's answer and nobody's error count moves."""
+    upstream.handler = lambda r: httpx.Response(400, content=r.url.host.encode())
     r = await fallback_client.post("/v1/chat/completions", json=chat())
-    assert (r.status_code, r.content) == (400, b'{"e": 1}')
-    assert "x-canary-fallback" not in r.headers
-    assert len(upstream.requests) == 1
-    assert (await fallback_client.get("/status")).json()["backends"]["relay"]["errors"] == 0
+    assert (r.status_code, r.content) == (400, b"legacy.test")
+    assert r.headers["x-canary-fallback"] == "relay"
+    assert [q.url.host for q in upstream.requests] == ["relay.test", "legacy.test"]
+    backends = (await fallback_client.get("/status")).json()["backends"]
+    assert (backends["relay"]["errors"], backends["legacy"]["errors"]) == (0, 0)
+    samples = prometheus_samples((await fallback_client.get("/metrics")).text)
+    assert not [k for k in samples if k[0] == "canary_upstream_failures_total"]
 
 
 async def test_when_the_baseline_fails_too_the_client_gets_its_error(
@@ -680,16 +690,25 @@ async def test_a_header_that_cannot_be_forwarded_is_the_clients_400(
 async def test_an_unexpected_failure_is_still_answered_in_openai_shape(
     client: httpx.AsyncClient, upstream: Upstream
 ) -> None:
-    """Whatever goes wrong inside, the client gets a JSON 502 rather than a bare 500."""
+    """Whatever goes wrong inside, the client gets a JSON 500 with the request id, the fault
+    is counted and logged once with its traceback, and the access line has the status."""
 
     def broken(request: httpx.Request) -> httpx.Response:
         raise ValueError("something canary did not foresee")
 
     upstream.handler = broken
-    r = await client.get("/v1/models")
-    assert r.status_code == 502
+    with structlog.testing.capture_logs() as logs:
+        r = await client.get("/v1/models")
+    assert r.status_code == 500
     assert error_of(r)["code"] == "internal_error"
     assert "foresee" not in r.text
+    assert r.headers["x-canary-request-id"]
+    faults = [e for e in logs if e["event"] == "proxy.internal_error"]
+    assert len(faults) == 1 and faults[0]["exc_info"]
+    access = [e for e in logs if e["event"] == "proxy.request"]
+    assert [(e["status"], e["outcome"]) for e in access] == [(500, "internal_error")]
+    samples = prometheus_samples((await client.get("/metrics")).text)
+    assert samples[("canary_internal_errors_total", ())] == 1
 
 
 async def test_bodiless_statuses_lose_their_content_length(

@@ -1,0 +1,423 @@
+"""One request, top to bottom: one object going down a chain of short steps.
+
+    Exchange.run
+    ├── _choose     config, client key, path, body, route, backend by weight or sticky key;
+    │               a canary whose circuit is not closed gives its call to the baseline
+    └── _forward    the chosen backend; when it fails before any byte reached the client,
+        │           the baseline once (``fallback: true``)
+        └── _call   one backend: admit (limiter) -> send with retries -> relay -> account
+            ├── _send       the retry loop (``canary.proxy.retry``), each failed try counted
+            ├── relay       ``canary.proxy.relay``: chunk by chunk to the client
+            └── _account    the one place where windows, circuits and the meter move
+
+What an answer means for the backend (SPEC §4):
+
+    status        counts against it          falls back (fallback: true)   retried there
+    2xx, 3xx      no                         no                            no
+    429, 5xx      yes (429 / 5xx)            yes                           429/502/503/504
+    401/402/403   yes (key refused, credit   yes                           no
+                  spent, account barred)
+    other 4xx     only when the baseline     yes, once; the client gets    no
+                  then answers 2xx           the baseline's answer
+                  (``rejected``)
+
+Transport failures count as ``timeout``/``connect``, a stream without its end mark as
+``stream_cut``. A client that left, a slow client and a request the router could not
+write give no verdict on the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from canary.config.model import Backend, Config, Route
+from canary.errors import RouterError
+from canary.proxy.answers import Client, outcome_of, upstream_failure
+from canary.proxy.body import Body, read_body
+from canary.proxy.dialects import dialect_of
+from canary.proxy.headers import check_client_key, check_path, header, request_id
+from canary.proxy.relay import EarlyFailure, Try, log_failure, relay
+from canary.proxy.retry import RETRY_STATUSES, backoff, delay_s, retryable_error
+from canary.proxy.router import match_route, pick
+from canary.safety.breaker import CLOSED
+from canary.safety.limits import Lease, RateLimited
+
+if TYPE_CHECKING:
+    from canary.proxy.app import Proxy
+
+log = structlog.get_logger("canary.proxy")
+
+_WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
+_FAULTS = {401: "401", 402: "402", 403: "403", 429: "429"}  # statuses that are the backend's
+_OUTCOME_KIND = {
+    "upstream_timeout": "timeout",
+    "upstream_error": "connect",
+    "stream_cut": "stream_cut",
+}
+# Outcomes that give no verdict on the backend: its circuit neither passes nor fails them.
+NO_VERDICT = frozenset(
+    {"client_disconnected", "cancelled", "slow_client", "bad_request", "internal_error"}
+)
+
+
+def fault_kind(status: int) -> str | None:
+    """The failure kind of an upstream answer that is the backend's fault, else None."""
+    return "5xx" if status >= 500 else _FAULTS.get(status)
+
+
+class Exchange:
+    """One client request and everything the router does for it."""
+
+    __slots__ = (
+        "body",
+        "cfg",
+        "client",
+        "dialect",
+        "first",
+        "hdrs",
+        "last",
+        "p",
+        "receive",
+        "refusal",
+        "route",
+        "scope",
+        "started",
+    )
+
+    def __init__(self, proxy: Proxy, scope: Scope, receive: Receive, send: Send) -> None:
+        self.p = proxy
+        self.scope = scope
+        self.receive = receive
+        self.started = proxy.clock()
+        self.hdrs: dict[bytes, bytes] = dict(scope["headers"])
+        self.client = Client(send, request_id(self.hdrs.get(b"x-request-id")))
+        self.cfg: Config | None = proxy.store.config  # a reload mid-request does not touch it
+        self.dialect = dialect_of(scope["path"])
+        self.route: Route | None = None
+        self.body: Body | None = None
+        self.first: Try | None = None  # the try that failed before a fallback
+        self.last: Try | None = None  # the try whose answer the client got
+        self.refusal: RouterError | None = None
+
+    async def run(self) -> None:
+        try:
+            backend = await self._choose()
+        except RouterError as exc:
+            self.refusal = exc
+            await self.client.error(exc)
+            self.p.meter.call("", "", exc.status, self.p.clock() - self.started)
+            return
+        await self._forward(backend)
+
+    async def _choose(self) -> Backend:
+        cfg, hdrs = self.cfg, self.hdrs
+        if cfg is None:
+            raise RouterError(
+                "No valid configuration is loaded; GET /status shows why.",
+                code="no_config",
+                status=503,
+            )
+        if cfg.auth.api_key_digests:
+            check_client_key(cfg, hdrs)
+        path: str = self.scope["path"]
+        check_path(path, self.scope.get("raw_path"))
+        encoding = hdrs.get(b"content-encoding", b"").strip().lower()
+        limit = cfg.server.max_body_bytes
+        body = self.body = await read_body(
+            self.receive, hdrs.get(b"content-length"), encoding, limit
+        )
+        route = match_route(cfg.routes, path, lambda name: header(hdrs, name), body.model)
+        if route is None:
+            raise RouterError(f"No route matches {path}.", code="no_route", status=404)
+        self.route = route
+        self.client.route = route.name.encode()
+        if any(cfg.backends[n].model_map for n in route.weights):
+            body.json()  # refused the same way whichever backend the draw picks
+        name = pick(route.weights, _sticky_key(route, hdrs, body), self.p.rng)
+        if name != route.baseline:
+            circuit = self.p.breakers.circuits.get(name)
+            if circuit is not None and not circuit.admit():
+                name = route.baseline  # rolled back: the baseline takes this call
+        return cfg.backends[name]
+
+    async def _forward(self, backend: Backend) -> None:
+        """The chosen backend; on an early failure, the baseline once."""
+        assert self.cfg is not None and self.route is not None
+        route = self.route
+        baseline = self.cfg.backends[route.baseline] if route.fallback else None
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(
+            _watch_disconnect(self.receive, self.client, task)
+        )
+        try:
+            t = await self._call(backend, None, baseline not in (None, backend))
+            if t.fall_back and baseline is not None:
+                self.p.meter.fallback(route.name, backend.name)
+                self.first = t
+                try:
+                    await self._call(baseline, backend.name, False)
+                finally:
+                    if t.deferred:
+                        self._settle(t, self.last)
+        except asyncio.CancelledError:
+            if not self.client.disconnected:
+                raise
+            task.uncancel()  # the client left: not a backend failure, nothing to answer
+        finally:
+            watcher.cancel()
+
+    def _settle(self, canary: Try, baseline: Try) -> None:
+        """A canary's 4xx is its error only when the baseline did what it would not."""
+        served = baseline is not canary and 200 <= baseline.status < 300
+        canary.kind = "rejected" if served and baseline.outcome == "ok" else None
+        canary.deferred = False
+        self._account(canary)
+
+    async def _call(self, backend: Backend, origin: str | None, can_fall_back: bool) -> Try:
+        """One call to one backend, its retries included; accounted when it ends."""
+        t = self.last = Try(backend, origin, self.scope["method"] == "POST")
+        t.since = self.p.clock()
+        lease = await self._admit(t)
+        if lease is None:
+            self._account(t)
+            return t
+        response: httpx.Response | None = None
+        try:
+            response = await self._send(t)
+            t.status = response.status_code
+            t.kind = fault_kind(t.status)
+            if can_fall_back and (t.kind is not None or 400 <= t.status < 500):
+                t.fall_back = True
+                t.deferred = t.kind is None  # judged once the baseline has answered
+                t.outcome = f"upstream_{t.status}"
+                return t
+            await relay(self.client, response, t, self.dialect)
+        except (EarlyFailure, httpx.TransportError) as exc:
+            await self._failed(t, exc, can_fall_back)
+        except asyncio.CancelledError:
+            t.outcome = "client_disconnected" if self.client.disconnected else "cancelled"
+            raise
+        except Exception:
+            t.outcome = "internal_error"  # answered at the edge (canary.proxy.app)
+            raise
+        finally:
+            if response is not None:
+                await response.aclose()
+            await lease.release()
+            if not t.deferred:
+                self._account(t)
+        return t
+
+    async def _admit(self, t: Try) -> Lease | None:
+        """A slot under the backend's limits, or a 429 answer (not the backend's fault)."""
+        backend, p = t.backend, self.p
+        assert self.cfg is not None
+        try:
+            lease = await p.limiter.acquire(
+                backend.name,
+                max_concurrency=backend.max_concurrency,
+                max_qps=backend.max_qps,
+                wait_s=self.cfg.server.queue_timeout_s,
+            )
+        except RateLimited as limited:
+            t.status = await self.client.error(limited, backend.name, t.origin)
+            t.outcome = "rate_limited"
+            p.meter.rejected(backend.name)
+            return None
+        waited = p.clock() - t.since
+        if waited > _WAIT_S:
+            p.meter.waited(backend.name, waited)
+        return lease
+
+    async def _failed(self, t: Try, exc: Exception, can_fall_back: bool) -> None:
+        """The call failed in transport: fall back, or answer 502/504 (400 if ours)."""
+        if isinstance(exc, httpx.LocalProtocolError):
+            # The request cannot be written (a header that is not UTF-8): the client's
+            # fault, not the backend's. Nothing reached the upstream.
+            t.outcome = "bad_request"
+            refusal = RouterError(
+                "A request header could not be forwarded (not UTF-8).",
+                code="invalid_header",
+                status=400,
+            )
+            t.status = await self.client.error(refusal, t.backend.name, t.origin)
+            return
+        cause = exc.cause if isinstance(exc, EarlyFailure) else exc
+        assert isinstance(cause, httpx.TransportError)
+        t.outcome = exc.outcome if isinstance(exc, EarlyFailure) else outcome_of(cause)
+        t.status = 0  # the headers may have said 200, but no answer came: not a success
+        log_failure(self.client.request_id, t.backend, cause)
+        if can_fall_back:
+            t.fall_back = True
+            return
+        failure = upstream_failure(t.backend, cause)
+        t.status = await self.client.error(failure, t.backend.name, t.origin)
+
+    async def _send(self, t: Try) -> httpx.Response:
+        """Call the backend, retrying what cannot have been billed (``canary.proxy.retry``).
+
+        Each failed try is counted before the next; ``t.began`` is the start of the try
+        still open, None while waiting between tries."""
+        assert self.cfg is not None
+        rules, backend, p = self.cfg.retry, t.backend, self.p
+        window = p.stats.window(backend.name)
+        attempt = 1
+        while True:
+            p.budget.note_call(backend.name)
+            t.began = p.clock()
+            window.start()
+            response: httpx.Response | None = None
+            failure: httpx.TransportError | None = None
+            kind: str | None
+            try:
+                response = await p.transport.handle_async_request(self._request(backend))
+            except httpx.TransportError as exc:
+                if not retryable_error(exc, unsafe=rules.unsafe):
+                    raise
+                wait, failure = backoff(attempt, rules.backoff_s, p.rng), exc
+                after, kind = type(exc).__name__, _OUTCOME_KIND[outcome_of(exc)]
+            else:
+                status = response.status_code
+                asked = None
+                if status in RETRY_STATUSES:
+                    asked = delay_s(attempt, rules.backoff_s, response.headers, p.rng)
+                if asked is None:
+                    return response
+                wait, failure, after, kind = asked, None, str(status), fault_kind(status)
+            # A retryable failure: count it now, so a circuit it trips stops the retries.
+            self._count(backend.name, t.began, kind)
+            t.began = None
+            if not await self._may_retry(attempt, backend):
+                if failure is not None:
+                    raise failure
+                assert response is not None
+                return response  # counted already: t.began is None
+            if response is not None:
+                await response.aclose()
+            p.meter.retry(backend.name)
+            log.info(
+                "proxy.retry",
+                request_id=self.client.request_id.decode(),
+                backend=backend.name,
+                attempt=attempt,
+                after=after,
+                wait_s=round(wait, 3),
+            )
+            await p.sleep(wait)
+            attempt += 1
+
+    async def _may_retry(self, attempt: int, backend: Backend) -> bool:
+        """Another try: attempts and budget left, the circuit closed, a QPS start granted."""
+        assert self.cfg is not None
+        rules, p = self.cfg.retry, self.p
+        circuit = p.breakers.circuits.get(backend.name)
+        if (
+            attempt >= rules.max_attempts
+            or (circuit is not None and circuit.state != CLOSED)  # a tripped backend gets no more
+            or not p.budget.try_spend(backend.name, rules.budget)
+        ):
+            return False
+        if backend.max_qps is None:
+            return True
+        try:  # a retry is a new request start: it needs a QPS slot like any other
+            await p.limiter.acquire(
+                backend.name,
+                max_concurrency=None,  # the call's concurrency lease is still held
+                max_qps=backend.max_qps,
+                wait_s=self.cfg.server.queue_timeout_s,
+            )
+        except RateLimited:
+            return False
+        return True
+
+    def _request(self, backend: Backend) -> httpx.Request:
+        assert self.body is not None
+        content, rewritten = self.body.for_backend(backend)
+        return self.p.upstream_request(
+            self.scope, backend, content, self.client.request_id, rewritten
+        )
+
+    def _count(self, name: str, began: float, kind: str | None, verdict: bool = True) -> None:
+        """A try ended: its window, its circuit and its failure kind move here, and only here."""
+        p = self.p
+        p.stats.window(name).finish(p.clock() - began, error=kind is not None)
+        circuit = p.breakers.circuits.get(name)
+        if circuit is not None:
+            if verdict:
+                circuit.record(error=kind is not None, kind=kind)
+            else:
+                circuit.abandon()
+        if kind is not None:
+            p.meter.failure(name, kind)
+
+    def _account(self, t: Try) -> None:
+        """A call ended: its open try counted, its tokens and its status metered."""
+        assert self.route is not None and self.cfg is not None and self.body is not None
+        p, name = self.p, t.backend.name
+        if t.began is not None:  # the last try is still open (not one counted as it failed)
+            kind = t.kind or _OUTCOME_KIND.get(t.outcome)
+            self._count(name, t.began, kind, verdict=t.outcome not in NO_VERDICT)
+            t.began = None
+        if t.tokens is not None:
+            model = self.body.accounted_model()
+            price = self.cfg.pricing.get(name, {}).get(model or "")
+            p.meter.usage(
+                self.route.name,
+                name,
+                model,
+                t.tokens,
+                None if price is None else (price.input, price.output),
+            )
+        elif t.metered and t.outcome == "ok" and 200 <= t.status < 300:
+            p.meter.no_usage(name)
+        if not t.status and t.outcome in NO_VERDICT:
+            t.status = 499  # nginx's "client closed request": no answer was given
+        p.meter.call(self.route.name, name, t.status, p.clock() - t.since)
+
+    def access_fields(self) -> dict[str, Any]:
+        """The access line's fields: a refusal has no route or backend."""
+        t = self.last
+        fields: dict[str, Any] = {
+            "route": self.route.name if self.route is not None else None,
+            "backend": t.backend.name if t is not None else None,
+            "status": t.status if t is not None else 0,
+            "outcome": t.outcome if t is not None else "ok",
+        }
+        if t is None and self.refusal is not None:
+            fields["status"], fields["outcome"] = self.refusal.status, self.refusal.code
+        if t is not None and t.tokens is not None:
+            fields["tokens_in"], fields["tokens_out"] = t.tokens
+        if self.first is not None:
+            fields["fallback"], fields["fallback_outcome"] = (
+                self.first.backend.name,
+                (self.first.outcome if self.first.kind != "rejected" else "rejected"),
+            )
+        return fields
+
+
+async def _watch_disconnect(receive: Receive, client: Client, task: asyncio.Task[Any]) -> None:
+    """Cancel the call as soon as the client goes away (the body has been read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+    if not client.done:
+        client.disconnected = True
+        task.cancel()
+
+
+def _sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body) -> str | None:
+    sticky = route.sticky
+    if sticky is None:
+        return None
+    if sticky.source == "header":
+        return header(hdrs, sticky.name) or None
+    parsed = body.json()
+    value = parsed.get(sticky.name) if parsed is not None else None
+    return str(value) if value not in (None, "") else None

@@ -1,0 +1,187 @@
+"""The stream relay: an upstream answer to the client, chunk by chunk, as it arrives.
+
+The response headers go out with the first body chunk, so an upstream that fails before
+its first chunk raises ``EarlyFailure`` with nothing sent (fallback is still possible).
+A stream that breaks after bytes reached the client is never ended as if complete: an
+SSE stream ends in its dialect's error event (each SDK raises on its own), any other
+body is cut so the client sees an incomplete response. A stream that ends without its
+dialect's end mark, decided on whole events (``canary.proxy.sse``), is cut too.
+
+Bounded waits without a timer per chunk: the transport's read timeout bounds a silent
+upstream; one deadline per stream of ``timeout_s`` + 1 s, moved forward at most once a
+second, bounds a client that stops reading (so it cannot hold an upstream slot longer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import httpx
+import structlog
+
+from canary.config.model import Backend
+from canary.observe.logs import redactor
+from canary.proxy.answers import Client, outcome_of
+from canary.proxy.dialects import Dialect
+from canary.proxy.headers import DROP_RESPONSE, without
+from canary.proxy.sse import Frames
+from canary.proxy.usage import UsageScanner
+
+log = structlog.get_logger("canary.proxy")
+
+SLOW_CLIENT_GRACE_S = 1.0
+
+
+class Try:
+    """One call to one backend, retries included: how it went, for the accounting."""
+
+    __slots__ = (
+        "backend",
+        "began",
+        "deferred",
+        "fall_back",
+        "kind",
+        "metered",
+        "origin",
+        "outcome",
+        "since",
+        "status",
+        "tokens",
+    )
+
+    def __init__(self, backend: Backend, origin: str | None, metered: bool) -> None:
+        self.backend = backend
+        self.origin = origin  # the backend that failed first, when this is a fallback
+        self.metered = metered  # its usage is read (a POST)
+        self.since = 0.0  # when the call began, before any wait for a limiter slot
+        self.began: float | None = None  # the start of the try still open; None between
+        self.status = 0
+        self.outcome = "ok"
+        self.kind: str | None = None  # the failure kind when it counts against the backend
+        self.tokens: tuple[int, int] | None = None
+        self.fall_back = False  # it failed early: the baseline may answer instead
+        self.deferred = False  # a 4xx whose verdict waits for the baseline's answer
+
+
+class EarlyFailure(Exception):
+    """The upstream failed before any byte reached the client."""
+
+    def __init__(self, outcome: str, cause: httpx.TransportError) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.cause = cause
+
+
+async def relay(client: Client, response: httpx.Response, t: Try, dialect: Dialect) -> None:
+    """Stream ``response`` to the client; set ``t.outcome`` and ``t.tokens``."""
+    start, sse, encoding = _start(client, response, t)
+    status = t.status
+    check_end = sse and status < 400 and not encoding and bool(dialect.end_marks)
+    metered = t.metered and status < 300
+    frames = Frames() if (metered or check_end) and sse and not encoding else None
+    scanner = UsageScanner() if metered and frames is None else None
+    if scanner is not None and encoding and not scanner.encoded(encoding):
+        scanner = None  # an encoding it cannot read: the call counts as unmetered
+    loop = asyncio.get_running_loop()
+    budget = t.backend.timeout_s + SLOW_CLIENT_GRACE_S
+    moved = loop.time()
+    send = client.send
+    try:
+        async with asyncio.timeout_at(moved + budget) as deadline:
+            async for chunk in cast(httpx.AsyncByteStream, response.stream):
+                if not client.started:
+                    client.started = True
+                    await send(start)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if frames is not None:
+                    frames.feed(chunk)
+                elif scanner is not None:
+                    scanner.feed(chunk)
+                now = loop.time()
+                if now - moved >= 1.0:
+                    moved = now
+                    deadline.reschedule(now + budget)
+            if not client.started:
+                client.started = True
+                await send(start)
+            await _finish(client, t, dialect, frames if check_end else None)
+            if metered:
+                t.tokens = _usage(dialect, frames, scanner)
+    except httpx.TransportError as exc:
+        if not client.started:  # the headers came, the body broke: a cut (or a timeout)
+            timeout = isinstance(exc, httpx.TimeoutException)
+            raise EarlyFailure("upstream_timeout" if timeout else "stream_cut", exc) from exc
+        log_failure(client.request_id, t.backend, exc, event="proxy.stream_broken")
+        if sse and not encoding:
+            why = f"the upstream stream broke ({type(exc).__name__})"
+            await client.end(dialect.error_event(_mid_stream(t.backend, why)))
+        # Otherwise return without ending the body: the server closes the connection,
+        # so the client sees an incomplete response rather than a short "complete" one.
+        t.outcome = "upstream_timeout" if outcome_of(exc) == "upstream_timeout" else "stream_cut"
+    except TimeoutError:
+        log.warning(
+            "proxy.slow_client", request_id=client.request_id.decode(), backend=t.backend.name
+        )
+        t.outcome = "slow_client"
+
+
+def _start(
+    client: Client, response: httpx.Response, t: Try
+) -> tuple[dict[str, object], bool, bytes]:
+    """The client's response start, whether the body is SSE, and its Content-Encoding."""
+    raw = [(k.lower(), v) for k, v in response.headers.raw]
+    drop = DROP_RESPONSE
+    content_type = encoding = b""
+    for k, v in raw:
+        if k == b"connection":
+            drop = without(DROP_RESPONSE, v)
+        elif k == b"content-type":
+            content_type = v
+        elif k == b"content-encoding":
+            encoding = v
+    sse = content_type.startswith(b"text/event-stream")
+    if sse or t.status < 200 or t.status in (204, 304):
+        # An SSE body may get an error event appended; a bodiless status has no length.
+        drop = drop | {b"content-length"}
+    headers = [(k, v) for k, v in raw if k not in drop]
+    client.stamp(headers, t.backend.name, t.origin)
+    return {"type": "http.response.start", "status": t.status, "headers": headers}, sse, encoding
+
+
+async def _finish(client: Client, t: Try, dialect: Dialect, frames: Frames | None) -> None:
+    """End the body: cleanly, or with the dialect's error event when the end mark is missing."""
+    if frames is not None and not dialect.complete(next(iter(frames.last_events(1)), None)):
+        why = f"the stream ended before its end mark ({dialect.end_marks[0].decode()})"
+        await client.end(dialect.error_event(_mid_stream(t.backend, why)))
+        t.outcome = "stream_cut"
+        return
+    await client.end()
+    t.outcome = "ok"
+
+
+def _usage(
+    dialect: Dialect, frames: Frames | None, scanner: UsageScanner | None
+) -> tuple[int, int] | None:
+    if frames is not None:
+        return dialect.stream_usage(frames.first_event(), frames.last_events())
+    return scanner.result(dialect.counters) if scanner is not None else None
+
+
+def _mid_stream(backend: Backend, why: str) -> str:
+    return f"Upstream {backend.name!r} failed mid-stream: {why}."
+
+
+def log_failure(
+    request_id: bytes,
+    backend: Backend,
+    exc: httpx.TransportError,
+    event: str = "proxy.upstream_failed",
+) -> None:
+    log.warning(
+        event,
+        request_id=request_id.decode(),
+        backend=backend.name,
+        error=type(exc).__name__,
+        detail=redactor.scrub(str(exc)),
+    )

@@ -164,7 +164,7 @@ class Exchange:
                     await self._call(baseline, backend.name, False)
                 finally:
                     if t.deferred:
-                        self._settle(t, self.last)
+                        self._settle(t, self.last or t)
         except asyncio.CancelledError:
             if not self.client.disconnected:
                 raise

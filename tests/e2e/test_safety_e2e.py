@@ -375,22 +375,70 @@ def test_a_stream_failing_before_its_first_chunk_falls_back_whole(stack_factory:
     assert relay_stats(stack)["errors_injected"] == 1
 
 
-def test_a_client_error_from_the_relay_passes_through_and_counts_nothing(
+def test_a_4xx_from_both_backends_passes_through_and_counts_nothing(
     stack_factory: Any,
 ) -> None:
-    """A provider 400 reaches the caller as is, is not a relay error and trips nothing."""
+    """A 400 from the relay is made once more on legacy; legacy refuses too, so the caller
+    gets legacy's 400, no backend's error count moves and no circuit trips (SPEC §4)."""
     stack: SafetyStack = stack_factory(routes(0, 100))
-    stack.sim("relay", "/_sim/faults", {"error_rate": 1.0, "status_code": 400})
+    for which in ("relay", "legacy"):
+        stack.sim(which, "/_sim/faults", {"error_rate": 1.0, "status_code": 400})
     client = stack.client()
     for _ in range(50):  # more than min_requests, all "failed"
         with pytest.raises(openai.BadRequestError) as info:
             call(client)
-        assert info.value.response.headers["x-canary-backend"] == "relay"
-        assert "x-canary-fallback" not in info.value.response.headers
+        assert info.value.response.headers["x-canary-backend"] == "legacy"
+        assert info.value.response.headers["x-canary-fallback"] == "relay"
         assert "Simulated error 400" in info.value.message
     wait_until(lambda: stack.status()["backends"]["relay"]["requests"] == 50, 3, "counted")
     doc = stack.status()
-    assert doc["backends"]["relay"]["errors"] == 0
+    assert doc["backends"]["relay"]["errors"] == doc["backends"]["legacy"]["errors"] == 0
     assert doc["backends"]["relay"]["circuit"] == "closed"
     assert doc["events"] == []
-    assert stack.sim("legacy", "/_sim/stats")["requests"] == 0  # no fallback on a 4xx
+    assert stack.sim("legacy", "/_sim/stats")["requests"] == 50  # each made once more there
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        pytest.param(401, "key refused (401)", id="401-key-refused"),
+        pytest.param(402, "credit spent (402)", id="402-credit-spent"),
+        pytest.param(403, "account barred (403)", id="403-account-barred"),
+        pytest.param(404, "refused what the baseline served (4xx)", id="404-model-unknown"),
+    ],
+)
+def test_a_relay_that_refuses_its_key_or_credit_is_rolled_back(
+    stack_factory: Any, status: int, words: str
+) -> None:
+    """At 50% weight with fallback, a relay answering 401/402/403 (or 404 to what legacy
+    serves) costs the callers nothing: its circuit opens, it gets no call while open, and
+    the verdict says why in words."""
+    stack: SafetyStack = stack_factory(routes(open_s=30))
+    stack.sim("relay", "/_sim/faults", {"error_rate": 1.0, "status_code": status})
+    client = stack.client()
+    calls = fallbacks = 0
+    while circuit(stack) != "open":
+        assert calls < 400, "the relay circuit did not open"
+        backend, fallback = call(client)  # raises on any client-visible failure
+        calls += 1
+        assert backend == "legacy"
+        fallbacks += fallback == "relay"
+    at_open = relay_stats(stack)["requests"]
+    for _ in range(40):
+        assert call(client) == ("legacy", None)
+    doc = stack.status()
+    print(
+        f"\n{status}: {calls} calls, {fallbacks} fell back, 0 client failures; "
+        f"relay calls while open: {relay_stats(stack)['requests'] - at_open}; "
+        f"reason: {doc['migration']['reason']!r}"
+    )
+    assert relay_stats(stack)["requests"] == at_open  # no relay call while open
+    assert at_open == fallbacks >= 40  # each refused once, never retried there
+    assert doc["backends"]["relay"]["circuit"] == "open"
+    assert doc["migration"]["ready_for_full_migration"] is False
+    reason = doc["migration"]["reason"]
+    assert reason.startswith("relay: circuit open since ")
+    assert reason.endswith(f": {words} on {at_open} of {at_open} calls")
+    metrics = httpx.get(f"{stack.url}/metrics").text
+    kind = str(status) if status != 404 else "rejected"
+    assert f'canary_upstream_failures_total{{backend="relay",kind="{kind}"}} {at_open}.0' in metrics

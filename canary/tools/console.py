@@ -3,21 +3,35 @@
 Pure functions of one ``/status`` document, rendered with rich, so tests feed them fixed
 documents; they cope with sections an older router does not send. Money that cannot be
 priced is "unknown" or "no price", with the reason, and is never shown as $0.
+
+Names are never cut: a table too wide for a terminal folds its cells onto more lines, and
+output to a pipe or a file (which has no width) is as wide as it needs to be.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 EVENTS_SHOWN = 10
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
+PIPE_WIDTH = 10_000  # "as wide as it needs": tables take their natural width below this
+
+
+def output_console(*, stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): a terminal's own width; else ``$COLUMNS``; else,
+    for a pipe or a file, no width limit, where rich would assume 80 and cut names."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH)
 
 
 # --- small formatters -------------------------------------------------------------------
@@ -63,7 +77,8 @@ def _table(title: str, *columns: str, left: int = 1) -> Table:
         collapse_padding=True,
     )
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i < left else "right")
+        # fold, not "…": a name cut short may read as another one
+        table.add_column(column, justify="left" if i < left else "right", overflow="fold")
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -10,9 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.helpers import ROOT, canary, free_port, run_process, wait_until
+from tests.helpers import ROOT, canary, free_port, run_process, simulator, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -107,3 +109,45 @@ def test_serve_with_simulators_prints_examples_that_work_as_printed(tmp_path: Pa
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+LONG_BACKEND = "anthropic-relay-production-eu-west-1-primary"
+LONG_MODEL = "claude-3-5-sonnet-20241022-with-a-long-deployment-suffix"
+
+
+def test_status_and_report_through_a_pipe_keep_long_names_whole(tmp_path: Path) -> None:
+    """`canary status` and `canary report` written to a pipe print every name whole: rich
+    would assume 80 columns there and cut them (``anthro…``, ``claude-…``)."""
+    sim_port, port = free_port(), free_port()
+    config = tmp_path / "routes.yaml"
+    config.write_text(
+        f"backends:\n  {LONG_BACKEND}:\n    base_url: http://127.0.0.1:{sim_port}/v1\n"
+        f"routes:\n  - name: everything-for-the-eu-west-tenants\n"
+        f"    weights: {{{LONG_BACKEND}: 100}}\n"
+        f"pricing:\n  {LONG_BACKEND}: {{{LONG_MODEL}: {{input: 3.0, output: 15.0}}}}\n"
+    )
+    args = [sys.executable, "-m", "canary", "serve", "-c", str(config), "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with (
+        simulator(sim_port, "long"),
+        run_process([*args, "--no-watch"], f"{url}/readyz"),
+    ):
+        body = {"model": LONG_MODEL, "messages": [{"role": "user", "content": "hi there"}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 200
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+        for verb in ("status", "report"):
+            result = subprocess.run(
+                [sys.executable, "-m", "canary", verb, "--url", url],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=env,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert "…" not in result.stdout, result.stdout
+            assert LONG_BACKEND in result.stdout, result.stdout
+            if verb == "report":
+                assert LONG_MODEL in result.stdout, result.stdout
+            else:
+                assert "everything-for-the-eu-west-tenants" in result.stdout, result.stdout

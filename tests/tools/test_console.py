@@ -15,8 +15,10 @@ from rich.console import Console, RenderableType
 
 from canary.tools.cli import main
 from canary.tools.console import (
+    PIPE_WIDTH,
     NoCost,
     compact,
+    output_console,
     render_report,
     render_status,
     report_data,
@@ -351,3 +353,32 @@ def test_nothing_listening_is_exit_1_with_one_clear_line(verb: str, capsys: Any)
     out = capsys.readouterr()
     assert out.err.startswith(f"canary {verb}: cannot reach {url}/status: ")
     assert "is `canary serve` running?" in out.err and out.out == ""
+
+
+# --- width ---------------------------------------------------------------------------------
+
+
+def test_output_to_a_pipe_has_no_width_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal and no $COLUMNS: as wide as needed (rich alone would assume 80)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert output_console().width == PIPE_WIDTH
+    assert output_console(stderr=True).width == PIPE_WIDTH
+
+
+def test_output_width_follows_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$COLUMNS, set by a user or a script, is the width."""
+    monkeypatch.setenv("COLUMNS", "100")
+    assert output_console().width == 100
+
+
+def test_a_narrow_console_folds_long_names_rather_than_cutting_them() -> None:
+    """At 60 columns, a long backend or model name wraps onto more lines; no "…"."""
+    long_backend = "anthropic-relay-production-eu-west-1"
+    long_model = "claude-3-5-sonnet-20241022-preview"
+    doc = json.loads(json.dumps(NEW))
+    doc["backends"] = {long_backend: doc["backends"]["relay"]}
+    doc["cost"]["by_model"][0].update(backend=long_backend, model=long_model)
+    for rendered in (text(render_status(doc), 60), text(render_report(report_data(doc)), 60)):
+        assert "…" not in rendered
+        first_column = "".join(line.split()[0] for line in rendered.splitlines() if line.strip())
+        assert long_backend in first_column

@@ -67,7 +67,7 @@ def weights(values: Mapping[str, Any]) -> str:
     return "  ".join(f"{name} {w:g}" for name, w in values.items()) or "-"
 
 
-def _table(title: str, *columns: str, left: int = 1) -> Table:
+def titled_table(title: str, *columns: str, left: int = 1) -> Table:
     table = Table(
         title=title,
         title_justify="left",
@@ -112,7 +112,9 @@ def render_status(doc: Mapping[str, Any]) -> RenderableType:
     if config.get("error"):
         serving = "last good config still serving" if config.get("version") else "not serving"
         parts.append(Text(f"config error ({serving}): {config['error']}", "bold red"))
-    routes = _table("routes", "route", "baseline", "configured", "effective", "canary %", left=4)
+    routes = titled_table(
+        "routes", "route", "baseline", "configured", "effective", "canary %", left=4
+    )
     for r in doc.get("routes") or ():
         configured, effective = r.get("configured") or {}, r.get("effective") or {}
         eff = Text()
@@ -164,7 +166,7 @@ def _backends(doc: Mapping[str, Any]) -> Table:
     metered = any("tokens" in b for b in backends.values())
     columns = ["backend", "circuit", "errors/\nrequests", "error\nrate", "p50/p99\nms", "qps"]
     columns += ["in\nflight", *(("tokens\nin/out", "cost") if metered else ())]
-    table = _table(title, *columns, left=2)
+    table = titled_table(title, *columns, left=2)
     for name, b in backends.items():
         rate = b.get("error_rate")
         over = bar is not None and rate is not None and rate > bar
@@ -268,7 +270,7 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
 def render_report(data: Mapping[str, Any]) -> RenderableType:
     """The ROI table: per backend and model, totals, and what 100% either way would cost."""
     title = f"cost per backend and model since {clock_time(data['since'])} ({data['currency']})"
-    table = _table(
+    table = titled_table(
         title,
         "backend",
         "model",

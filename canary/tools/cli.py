@@ -248,6 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
             default_grace_s(args.host) if args.drain_grace_s is None else args.drain_grace_s
         ),
         drain_timeout_s=args.drain_timeout_s,
+        clock_offset_file=os.environ.get("CANARY_CLOCK_OFFSET_FILE") or None,  # tests only
     )
     with _simulators(args.config if args.simulators == "auto" else None) as started:
         _banner(options, started)

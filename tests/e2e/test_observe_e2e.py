@@ -14,7 +14,13 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import SECRETS, Stack, free_port, stack_routes, wait_until
+from tests.helpers import (
+    SECRETS,
+    Stack,
+    free_port,
+    stack_routes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -85,14 +85,24 @@ def titled_table(title: str, *columns: str, left: int = 1) -> Table:
 # --- canary status ----------------------------------------------------------------------
 
 
+def projection_pending(cost: Mapping[str, Any]) -> bool:
+    """The router has not seen enough traffic to project from (an older router: unknown,
+    so False, and other reasons are given)."""
+    span, needs = cost.get("projection_span_s"), cost.get("projection_needs_s")
+    return span is not None and needs is not None and span < needs
+
+
 def savings_reason(doc: Mapping[str, Any]) -> str:
-    """Projected monthly savings, or ``unknown: <why>``."""
+    """Projected monthly savings and what it rests on, or ``not yet``/``unknown: <why>``."""
     migration = doc.get("migration") or {}
     if "projected_monthly_savings_usd" not in migration:
         return "unknown: this router does not report it (it predates cost accounting)"
     value = migration["projected_monthly_savings_usd"]
+    basis = migration.get("projection_basis")
     if value is not None:
-        return f"{usd(value)} a month at the current token rate"
+        return f"{usd(value)} a month at the current token rate" + (f" ({basis})" if basis else "")
+    if basis and projection_pending(doc.get("cost") or {}):
+        return f"not yet: {basis}"
     unpriced = (doc.get("cost") or {}).get("unpriced") or []
     if unpriced:
         return "unknown: no price for " + ", ".join(unpriced) + " (see pricing in routes.yaml)"
@@ -261,6 +271,8 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
         "savings_so_far_usd": None if unpriced else _minus(baseline, total),
         "savings_at_100_canary_usd": _minus(baseline, canary),
         "projected_monthly_savings_usd": cost.get("projected_monthly_savings_usd"),
+        "projection_basis": cost.get("projection_basis"),
+        "projection_pending": projection_pending(cost),
         "token_rate_per_s": cost.get("token_rate_per_s"),
         "unpriced": unpriced,
         "unmetered_requests": cost.get("unmetered_requests", 0),
@@ -316,17 +328,22 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
     def money(value: float | None) -> str:
         return why if value is None else usd(value)
 
+    projected = money(data["projected_monthly_savings_usd"])
+    basis = data.get("projection_basis")
+    if data.get("projection_pending") and basis:
+        projected = f"not yet: {basis}"
     lines = [
         f"the same traffic at 100% baseline: {money(data['at_100_baseline_usd'])}",
         f"the same traffic at 100% canary:   {money(data['at_100_canary_usd'])}",
         f"saved so far vs all-baseline:      {money(data['savings_so_far_usd'])}",
-        f"projected monthly savings:         {money(data['projected_monthly_savings_usd'])}",
+        f"projected monthly savings:         {projected}",
     ]
     rate = data.get("token_rate_per_s") or {}
-    if rate:
+    if rate and not data.get("projection_pending"):
+        based = f"; {basis}" if basis else ""
         lines.append(
             f"  (at {rate.get('input', 0):,.1f} input and {rate.get('output', 0):,.1f} "
-            "output tokens/s, the last 5 minutes, for 30 days)"
+            f"output tokens/s, the last 5 minutes, for 30 days{based})"
         )
     if data["unpriced"]:
         lines.append(

@@ -76,6 +76,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = 
         time.sleep(0.01)
 
 
+def let_time_pass(clock_file: Path, seconds: float) -> None:
+    """Set a router's clock ``seconds`` ahead of real time, for every worker at once: the
+    file named by ``$CANARY_CLOCK_OFFSET_FILE`` (``canary.serve.server.OffsetClock``)."""
+    tmp = clock_file.with_suffix(".tmp")
+    tmp.write_text(f"{seconds}\n")
+    os.replace(tmp, clock_file)
+
+
 @contextlib.contextmanager
 def run_process(
     args: list[str],

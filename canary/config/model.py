@@ -69,7 +69,8 @@ class Backend:
         return (
             f"Backend(name={self.name!r}, base_url={redact_url(self.base_url)!r}, "
             f"api_key={_secret(self.api_key)}, max_concurrency={self.max_concurrency}, "
-            f"max_qps={self.max_qps}, timeout_s={self.timeout_s})"
+            f"max_qps={self.max_qps}, timeout_s={self.timeout_s}, "
+            f"api_key_header={self.api_key_header!r})"
         )
 
 
@@ -590,8 +591,8 @@ def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
         elif parts.query or parts.fragment:
             r.p.add(f"{path}.base_url", "must not have a query or fragment (paths are appended)")
         api_key = r.string(b.get("api_key"), f"{path}.api_key").strip()  # mounted files end in \n
-        if any(ord(c) < 32 or ord(c) == 127 for c in api_key):
-            r.p.add(f"{path}.api_key", "contains a control character")
+        if problem := _key_problem(api_key):
+            r.p.add(f"{path}.api_key", problem)
         key_header = r.string(b.get("api_key_header"), f"{path}.api_key_header").lower() or None
         if key_header is not None and key_header not in KEY_HEADERS:
             r.p.add(f"{path}.api_key_header", f"must be one of {', '.join(KEY_HEADERS)}")
@@ -619,6 +620,21 @@ def _backends(r: _Reader, value: Any) -> dict[str, Backend]:
             api_key_header=key_header,
         )
     return out
+
+
+def _key_problem(key: str) -> str | None:
+    """What makes ``key`` unusable in a header, in words that never quote the key."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "contains a control character"
+    if any(c.isspace() for c in key):
+        return "has whitespace inside it (keys have none: check how it was pasted)"
+    if not key.isascii():
+        at = next(i for i, c in enumerate(key) if not c.isascii())
+        return (
+            f"has a non-ASCII character at position {at + 1} (keys are ASCII: "
+            "check how it was pasted, e.g. a typographic dash or quote)"
+        )
+    return None
 
 
 def _routes(r: _Reader, value: Any, backends: set[str]) -> list[Route]:

@@ -6,7 +6,11 @@
   traffic on its baseline, or on its canary (the non-baseline backend with the most
   configured weight; a route without one stays on its baseline);
 - projected monthly savings: the live token rate (last 5 minutes) per route and model, x
-  (baseline price - canary price), x 30 days; 0 with no traffic in that time.
+  (baseline price - canary price), x 30 days; 0 with no traffic in that time. It needs a
+  base: ``None`` until ``PROJECTION_MIN_S`` of metered traffic has been seen (a few test
+  calls with two huge prompts once projected six figures a month), and
+  ``projection_basis`` says what it rests on ("4,210 calls over 47 min") or why there is
+  none yet ("3 calls over 2 min; a projection needs 10 min of traffic").
 
 A token with no price is never counted as $0: the pair is listed in ``unpriced``, and a
 figure that would need its price is ``None``. ``total_usd`` is what the priced tokens
@@ -23,6 +27,7 @@ from canary.config.model import Config, Price, Route
 from canary.observe.meter import Meter
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
+PROJECTION_MIN_S = 600.0  # traffic seen before a month is extrapolated from it
 
 
 def _usd(tokens_in: float, tokens_out: float, price: Price) -> float:
@@ -66,6 +71,33 @@ class _Sum:
 
     def value(self) -> float | None:
         return _round(self.usd) if self.complete else None
+
+
+def _span(seconds: float) -> str:
+    """A duration in the words of a basis: ``40 s``, ``47 min``, ``3 h 5 min`` (rounded down)."""
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def projection_basis(meter: Meter) -> dict[str, Any]:
+    """What a projection would rest on: metered calls, over how long, and whether that is
+    enough (``PROJECTION_MIN_S``); ``projection_basis`` says so in words."""
+    calls, seconds = meter.metered()
+    needs = f"a projection needs {_span(PROJECTION_MIN_S)} of traffic"
+    if not calls:
+        words = f"no metered calls yet; {needs}"
+    else:
+        words = f"{calls:,} call{'' if calls == 1 else 's'} over {_span(seconds)}"
+        if seconds < PROJECTION_MIN_S:
+            words += f"; {needs}"
+    return {
+        "projection_basis": words,
+        "projection_calls": calls,
+        "projection_span_s": round(seconds, 3),
+        "projection_needs_s": PROJECTION_MIN_S,
+    }
 
 
 def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
@@ -138,6 +170,8 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
             missing.update(f"{b}/{model}" for b, p in ((base, was), (to, now)) if p is None)
             continue
         savings.usd += (_usd(rin, rout, was) - _usd(rin, rout, now)) * SECONDS_PER_MONTH
+    basis = projection_basis(meter)
+    based = basis["projection_span_s"] >= PROJECTION_MIN_S
     spent_usd = _round(sum(meter.spent.values())) if meter.spent else None
     complete = not any(tin or tout for tin, tout in meter.unpriced.values())
     base_usd = baseline.value()
@@ -154,7 +188,8 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
             _round(base_usd - (spent_usd or 0.0)) if base_usd is not None and complete else None
         ),
         "token_rate_per_s": {"input": round(rate_in, 3), "output": round(rate_out, 3)},
-        "projected_monthly_savings_usd": savings.value(),
+        "projected_monthly_savings_usd": savings.value() if based else None,
+        **basis,
         "unpriced": sorted(missing),
         "unmetered_requests": sum(meter.unmetered.values()),
     }

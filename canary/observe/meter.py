@@ -11,7 +11,8 @@ comes from the client, so at most ``MAX_MODELS`` distinct names are kept and the
 count as ``other``. Tokens are kept per (route, backend, model), from which every cost
 figure is derived: what was spent, and what the same traffic would cost on each route's
 baseline or canary. A ring of 10-second slots over the last 5 minutes gives the live
-token rate for the monthly projection.
+token rate for the monthly projection, and the time of the first metered call says how
+much traffic that projection rests on.
 
 With ``--workers N`` each worker exports its counters (``export``) and any worker can
 sum everyone's into a fresh ``Meter`` (``absorb``), so every worker serves one view.
@@ -61,6 +62,7 @@ class Meter:
         self.unmetered: dict[str, int] = {}  # answered calls without a usage object
         self.rate: dict[int, dict[tuple[str, str], list[int]]] = {}  # slot -> (route, model)
         self.internal_errors = 0  # faults of the router itself, answered as 500
+        self.first_usage_at: float | None = None  # on ``clock``: when metered traffic began
         self._models: set[str] = set()
 
     # -- the hot path ------------------------------------------------------------------
@@ -109,7 +111,10 @@ class Meter:
         row[0] += 1
         row[1] += tokens[0]
         row[2] += tokens[1]
-        slot = int(self.clock() // RATE_SLOT_S)
+        now = self.clock()
+        if self.first_usage_at is None:
+            self.first_usage_at = now
+        slot = int(now // RATE_SLOT_S)
         rates = self.rate.get(slot)
         if rates is None:
             rates = self.rate[slot] = {}
@@ -172,6 +177,13 @@ class Meter:
                 row[1] += tout
         return {k: (v[0] / span, v[1] / span) for k, v in out.items()}
 
+    def metered(self) -> tuple[int, float]:
+        """(calls with usage, seconds since the first of them): what a projection rests on."""
+        calls = sum(row[0] for row in self.tokens.values())
+        if self.first_usage_at is None:
+            return calls, 0.0
+        return calls, max(0.0, self.clock() - self.first_usage_at)
+
     def tokens_by_backend(self) -> Iterator[tuple[str, str, int, int, int]]:
         """(backend, model, calls, input, output), summed over routes."""
         out: dict[tuple[str, str], list[int]] = {}
@@ -207,12 +219,17 @@ class Meter:
             "unmetered": self.unmetered,
             "rate": {str(s): flat(r) for s, r in self.rate.items()},
             "internal_errors": self.internal_errors,
+            "first_usage_at": self.first_usage_at,
         }
 
     def absorb(self, data: dict[str, Any]) -> None:
         """Add another worker's ``export()`` into these counters."""
         self.started_at = min(self.started_at, float(data["started_at"]))
         self.internal_errors += int(data.get("internal_errors", 0))
+        first = data.get("first_usage_at")  # the workers share one monotonic clock (the host's)
+        if first is not None:
+            began = self.first_usage_at
+            self.first_usage_at = float(first) if began is None else min(began, float(first))
         for name in ("requests", "failures", "fallbacks", "spent"):
             mine = getattr(self, name)
             for k, v in data[name].items():

@@ -166,11 +166,22 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
         value=1 if migration["ready_for_full_migration"] else 0,
     )
     savings = migration.get("projected_monthly_savings_usd")
+    # No projection (under 10 min of traffic, or a price missing): no sample, rather than
+    # NaN. An absent series is what absent() alerts and "No data" panels expect; a NaN
+    # sample looks present, compares false in every alert and turns any sum() into NaN.
     if savings is not None:
         yield GaugeMetricFamily(
             "canary_projected_monthly_savings_usd",
-            "Live token rate x (baseline - canary price) x 30 days.",
+            "Live token rate x (baseline - canary price) x 30 days; absent without a base.",
             value=savings,
+        )
+    basis = doc.get("cost") or {}
+    if "projection_span_s" in basis:
+        yield GaugeMetricFamily(
+            "canary_projection_basis_seconds",
+            "Seconds of metered traffic the savings projection rests on (it needs "
+            f"{basis['projection_needs_s']:g}).",
+            value=basis["projection_span_s"],
         )
     yield GaugeMetricFamily(
         "canary_config_error",

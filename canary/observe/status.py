@@ -136,6 +136,7 @@ def status_document(
         "ready_for_full_migration": ready,
         "reason": reason,
         "projected_monthly_savings_usd": cost["projected_monthly_savings_usd"],
+        "projection_basis": cost["projection_basis"],
     }
     doc["cost"] = cost
     rb, bar = cfg.rollback, cfg.readiness

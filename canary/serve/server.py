@@ -16,6 +16,7 @@ The workers share their figures through a private directory the parent makes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from canary.observe import logs
 from canary.serve.app import create_app
 from canary.serve.drain import DEFAULT_TIMEOUT_S, DrainingServer
 from canary.serve.signals import stop_signals_return
+from canary.types import Clock
 
 log = structlog.get_logger("canary.serve.server")
 
@@ -57,6 +59,32 @@ class ServeOptions:
     drain_grace_s: float = 0.0
     drain_timeout_s: float | None = None  # None: server.drain_timeout_s of routes.yaml
     fleet_dir: str | None = None  # set by the parent of N workers (canary.fleet.workers)
+    clock_offset_file: str | None = None  # tests only: see OffsetClock
+
+
+class OffsetClock:
+    """``time.monotonic()`` plus the seconds written in a file, re-read when the file changes.
+
+    A seam for end-to-end tests, which run the router as a real process: writing ``600``
+    lets ten minutes pass for every worker at once (windows, breakers, the savings
+    projection's base) where a test would otherwise wait. Set through
+    ``$CANARY_CLOCK_OFFSET_FILE`` by tests; nothing else should.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._offset = 0.0
+
+    def __call__(self) -> float:
+        with contextlib.suppress(OSError, ValueError):
+            st = os.stat(self.path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen != self._seen:
+                with open(self.path, encoding="ascii") as f:
+                    self._offset = float(f.read().strip() or 0)
+                self._seen = seen
+        return time.monotonic() + self._offset
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -78,8 +106,13 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
     """One uvicorn server on an already bound socket (in this process)."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app installs its reload handler
     logs.configure(json=options.log_json, level=options.log_level)
+    clock: Clock = time.monotonic
+    if options.clock_offset_file:
+        log.warning("server.test_clock", file=options.clock_offset_file)
+        clock = OffsetClock(options.clock_offset_file)
     app = create_app(
         options.config_path,
+        clock=clock,
         signals=True,
         watch=options.watch,
         access_log=options.access_log,

@@ -77,6 +77,12 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="routes.yaml")
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also GET {base_url}/models of each backend with its key (10 s bound): "
+        "exit 1 when one is unreachable or refuses its key",
+    )
 
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +111,10 @@ def _url_arguments(p: argparse.ArgumentParser) -> None:
 
 _VERBS = {
     "serve": ("run the router", _serve_arguments),
-    "check": ("validate routes.yaml and print the routing table", _check_arguments),
+    "check": (
+        "validate routes.yaml and print the routing table; --probe: call each backend",
+        _check_arguments,
+    ),
     "status": ("render the router's /status for a person", _url_arguments),
     "report": ("tokens, cost per backend, projected savings", _url_arguments),
     "load": ("open-loop load at a fixed rate (the pre-migration audit)", _load_arguments),
@@ -151,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "serve":
         return _serve(args)
     if args.verb == "check":
-        return _check(args.config)
+        return _check(args.config, probe=args.probe)
     if args.verb == "demo":
         from canary.tools.demo import run_demo
 
@@ -161,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_simulate(args)
 
 
-def _check(path: str) -> int:
+def _check(path: str, *, probe: bool = False) -> int:
     from canary.config.model import load_config
     from canary.errors import ConfigError
 
@@ -173,8 +182,15 @@ def _check(path: str) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     print(routing_table(cfg))
-    print(f"\n{path} is valid (version {cfg.version[:12]})")
-    return 0
+    print(f"\n{path} is valid (version {cfg.version[:12]})", flush=True)
+    if not probe:
+        return 0
+    from canary.tools.console import output_console
+    from canary.tools.probe import run_probe
+
+    print()
+    spinner = output_console(stderr=True) if sys.stderr.isatty() else None
+    return run_probe(cfg, output_console(), spinner)
 
 
 def routing_table(cfg: Config) -> str:
@@ -232,6 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
             default_grace_s(args.host) if args.drain_grace_s is None else args.drain_grace_s
         ),
         drain_timeout_s=args.drain_timeout_s,
+        clock_offset_file=os.environ.get("CANARY_CLOCK_OFFSET_FILE") or None,  # tests only
     )
     with _simulators(args.config if args.simulators == "auto" else None) as started:
         _banner(options, started)

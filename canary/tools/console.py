@@ -3,21 +3,35 @@
 Pure functions of one ``/status`` document, rendered with rich, so tests feed them fixed
 documents; they cope with sections an older router does not send. Money that cannot be
 priced is "unknown" or "no price", with the reason, and is never shown as $0.
+
+Names are never cut: a table too wide for a terminal folds its cells onto more lines, and
+output to a pipe or a file (which has no width) is as wide as it needs to be.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 EVENTS_SHOWN = 10
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
+PIPE_WIDTH = 10_000  # "as wide as it needs": tables take their natural width below this
+
+
+def output_console(*, stderr: bool = False) -> Console:
+    """A console for stdout (or stderr): a terminal's own width; else ``$COLUMNS``; else,
+    for a pipe or a file, no width limit, where rich would assume 80 and cut names."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH)
 
 
 # --- small formatters -------------------------------------------------------------------
@@ -53,7 +67,7 @@ def weights(values: Mapping[str, Any]) -> str:
     return "  ".join(f"{name} {w:g}" for name, w in values.items()) or "-"
 
 
-def _table(title: str, *columns: str, left: int = 1) -> Table:
+def titled_table(title: str, *columns: str, left: int = 1) -> Table:
     table = Table(
         title=title,
         title_justify="left",
@@ -63,21 +77,32 @@ def _table(title: str, *columns: str, left: int = 1) -> Table:
         collapse_padding=True,
     )
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i < left else "right")
+        # fold, not "…": a name cut short may read as another one
+        table.add_column(column, justify="left" if i < left else "right", overflow="fold")
     return table
 
 
 # --- canary status ----------------------------------------------------------------------
 
 
+def projection_pending(cost: Mapping[str, Any]) -> bool:
+    """The router has not seen enough traffic to project from (an older router: unknown,
+    so False, and other reasons are given)."""
+    span, needs = cost.get("projection_span_s"), cost.get("projection_needs_s")
+    return span is not None and needs is not None and span < needs
+
+
 def savings_reason(doc: Mapping[str, Any]) -> str:
-    """Projected monthly savings, or ``unknown: <why>``."""
+    """Projected monthly savings and what it rests on, or ``not yet``/``unknown: <why>``."""
     migration = doc.get("migration") or {}
     if "projected_monthly_savings_usd" not in migration:
         return "unknown: this router does not report it (it predates cost accounting)"
     value = migration["projected_monthly_savings_usd"]
+    basis = migration.get("projection_basis")
     if value is not None:
-        return f"{usd(value)} a month at the current token rate"
+        return f"{usd(value)} a month at the current token rate" + (f" ({basis})" if basis else "")
+    if basis and projection_pending(doc.get("cost") or {}):
+        return f"not yet: {basis}"
     unpriced = (doc.get("cost") or {}).get("unpriced") or []
     if unpriced:
         return "unknown: no price for " + ", ".join(unpriced) + " (see pricing in routes.yaml)"
@@ -97,7 +122,9 @@ def render_status(doc: Mapping[str, Any]) -> RenderableType:
     if config.get("error"):
         serving = "last good config still serving" if config.get("version") else "not serving"
         parts.append(Text(f"config error ({serving}): {config['error']}", "bold red"))
-    routes = _table("routes", "route", "baseline", "configured", "effective", "canary %", left=4)
+    routes = titled_table(
+        "routes", "route", "baseline", "configured", "effective", "canary %", left=4
+    )
     for r in doc.get("routes") or ():
         configured, effective = r.get("configured") or {}, r.get("effective") or {}
         eff = Text()
@@ -149,7 +176,7 @@ def _backends(doc: Mapping[str, Any]) -> Table:
     metered = any("tokens" in b for b in backends.values())
     columns = ["backend", "circuit", "errors/\nrequests", "error\nrate", "p50/p99\nms", "qps"]
     columns += ["in\nflight", *(("tokens\nin/out", "cost") if metered else ())]
-    table = _table(title, *columns, left=2)
+    table = titled_table(title, *columns, left=2)
     for name, b in backends.items():
         rate = b.get("error_rate")
         over = bar is not None and rate is not None and rate > bar
@@ -244,6 +271,8 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
         "savings_so_far_usd": None if unpriced else _minus(baseline, total),
         "savings_at_100_canary_usd": _minus(baseline, canary),
         "projected_monthly_savings_usd": cost.get("projected_monthly_savings_usd"),
+        "projection_basis": cost.get("projection_basis"),
+        "projection_pending": projection_pending(cost),
         "token_rate_per_s": cost.get("token_rate_per_s"),
         "unpriced": unpriced,
         "unmetered_requests": cost.get("unmetered_requests", 0),
@@ -253,7 +282,7 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
 def render_report(data: Mapping[str, Any]) -> RenderableType:
     """The ROI table: per backend and model, totals, and what 100% either way would cost."""
     title = f"cost per backend and model since {clock_time(data['since'])} ({data['currency']})"
-    table = _table(
+    table = titled_table(
         title,
         "backend",
         "model",
@@ -299,17 +328,22 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
     def money(value: float | None) -> str:
         return why if value is None else usd(value)
 
+    projected = money(data["projected_monthly_savings_usd"])
+    basis = data.get("projection_basis")
+    if data.get("projection_pending") and basis:
+        projected = f"not yet: {basis}"
     lines = [
         f"the same traffic at 100% baseline: {money(data['at_100_baseline_usd'])}",
         f"the same traffic at 100% canary:   {money(data['at_100_canary_usd'])}",
         f"saved so far vs all-baseline:      {money(data['savings_so_far_usd'])}",
-        f"projected monthly savings:         {money(data['projected_monthly_savings_usd'])}",
+        f"projected monthly savings:         {projected}",
     ]
     rate = data.get("token_rate_per_s") or {}
-    if rate:
+    if rate and not data.get("projection_pending"):
+        based = f"; {basis}" if basis else ""
         lines.append(
             f"  (at {rate.get('input', 0):,.1f} input and {rate.get('output', 0):,.1f} "
-            "output tokens/s, the last 5 minutes, for 30 days)"
+            f"output tokens/s, the last 5 minutes, for 30 days{based})"
         )
     if data["unpriced"]:
         lines.append(

@@ -31,6 +31,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from canary.tools.console import projection_pending
 from canary.tools.load import LoadOptions, Outcome, run_load
 
 CANARY, BASELINE = "relay", "legacy"
@@ -413,8 +414,11 @@ def cost_line(status: Mapping[str, Any]) -> str:
         parts.append(
             f"{name} {tokens.get('input', 0):,} in / {tokens.get('output', 0):,} out {money}"
         )
-    savings = (status.get("migration") or {}).get("projected_monthly_savings_usd")
+    migration = status.get("migration") or {}
+    savings = migration.get("projected_monthly_savings_usd")
     projected = "unknown" if savings is None else f"${savings:,.2f}"
+    if savings is None and projection_pending(status.get("cost") or {}):
+        projected = f"not yet ({migration.get('projection_basis')})"  # a demo is minutes short
     return f"{'; '.join(parts) or '-'}; projected monthly savings {projected}"
 
 

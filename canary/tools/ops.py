@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bar
 
-from canary.tools.console import NoCost, render_report, render_status, report_data
+from canary.tools.console import NoCost, output_console, render_report, render_status, report_data
 from canary.tools.load import LoadOptions, Progress, run_load
 from canary.tools.tally import LoadResult, format_result
 
@@ -103,7 +103,7 @@ def _show(
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        (console or Console()).print(render(data))
+        (console or output_console()).print(render(data))
     return 0
 
 

@@ -9,6 +9,10 @@ routes in this order: hang -> latency -> rate limit (429) -> error -> answer. A 
 may then be cut after N content chunks by raising ``StreamCut``: the server drops the
 connection without the chunked terminator or ``[DONE]``, as a crashing provider would.
 
+With ``--api-key KEY`` every ``/v1`` call must carry that key (as ``Authorization: Bearer``,
+``x-api-key`` or ``api-key``, the schemes providers use) or gets OpenAI's 401; the answer
+never echoes the key it was given.
+
 Token counts are deterministic so cost accounting can be checked: prompt tokens are
 the whitespace-separated words of the messages/prompt/input (a token id counts one; at
 least 1); completion tokens are the words of ``REPLY``, truncated to ``max_tokens``.
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import hashlib
+import hmac
 import itertools
 import logging
 import math
@@ -128,7 +133,7 @@ class _Stats:
 
     def reset(self) -> None:
         self.requests = self.in_flight = self.peak_in_flight = 0
-        self.errors_injected = self.rate_limited = self.cut = self.hung = 0
+        self.errors_injected = self.rate_limited = self.cut = self.hung = self.unauthorized = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.by_path: Counter[str] = Counter()
         self.starts: dict[int, int] = {}
@@ -157,6 +162,7 @@ class _Stats:
             "rate_limited": self.rate_limited,
             "cut": self.cut,
             "hung": self.hung,
+            "unauthorized": self.unauthorized,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "starts_per_second": {str(s): n for s, n in self.starts.items() if s > horizon},
             "last_request": None if self.last is None else _describe(*self.last),
@@ -177,9 +183,11 @@ class Simulator:
         rng: random.Random,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        api_key: str | None = None,
     ) -> None:
         self.faults = faults
         self.name = name
+        self._api_key = None if api_key is None else api_key.encode()
         self.stats = _Stats(clock)
         self._rng, self._clock, self._sleep = rng, clock, sleep
         self._reply = REPLY.format(name=name).split()
@@ -221,6 +229,9 @@ class Simulator:
         handler: Handler
         self.stats.started(scope, body)
         try:
+            if self._api_key is not None and not self._key_ok(scope["headers"]):
+                self.stats.unauthorized += 1
+                raise _Refused(401, "Incorrect API key provided (simulated).", "invalid_api_key")
             if path.startswith("/v1/models/"):
                 method, handler = "GET", self._get_model
             elif path in self._routes:
@@ -233,6 +244,18 @@ class Simulator:
                 await self._until_done_or_gone(handler(scope, body, send), receive)
         finally:
             self.stats.in_flight -= 1  # also on refusal, disconnect, cut and cancellation
+
+    def _key_ok(self, headers: Headers) -> bool:
+        """The call carries ``--api-key`` in one of the headers providers read it from."""
+        assert self._api_key is not None
+        for name, value in headers:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                value = value[7:].strip()
+            elif name not in (b"x-api-key", b"api-key"):
+                continue
+            if hmac.compare_digest(value, self._api_key):
+                return True
+        return False
 
     async def _until_done_or_gone(self, answer: Awaitable[None], receive: Receive) -> None:
         """Run the answer, but stop as soon as the client disconnects (uvicorn's ``send``
@@ -465,10 +488,14 @@ def create_sim_app(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    api_key: str | None = None,
 ) -> Simulator:
-    """Build a simulator; ``rng``, ``clock`` and ``sleep`` are seams for deterministic tests."""
+    """Build a simulator; ``rng``, ``clock`` and ``sleep`` are seams for deterministic tests.
+    With ``api_key``, ``/v1`` calls without that key are answered 401."""
     rng = rng or random.Random()
-    return Simulator(faults or Faults(), name=name, rng=rng, clock=clock, sleep=sleep)
+    return Simulator(
+        faults or Faults(), name=name, rng=rng, clock=clock, sleep=sleep, api_key=api_key
+    )
 
 
 # --- request and response pieces ---------------------------------------------------------
@@ -575,6 +602,12 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cut-after", type=int, default=None, help="drop streams after N content chunks")
     add("--hang", action="store_true", help="accept requests and never answer")
     add("--seed", type=int, default=None, help="seed for the fault dice")
+    add(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="answer 401 to /v1 calls without this key (Bearer, x-api-key or api-key)",
+    )
 
 
 class _QuietCuts(logging.Filter):
@@ -601,7 +634,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"canary simulate: {exc}", file=sys.stderr)
         return 2
-    simulator = create_sim_app(faults, name=args.name, rng=random.Random(args.seed))
+    simulator = create_sim_app(
+        faults, name=args.name, rng=random.Random(args.seed), api_key=args.api_key or None
+    )
     config = uvicorn.Config(
         simulator,
         host=args.host,

@@ -293,7 +293,7 @@ def test_version_is_the_sha256_of_the_file_bytes(tmp_path: Path) -> None:
         pytest.param("${KEY:-fallback}", {"KEY": ""}, "fallback", id="default-empty"),
         pytest.param("${KEY:-}", {}, "", id="empty-default-unset"),
         pytest.param("pre-${KEY}-post", {"KEY": "mid"}, "pre-mid-post", id="embedded"),
-        pytest.param('"${KEY:-fall back}"', {}, "fall back", id="quoted-default"),
+        pytest.param('"${KEY:-fall#back}"', {}, "fall#back", id="quoted-default"),
     ],
 )
 def test_variables_expand_from_the_environment(
@@ -303,6 +303,14 @@ def test_variables_expand_from_the_environment(
     config = parse(LEGACY + LEGACY_URL + f"    api_key: {reference}\n", env)
 
     assert config.backends["legacy"].api_key == expected
+
+
+def test_a_quoted_default_keeps_its_spaces() -> None:
+    """``"${VAR:-two words}"`` expands to the default with its space (in a field that may
+    hold one: an upstream key may not, see below)."""
+    text = VALID + '    match: {headers: {x-tenant: "${TENANT:-two words}"}}\n'
+
+    assert parse(text).routes[0].match.headers == (("x-tenant", "two words"),)
 
 
 def test_several_variables_expand_inside_one_value() -> None:
@@ -384,11 +392,11 @@ def test_secret_from_environment_is_kept_verbatim(value: str, quoted: bool) -> N
 def test_environment_value_cannot_inject_structure(value: str) -> None:
     """An environment value holding YAML syntax is one string: it adds no keys or items."""
     text = LEGACY + LEGACY_URL + "    api_key: ${KEY}\n"
-    if "\n" in value:  # a key with a newline is refused as such, and adds nothing else
-        found = problems_of(text, {"KEY": value})
-        assert [(p.path, p.message) for p in found] == [
-            ("backends.legacy.api_key", "contains a control character")
-        ]
+    if " " in value or "\n" in value:  # a key with a newline or a space is refused as such,
+        found = problems_of(text, {"KEY": value})  # and adds nothing else
+        message = "contains a control character" if "\n" in value else "has whitespace inside"
+        assert [p.path for p in found] == ["backends.legacy.api_key"]
+        assert found[0].message.startswith(message)
         return
 
     config = parse(text, {"KEY": value})
@@ -972,6 +980,52 @@ def test_client_keys_may_be_a_list() -> None:
 
     assert config.auth.api_key_digests == (digest("key-one"), digest("key-two"))
     assert config.secrets() == {"key-one", "key-two"}
+
+
+# --- upstream keys and the header that carries them ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("sk-pasted-1a2b\n", id="trailing-newline"),
+        pytest.param("sk-pasted-1a2b\r\n", id="crlf"),
+        pytest.param("  sk-pasted-1a2b\t ", id="spaces-and-tab"),
+        pytest.param("\u00a0sk-pasted-1a2b\u2003", id="unicode-spaces"),
+    ],
+)
+def test_surrounding_whitespace_of_an_upstream_key_is_stripped(value: str) -> None:
+    """A key pasted from a file or a terminal keeps no whitespace around it."""
+    config = parse(LEGACY + LEGACY_URL + "    api_key: ${KEY}\n", {"KEY": value})
+
+    assert config.backends["legacy"].api_key == "sk-pasted-1a2b"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("sk-pasted 1a2b", "has whitespace inside it", id="space"),
+        pytest.param("sk-pasted\u00a01a2b", "has whitespace inside it", id="no-break-space"),
+        pytest.param("sk-pasted\u20131a2b", "non-ASCII character at position 10", id="en-dash"),
+        pytest.param(
+            "\u201csk-pasted-1a2b\u201d", "non-ASCII character at position 1", id="quotes"
+        ),
+        pytest.param("sk-pasted\t1a2b", "contains a control character", id="tab"),
+    ],
+)
+def test_a_key_that_cannot_be_sent_is_a_located_error_that_does_not_quote_it(
+    value: str, message: str
+) -> None:
+    """Inner whitespace or a non-ASCII character in an upstream key is an error at its line
+    and key path; the message says what is wrong without printing the key."""
+    problems = problems_of(LEGACY + LEGACY_URL + "    api_key: ${KEY}\n", {"KEY": value})
+
+    assert [(p.file, p.line, p.path) for p in problems] == [
+        ("routes.yaml", 9, "backends.legacy.api_key")
+    ]
+    assert message in problems[0].message
+    text = str(ConfigError(problems))
+    assert "pasted" not in text.replace("how it was pasted", "") and "1a2b" not in text
 
 
 @pytest.mark.parametrize(

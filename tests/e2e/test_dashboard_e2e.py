@@ -377,7 +377,20 @@ def test_unknown_cost_is_shown_as_unknown_never_zero(browser: Any, router: str) 
         assert "$0" not in text
     assert errors == [], f"console errors: {errors}"
 
-    # A known projection is money.
+    # A known projection is money, with what it rests on.
     doc["migration"]["projected_monthly_savings_usd"] = 1234.5
+    doc["migration"]["projection_basis"] = "4,210 calls over 47 min"
     body = json.dumps(doc)
     poll(lambda: page.locator("#savings").inner_text() == "$1,234.50", 5, "savings shown")
+    assert "(4,210 calls over 47 min)" in page.locator("#savings-sub").inner_text()
+
+    # Under 10 minutes of traffic there is no projection: "not yet" and the basis, never $0.
+    basis = "3 calls over 2 min; a projection needs 10 min of traffic"
+    doc["migration"] |= {"projected_monthly_savings_usd": None, "projection_basis": basis}
+    doc["cost"] |= {"projection_span_s": 120.0, "projection_needs_s": 600.0}
+    body = json.dumps(doc)
+    poll(lambda: page.locator("#savings").inner_text() == "not yet", 5, "pending projection")
+    assert page.locator("#savings-sub").inner_text() == basis
+    summary = page.locator("#cost-summary").inner_text()
+    assert "not yet" in summary and basis in summary and "$0" not in summary
+    assert errors == [], f"console errors: {errors}"

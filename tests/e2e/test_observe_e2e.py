@@ -7,6 +7,7 @@ say they sent.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,14 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import SECRETS, Stack, free_port, stack_routes, wait_until
+from tests.helpers import (
+    SECRETS,
+    Stack,
+    free_port,
+    let_time_pass,
+    stack_routes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -70,10 +78,26 @@ def talk(client: openai.OpenAI, n: int, user: str) -> None:
         assert [c for c in chunks if c.usage is not None]
 
 
-def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) -> None:
+def test_workers_report_one_view_of_tokens_cost_and_metrics(
+    stack_factory: Any, tmp_path: Path
+) -> None:
     """Two workers: /status on either sums both, tokens match what the simulators sent,
-    costs follow pricing, and /metrics (parsed by prometheus-client) agrees."""
-    stack: Stack = stack_factory(stack_routes(50, 50) + PRICING, args=["--workers", "2"])
+    costs follow pricing, and /metrics (parsed by prometheus-client) agrees. The savings
+    projection waits for 10 minutes of traffic (the router's clock is moved, not waited
+    for), then equals the reported token rate x the price difference x 30 days."""
+    clock_file = tmp_path / "clock"
+    let_time_pass(clock_file, 0)
+    stack: Stack = stack_factory(
+        stack_routes(50, 50) + PRICING,
+        args=["--workers", "2"],
+        env={"CANARY_CLOCK_OFFSET_FILE": str(clock_file)},
+    )
+    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0) as c:
+        c.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+    early = fresh_status(stack)["migration"]  # whichever worker answers: too soon to project
+    assert early["projected_monthly_savings_usd"] is None
+    assert early["projection_basis"].endswith("; a projection needs 10 min of traffic")
+    let_time_pass(clock_file, 600)  # ten quiet minutes after that first call
 
     n = 0  # each new connection goes to whichever worker accepts it first
     while n < 20 or (not spread(stack) and n < 200):
@@ -90,11 +114,12 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) 
     doc = fresh_status(stack)
     assert doc["workers"]["alive"] == 2
     calls = doc["workers"]["calls"]
-    assert len(calls) == 2 and sum(calls.values()) == n
+    assert len(calls) == 2 and sum(calls.values()) == n + 1  # the first call too
     assert min(calls.values()) > 0, calls  # both workers served: the sums are real sums
     legacy, relay = doc["backends"]["legacy"], doc["backends"]["relay"]
-    assert legacy["total_requests"] + relay["total_requests"] == n
-    assert legacy["requests"] + relay["requests"] == n  # the window, over both workers
+    assert legacy["total_requests"] + relay["total_requests"] == n + 1
+    # the window, over both workers: the first call is ten minutes old, out of it
+    assert legacy["requests"] + relay["requests"] == n
     assert legacy["unmetered_requests"] == relay["unmetered_requests"] == 0
     for b, price in ((legacy, 8.0), (relay, 1.1)):
         tokens = b["tokens"]["input"] + b["tokens"]["output"]
@@ -107,6 +132,9 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) 
     expected = (rate["input"] + rate["output"]) * (8.0 - 1.1) * 30 * 24 * 3600 / 1e6
     assert expected > 0
     assert doc["migration"]["projected_monthly_savings_usd"] == pytest.approx(expected, rel=0.01)
+    span = cost["projection_span_s"]  # from the first call, on any worker, to now
+    assert cost["projection_calls"] == n + 1 and 600 <= span < 900
+    assert doc["migration"]["projection_basis"] == f"{n + 1:,} calls over {int(span // 60)} min"
 
     text = httpx.get(f"{stack.url}/metrics").text
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
@@ -118,10 +146,12 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(stack_factory: Any) 
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
-    assert total_of("canary_requests_total", route="chat", status_class="2xx") == n
+    assert total_of("canary_requests_total", route="chat", status_class="2xx") == n + 1
     assert total_of("canary_tokens_total", direction="input") == sent[0]
     assert total_of("canary_tokens_total", direction="output") == sent[1]
-    assert total_of("canary_request_duration_seconds_count") == n
+    assert total_of("canary_request_duration_seconds_count") == n + 1
+    assert total_of("canary_projected_monthly_savings_usd") > 0  # the live rate moves on
+    assert total_of("canary_projection_basis_seconds") >= 600
     assert total_of("canary_cost_usd_total") == pytest.approx(cost["total_usd"], abs=1e-6)
     for secret in SECRETS:
         assert secret not in text

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from canary.config.model import parse_config
-from canary.observe.cost import backend_costs, canary_of, cost_section
+from canary.observe.cost import backend_costs, canary_of, cost_section, projection_basis
 from canary.observe.meter import MAX_MODELS, Meter, status_class
 from canary.observe.metrics import render
 from canary.proxy.usage import UsageScanner, readable_encodings
@@ -159,18 +159,26 @@ def test_cost_per_backend_and_what_if() -> None:
 
 
 def test_no_traffic_costs_nothing() -> None:
-    """Before any call, what was spent is $0 (known), and so are the what-ifs."""
+    """Before any call, what was spent is $0 (known), and so are the what-ifs; there is
+    nothing to project from yet, and the basis says so."""
     section = cost_section(Meter(FakeClock()), config())
     assert section["total_usd"] == 0.0 and section["complete"] is True
     assert section["at_100_baseline_usd"] == section["at_100_canary_usd"] == 0.0
-    assert section["projected_monthly_savings_usd"] == 0.0
+    assert section["projected_monthly_savings_usd"] is None
+    assert section["projection_basis"] == (
+        "no metered calls yet; a projection needs 10 min of traffic"
+    )
+    assert (section["projection_calls"], section["projection_span_s"]) == (0, 0.0)
 
 
 def test_unknown_prices_are_reported_not_zero() -> None:
     """Tokens of a model without a price are listed as such; nothing priced gives None."""
     cfg = config()
-    meter = Meter(FakeClock())
+    clock = FakeClock()
+    meter = Meter(clock)
     use(meter, cfg, "chat", "relay", "gpt-4o", (1000, 1000))
+    clock.now += 600  # a base for the projection: what is missing now is only the price
+    use(meter, cfg, "chat", "relay", "gpt-4o", (0, 0))
     costs = backend_costs(meter, cfg)
     assert costs["relay"]["cost_usd"] is None
     assert costs["relay"]["unpriced_tokens"] == {"input": 1000, "output": 1000}
@@ -183,12 +191,14 @@ def test_unknown_prices_are_reported_not_zero() -> None:
     assert section["at_100_baseline_usd"] is None
     assert section["savings_so_far_usd"] is None
     assert section["projected_monthly_savings_usd"] is None
+    assert section["projection_basis"] == "2 calls over 10 min"
     assert "relay/gpt-4o" in section["unpriced"]
     assert "legacy/gpt-4o" in section["unpriced"]
 
 
 def test_projected_monthly_savings_from_the_live_rate() -> None:
-    """The last minutes' token rate x (baseline - canary price) x 30 days."""
+    """The last minutes' token rate x (baseline - canary price) x 30 days, once 10 minutes
+    of traffic have been seen; before that, no projection, and the basis says why."""
     clock = FakeClock(1000.0)
     cfg = config()
     meter = Meter(clock)
@@ -197,11 +207,62 @@ def test_projected_monthly_savings_from_the_live_rate() -> None:
         clock.now += 10
     section = cost_section(meter, cfg)
     assert section["token_rate_per_s"] == {"input": pytest.approx(100), "output": pytest.approx(50)}
+    assert section["projected_monthly_savings_usd"] is None
+    assert (
+        section["projection_basis"] == "12 calls over 2 min; a projection needs 10 min of traffic"
+    )
+    for _ in range(48):  # 8 more minutes at the same rate: 10 in all
+        use(meter, cfg, "chat", "legacy", "gpt-4.1", (1000, 500))
+        clock.now += 10
+    section = cost_section(meter, cfg)
+    assert section["token_rate_per_s"] == {"input": pytest.approx(100), "output": pytest.approx(50)}
     per_s = (100 * (8 - 1) + 50 * (16 - 2)) / 1e6
     expected = per_s * 30 * 24 * 3600
     assert section["projected_monthly_savings_usd"] == pytest.approx(expected, rel=1e-6)
+    assert section["projection_basis"] == "60 calls over 10 min"
+    assert (section["projection_calls"], section["projection_span_s"]) == (60, 600.0)
     clock.now += 3600  # an hour of silence: the live rate, and the projection, fall to 0
-    assert cost_section(meter, cfg)["projected_monthly_savings_usd"] == 0.0
+    section = cost_section(meter, cfg)
+    assert section["projected_monthly_savings_usd"] == 0.0
+    assert section["projection_basis"] == "60 calls over 70 min"
+
+
+def test_projection_waits_for_ten_minutes_of_traffic_not_of_uptime() -> None:
+    """A router up for an hour before its first call still needs 10 minutes of traffic;
+    the moment it has them, the projection appears."""
+    clock = FakeClock(1000.0)
+    cfg = config()
+    meter = Meter(clock)
+    clock.now += 3600
+    use(meter, cfg, "chat", "legacy", "gpt-4.1", (1000, 500))
+    clock.now += 599.9
+    use(meter, cfg, "chat", "legacy", "gpt-4.1", (1000, 500))
+    assert cost_section(meter, cfg)["projected_monthly_savings_usd"] is None
+    clock.now += 0.1
+    section = cost_section(meter, cfg)
+    assert section["projected_monthly_savings_usd"] is not None
+    assert section["projected_monthly_savings_usd"] > 0
+    assert section["projection_basis"] == "2 calls over 10 min"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "calls", "words"),
+    [
+        (0.0, 1, "1 call over 0 s; a projection needs 10 min of traffic"),
+        (42.7, 3, "3 calls over 42 s; a projection needs 10 min of traffic"),
+        (179.0, 120, "120 calls over 2 min; a projection needs 10 min of traffic"),
+        (47 * 60 + 59, 4210, "4,210 calls over 47 min"),
+        (3 * 3600 + 5 * 60, 99_000, "99,000 calls over 3 h 5 min"),
+    ],
+)
+def test_projection_basis_in_words(seconds: float, calls: int, words: str) -> None:
+    """The basis reads as SPEC shows it: calls and the time since the first, rounded down."""
+    clock = FakeClock(1000.0)
+    meter = Meter(clock)
+    for _ in range(calls):
+        meter.usage("chat", "legacy", "gpt-4.1", (1, 1), None)
+    clock.now += seconds
+    assert projection_basis(meter)["projection_basis"] == words
 
 
 def test_spent_is_priced_when_the_call_ends() -> None:
@@ -260,6 +321,24 @@ def test_workers_export_and_absorb() -> None:
     assert merged.token_rate() == a.token_rate() | {
         k: (2 * x, 2 * y) for k, (x, y) in a.token_rate().items()
     }
+
+
+def test_workers_merge_the_projection_basis() -> None:
+    """The merged meter's traffic began with the earliest worker's first metered call, and
+    counts every worker's calls."""
+    clock = FakeClock(1000.0)
+    early, late, idle = Meter(clock), Meter(clock), Meter(clock)
+    early.usage("chat", "relay", "gpt-4.1", (10, 5), None)
+    clock.now += 300
+    late.usage("chat", "relay", "gpt-4.1", (10, 5), None)
+    late.usage("chat", "relay", "gpt-4.1", (10, 5), None)
+    clock.now += 300
+    merged = Meter(clock)
+    for m in (late, idle, early):
+        merged.absorb(orjson.loads(orjson.dumps(m.export())))
+    assert merged.first_usage_at == 1000.0
+    assert merged.metered() == (3, 600.0)
+    assert projection_basis(merged)["projection_basis"] == "3 calls over 10 min"
 
 
 def _doc(cfg: Any) -> dict[str, Any]:
@@ -323,6 +402,24 @@ def test_metrics_parse_with_prometheus_parser() -> None:
     assert value("canary_projected_monthly_savings_usd") == 12.5
     assert value("canary_ready_for_full_migration") == 0
     assert value("canary_state", state="memory") == 1
+
+
+def test_metrics_omit_a_projection_without_a_base() -> None:
+    """A null projection exports no sample (not NaN: an absent series is what absent() and
+    empty panels expect); the seconds of traffic it rests on are a gauge of their own."""
+    cfg = config()
+    clock = FakeClock()
+    meter = Meter(clock)
+    meter.usage("chat", "relay", "gpt-4.1", (1000, 0), (1.0, 2.0))
+    clock.now += 120
+    doc = _doc(cfg)
+    doc["cost"] = cost_section(meter, cfg)
+    doc["migration"]["projected_monthly_savings_usd"] = None
+    text = render(doc, meter).decode()
+    samples = prometheus_samples(text)
+    assert not [name for name, _ in samples if name == "canary_projected_monthly_savings_usd"]
+    assert "NaN" not in text
+    assert sample(samples, "canary_projection_basis_seconds") == 120.0
 
 
 def test_usage_of_gzip_and_deflate_answers() -> None:

@@ -58,15 +58,28 @@ def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
+class Clock:
+    """The router's clock in flow tests: it moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_tokens_and_cost_from_json_and_stream_answers(tmp_path: Path) -> None:
-    """Usage of plain and streamed answers lands in /status per backend, priced per route."""
+    """Usage of plain and streamed answers lands in /status per backend, priced per route;
+    the projection waits for 10 minutes of traffic, then follows the live token rate."""
     path = tmp_path / "routes.yaml"
     path.write_text(ROUTES)
     upstream = Upstream()
     upstream.handler = lambda r: (
         stream(100, 50) if b'"stream":true' in r.content else answer(1000, 500)
     )
-    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+    clock = Clock()
+    app = {"transport": httpx.MockTransport(upstream), "watch": False, "clock": clock}
+    async with serving(str(path), **app) as c:
         backends = set()
         for i in range(20):
             r = await c.post("/v1/chat/completions", json=chat(), headers={"x-user-id": f"u{i}"})
@@ -76,8 +89,13 @@ async def test_tokens_and_cost_from_json_and_stream_answers(tmp_path: Path) -> N
                 "/v1/chat/completions", json=chat(stream=True), headers={"x-user-id": f"u{i}"}
             )
             assert s.text.endswith("data: [DONE]\n\n")
+            if i == 0:  # the first two calls, then ten quiet minutes, then the rest
+                early = (await c.get("/status")).json()["migration"]
+                clock.now += 600
         assert backends == {"legacy", "relay"}
         doc = (await c.get("/status")).json()
+    assert early["projected_monthly_savings_usd"] is None
+    assert early["projection_basis"] == "2 calls over 0 s; a projection needs 10 min of traffic"
     legacy, relay = doc["backends"]["legacy"], doc["backends"]["relay"]
     calls = {"legacy": legacy["total_requests"] // 2, "relay": relay["total_requests"] // 2}
     for name, b in (("legacy", legacy), ("relay", relay)):
@@ -89,7 +107,11 @@ async def test_tokens_and_cost_from_json_and_stream_answers(tmp_path: Path) -> N
     assert cost["total_usd"] == round(legacy["cost_usd"] + relay["cost_usd"], 6)
     assert cost["at_100_baseline_usd"] == round(8 * 1650 * 20 / 1e6, 6)
     assert cost["at_100_canary_usd"] == round(1 * 1650 * 20 / 1e6, 6)
-    assert doc["migration"]["projected_monthly_savings_usd"] > 0
+    rate = cost["token_rate_per_s"]  # the 38 calls after the quiet minutes
+    assert rate["input"] > 0 and rate["output"] > 0
+    expected = (rate["input"] + rate["output"]) * (8.0 - 1.0) * 30 * 24 * 3600 / 1e6
+    assert doc["migration"]["projected_monthly_savings_usd"] == pytest.approx(expected, rel=1e-6)
+    assert doc["migration"]["projection_basis"] == "40 calls over 10 min"
 
 
 async def test_streams_without_usage_are_unmetered_and_unknown_models_unpriced(
@@ -171,7 +193,11 @@ async def test_grafana_dashboard_queries_name_exported_metrics(tmp_path: Path) -
     path.write_text(ROUTES)
     upstream = Upstream()
     upstream.handler = lambda r: answer(5, 5)
-    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+    clock = Clock()
+    app = {"transport": httpx.MockTransport(upstream), "watch": False, "clock": clock}
+    async with serving(str(path), **app) as c:
+        await c.post("/v1/chat/completions", json=chat())
+        clock.now += 600  # ten minutes of traffic: the savings projection is exported too
         await c.post("/v1/chat/completions", json=chat())
         text = (await c.get("/metrics")).text
     exported = set()

@@ -15,8 +15,10 @@ from rich.console import Console, RenderableType
 
 from canary.tools.cli import main
 from canary.tools.console import (
+    PIPE_WIDTH,
     NoCost,
     compact,
+    output_console,
     render_report,
     render_status,
     report_data,
@@ -95,6 +97,7 @@ NEW["backends"]["relay"] |= {
     "unmetered_requests": 3,
 }
 NEW["migration"]["projected_monthly_savings_usd"] = 1234.5
+NEW["migration"]["projection_basis"] = "4,210 calls over 47 min"
 NEW["cost"] = {
     "currency": "USD",
     "since": "2026-11-30T03:30:59+00:00",
@@ -123,6 +126,10 @@ NEW["cost"] = {
     "at_100_canary_usd": 0.00671,
     "token_rate_per_s": {"input": 12.5, "output": 40.0},
     "projected_monthly_savings_usd": 1234.5,
+    "projection_basis": "4,210 calls over 47 min",
+    "projection_calls": 4210,
+    "projection_span_s": 2820.0,
+    "projection_needs_s": 600.0,
     "unpriced": ["relay/gpt-4o"],
     "unmetered_requests": 3,
 }
@@ -155,7 +162,10 @@ def test_status_shows_config_routes_backends_verdict_and_events() -> None:
     legacy = line_with(out, "legacy")
     assert "0.000" in legacy and "!" not in legacy and "$0.0400" in legacy
     assert "not ready - relay: circuit open since 03:31" in out
-    assert "projected monthly savings: $1,234.50 a month" in out
+    assert (
+        "projected monthly savings: $1,234.50 a month at the current token rate "
+        "(4,210 calls over 47 min)"
+    ) in out
     assert "circuit events, newest first:" in out
     assert "2026-11-30 03:31:12  relay open -> closed: event 12" in out
     assert "event 3" in out and "event 2" not in out  # the ten newest only
@@ -177,6 +187,29 @@ def test_status_says_why_savings_are_unknown() -> None:
     )
     doc["cost"]["unpriced"] = []
     assert savings_reason(doc).startswith("unknown: ")
+
+
+def pending(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as a router that has seen 3 calls over 2 minutes reports it."""
+    doc = copy.deepcopy(doc)
+    basis = "3 calls over 2 min; a projection needs 10 min of traffic"
+    doc["migration"] |= {"projected_monthly_savings_usd": None, "projection_basis": basis}
+    doc["cost"] |= {
+        "projected_monthly_savings_usd": None,
+        "projection_basis": basis,
+        "projection_calls": 3,
+        "projection_span_s": 120.0,
+    }
+    return doc
+
+
+def test_status_says_a_projection_is_not_yet_based_and_why() -> None:
+    """Under 10 minutes of traffic the projection is "not yet", with its basis, before any
+    missing price (the wait resolves itself; a price needs an edit, named once based)."""
+    doc = pending(NEW)
+    expected = "not yet: 3 calls over 2 min; a projection needs 10 min of traffic"
+    assert savings_reason(doc) == expected
+    assert f"projected monthly savings: {expected}" in text(render_status(doc))
 
 
 def test_status_shows_a_config_error_and_copes_with_a_sparse_document() -> None:
@@ -207,8 +240,13 @@ def test_report_data_is_stable_and_leaves_unknowns_null() -> None:
     assert set(data) == {
         "currency", "since", "rows", "totals", "at_100_baseline_usd", "at_100_canary_usd",
         "savings_so_far_usd", "savings_at_100_canary_usd", "projected_monthly_savings_usd",
-        "token_rate_per_s", "unpriced", "unmetered_requests",
+        "projection_basis", "projection_pending", "token_rate_per_s", "unpriced",
+        "unmetered_requests",
     }  # fmt: skip
+    assert (data["projection_basis"], data["projection_pending"]) == (
+        "4,210 calls over 47 min",
+        False,
+    )
     assert data["rows"][1] == {
         "backend": "relay",
         "model": "gpt-4o",
@@ -251,8 +289,23 @@ def test_report_table_shows_prices_unpriced_and_unmetered() -> None:
     assert "100% canary:   $0.0067" in out
     assert "saved so far vs all-baseline:      unknown: no price for relay/gpt-4o" in out
     assert "projected monthly savings:         $1,234.50" in out
+    assert "the last 5 minutes, for 30 days; 4,210 calls over 47 min)" in out
     assert "* unpriced, so in no total (no price in routes.yaml pricing): relay/gpt-4o" in out
     assert "unmetered: 3 answered requests had no usage" in out
+
+
+def test_report_without_a_base_prints_the_basis_instead_of_money() -> None:
+    """Under 10 minutes of traffic, report says "not yet" and why, and no token-rate line
+    pretends to back a figure; ``--json`` has the null and the basis."""
+    data = report_data(pending(NEW))
+    assert data["projected_monthly_savings_usd"] is None
+    assert data["projection_pending"] is True
+    out = text(render_report(data))
+    assert (
+        "projected monthly savings:         not yet: 3 calls over 2 min; "
+        "a projection needs 10 min of traffic"
+    ) in out
+    assert "tokens/s, the last 5 minutes" not in out
 
 
 def test_names_are_shown_literally_never_as_markup() -> None:
@@ -351,3 +404,32 @@ def test_nothing_listening_is_exit_1_with_one_clear_line(verb: str, capsys: Any)
     out = capsys.readouterr()
     assert out.err.startswith(f"canary {verb}: cannot reach {url}/status: ")
     assert "is `canary serve` running?" in out.err and out.out == ""
+
+
+# --- width ---------------------------------------------------------------------------------
+
+
+def test_output_to_a_pipe_has_no_width_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal and no $COLUMNS: as wide as needed (rich alone would assume 80)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert output_console().width == PIPE_WIDTH
+    assert output_console(stderr=True).width == PIPE_WIDTH
+
+
+def test_output_width_follows_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """$COLUMNS, set by a user or a script, is the width."""
+    monkeypatch.setenv("COLUMNS", "100")
+    assert output_console().width == 100
+
+
+def test_a_narrow_console_folds_long_names_rather_than_cutting_them() -> None:
+    """At 60 columns, a long backend or model name wraps onto more lines; no "…"."""
+    long_backend = "anthropic-relay-production-eu-west-1"
+    long_model = "claude-3-5-sonnet-20241022-preview"
+    doc = json.loads(json.dumps(NEW))
+    doc["backends"] = {long_backend: doc["backends"]["relay"]}
+    doc["cost"]["by_model"][0].update(backend=long_backend, model=long_model)
+    for rendered in (text(render_status(doc), 60), text(render_report(report_data(doc)), 60)):
+        assert "…" not in rendered
+        first_column = "".join(line.split()[0] for line in rendered.splitlines() if line.strip())
+        assert long_backend in first_column

@@ -4,6 +4,7 @@ whole story end to end as a real process."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -318,6 +319,10 @@ def test_cost_line_names_tokens_cost_and_unknowns() -> None:
     )
     doc["migration"]["projected_monthly_savings_usd"] = None
     assert cost_line(doc).endswith("projected monthly savings unknown")
+    basis = "360 calls over 23 s; a projection needs 10 min of traffic"
+    doc["migration"]["projection_basis"] = basis
+    doc["cost"] = {"projection_span_s": 23.4, "projection_needs_s": 600.0}
+    assert cost_line(doc).endswith(f"projected monthly savings not yet ({basis})")
 
 
 def test_options_are_bounded() -> None:
@@ -387,7 +392,11 @@ def test_demo_rolls_the_canary_back_and_restores_it() -> None:
     assert requests == 24 * 15
     cost = out.split("tokens and cost: ")[1].splitlines()[0]
     assert "legacy " in cost and "relay " in cost and "no price" not in cost, cost
-    assert "projected monthly savings $" in cost, cost
+    # A demo runs seconds, a projection needs 10 minutes of traffic: no figure, the basis.
+    projected = cost.split("projected monthly savings ")[1]
+    assert re.fullmatch(
+        r"not yet \(\d+ calls over \d+ s; a projection needs 10 min of traffic\)", projected
+    ), cost
 
 
 @pytest.mark.e2e

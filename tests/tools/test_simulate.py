@@ -221,6 +221,48 @@ async def test_models_lists_defaults_and_every_model_seen(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"authorization": "Bearer sk-sim-right-0a1b"}, id="bearer"),
+        pytest.param({"authorization": "bearer  sk-sim-right-0a1b"}, id="bearer-any-case"),
+        pytest.param({"x-api-key": "sk-sim-right-0a1b"}, id="x-api-key"),
+        pytest.param({"api-key": "sk-sim-right-0a1b"}, id="api-key"),
+    ],
+)
+async def test_api_key_is_accepted_in_any_providers_header(headers: dict[str, str]) -> None:
+    """With ``api_key`` the key is read from Bearer, ``x-api-key`` or ``api-key``."""
+    app = create_sim_app(api_key="sk-sim-right-0a1b")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+        models = await c.get("/v1/models", headers=headers)
+        chat = await c.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert (models.status_code, chat.status_code) == (200, 200)
+    assert "gpt-4.1" in [m["id"] for m in models.json()["data"]]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="none"),
+        pytest.param({"authorization": "Bearer sk-sim-WRONG-9z8y"}, id="wrong-bearer"),
+        pytest.param({"x-api-key": "sk-sim-WRONG-9z8y"}, id="wrong-x-api-key"),
+        pytest.param({"authorization": "sk-sim-right-0a1b"}, id="not-bearer"),
+        pytest.param({"x-other": "sk-sim-right-0a1b"}, id="other-header"),
+    ],
+)
+async def test_api_key_refuses_any_other_key_with_401(headers: dict[str, str]) -> None:
+    """Without the key every /v1 call is a 401 in OpenAI's shape that never echoes a key;
+    the control plane needs none."""
+    app = create_sim_app(api_key="sk-sim-right-0a1b")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+        refused = await c.get("/v1/models", headers=headers)
+        stats = (await c.get("/_sim/stats")).json()
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert "sk-sim" not in refused.text
+    assert (stats["requests"], stats["unauthorized"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
     ("method", "path", "content", "status", "code"),
     [
         ("GET", "/elsewhere", b"", 404, "not_found"),

@@ -60,6 +60,16 @@
     return document.createTextNode(text);
   }
 
+  // Too little traffic yet for a monthly projection (the router says on what it rests).
+  function projectionPending(cost) {
+    return (
+      !!cost &&
+      typeof cost.projection_span_s === "number" &&
+      typeof cost.projection_needs_s === "number" &&
+      cost.projection_span_s < cost.projection_needs_s
+    );
+  }
+
   function pct(rate) {
     return (100 * rate).toFixed(rate > 0 && rate < 0.01 ? 2 : 1) + " %";
   }
@@ -522,9 +532,12 @@
         : cost && "projected_monthly_savings_usd" in cost
           ? cost.projected_monthly_savings_usd
           : undefined;
-    savings.replaceChildren(moneyNode(projected, "unknown"));
+    const pending = projected === null && projectionPending(cost);
+    savings.replaceChildren(moneyNode(projected, pending ? "not yet" : "unknown"));
     let sub = "at the live token rate, all traffic on the canary";
+    if (m.projection_basis) sub += " (" + m.projection_basis + ")";
     if (projected === null) sub = "some traffic has no price in routes.yaml";
+    if (pending) sub = m.projection_basis || "too little traffic yet";
     if (projected === undefined) sub = "this router does not report cost";
     setText("savings-sub", sub);
   }
@@ -638,9 +651,10 @@
       "projected savings / month",
       moneyNode(
         "projected_monthly_savings_usd" in m ? m.projected_monthly_savings_usd : undefined,
-        "unknown",
+        projectionPending(cost) ? "not yet" : "unknown",
       ),
     );
+    if (m.projection_basis) add("projection rests on", m.projection_basis);
     summary.replaceChildren(...items);
 
     const models = (cost && cost.by_model) || [];

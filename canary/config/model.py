@@ -58,11 +58,11 @@ class Backend:
 
     name: str
     base_url: str
-    api_key: str = field(repr=False)
-    max_concurrency: int | None
-    max_qps: float | None
-    timeout_s: float
-    model_map: Mapping[str, str]
+    api_key: str = field(default="", repr=False)
+    max_concurrency: int | None = None  # None: no limit
+    max_qps: float | None = None
+    timeout_s: float = 120.0
+    model_map: Mapping[str, str] = field(default_factory=dict)
     api_key_header: str | None = None
 
     def __repr__(self) -> str:
@@ -102,15 +102,15 @@ class Route:
     weights: Mapping[str, float]
     baseline: str
     sticky: Sticky | None
-    fallback: bool
+    fallback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Rollback:
-    window_s: float = 60
+    window_s: float = 60.0
     min_requests: int = 100
     max_error_rate: float = 0.05
-    open_s: float = 300
+    open_s: float = 300.0
     probe_requests: int = 10
     auto_resume: bool = True
 
@@ -154,8 +154,8 @@ class Auth:
 class Price:
     """USD per million tokens."""
 
-    input: float
-    output: float
+    input: float = 0.0
+    output: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from canary.config.loader import MAX_FILE_BYTES, load_config, parse_config
 from canary.config.model import (
     DEFAULT_MAX_BODY_BYTES,
-    MAX_FILE_BYTES,
     Auth,
     Config,
     Match,
@@ -22,8 +22,6 @@ from canary.config.model import (
     State,
     Sticky,
     digest,
-    load_config,
-    parse_config,
     redact_url,
 )
 from canary.errors import ConfigError, ConfigProblem

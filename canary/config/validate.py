@@ -6,7 +6,8 @@ import contextlib
 import fnmatch
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,10 +36,22 @@ _PARENT = re.compile(r"(\.[^.\[\]]+|\[\d+\])$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """A parsed routes.yaml before validation: its data and where each key path was."""
+
+    file: str
+    version: str  # SHA-256 of the file's bytes
+    data: Any
+    lines: Mapping[str, int]  # key path -> line in the file
+    texts: Mapping[str, str]  # key path -> expanded text of a plain ``${VAR}`` scalar
+    problems: Sequence[ConfigProblem]  # found while reading: unset variables, duplicate keys
+
+
 class _Problems:
     """Collects located problems; ``lines`` maps a key path to its line in the file."""
 
-    def __init__(self, file: str, lines: dict[str, int]) -> None:
+    def __init__(self, file: str, lines: Mapping[str, int]) -> None:
         self.file = file
         self.lines = lines
         self.items: list[ConfigProblem] = []
@@ -181,19 +194,14 @@ class _Reader:
         return out
 
 
-def build(
-    data: Any,
-    file: str,
-    version: str,
-    lines: dict[str, int],
-    texts: Mapping[str, str],
-    found: list[ConfigProblem],
-) -> Config:
-    problems = _Problems(file, lines)
-    problems.items.extend(found)
-    r = _Reader(problems, texts)
-    top = r.mapping(data, "", _TOP)
-    if not isinstance(data, dict):
+def validate(tree: Tree) -> Config:
+    """The model of a parsed routes.yaml; raise ``ConfigError`` listing every problem."""
+    file = tree.file
+    problems = _Problems(file, tree.lines)
+    problems.items.extend(tree.problems)
+    r = _Reader(problems, tree.texts)
+    top = r.mapping(tree.data, "", _TOP)
+    if not isinstance(tree.data, dict):
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 0))
 
     backends = _backends(r, top.get("backends"))
@@ -249,7 +257,7 @@ def build(
         raise ConfigError(sorted(problems.items, key=lambda p: p.line or 0))
     return Config(
         path=file,
-        version=version,
+        version=tree.version,
         loaded_at=datetime.now(UTC),
         backends=backends,
         routes=tuple(routes),

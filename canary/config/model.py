@@ -1,7 +1,10 @@
 """The config model: routes.yaml as small frozen dataclasses, the only form canary uses.
 
-Secrets (upstream keys, client keys, admin token, a Redis URL) are masked in ``repr`` so a
-stray log of a config object leaks nothing.
+Built by ``canary.config.validate`` from what ``canary.config.loader`` read; nothing else
+in canary sees raw YAML. Every default is written here, once, on its field, as the type it
+loads as (``60.0``, not ``60``): validation passes only the keys a file gives and lets the
+dataclass fill in the rest. Secrets (upstream keys, client keys, admin token, a Redis URL)
+are masked in ``repr`` so a stray log of a config object leaks nothing.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from canary.config.model import Config, load_config
+from canary.config.loader import load_config
+from canary.config.model import Config
 from canary.errors import ConfigError, ConfigProblem
 
 log = structlog.get_logger("canary.config.store")

@@ -33,7 +33,7 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from canary.config.model import load_config
+from canary.config.loader import load_config
 from canary.errors import ConfigError
 from canary.observe import logs
 from canary.serve.app import create_app

@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str, *, probe: bool = False) -> int:
-    from canary.config.model import load_config
+    from canary.config.loader import load_config
     from canary.errors import ConfigError
 
     try:
@@ -258,7 +258,7 @@ def _serve(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _simulators(config_path: str | None) -> Iterator[dict[str, str]]:
     """Start ``canary simulate`` for local backends that are down; stop them on exit."""
-    from canary.config.model import load_config
+    from canary.config.loader import load_config
     from canary.errors import ConfigError
 
     procs: list[subprocess.Popen[bytes]] = []

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from canary.config.loader import MAX_FILE_BYTES, load_config, parse_config
 from canary.config.model import (
     DEFAULT_MAX_BODY_BYTES,
-    MAX_FILE_BYTES,
     Auth,
     Config,
     Match,
@@ -22,8 +23,6 @@ from canary.config.model import (
     State,
     Sticky,
     digest,
-    load_config,
-    parse_config,
     redact_url,
 )
 from canary.errors import ConfigError, ConfigProblem
@@ -1117,3 +1116,33 @@ def test_api_key_header_is_one_of_three_and_a_star_only_ends_a_path() -> None:
         ("backends.a.api_key_header", 2),
         ("routes[0].match.paths[0]", 5),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "model"),
+    [
+        pytest.param(VALID + "rollback: {nope: 1}\n", Rollback, id="rollback"),
+        pytest.param(VALID + "readiness: {nope: 1}\n", Readiness, id="readiness"),
+        pytest.param(VALID + "retry: {nope: 1}\n", Retry, id="retry"),
+        pytest.param(VALID + "server: {nope: 1}\n", Server, id="server"),
+        pytest.param(VALID + "pricing: {legacy: {m: {nope: 1}}}\n", Price, id="price"),
+    ],
+)
+def test_a_section_takes_exactly_the_fields_of_its_dataclass(text: str, model: type) -> None:
+    """An unknown key's hint lists the section's dataclass fields: the rules and the model agree."""
+    (unknown,) = [p for p in problems_of(text) if "unknown key" in p.message]
+    names = ", ".join(sorted(f.name for f in dataclasses.fields(model)))
+    assert unknown.message == f"unknown key (expected one of: {names})"
+
+
+def test_a_key_left_empty_takes_the_default_of_its_dataclass() -> None:
+    """``window_s:`` with no value is as if omitted; a default float field loads as a float."""
+    config = parse(
+        VALID.replace("  legacy:\n", "  legacy:\n    timeout_s:\n")
+        + "    fallback:\nrollback:\n  window_s:\n  auto_resume:\nretry:\n  unsafe:\n"
+    )
+    assert config.rollback == Rollback()
+    assert config.retry == Retry()
+    assert config.routes[0].fallback is False
+    assert type(config.rollback.window_s) is float
+    assert type(config.backends["legacy"].timeout_s) is float

@@ -1,7 +1,7 @@
 """Readers for the files under deploy/, shared by the deploy tests.
 
 The tests compare these files with each other and with what the router really reads
-(the CLI parser, ``load_config``, the ``${VAR}`` pattern of canary.config.model), so the image,
+(the CLI parser, ``load_config``, the ``${VAR}`` pattern of canary.config.loader), so the image,
 the compose stack and the manifests cannot drift apart silently.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from canary.config.model import _ENV as ENV_REFERENCE  # the exact ${VAR} syntax load_config expands
+from canary.config.loader import _ENV as ENV_REFERENCE  # the ${VAR} syntax load_config expands
 from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"

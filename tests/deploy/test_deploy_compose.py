@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from canary.config.model import load_config
+from canary.config.loader import load_config
 from canary.tools.cli import build_parser
 from tests.deploy.deploy_files import (
     COMPOSE,

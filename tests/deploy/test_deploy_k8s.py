@@ -21,7 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from canary.config.model import Config, load_config
+from canary.config.loader import load_config
+from canary.config.model import Config
 from canary.tools.cli import build_parser
 from tests.deploy.deploy_files import K8S, env_references, flag, image, k8s_objects, replace_flag
 from tests.helpers import free_port, run_process, wait_until

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from canary.config.model import parse_config
+from canary.config.loader import parse_config
 from canary.observe.cost import backend_costs, canary_of, cost_section, projection_basis
 from canary.observe.meter import MAX_MODELS, Meter, status_class
 from canary.observe.metrics import render

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from canary.config.model import Route, parse_config
+from canary.config.loader import parse_config
+from canary.config.model import Route
 from canary.proxy.router import BUCKETS, bucket_of, match_route, pick
 
 BACKENDS = """\

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from canary.config.model import Config, Rollback, parse_config
+from canary.config.loader import parse_config
+from canary.config.model import Config, Rollback
 from canary.safety.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, Circuit, CircuitEvent
 from canary.safety.windows import Stats, Window
 

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from canary.config.model import load_config
+from canary.config.loader import load_config
 from canary.errors import ConfigError
 from tests.helpers import free_port, run_process, simulator, wait_until
 

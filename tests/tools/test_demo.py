@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from canary.config.model import load_config
+from canary.config.loader import load_config
 from canary.tools.cli import main
 from canary.tools.demo import (
     Options,

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from rich.console import Console
 
-from canary.config.model import Config, parse_config
+from canary.config.loader import parse_config
+from canary.config.model import Config
 from canary.tools.probe import Probe, Target, probe_all, routed_models, run_probe, targets
 
 LEGACY_KEY = "sk-legacy-PROBE-UNIT-1a1a"

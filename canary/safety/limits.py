@@ -21,15 +21,16 @@ after an idle spell. So after a full burst the next start waits for the burst's 
 to leave the window, not 1/max_qps.
 
 Waiting is a bounded FIFO queue per backend in each process, and only its head asks for a
-start; the others wait for their turn. In memory the head wakes when a lease is released, or
-sleeps exactly until the next start is due (no polling). With Redis the head asks again when
-the script says the next start is due, or for a slot when this replica releases one or every
-``poll_s``, with a little jitter. One head per replica keeps Redis traffic to one round trip
-at a time however long the queue: a round trip per waiter once took more connections than
-the client's pool holds, and "Too many connections" read as Redis down sent the replica to
-memory with an empty start log, admitting a second's worth twice. A request arriving while
-others wait joins the queue without asking. Past ``wait_s`` (or at once, when the next start
-is due later than that) a waiter is RateLimited.
+start; the others wait for their turn. A start alone (a retry: its call holds its slot) has
+a queue of its own, so it never waits behind requests waiting for that very slot. In memory
+the head wakes when a lease is released, or sleeps exactly until the next start is due (no
+polling). With Redis the head asks again when the script says the next start is due, or for
+a slot when this replica releases one or every ``poll_s``, with a little jitter. One head per
+queue keeps Redis traffic to a round trip at a time however long the queue: a round trip per
+waiter once took more connections than the client's pool holds, and "Too many connections"
+read as Redis down sent the replica to memory with an empty start log, admitting a second's
+worth twice. A request arriving while others wait joins the queue without asking. Past
+``wait_s`` (or at once, when the next start is due later than that) a waiter is RateLimited.
 
 ACQUIRE script: KEYS = [leases zset, starts list], ARGV = [max_concurrency or 0, n or 0,
 period_s, lease_ttl_s, lease_id]. Drops expired leases and starts older than period; grants
@@ -167,15 +168,30 @@ class _Queue:
             self.wake()
 
 
-class _Backend(_Queue):
+class _Queues:
+    """A backend's waiters for a slot and a start, and those for a start alone: a retry's
+    call holds its slot already, so it must not wait behind requests waiting for that slot."""
+
+    __slots__ = ("for_slot", "for_start")
+
+    def __init__(self) -> None:
+        self.for_slot = _Queue()
+        self.for_start = _Queue()
+
+    def of(self, slot: bool) -> _Queue:
+        return self.for_slot if slot else self.for_start
+
+
+class _Backend(_Queues):
     """One backend's in-process state: in-flight count, recent starts, waiters in order."""
 
-    __slots__ = ("in_flight", "starts")
+    __slots__ = ("blocked_by", "in_flight", "starts")
 
     def __init__(self) -> None:
         super().__init__()
         self.in_flight = 0
         self.starts: deque[float] = deque()  # the last period's starts, oldest first
+        self.blocked_by = "max_concurrency"
 
     def take(self, now: float, concurrency: int | None, n: int, period: float) -> float | None:
         """Take a slot and a start if both are free (None); else seconds until a start is due."""
@@ -205,7 +221,7 @@ class _MemoryLease:
         state, self._state = self._state, None
         if state is not None:
             state.in_flight -= 1
-            state.wake()
+            state.for_slot.wake()
 
 
 class MemoryLimiter:
@@ -229,7 +245,7 @@ class MemoryLimiter:
             state = self._backends[backend] = _Backend()
         concurrency = None if max_concurrency is None else max(1, int(max_concurrency * self.share))
         n, period = (0, 0.0) if max_qps is None else qps_window(max_qps * self.share)
-        if not state.queue:  # FIFO: nobody waiting, so nobody to overtake
+        if not state.of(concurrency is not None).queue:  # FIFO: nobody waiting to overtake
             due = state.take(self._clock(), concurrency, n, period)
             if due is None:
                 return NO_LEASE if concurrency is None else _MemoryLease(state)
@@ -247,12 +263,13 @@ class MemoryLimiter:
         wait_s: float,
     ) -> Lease:
         deadline = self._clock() + wait_s
+        queue = state.of(concurrency is not None)
         waiter = _Waiter()
-        state.queue.append(waiter)
+        queue.queue.append(waiter)
         try:
             while True:
                 now = self._clock()
-                head = state.queue[0] is waiter
+                head = queue.queue[0] is waiter
                 due = state.take(now, concurrency, n, period) if head else 0.0
                 if due is None:
                     return NO_LEASE if concurrency is None else _MemoryLease(state)
@@ -263,9 +280,9 @@ class MemoryLimiter:
                     await self._sleep(due)
                     continue
                 # For a slot, or for our turn: woken by wake(), or out of time.
-                await state.nap(waiter, self._sleep, remaining)
+                await queue.nap(waiter, self._sleep, remaining)
         finally:
-            state.leave(waiter)
+            queue.leave(waiter)
 
     @staticmethod
     def _refusal(backend: str, state: _Backend, due: float, period: float) -> RateLimited:
@@ -364,7 +381,7 @@ class RedisLimiter:
         self._replica = os.urandom(6).hex()
         self._ids = count()
         self._keys: dict[str, tuple[str, str]] = {}
-        self._queues: dict[str, _Queue] = {}  # leases key -> this replica's waiters
+        self._queues: dict[str, _Queues] = {}  # leases key -> this replica's waiters
         self._live: dict[str, set[str]] = {}  # leases key -> ids this replica holds
         self._renewer: asyncio.Task[None] | None = None
         self._pending: dict[str, list[str]] = {}  # released, not yet sent
@@ -380,12 +397,12 @@ class RedisLimiter:
         if keys is None:
             base = f"{self._prefix}:limits:{{{backend}}}"
             keys = self._keys[backend] = (f"{base}:leases", f"{base}:starts")
-            self._queues[keys[0]] = _Queue()
+            self._queues[keys[0]] = _Queues()
         n, period = (0, 0.0) if max_qps is None else qps_window(max_qps)
         lease_id = f"{self._replica}:{next(self._ids)}"
         args = (max_concurrency or 0, n, period, self._ttl, lease_id)
         deadline = self._clock() + wait_s
-        queue = self._queues[keys[0]]
+        queue = self._queues[keys[0]].of(bool(max_concurrency))
         if not queue.queue:  # FIFO: nobody waiting here, so nobody to overtake
             due = await self._ask(keys, args, queue)
             if due is None:
@@ -399,7 +416,7 @@ class RedisLimiter:
         self, backend: str, keys: tuple[str, str], args: _Args, deadline: float
     ) -> Lease:
         """Wait in this replica's queue: only its head asks Redis, one round trip at a time."""
-        queue = self._queues[keys[0]]
+        queue = self._queues[keys[0]].of(bool(args[0]))
         waiter = _Waiter()
         queue.queue.append(waiter)
         try:
@@ -466,7 +483,7 @@ class RedisLimiter:
         """
         self._live[key].discard(lease_id)
         self._pending.setdefault(key, []).append(lease_id)
-        self._queues[key].wake()  # a head waiting for a slot takes this one at once
+        self._queues[key].for_slot.wake()  # a head waiting for a slot takes this one at once
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._start_flush)

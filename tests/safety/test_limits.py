@@ -210,6 +210,18 @@ async def test_a_queue_longer_than_the_redis_pool_waits_in_order(replicas: Repli
     assert order == list(range(30))
 
 
+async def test_a_start_alone_does_not_queue_behind_waiters_for_a_slot(limiter: Limiter) -> None:
+    """A retry (a start, its slot held already) passes waiters for a slot: they wait for it."""
+    held = await take(limiter, concurrency=1, qps=100)
+    waiting = asyncio.create_task(take(limiter, concurrency=1, qps=100, wait_s=5))
+    assert await still_waiting(waiting)
+    async with asyncio.timeout(2):
+        await take(limiter, qps=100, wait_s=1)  # the holder's retry: not stuck behind `waiting`
+    await held.release()
+    async with asyncio.timeout(2):
+        await (await waiting).release()
+
+
 async def test_rate_limited_carries_retry_after(limiter: Limiter) -> None:
     """A refusal says how long to wait (> 0) and renders as 429 with Retry-After."""
     lease = await take(limiter, concurrency=1, qps=1)

@@ -20,10 +20,17 @@ worth: GCRA or a token bucket with burst = max_qps admits up to 2·max_qps - 1 i
 after an idle spell. So after a full burst the next start waits for the burst's first start
 to leave the window, not 1/max_qps.
 
-Waiting is a bounded FIFO queue. In memory the head waiter wakes when a lease is released,
-or sleeps exactly until the next start is due (no polling). With Redis a waiter retries when
-the script says the next start is due, or every ``poll_s`` for a slot, with a little jitter.
-Past ``wait_s`` (or at once, when the next start is due later than that) it is RateLimited.
+Waiting is a bounded FIFO queue per backend in each process, and only its head asks for a
+start; the others wait for their turn. A start alone (a retry: its call holds its slot) has
+a queue of its own, so it never waits behind requests waiting for that very slot. In memory
+the head wakes when a lease is released, or sleeps exactly until the next start is due (no
+polling). With Redis the head asks again when the script says the next start is due, or for
+a slot when this replica releases one or every ``poll_s``, with a little jitter. One head per
+queue keeps Redis traffic to a round trip at a time however long the queue: a round trip per
+waiter once took more connections than the client's pool holds, and "Too many connections"
+read as Redis down sent the replica to memory with an empty start log, admitting a second's
+worth twice. A request arriving while others wait joins the queue without asking. Past
+``wait_s`` (or at once, when the next start is due later than that) a waiter is RateLimited.
 
 ACQUIRE script: KEYS = [leases zset, starts list], ARGV = [max_concurrency or 0, n or 0,
 period_s, lease_ttl_s, lease_id]. Drops expired leases and starts older than period; grants
@@ -131,15 +138,59 @@ class _Waiter:
         self.fut: asyncio.Future[None] | None = None
 
 
-class _Backend:
-    """One backend's in-process state: in-flight count, recent starts, waiters in order."""
+class _Queue:
+    """One backend's waiters in this process, oldest first; only the head asks for a start."""
 
-    __slots__ = ("blocked_by", "in_flight", "queue", "starts")
+    __slots__ = ("blocked_by", "queue")
 
     def __init__(self) -> None:
+        self.queue: deque[_Waiter] = deque()
+        self.blocked_by = "max_concurrency"  # what refused the head last
+
+    def wake(self) -> None:
+        if self.queue and (fut := self.queue[0].fut) is not None and not fut.done():
+            fut.set_result(None)
+
+    async def nap(self, waiter: _Waiter, sleep: Sleep, seconds: float) -> None:
+        """Until ``wake()`` reaches ``waiter`` (a slot freed, or its turn came) or ``seconds``."""
+        waiter.fut = fut = asyncio.get_running_loop().create_future()
+        timer = asyncio.ensure_future(sleep(seconds))
+        try:
+            await asyncio.wait((fut, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            waiter.fut = None
+
+    def leave(self, waiter: _Waiter) -> None:
+        was_head = self.queue[0] is waiter
+        self.queue.remove(waiter)
+        if was_head:  # pass the turn on, even when cancelled
+            self.wake()
+
+
+class _Queues:
+    """A backend's waiters for a slot and a start, and those for a start alone: a retry's
+    call holds its slot already, so it must not wait behind requests waiting for that slot."""
+
+    __slots__ = ("for_slot", "for_start")
+
+    def __init__(self) -> None:
+        self.for_slot = _Queue()
+        self.for_start = _Queue()
+
+    def of(self, slot: bool) -> _Queue:
+        return self.for_slot if slot else self.for_start
+
+
+class _Backend(_Queues):
+    """One backend's in-process state: in-flight count, recent starts, waiters in order."""
+
+    __slots__ = ("blocked_by", "in_flight", "starts")
+
+    def __init__(self) -> None:
+        super().__init__()
         self.in_flight = 0
         self.starts: deque[float] = deque()  # the last period's starts, oldest first
-        self.queue: deque[_Waiter] = deque()
         self.blocked_by = "max_concurrency"
 
     def take(self, now: float, concurrency: int | None, n: int, period: float) -> float | None:
@@ -159,10 +210,6 @@ class _Backend:
             self.in_flight += 1
         return None
 
-    def wake(self) -> None:
-        if self.queue and (fut := self.queue[0].fut) is not None and not fut.done():
-            fut.set_result(None)
-
 
 class _MemoryLease:
     __slots__ = ("_state",)
@@ -174,7 +221,7 @@ class _MemoryLease:
         state, self._state = self._state, None
         if state is not None:
             state.in_flight -= 1
-            state.wake()
+            state.for_slot.wake()
 
 
 class MemoryLimiter:
@@ -198,7 +245,7 @@ class MemoryLimiter:
             state = self._backends[backend] = _Backend()
         concurrency = None if max_concurrency is None else max(1, int(max_concurrency * self.share))
         n, period = (0, 0.0) if max_qps is None else qps_window(max_qps * self.share)
-        if not state.queue:  # FIFO: nobody waiting, so nobody to overtake
+        if not state.of(concurrency is not None).queue:  # FIFO: nobody waiting to overtake
             due = state.take(self._clock(), concurrency, n, period)
             if due is None:
                 return NO_LEASE if concurrency is None else _MemoryLease(state)
@@ -216,12 +263,13 @@ class MemoryLimiter:
         wait_s: float,
     ) -> Lease:
         deadline = self._clock() + wait_s
+        queue = state.of(concurrency is not None)
         waiter = _Waiter()
-        state.queue.append(waiter)
+        queue.queue.append(waiter)
         try:
             while True:
                 now = self._clock()
-                head = state.queue[0] is waiter
+                head = queue.queue[0] is waiter
                 due = state.take(now, concurrency, n, period) if head else 0.0
                 if due is None:
                     return NO_LEASE if concurrency is None else _MemoryLease(state)
@@ -232,17 +280,9 @@ class MemoryLimiter:
                     await self._sleep(due)
                     continue
                 # For a slot, or for our turn: woken by wake(), or out of time.
-                waiter.fut = fut = asyncio.get_running_loop().create_future()
-                timer = asyncio.ensure_future(self._sleep(remaining))
-                try:
-                    await asyncio.wait((fut, timer), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    timer.cancel()
+                await queue.nap(waiter, self._sleep, remaining)
         finally:
-            was_head = state.queue[0] is waiter
-            state.queue.remove(waiter)
-            if was_head:  # pass the turn on, even when cancelled
-                state.wake()
+            queue.leave(waiter)
 
     @staticmethod
     def _refusal(backend: str, state: _Backend, due: float, period: float) -> RateLimited:
@@ -296,6 +336,7 @@ return 0
 """
 
 _REASONS: Final = {1: "max_concurrency", 2: "max_qps"}
+_Args = tuple[int, int, float, float, str]  # ACQUIRE's ARGV before the queued releases
 
 
 class _RedisLease:
@@ -340,6 +381,7 @@ class RedisLimiter:
         self._replica = os.urandom(6).hex()
         self._ids = count()
         self._keys: dict[str, tuple[str, str]] = {}
+        self._queues: dict[str, _Queues] = {}  # leases key -> this replica's waiters
         self._live: dict[str, set[str]] = {}  # leases key -> ids this replica holds
         self._renewer: asyncio.Task[None] | None = None
         self._pending: dict[str, list[str]] = {}  # released, not yet sent
@@ -355,33 +397,77 @@ class RedisLimiter:
         if keys is None:
             base = f"{self._prefix}:limits:{{{backend}}}"
             keys = self._keys[backend] = (f"{base}:leases", f"{base}:starts")
+            self._queues[keys[0]] = _Queues()
         n, period = (0, 0.0) if max_qps is None else qps_window(max_qps)
         lease_id = f"{self._replica}:{next(self._ids)}"
         args = (max_concurrency or 0, n, period, self._ttl, lease_id)
         deadline = self._clock() + wait_s
-        while True:
-            # Releases queued for this key ride along: a replica always sees its own at once.
-            released = self._pending.pop(keys[0], None)
-            try:
-                granted, wait, code = await self._call(
-                    self._acquire(keys=keys, args=(*args, *released) if released else args)
-                )
-            except StateUnavailable:
-                if released:  # not sent: keep them for the next flush
-                    self._pending.setdefault(keys[0], []).extend(released)
-                raise
-            if granted:
-                return NO_LEASE if max_concurrency is None else self._hold(keys[0], lease_id)
-            reason = _REASONS[int(code)]
-            due = float(wait)
+        queue = self._queues[keys[0]].of(bool(max_concurrency))
+        if not queue.queue:  # FIFO: nobody waiting here, so nobody to overtake
+            due = await self._ask(keys, args, queue)
+            if due is None:
+                return self._granted(keys[0], args)
             remaining = deadline - self._clock()
             if remaining <= 0 or due > remaining:
-                retry_after = due if due > 0 else CONCURRENCY_RETRY_AFTER_S
-                raise RateLimited(backend, reason, retry_after)
-            # Retry when the next start is due, or poll for a slot; jitter keeps replicas
-            # that were told the same instant from arriving in lockstep.
-            pause = (due if due > 0 else self._poll) + self._rng() * 0.2 * self._poll
-            await self._sleep(min(pause, remaining))
+                raise self._refusal(backend, queue.blocked_by, due)
+        return await self._wait(backend, keys, args, deadline)
+
+    async def _wait(
+        self, backend: str, keys: tuple[str, str], args: _Args, deadline: float
+    ) -> Lease:
+        """Wait in this replica's queue: only its head asks Redis, one round trip at a time."""
+        queue = self._queues[keys[0]].of(bool(args[0]))
+        waiter = _Waiter()
+        queue.queue.append(waiter)
+        try:
+            while True:
+                head = queue.queue[0] is waiter
+                due = await self._ask(keys, args, queue) if head else 0.0
+                if due is None:
+                    return self._granted(keys[0], args)
+                remaining = deadline - self._clock()
+                if remaining <= 0 or due > remaining:
+                    raise self._refusal(backend, queue.blocked_by, due)
+                if not head:  # woken when the turn comes, or out of time
+                    await queue.nap(waiter, self._sleep, remaining)
+                elif due > 0:  # the next start is due then; a release changes nothing
+                    # Jitter keeps replicas told the same instant from arriving in lockstep.
+                    await self._sleep(min(due + self._jitter(), remaining))
+                elif keys[0] not in self._pending:  # else our own release rides along now
+                    # For a slot: woken by a release of ours, or poll for the others'.
+                    await queue.nap(
+                        waiter, self._sleep, min(self._poll + self._jitter(), remaining)
+                    )
+        finally:
+            queue.leave(waiter)
+
+    async def _ask(self, keys: tuple[str, str], args: _Args, queue: _Queue) -> float | None:
+        """One ACQUIRE: None when granted, else seconds until a start is due (0: a slot)."""
+        # Releases queued for this key ride along: a replica always sees its own at once.
+        released = self._pending.pop(keys[0], None)
+        try:
+            granted, wait, code = await self._call(
+                self._acquire(keys=keys, args=(*args, *released) if released else args)
+            )
+        except StateUnavailable:
+            if released:  # not sent: keep them for the next flush
+                self._pending.setdefault(keys[0], []).extend(released)
+            raise
+        if granted:
+            return None
+        queue.blocked_by = _REASONS[int(code)]
+        return float(wait)
+
+    def _granted(self, key: str, args: _Args) -> Lease:
+        return self._hold(key, args[4]) if args[0] else NO_LEASE
+
+    def _jitter(self) -> float:
+        return self._rng() * 0.2 * self._poll
+
+    @staticmethod
+    def _refusal(backend: str, reason: str, due: float) -> RateLimited:
+        # A slot, or a waiter behind the head: nobody knows when; suggest a second.
+        return RateLimited(backend, reason, due if due > 0 else CONCURRENCY_RETRY_AFTER_S)
 
     def _hold(self, key: str, lease_id: str) -> Lease:
         self._live.setdefault(key, set()).add(lease_id)
@@ -397,6 +483,7 @@ class RedisLimiter:
         """
         self._live[key].discard(lease_id)
         self._pending.setdefault(key, []).append(lease_id)
+        self._queues[key].for_slot.wake()  # a head waiting for a slot takes this one at once
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._start_flush)

@@ -32,7 +32,7 @@ import random
 import struct
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -137,6 +137,8 @@ class _Stats:
         self.prompt_tokens = self.completion_tokens = 0
         self.by_path: Counter[str] = Counter()
         self.starts: dict[int, int] = {}
+        self.recent: deque[float] = deque()  # starts in the last second, for the peak
+        self.peak_starts_1s = 0  # most starts in any one-second window, not just a unix second
         self.last: tuple[Scope, bytes] | None = None
 
     def started(self, scope: Scope, body: bytes) -> None:
@@ -145,7 +147,13 @@ class _Stats:
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         self.last = (scope, body)
-        second = int(self._clock())
+        now = self._clock()
+        recent = self.recent
+        while recent and recent[0] <= now - 1.0:  # the window (now - 1 s, now]
+            recent.popleft()
+        recent.append(now)
+        self.peak_starts_1s = max(self.peak_starts_1s, len(recent))
+        second = int(now)
         if second not in self.starts:  # a new second: forget those out of the window
             for old in [s for s in self.starts if s <= second - STARTS_WINDOW_S]:
                 del self.starts[old]
@@ -165,6 +173,7 @@ class _Stats:
             "unauthorized": self.unauthorized,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "starts_per_second": {str(s): n for s, n in self.starts.items() if s > horizon},
+            "peak_starts_1s": self.peak_starts_1s,
             "last_request": None if self.last is None else _describe(*self.last),
         }
 

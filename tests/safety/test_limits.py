@@ -51,14 +51,17 @@ class Replicas:
         self.prefix = f"test-{uuid.uuid4().hex[:8]}"  # tests share the server, not keys
         self._opened: list[tuple[Redis, RedisLimiter]] = []
 
-    def __call__(self, **kwargs: Any) -> Limiter:
+    def __call__(self, *, max_connections: int | None = None, **kwargs: Any) -> Limiter:
+        """A limiter; ``max_connections`` bounds a Redis client's pool (memory has none)."""
         if self.store is None:
             return MemoryLimiter(**kwargs)
-        return self.redis(**kwargs)
+        return self.redis(max_connections=max_connections, **kwargs)
 
-    def redis(self, url: str | None = None, **kwargs: Any) -> RedisLimiter:
+    def redis(
+        self, url: str | None = None, *, max_connections: int | None = None, **kwargs: Any
+    ) -> RedisLimiter:
         assert self.store is not None
-        client = Redis.from_url(url or self.store.url)
+        client = Redis.from_url(url or self.store.url, max_connections=max_connections)
         limiter = RedisLimiter(client, prefix=self.prefix, **kwargs)
         self._opened.append((client, limiter))
         return limiter
@@ -179,6 +182,44 @@ async def test_qps_never_exceeds_q_in_any_second(replicas: Replicas) -> None:
     assert q < len(grants) <= 2 * q  # two windows began within 1.5 s, and both were used
     for first in grants:
         assert sum(first <= g < first + window for g in grants) <= q
+
+
+async def test_a_queue_longer_than_the_redis_pool_waits_in_order(replicas: Replicas) -> None:
+    """Many waiters on one replica take their turns in order, without exhausting its Redis pool.
+
+    Each waiter asking Redis by itself once took one pooled connection per waiter: past the
+    pool, "Too many connections" read as Redis down, and the replica fell back to memory
+    with an empty start log (the starts Redis had granted that second were not counted).
+    """
+    limiter = replicas(max_connections=4)
+    held = await take(limiter, concurrency=1)
+    order: list[int] = []
+
+    async def queued(i: int) -> None:
+        lease = await take(limiter, concurrency=1, qps=1000, wait_s=10)
+        order.append(i)
+        await lease.release()
+
+    first = asyncio.create_task(queued(0))
+    assert await still_waiting(first)  # in the queue: whoever comes next waits behind it
+    rest = [asyncio.create_task(queued(i)) for i in range(1, 30)]
+    assert await still_waiting(rest[-1])  # all queued, the head polling
+    await held.release()
+    async with asyncio.timeout(10):
+        await asyncio.gather(first, *rest)
+    assert order == list(range(30))
+
+
+async def test_a_start_alone_does_not_queue_behind_waiters_for_a_slot(limiter: Limiter) -> None:
+    """A retry (a start, its slot held already) passes waiters for a slot: they wait for it."""
+    held = await take(limiter, concurrency=1, qps=100)
+    waiting = asyncio.create_task(take(limiter, concurrency=1, qps=100, wait_s=5))
+    assert await still_waiting(waiting)
+    async with asyncio.timeout(2):
+        await take(limiter, qps=100, wait_s=1)  # the holder's retry: not stuck behind `waiting`
+    await held.release()
+    async with asyncio.timeout(2):
+        await (await waiting).release()
 
 
 async def test_rate_limited_carries_retry_after(limiter: Limiter) -> None:

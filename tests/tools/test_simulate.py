@@ -482,6 +482,19 @@ async def test_starts_per_second_keeps_the_last_two_minutes(
     assert (await client.get("/_sim/stats")).json()["starts_per_second"] == {}
 
 
+async def test_peak_starts_counts_any_one_second_window(
+    client: httpx.AsyncClient, fake_time: FakeTime
+) -> None:
+    """The peak counts starts in any one-second window, also one across two unix seconds."""
+    for offset in (0.6, 0.8, 1.1, 1.3, 2.3):  # 2 + 2 per unix second; 4 within (0.3, 1.3]
+        fake_time.now = NOW + offset
+        await client.get("/v1/models")
+    stats = (await client.get("/_sim/stats")).json()
+    assert max(stats["starts_per_second"].values()) == 2
+    assert stats["peak_starts_1s"] == 4
+    assert (await client.post("/_sim/reset")).json()["peak_starts_1s"] == 0
+
+
 async def test_reset_zeroes_the_stats(client: httpx.AsyncClient) -> None:
     """POST /_sim/reset forgets every counter and the last request."""
     await client.post("/v1/chat/completions", json=CHAT)

@@ -1,17 +1,25 @@
 """The few exceptions canary raises, each carrying the context a person needs.
 
     CanaryError
-    ├── ConfigError      file, line and key path of every problem in routes.yaml
-    └── RouterError      a response the router makes itself (400, 401, 404, 413, 502, 503, 504)
+    ├── ConfigError       file, line and key path of every problem in routes.yaml
+    ├── RouterError       a response the router makes itself (400, 401, 404, 413, 502, 503, 504)
+    │   └── RateLimited   429 with Retry-After: one of canary's own limits, not a backend error
+    ├── StateUnavailable  Redis unreachable or slower than its call timeout: use in-process state
+    ├── Unavailable       ``canary status``/``report``: a router's /status could not be read
+    ├── NoCost            ``canary report``: that /status has no cost section (an older router)
+    └── StreamCut         ``canary simulate``: a stream dropped mid-body on purpose
 
 Upstream failures stay httpx exceptions (mapped exactly by ``canary.proxy.transport``); the
-proxy turns them into ``RouterError`` responses.
+proxy turns them into ``RouterError`` responses. Two exceptions that never leave their
+package stay beside the code that raises and catches them, as control flow: the proxy's
+``EarlyFailure`` (``canary.proxy.relay``) and the simulator's ``_Refused``.
 
 Router refusals render as OpenAI's error shape ``{"error": {"message", "type", "code"}}``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import orjson
@@ -64,3 +72,42 @@ class RouterError(CanaryError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return []
+
+
+class RateLimited(RouterError):
+    """No slot within the bounded queue time: 429 with ``Retry-After``, not a backend error."""
+
+    status = 429
+
+    def __init__(self, backend: str, reason: str, retry_after: float) -> None:
+        self.backend = backend
+        self.reason = reason  # "max_concurrency" or "max_qps"
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(
+            f"Local {reason} of backend {backend!r} reached; retry after {self.retry_after:.2f} s.",
+            code="rate_limit_exceeded",
+        )
+        self.type = "requests"  # OpenAI's own type for request-rate 429s
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        ms = math.ceil(self.retry_after * 1000)
+        return [
+            (b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()),
+            (b"retry-after-ms", str(ms).encode()),  # the openai client prefers this one
+        ]
+
+
+class StateUnavailable(CanaryError):
+    """Redis did not answer within the call timeout; fall back to in-process state."""
+
+
+class Unavailable(CanaryError):
+    """``/status`` could not be read; the message says why, for the command line."""
+
+
+class NoCost(CanaryError):
+    """The router's ``/status`` has no ``cost`` section (a router from before pricing)."""
+
+
+class StreamCut(CanaryError):
+    """Raised on purpose to drop a stream mid-body; the server then closes the connection."""

@@ -5,8 +5,9 @@
     ├── RedisLimiter    all replicas against one Redis, one atomic Lua call per attempt
     └── FailoverLimiter Redis while it answers, else a MemoryLimiter with 1/replicas share
 
-    RateLimited(RouterError)     429 with Retry-After after the queue time; not a backend error
-    StateUnavailable(CanaryError) Redis unreachable or slower than ``op_timeout_s``
+A refusal after the queue time is ``RateLimited`` (429 with Retry-After, not a backend
+error); Redis unreachable or slower than ``op_timeout_s`` is ``StateUnavailable`` (both in
+``canary.errors``).
 
 A start is granted only when both limits allow it, atomically: a concurrency slot (a lease,
 released when the request ends) and a QPS start. Limits come with each call from the live
@@ -63,7 +64,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from canary.errors import CanaryError, RouterError
+# RateLimited is re-exported: canary.proxy imports it from here.
+from canary.errors import RateLimited as RateLimited
+from canary.errors import StateUnavailable
 from canary.types import Clock, Sleep
 
 T = TypeVar("T")
@@ -71,33 +74,6 @@ T = TypeVar("T")
 # Nobody knows when an in-flight call ends: a concurrency refusal suggests this much.
 CONCURRENCY_RETRY_AFTER_S: Final = 1.0
 RELEASE_BATCH_S: Final = 0.005
-
-
-class RateLimited(RouterError):
-    """No slot within the bounded queue time: 429 with ``Retry-After``, not a backend error."""
-
-    status = 429
-
-    def __init__(self, backend: str, reason: str, retry_after: float) -> None:
-        self.backend = backend
-        self.reason = reason  # "max_concurrency" or "max_qps"
-        self.retry_after = max(0.0, retry_after)
-        super().__init__(
-            f"Local {reason} of backend {backend!r} reached; retry after {self.retry_after:.2f} s.",
-            code="rate_limit_exceeded",
-        )
-        self.type = "requests"  # OpenAI's own type for request-rate 429s
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        ms = math.ceil(self.retry_after * 1000)
-        return [
-            (b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()),
-            (b"retry-after-ms", str(ms).encode()),  # the openai client prefers this one
-        ]
-
-
-class StateUnavailable(CanaryError):
-    """Redis did not answer within the call timeout; fall back to in-process state."""
 
 
 class Lease(Protocol):

@@ -20,6 +20,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from canary.errors import NoCost
+
 EVENTS_SHOWN = 10
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
 PIPE_WIDTH = 10_000  # "as wide as it needs": tables take their natural width below this
@@ -218,10 +220,6 @@ def compact(n: int) -> str:
 
 
 # --- canary report ----------------------------------------------------------------------
-
-
-class NoCost(Exception):
-    """The router's ``/status`` has no ``cost`` section (a router from before pricing)."""
 
 
 def _minus(a: float | None, b: float | None) -> float | None:

@@ -22,16 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bar
 
-from canary.tools.console import NoCost, output_console, render_report, render_status, report_data
+from canary.errors import NoCost, Unavailable
+from canary.tools.console import output_console, render_report, render_status, report_data
 from canary.tools.load import LoadOptions, Progress, run_load
 from canary.tools.tally import LoadResult, format_result
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 FETCH_TIMEOUT_S = 5.0
-
-
-class Unavailable(Exception):
-    """``/status`` could not be read; the message says why, for the command line."""
 
 
 def status_url(url: str) -> str:

@@ -41,6 +41,7 @@ import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from canary.errors import StreamCut
 from canary.serve.signals import stop_signals_return
 
 REPLY = "Hello from {name}! This is a simulated reply."
@@ -48,10 +49,6 @@ DEFAULT_MODELS = ("gpt-4.1", "gpt-4.1-mini", "text-embedding-3-small")
 STARTS_WINDOW_S = 120
 
 Headers = Sequence[tuple[bytes, bytes]]
-
-
-class StreamCut(Exception):
-    """Raised on purpose to drop a stream mid-body; the server then closes the connection."""
 
 
 class _Refused(Exception):

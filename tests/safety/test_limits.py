@@ -16,15 +16,14 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from canary.errors import RateLimited, StateUnavailable
 from canary.safety.limits import (
     NO_LEASE,
     FailoverLimiter,
     Lease,
     Limiter,
     MemoryLimiter,
-    RateLimited,
     RedisLimiter,
-    StateUnavailable,
 )
 from tests.helpers import RedisServer, free_port
 

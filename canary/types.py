@@ -1,8 +1,31 @@
-"""The two seams every layer injects: a clock and a sleep (tests pass fake ones).
+"""Small shared types: the clock and sleep seams every layer injects (tests pass fake ones),
+and the base of what a lifespan opens and closes.
 
 ASGI's ``Scope``/``Receive``/``Send``/``Message`` come from ``starlette.types``."""
 
 from collections.abc import Awaitable, Callable
+from typing import Self
 
 Clock = Callable[[], float]  # monotonic seconds (or wall seconds where a name says so)
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class AsyncResource:
+    """``async with resource:`` runs ``start`` on the way in and ``aclose`` on the way out.
+
+    As httpx's transports do, so a lifespan enters every component on one ``AsyncExitStack``
+    and closing is automatic, in reverse order. Both steps do nothing unless overridden.
+    """
+
+    async def start(self) -> None:
+        """Begin what needs the running loop: a background task, a first round trip."""
+
+    async def aclose(self) -> None:
+        """Stop what ``start`` began and release what is held."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,5 +1,6 @@
-"""Shared test helpers: free ports, real processes, bounded polling, the in-process app
-with a recording upstream, and the end-to-end stack of a router and two simulators.
+"""Shared test helpers: free ports, real processes, bounded polling, limiter calls, the
+in-process app with a recording upstream, and the end-to-end stack of a router and two
+simulators.
 
 Processes only ever bind 127.0.0.1. Readiness and settling are polled against a
 deadline, never waited for with a fixed sleep.
@@ -15,15 +16,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import openai
+import pytest
 from asgi_lifespan import LifespanManager
 
+from canary.errors import RateLimited
+from canary.safety.limits import Lease, Limiter
 from canary.serve.app import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,6 +216,27 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+# Limiters: one acquire in a line, and the refusal it ends in.
+
+
+def take(
+    limiter: Limiter,
+    backend: str = "relay",
+    *,
+    concurrency: int | None = None,
+    qps: float | None = None,
+    wait_s: float = 0.0,
+) -> Awaitable[Lease]:
+    return limiter.acquire(backend, max_concurrency=concurrency, max_qps=qps, wait_s=wait_s)
+
+
+async def refused(acquire: Awaitable[Lease]) -> RateLimited:
+    with pytest.raises(RateLimited) as info:
+        async with asyncio.timeout(5):
+            await acquire
+    return info.value
 
 
 # In-process flow tests: the app through its lifespan, the upstream a MockTransport.

@@ -3,7 +3,7 @@
     Limiter (Protocol)  acquire(backend, *, max_concurrency, max_qps, wait_s) -> Lease
     ├── MemoryLimiter   one replica; ``share`` scales the limits (Redis down: each of N takes 1/N)
     ├── RedisLimiter    all replicas against one Redis, one atomic Lua call per attempt
-    └── FailoverLimiter Redis while it answers, else a MemoryLimiter with 1/replicas share
+    └── FailoverLimiter Redis while it answers, else memory at 1/replicas (``.failover``)
 
 A refusal after the queue time is ``RateLimited`` (429 with Retry-After, not a backend
 error); Redis unreachable or slower than ``op_timeout_s`` is ``StateUnavailable`` (both in
@@ -60,14 +60,13 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 from typing import Final, Protocol, TypeVar
 
-import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 # RateLimited is re-exported: canary.proxy imports it from here.
 from canary.errors import RateLimited as RateLimited
 from canary.errors import StateUnavailable
-from canary.types import Clock, Sleep
+from canary.types import AsyncResource, Clock, Sleep
 
 T = TypeVar("T")
 
@@ -200,7 +199,7 @@ class _MemoryLease:
             state.for_slot.wake()
 
 
-class MemoryLimiter:
+class MemoryLimiter(AsyncResource):
     """Limits for one process; ``share`` is this replica's fraction of every limit."""
 
     def __init__(
@@ -329,7 +328,7 @@ class _RedisLease:
             await limiter._release(self._key, self._id)
 
 
-class RedisLimiter:
+class RedisLimiter(AsyncResource):
     """Limits shared by every replica on one Redis; the caller owns ``client``."""
 
     def __init__(
@@ -484,6 +483,19 @@ class RedisLimiter:
                     with contextlib.suppress(StateUnavailable):
                         await self._call(self._renew(keys=[key], args=[self._ttl, *ids]))
 
+    @property
+    def client(self) -> Redis:
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        """Every key this limiter writes starts with it (membership's replica set too)."""
+        return self._prefix
+
+    async def call(self, op: Awaitable[T]) -> T:
+        """A Redis call of someone sharing this client (membership), bounded the same way."""
+        return await self._call(op)
+
     async def _call(self, op: Awaitable[T]) -> T:
         """One Redis round trip, bounded; unreachable or slow Redis -> StateUnavailable."""
         try:
@@ -502,121 +514,3 @@ class RedisLimiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
-
-
-# Heartbeat: KEYS = [replicas zset], ARGV = [replica_id, window_s]. Scores by Redis TIME, so
-# every replica judges liveness on one clock; returns the replicas seen within the window.
-_HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local window = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
-return redis.call('ZCARD', KEYS[1])
-"""
-
-
-class FailoverLimiter:
-    """Shared limits on Redis while it answers; else this replica's share in memory.
-
-    ``state`` is "redis" or "degraded". A failed Redis call degrades at once and the request
-    is served from memory; the heartbeat (every ``heartbeat_s``) counts live replicas and,
-    while degraded, is the only probe: when it succeeds again, state goes back to "redis".
-    """
-
-    def __init__(
-        self,
-        redis: RedisLimiter,
-        client: Redis,
-        *,
-        replica_id: str,
-        clock: Clock = time.monotonic,
-        heartbeat_s: float = 2.0,
-        retry_s: float = 1.0,
-        on_change: Callable[[str, str], None] | None = None,
-    ) -> None:
-        self._redis = redis
-        self._memory = MemoryLimiter(clock=clock)
-        self._clock = clock
-        self._heartbeat_s = heartbeat_s
-        self._retry_s = retry_s  # heartbeat period while degraded: how soon Redis is back
-        self._on_change = on_change
-        self._replica_id = replica_id
-        self._key = f"{redis._prefix}:replicas"
-        self._beat = client.register_script(_HEARTBEAT)
-        self._client = client
-        self._task: asyncio.Task[None] | None = None
-        self.state = "redis"
-        self.replicas = 1
-
-    async def start(self) -> None:
-        """One heartbeat now (bounded; Redis down means degraded, not an error), then a timer."""
-        await self.heartbeat()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._beat_forever())
-
-    async def heartbeat(self) -> None:
-        """One heartbeat round trip: refresh ``replicas``, and switch state on its outcome."""
-        try:
-            seen = await self._redis._call(
-                self._beat(keys=[self._key], args=[self._replica_id, 3 * self._heartbeat_s])
-            )
-        except StateUnavailable as exc:
-            self._degrade(exc)
-            return
-        self.replicas = max(1, int(seen))
-        self._switch("redis", replicas=self.replicas)
-
-    async def acquire(
-        self, backend: str, *, max_concurrency: int | None, max_qps: float | None, wait_s: float
-    ) -> Lease:
-        deadline = self._clock() + wait_s
-        if self.state == "redis":
-            try:
-                return await self._redis.acquire(
-                    backend, max_concurrency=max_concurrency, max_qps=max_qps, wait_s=wait_s
-                )
-            except StateUnavailable as exc:
-                self._degrade(exc)  # and serve this request from memory, with what is left
-        wait_s = max(0.0, deadline - self._clock())
-        return await self._memory.acquire(
-            backend, max_concurrency=max_concurrency, max_qps=max_qps, wait_s=wait_s
-        )
-
-    async def aclose(self) -> None:
-        """Stop the heartbeat and leave the replica set; the caller owns ``client``."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(StateUnavailable):  # else it drops out after 3 heartbeats
-            await self._redis._call(self._client.zrem(self._key, self._replica_id))
-        await self._redis.aclose()
-        await self._memory.aclose()
-
-    async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_s if self.state == "redis" else self._retry_s)
-            await self.heartbeat()
-
-    def _degrade(self, exc: BaseException) -> None:
-        if self.state != "degraded":
-            # Each of N replicas takes 1/N of every limit, so together they still hold it.
-            self._memory.share = 1.0 / self.replicas
-            self._switch("degraded", error=str(exc))
-
-    def _switch(self, new: str, **fields: object) -> None:
-        old = self.state
-        if old == new:
-            return
-        self.state = new
-        # Looked up per transition (rare), not cached: capture_logs in tests sees it too.
-        log = structlog.get_logger("canary.safety.limits")
-        if new == "degraded":
-            log.warning("state.degraded", **fields)
-        else:
-            log.info("state.shared", **fields)
-        if self._on_change is not None:
-            self._on_change(old, new)

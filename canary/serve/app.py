@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from canary.config.model import Config, bearer_digest
 from canary.config.store import ConfigStore
 from canary.errors import RouterError
+from canary.fleet.membership import Membership
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.observe.dashboard import dashboard_routes
@@ -46,7 +47,8 @@ from canary.observe.status import status_document
 from canary.proxy.app import Proxy
 from canary.proxy.transport import AiohttpTransport
 from canary.safety.breaker import Breakers
-from canary.safety.limits import FailoverLimiter, MemoryLimiter, RedisLimiter
+from canary.safety.failover import FailoverLimiter
+from canary.safety.limits import MemoryLimiter, RedisLimiter
 from canary.safety.windows import Stats
 from canary.serve.drain import Traffic
 from canary.types import Clock
@@ -153,6 +155,7 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         store.load_initial()
         shared: FailoverLimiter | None = None
+        membership: Membership | None = None
         sharing: SharedBreakers | None = None
         windows: SharedWindows | None = None
         client: Redis | None = None
@@ -163,12 +166,9 @@ def create_app(
             client = Redis.from_url(
                 store.config.state.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
             )
-            shared = FailoverLimiter(
-                RedisLimiter(client),
-                client,
-                replica_id=replica_id,
-            )
-            await shared.start()
+            shared = FailoverLimiter(RedisLimiter(client))
+            membership = Membership(shared, replica_id)
+            await membership.start()
             proxy.limiter = shared
             # pub/sub blocks on reads: its own connection, without the 0.25 s read timeout
             listen_client = Redis.from_url(
@@ -221,7 +221,8 @@ def create_app(
             if sharing is not None and listen_client is not None:
                 await sharing.aclose()
                 await listen_client.aclose()
-            if shared is not None and client is not None:
+            if shared is not None and membership is not None and client is not None:
+                await membership.aclose()
                 await shared.aclose()
                 await client.aclose()
                 proxy.limiter = limiter

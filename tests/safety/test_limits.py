@@ -14,18 +14,16 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from structlog.testing import capture_logs
 
 from canary.errors import RateLimited, StateUnavailable
 from canary.safety.limits import (
     NO_LEASE,
-    FailoverLimiter,
     Lease,
     Limiter,
     MemoryLimiter,
     RedisLimiter,
 )
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisServer, free_port, refused, take
 
 
 class FakeClock:
@@ -96,24 +94,6 @@ async def redis_replicas(redis_server: RedisServer) -> AsyncIterator[Replicas]:
 @pytest.fixture
 def limiter(replicas: Replicas) -> Limiter:
     return replicas()
-
-
-def take(
-    limiter: Limiter,
-    backend: str = "relay",
-    *,
-    concurrency: int | None = None,
-    qps: float | None = None,
-    wait_s: float = 0.0,
-) -> Awaitable[Lease]:
-    return limiter.acquire(backend, max_concurrency=concurrency, max_qps=qps, wait_s=wait_s)
-
-
-async def refused(acquire: Awaitable[Lease]) -> RateLimited:
-    with pytest.raises(RateLimited) as info:
-        async with asyncio.timeout(5):
-            await acquire
-    return info.value
 
 
 async def still_waiting(task: asyncio.Task[Lease]) -> bool:
@@ -396,147 +376,3 @@ async def test_redis_too_slow_raises_state_unavailable(
                 break
             except StateUnavailable:
                 continue  # still paused: each try is bounded by the call timeout
-
-
-# -- failover: Redis while it answers, this replica's share in memory while it does not ------
-
-
-class Failovers:
-    """FailoverLimiters on one prefix, each with its own client, as replicas have."""
-
-    def __init__(self, server: RedisServer) -> None:
-        self.url = server.url
-        self.prefix = f"test-{uuid.uuid4().hex[:8]}"
-        self._opened: list[tuple[Redis, FailoverLimiter]] = []
-
-    def __call__(self, replica_id: str, **kwargs: Any) -> FailoverLimiter:
-        client = Redis.from_url(self.url)
-        redis = RedisLimiter(client, prefix=self.prefix)
-        # A long heartbeat: tests run heartbeat steps themselves, never wait for the timer.
-        kwargs.setdefault("heartbeat_s", 60.0)
-        kwargs.setdefault("retry_s", 60.0)
-        limiter = FailoverLimiter(redis, client, replica_id=replica_id, **kwargs)
-        self._opened.append((client, limiter))
-        return limiter
-
-    async def aclose(self) -> None:
-        for client, limiter in self._opened:
-            async with asyncio.timeout(5):
-                await limiter.aclose()
-            await client.aclose()
-
-
-@pytest.fixture
-async def failovers(redis_server: RedisServer) -> AsyncIterator[Failovers]:
-    rig = Failovers(redis_server)
-    yield rig
-    await rig.aclose()
-
-
-async def test_failover_counts_live_replicas(failovers: Failovers) -> None:
-    """With Redis up, state is "redis" and each replica's heartbeat counts both replicas."""
-    a, b = failovers("a"), failovers("b")
-    async with asyncio.timeout(2):
-        await a.start()
-        await b.start()
-        await a.heartbeat()
-    assert (a.state, b.state) == ("redis", "redis")
-    assert (a.replicas, b.replicas) == (2, 2)
-    await (await take(a, concurrency=1, qps=10)).release()
-
-
-async def test_failover_serves_its_share_from_memory(
-    redis_server: RedisServer, failovers: Failovers
-) -> None:
-    """Redis stopped: the next acquire is served from memory at a 1/replicas share."""
-    changes: list[tuple[str, str]] = []
-    a = failovers("a", on_change=lambda old, new: changes.append((old, new)))
-    b = failovers("b")
-    async with asyncio.timeout(2):
-        await a.start()
-        await b.start()
-        await a.heartbeat()
-    assert a.replicas == 2
-    shared = await take(a, concurrency=4)  # from Redis: released to Redis, quietly failing
-    redis_server.stop()
-    try:
-        async with asyncio.timeout(2):
-            first = await take(a, concurrency=4)
-            assert a.state == "degraded"
-            second = await take(a, concurrency=4)
-            refusal = await refused(take(a, concurrency=4, wait_s=0.0))
-            assert refusal.reason == "max_concurrency"
-            await first.release()
-            await (await take(a, concurrency=4)).release()  # the freed memory slot
-            await second.release()
-            await shared.release()
-        assert changes == [("redis", "degraded")]
-    finally:
-        redis_server.start()
-
-
-async def test_failover_returns_to_redis(redis_server: RedisServer, failovers: Failovers) -> None:
-    """Redis started again: a heartbeat step brings state back to "redis"."""
-    a = failovers("a")
-    async with asyncio.timeout(2):
-        await a.start()
-    redis_server.stop()
-    try:
-        async with asyncio.timeout(2):
-            await a.heartbeat()
-        assert a.state == "degraded"
-    finally:
-        redis_server.start()
-    async with asyncio.timeout(3):
-        while a.state != "redis":  # each step is bounded by the call timeout
-            await a.heartbeat()
-    assert a.replicas == 1
-    await (await take(a, concurrency=1, qps=10)).release()
-
-
-async def test_failover_starts_with_redis_down(failovers: Failovers) -> None:
-    """Redis unreachable at start-up: start() does not raise, state is degraded, acquire works."""
-    failovers.url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    a = failovers("a")
-    async with asyncio.timeout(2):
-        await a.start()
-        assert a.state == "degraded"
-        await (await take(a, concurrency=1, qps=10)).release()
-        await a.heartbeat()  # still down: stays degraded
-    assert a.state == "degraded"
-
-
-async def test_failover_logs_once_per_transition(
-    redis_server: RedisServer, failovers: Failovers
-) -> None:
-    """Many requests through an outage log one warning going down and one info coming back."""
-    a = failovers("a")
-    async with asyncio.timeout(2):
-        await a.start()
-    with capture_logs() as logs:
-        redis_server.stop()
-        try:
-            async with asyncio.timeout(5):
-                for _ in range(50):
-                    await (await take(a, concurrency=10, qps=1000)).release()
-                await a.heartbeat()
-        finally:
-            redis_server.start()
-        async with asyncio.timeout(3):
-            while a.state != "redis":
-                await a.heartbeat()
-        await (await take(a, concurrency=10, qps=1000)).release()
-    events = [(entry["event"], entry["log_level"]) for entry in logs]
-    assert events == [("state.degraded", "warning"), ("state.shared", "info")]
-    assert logs[0]["error"] and logs[1]["replicas"] == 1
-
-
-async def test_failover_heartbeat_timer_runs(failovers: Failovers) -> None:
-    """After start(), the heartbeat task keeps counting replicas by itself."""
-    a = failovers("a", heartbeat_s=0.05)
-    async with asyncio.timeout(2):
-        await a.start()
-        assert a.replicas == 1
-        await failovers("b").start()
-        while a.replicas != 2:  # polled against the deadline, not a fixed settle time
-            await asyncio.sleep(0.01)

@@ -15,8 +15,9 @@ A changed stat with unchanged bytes (``touch``) is not a reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -129,3 +130,13 @@ class ConfigStore:
                     await self.reload(reason="file changed")
             except Exception as exc:  # live reload must outlive any one bad file
                 log.error("config.watch_failed", error=type(exc).__name__)
+
+    @contextlib.asynccontextmanager
+    async def watching(self, interval_s: float = 0.25) -> AsyncIterator[None]:
+        """``watch`` in a background task while the block runs (the app's lifespan)."""
+        task = asyncio.get_running_loop().create_task(self.watch(interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

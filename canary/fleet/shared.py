@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from canary.safety.breaker import Breakers, CircuitEvent
 from canary.safety.windows import Stats
+from canary.types import AsyncResource
 
 log = structlog.get_logger("canary.fleet.shared")
 
@@ -34,7 +35,7 @@ PUBLISH_TIMEOUT_S = 0.5
 RETRY_S = 1.0
 
 
-class SharedBreakers:
+class SharedBreakers(AsyncResource):
     """Publishes this replica's circuit transitions and follows the others'."""
 
     def __init__(self, client: Redis, breakers: Breakers, replica_id: str) -> None:
@@ -142,7 +143,7 @@ def apply_remote(
         circuit.check()
 
 
-class SharedWindows:
+class SharedWindows(AsyncResource):
     """Each replica's window counts per backend, exchanged through Redis every 0.5 s.
 
     One pipelined round trip per interval, off the request path: write this replica's

@@ -36,6 +36,7 @@ from canary.fleet.shared import FRESH_S, apply_remote
 from canary.observe.meter import Meter
 from canary.safety.breaker import Breakers
 from canary.safety.windows import Stats
+from canary.types import AsyncResource
 
 log = structlog.get_logger("canary.fleet.workers")
 
@@ -43,7 +44,7 @@ SYNC_S = 0.5
 READINESS_SKEW_S = 5.0  # workers start (and load the config) a few seconds apart at most
 
 
-class Fleet:
+class Fleet(AsyncResource):
     """This worker's side of the exchange (see the module docstring)."""
 
     def __init__(
@@ -55,7 +56,6 @@ class Fleet:
         meter: Meter,
         *,
         share_windows: Callable[[], bool],
-        interval_s: float = SYNC_S,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.directory = Path(directory)
@@ -64,7 +64,7 @@ class Fleet:
         self.breakers = breakers
         self.meter = meter
         self.share_windows = share_windows
-        self.interval_s = interval_s
+        self.interval_s = SYNC_S
         self._wall = wall
         self._task: asyncio.Task[None] | None = None
         self._peers: list[dict[str, Any]] = []

@@ -1,12 +1,15 @@
-"""Process signal handling shared by ``canary serve`` and ``canary simulate``."""
+"""Process signal handling shared by ``canary serve`` and ``canary simulate``, and the
+router's SIGHUP (its reload)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from types import FrameType
+from typing import Any
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -31,3 +34,25 @@ def stop_signals_return() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.asynccontextmanager
+async def on_sighup(action: Callable[[], Coroutine[Any, Any, object]]) -> AsyncIterator[None]:
+    """Each SIGHUP runs ``action()`` in a task while the block runs; those still running at
+    its end are cancelled. ``canary serve`` only: the loop must be the main thread's."""
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[Any]] = set()
+
+    def handle() -> None:
+        task = loop.create_task(action())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, handle)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)

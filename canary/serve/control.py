@@ -1,0 +1,123 @@
+"""The control plane: every path outside ``/v1/*``, as one Starlette app.
+
+    GET  /status        the migration's state (``canary.observe.status``); always 200
+    GET  /metrics       Prometheus text from the same document
+    GET  /healthz       200 while the process serves
+    GET  /readyz        200 once a valid config is loaded; 503 without one, or draining
+    POST /admin/reload  reload routes.yaml; ``Authorization: Bearer <admin_token>``
+    GET  /dashboard     the page and its assets (``canary.observe.dashboard``)
+
+Anything else answers 404 (or 405) in OpenAI's error shape, like the proxy's own errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from canary.config.model import Config, bearer_digest
+from canary.config.store import ConfigStore
+from canary.errors import RouterError
+from canary.observe.dashboard import dashboard_routes
+from canary.observe.meter import Meter
+from canary.observe.metrics import CONTENT_TYPE
+from canary.observe.metrics import render as render_metrics
+from canary.serve.drain import Traffic
+
+Document = Callable[[], tuple[dict[str, Any], Meter]]  # /status and the meter it was built on
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def error_response(exc: RouterError) -> Response:
+    headers = {k.decode(): v.decode() for k, v in exc.headers()}
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=headers
+    )
+
+
+class ControlPlane:
+    """The handlers, over the store, the traffic and a function that builds ``/status``."""
+
+    def __init__(self, store: ConfigStore, traffic: Traffic, document: Document) -> None:
+        self.store = store
+        self.traffic = traffic
+        self.document = document
+
+    def app(self, lifespan: Lifespan) -> Starlette:
+        return Starlette(
+            routes=self.routes(),
+            exception_handlers={404: self.not_found, 405: self.not_found},
+            lifespan=lifespan,
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/status", self.status),
+            Route("/metrics", self.metrics),
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/admin/reload", self.admin_reload, methods=["POST"]),
+            *dashboard_routes(),
+        ]
+
+    async def status(self, _: Request) -> Response:
+        return _json(self.document()[0])
+
+    async def metrics(self, _: Request) -> Response:
+        return Response(render_metrics(*self.document()), media_type=CONTENT_TYPE)
+
+    async def healthz(self, _: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, _: Request) -> Response:
+        if self.traffic.draining:  # SIGTERM: let load balancers move on before we stop accepting
+            return _json({"status": "draining"}, 503)
+        if self.store.config is None:
+            return _json({"status": "no valid config", "error": self.store.error}, 503)
+        return _json({"status": "ready", "version": self.store.config.version})
+
+    async def admin_reload(self, request: Request) -> Response:
+        try:
+            _check_admin(self.store.config, request.headers.get("authorization"))
+        except RouterError as exc:
+            return error_response(exc)
+        result = await self.store.reload(reason="admin")
+        body = {"applied": result.applied, "changed": result.changed, "version": result.version}
+        if not result.applied:
+            return _json({**body, "error": result.error}, 422)
+        return _json(body)
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        code = "not_found" if status == 404 else "method_not_allowed"
+        return error_response(
+            RouterError(
+                f"{request.method} {request.url.path}: {code.replace('_', ' ')}.",
+                code=code,
+                status=status,
+            )
+        )
+
+
+def _check_admin(cfg: Config | None, authorization: str | None) -> None:
+    if cfg is None or cfg.auth.admin_token_digest is None:
+        raise RouterError(
+            "Admin endpoints are off: set auth.admin_token (e.g. CANARY_ADMIN_TOKEN) to use them.",
+            code="admin_disabled",
+            status=403,
+        )
+    if not hmac.compare_digest(bearer_digest(authorization), cfg.auth.admin_token_digest):
+        raise RouterError("Missing or invalid admin token.", code="invalid_admin_token", status=401)

@@ -1,0 +1,156 @@
+"""The lifespan: load the config, then enter every process resource on one exit stack.
+
+    transport      the upstream connection pool
+    redis          (state.redis_url) calls bounded at 0.25 s; Redis down must not stop serving
+    limiter        ``build_limiter``: in memory, or on Redis with memory failover
+    membership     (Redis) the heartbeat: live replicas, and the probe back from degraded
+    listener       (Redis) pub/sub blocks on reads: its own connection, no read timeout
+    breakers       (Redis) circuit transitions published and followed
+    windows        (Redis) window counts exchanged
+    fleet          (serve --workers N) the workers' exchange through a directory
+    watcher        routes.yaml polled for changes
+    SIGHUP         (serve) reload on the signal
+
+The stack closes them bottom-up when the lifespan ends: the reload triggers stop first, the
+connection pool closes last, and a step that fails to open closes what opened before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+
+from canary.fleet.membership import Membership
+from canary.fleet.shared import SharedBreakers, SharedWindows
+from canary.fleet.workers import Fleet
+from canary.proxy.app import Proxy
+from canary.proxy.transport import AiohttpTransport
+from canary.safety.failover import FailoverLimiter
+from canary.safety.limits import MemoryLimiter, RedisLimiter
+from canary.serve.core import AppOptions, Core
+from canary.serve.signals import on_sighup
+
+# Keep pooled upstream connections for less time than providers keep them idle (uvicorn
+# and most providers: 5 s or more), so the router never writes into one they closed.
+POOL_KEEPALIVE_S = 4.0
+REDIS_TIMEOUT_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What a lifespan opened, for requests and ``/status`` while it runs."""
+
+    proxy: Proxy
+    limiter: MemoryLimiter | FailoverLimiter
+    fleet: Fleet | None  # this worker's exchange with its siblings (serve --workers N)
+
+    @property
+    def state(self) -> str:
+        """``/status`` ``state``: memory, or redis | degraded."""
+        return self.limiter.state if isinstance(self.limiter, FailoverLimiter) else "memory"
+
+
+def build_limiter(redis: Redis | None, options: AppOptions) -> MemoryLimiter | FailoverLimiter:
+    """The one place that decides: this process's share in memory, or Redis with failover."""
+    if redis is None:
+        return MemoryLimiter(clock=options.clock, share=options.limit_share)
+    return FailoverLimiter(RedisLimiter(redis))
+
+
+@contextlib.asynccontextmanager
+async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
+    """Load routes.yaml and open what serving needs; everything is closed on the way out."""
+    core.store.load_initial()
+    cfg = core.store.config
+    redis_url = cfg.state.redis_url if cfg is not None else None
+    replica_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+    async with contextlib.AsyncExitStack() as stack:
+        transport = await stack.enter_async_context(_transport(options))
+        redis = None
+        if redis_url:
+            redis = await stack.enter_async_context(_redis(redis_url, read_timeout=True))
+        limiter = build_limiter(redis, options)
+        await stack.enter_async_context(limiter)
+        windows = None
+        if redis_url and isinstance(limiter, FailoverLimiter):
+            windows = await _share_state(stack, core, limiter, redis_url, replica_id, options)
+        fleet = None
+        if options.fleet_dir is not None:
+            fleet = await stack.enter_async_context(
+                _fleet(core, options.fleet_dir, replica_id, windows)
+            )
+        if options.watch:
+            await stack.enter_async_context(core.store.watching(options.watch_interval_s))
+        if options.signals:
+            await stack.enter_async_context(on_sighup(lambda: core.store.reload(reason="SIGHUP")))
+        yield Running(_proxy(core, options, limiter, transport), limiter, fleet)
+
+
+async def _share_state(
+    stack: contextlib.AsyncExitStack,
+    core: Core,
+    limiter: FailoverLimiter,
+    url: str,
+    replica_id: str,
+    options: AppOptions,
+) -> SharedWindows:
+    """Replicas on one Redis: membership, circuit transitions and window counts."""
+    await stack.enter_async_context(Membership(limiter, replica_id))
+    listener = await stack.enter_async_context(_redis(url, read_timeout=False))
+    await stack.enter_async_context(SharedBreakers(listener, core.breakers, replica_id))
+    windows = SharedWindows(
+        limiter.redis.client,
+        core.stats,
+        core.breakers,
+        replica_id,
+        forget_on_failure=options.fleet_dir is None,
+    )
+    return await stack.enter_async_context(windows)
+
+
+def _transport(options: AppOptions) -> httpx.AsyncBaseTransport:
+    return options.transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S)
+
+
+def _redis(url: str, *, read_timeout: bool) -> Redis:
+    timeout = REDIS_TIMEOUT_S if read_timeout else None
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=REDIS_TIMEOUT_S)
+
+
+def _fleet(core: Core, directory: str, replica_id: str, windows: SharedWindows | None) -> Fleet:
+    return Fleet(
+        directory,
+        replica_id,
+        core.stats,
+        core.breakers,
+        core.meter,
+        # while Redis answers, SharedWindows covers the workers too
+        share_windows=lambda: windows is None or not windows.healthy,
+    )
+
+
+def _proxy(
+    core: Core,
+    options: AppOptions,
+    limiter: MemoryLimiter | FailoverLimiter,
+    transport: httpx.AsyncBaseTransport,
+) -> Proxy:
+    return Proxy(
+        core.store,
+        core.stats,
+        core.breakers,
+        limiter,
+        transport,
+        core.meter,
+        clock=options.clock,
+        rng=options.rng or random.Random(),
+        sleep=options.sleep,
+        access_log=options.access_log,
+    )

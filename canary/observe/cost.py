@@ -21,9 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from canary.config.model import Config, Price, Route
+from canary.observe.document import (
+    BackendCostDoc,
+    CostDoc,
+    ModelCostDoc,
+    ProjectionBasisDoc,
+    RateDoc,
+)
 from canary.observe.meter import Meter
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
@@ -81,7 +87,7 @@ def _span(seconds: float) -> str:
     return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def projection_basis(meter: Meter) -> dict[str, Any]:
+def projection_basis(meter: Meter) -> ProjectionBasisDoc:
     """What a projection would rest on: metered calls, over how long, and whether that is
     enough (``PROJECTION_MIN_S``); ``projection_basis`` says so in words."""
     calls, seconds = meter.metered()
@@ -100,9 +106,9 @@ def projection_basis(meter: Meter) -> dict[str, Any]:
     }
 
 
-def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
+def backend_costs(meter: Meter, cfg: Config) -> dict[str, BackendCostDoc]:
     """Per backend: tokens, priced cost, unpriced tokens, unmetered calls (for /status)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, BackendCostDoc] = {}
     for name in cfg.backends:
         out[name] = {
             "tokens": {"input": 0, "output": 0},
@@ -129,17 +135,49 @@ def backend_costs(meter: Meter, cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
+def cost_section(meter: Meter, cfg: Config) -> CostDoc:
     """The ``cost`` section of /status: what ``canary report`` renders."""
     # route -> (where its traffic goes at 100% baseline, at 100% canary)
     moves: Mapping[str, tuple[str, str]] = {r.name: (r.baseline, canary_of(r)) for r in cfg.routes}
     missing = {f"{b}/{m}" for (b, m), (tin, tout) in meter.unpriced.items() if tin or tout}
-    by_model = []
+    baseline, target = _Sum(missing), _Sum(missing)
+    for (route_name, backend, model), (_, tin, tout) in meter.tokens.items():
+        base, to = moves.get(route_name, (backend, backend))  # a route renamed: it stays put
+        baseline.add(cfg, base, model, tin, tout)
+        target.add(cfg, to, model, tin, tout)
+    savings, rate = _projection(meter, cfg, moves, missing)
+    basis = projection_basis(meter)
+    based = basis["projection_span_s"] >= PROJECTION_MIN_S
+    spent_usd = _round(sum(meter.spent.values())) if meter.spent else None
+    complete = not any(tin or tout for tin, tout in meter.unpriced.values())
+    base_usd = baseline.value()
+    return {
+        "currency": "USD",
+        "since": datetime.fromtimestamp(meter.started_at, UTC).isoformat(),
+        "by_model": _by_model(meter, cfg),
+        # nothing yet costs $0; tokens with no price at all cost an unknown amount
+        "total_usd": spent_usd if spent_usd is not None else (None if meter.tokens else 0.0),
+        "complete": complete,
+        "at_100_baseline_usd": base_usd,
+        "at_100_canary_usd": target.value(),
+        "savings_so_far_usd": (
+            _round(base_usd - (spent_usd or 0.0)) if base_usd is not None and complete else None
+        ),
+        "token_rate_per_s": rate,
+        "projected_monthly_savings_usd": savings.value() if based else None,
+        **basis,
+        "unpriced": sorted(missing),
+        "unmetered_requests": sum(meter.unmetered.values()),
+    }
+
+
+def _by_model(meter: Meter, cfg: Config) -> list[ModelCostDoc]:
+    rows: list[ModelCostDoc] = []
     for backend, model, calls, tin, tout in meter.tokens_by_backend():
         price = _price(cfg, backend, model)
         spent = meter.spent.get((backend, model))
         unpriced = meter.unpriced.get((backend, model), [0, 0])
-        by_model.append(
+        rows.append(
             {
                 "backend": backend,
                 "model": model,
@@ -151,11 +189,13 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
                 "price": None if price is None else {"input": price.input, "output": price.output},
             }
         )
-    baseline, target = _Sum(missing), _Sum(missing)
-    for (route_name, backend, model), (_, tin, tout) in meter.tokens.items():
-        base, to = moves.get(route_name, (backend, backend))  # a route renamed: it stays put
-        baseline.add(cfg, base, model, tin, tout)
-        target.add(cfg, to, model, tin, tout)
+    return rows
+
+
+def _projection(
+    meter: Meter, cfg: Config, moves: Mapping[str, tuple[str, str]], missing: set[str]
+) -> tuple[_Sum, RateDoc]:
+    """Monthly savings at the live token rate, and that rate; unpriced pairs join ``missing``."""
     savings = _Sum(missing)
     rate_in = rate_out = 0.0
     for (route_name, model), (rin, rout) in meter.token_rate().items():
@@ -170,26 +210,4 @@ def cost_section(meter: Meter, cfg: Config) -> dict[str, Any]:
             missing.update(f"{b}/{model}" for b, p in ((base, was), (to, now)) if p is None)
             continue
         savings.usd += (_usd(rin, rout, was) - _usd(rin, rout, now)) * SECONDS_PER_MONTH
-    basis = projection_basis(meter)
-    based = basis["projection_span_s"] >= PROJECTION_MIN_S
-    spent_usd = _round(sum(meter.spent.values())) if meter.spent else None
-    complete = not any(tin or tout for tin, tout in meter.unpriced.values())
-    base_usd = baseline.value()
-    return {
-        "currency": "USD",
-        "since": datetime.fromtimestamp(meter.started_at, UTC).isoformat(),
-        "by_model": by_model,
-        # nothing yet costs $0; tokens with no price at all cost an unknown amount
-        "total_usd": spent_usd if spent_usd is not None else (None if meter.tokens else 0.0),
-        "complete": complete,
-        "at_100_baseline_usd": base_usd,
-        "at_100_canary_usd": target.value(),
-        "savings_so_far_usd": (
-            _round(base_usd - (spent_usd or 0.0)) if base_usd is not None and complete else None
-        ),
-        "token_rate_per_s": {"input": round(rate_in, 3), "output": round(rate_out, 3)},
-        "projected_monthly_savings_usd": savings.value() if based else None,
-        **basis,
-        "unpriced": sorted(missing),
-        "unmetered_requests": sum(meter.unmetered.values()),
-    }
+    return savings, {"input": round(rate_in, 3), "output": round(rate_out, 3)}

@@ -9,7 +9,7 @@ bounded set of model names, status classes and failure kinds: never user ids or 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from canary.observe.document import BackendDoc, RouteDoc, StatusDocument
 from canary.observe.meter import LATENCY_BUCKETS_S, Meter
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,8 +33,17 @@ def _none(name: str) -> str:
     return name or "none"  # a refusal before routing has no route and no backend
 
 
-def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
+def families(doc: StatusDocument, meter: Meter) -> Iterator[Metric]:
     """Every canary metric family, from a /status document and the (merged) meter."""
+    yield from _call_families(meter)
+    yield from _limiter_families(meter)
+    yield from _token_families(meter)
+    yield from _backend_families(doc["backends"])
+    yield from _route_families(doc["routes"])
+    yield from _state_families(doc)
+
+
+def _call_families(meter: Meter) -> Iterator[Metric]:
     requests = CounterMetricFamily(
         "canary_requests",
         "Calls by route, backend and status class (a refusal before routing: none/none).",
@@ -79,6 +89,9 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
         ["route", "backend"],
         meter.fallbacks.items(),
     )
+
+
+def _limiter_families(meter: Meter) -> Iterator[Metric]:
     yield _counter(
         "canary_limiter_waits",
         "Calls that queued for a concurrency or QPS slot.",
@@ -97,6 +110,9 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
         ["backend"],
         _one(meter.limiter_rejections),
     )
+
+
+def _token_families(meter: Meter) -> Iterator[Metric]:
     tokens = CounterMetricFamily(
         "canary_tokens",
         "Tokens reported by providers, by backend, client model and direction.",
@@ -113,7 +129,8 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
         _one(meter.unmetered),
     )
 
-    backends: dict[str, Any] = doc.get("backends", {})
+
+def _backend_families(backends: Mapping[str, BackendDoc]) -> Iterator[Metric]:
     cost = CounterMetricFamily(
         "canary_cost_usd", "Cost of priced tokens at the prices in routes.yaml.", labels=["backend"]
     )
@@ -130,15 +147,17 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
         "canary_error_rate", "Error rate over rollback.window_s.", labels=["backend"]
     )
     for name, b in sorted(backends.items()):
-        if b.get("cost_usd") is not None:
+        if b["cost_usd"] is not None:
             cost.add_metric([name], b["cost_usd"])
-        for direction in ("input", "output"):
-            unpriced.add_metric([name, direction], b["unpriced_tokens"][direction])
+        unpriced.add_metric([name, "input"], b["unpriced_tokens"]["input"])
+        unpriced.add_metric([name, "output"], b["unpriced_tokens"]["output"])
         circuit.add_metric([name], CIRCUIT_VALUES[b["circuit"]])
         in_flight.add_metric([name], b["in_flight"])
         error_rate.add_metric([name], b["error_rate"])
     yield from (cost, unpriced, circuit, in_flight, error_rate)
 
+
+def _route_families(routes: Iterable[RouteDoc]) -> Iterator[Metric]:
     weight = GaugeMetricFamily(
         "canary_weight",
         "Route weights in routes.yaml units: configured, and effective (open circuits at 0).",
@@ -147,13 +166,16 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
     canary_pct = GaugeMetricFamily(
         "canary_canary_percentage", "Effective non-baseline share of a route.", labels=["route"]
     )
-    for route in doc.get("routes", []):
-        for kind in ("configured", "effective"):
-            for backend, w in route[kind].items():
-                weight.add_metric([route["name"], backend, kind], w)
+    for route in routes:
+        for backend, w in route["configured"].items():
+            weight.add_metric([route["name"], backend, "configured"], w)
+        for backend, w in route["effective"].items():
+            weight.add_metric([route["name"], backend, "effective"], w)
         canary_pct.add_metric([route["name"]], route["canary_percentage"])
     yield from (weight, canary_pct)
 
+
+def _state_families(doc: StatusDocument) -> Iterator[Metric]:
     rollback = doc.get("rollback")
     if rollback is not None:
         yield GaugeMetricFamily(
@@ -175,8 +197,8 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
             "Live token rate x (baseline - canary price) x 30 days; absent without a base.",
             value=savings,
         )
-    basis = doc.get("cost") or {}
-    if "projection_span_s" in basis:
+    basis = doc.get("cost")
+    if basis is not None:
         yield GaugeMetricFamily(
             "canary_projection_basis_seconds",
             "Seconds of metered traffic the savings projection rests on (it needs "
@@ -192,7 +214,7 @@ def families(doc: dict[str, Any], meter: Meter) -> Iterator[Metric]:
         "canary_state", "Shared state: 1 for the current one.", labels=["state"]
     )
     for name in ("memory", "redis", "degraded"):
-        state.add_metric([name], 1 if doc.get("state") == name else 0)
+        state.add_metric([name], 1 if doc["state"] == name else 0)
     yield state
 
 
@@ -217,7 +239,7 @@ class _Families(Collector):
         return self.metrics
 
 
-def render(doc: dict[str, Any], meter: Meter) -> bytes:
+def render(doc: StatusDocument, meter: Meter) -> bytes:
     """The Prometheus text exposition of ``families``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(families(doc, meter))))

@@ -6,24 +6,46 @@ baseline (SPEC's example: 90/10 reads 100/0 while relay is open); ``canary_perce
 is the effective non-baseline share of a route, in percent. ``migration`` says whether every
 canary with configured weight is ready for 100%, and if not, why, in words. Nothing
 here holds a secret: backends show their URL without userinfo or query, and no key is
-ever read.
+ever read. The shape is ``canary.observe.document.StatusDocument``; sibling workers are
+seen through the ``Peers`` protocol, so observe never imports fleet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from canary.config.model import Config, Route, redact_url
+from canary.config.model import Backend, Config, Rollback, Route, redact_url
 from canary.config.store import ConfigStore
-from canary.fleet.workers import Fleet
 from canary.observe.cost import backend_costs, cost_section
+from canary.observe.document import (
+    BackendCostDoc,
+    BackendDoc,
+    ConfigDoc,
+    EventDoc,
+    RollbackDoc,
+    RouteDoc,
+    StatusDocument,
+    Weights,
+    WorkersDoc,
+)
 from canary.observe.meter import Meter
-from canary.safety.breaker import CLOSED, Breakers, Circuit
+from canary.safety.breaker import CLOSED, Breakers, Circuit, CircuitEvent
 from canary.safety.windows import Stats
 
 
-def _units(weights: Mapping[str, float]) -> dict[str, float | int]:
+class Peers(Protocol):
+    """The sibling workers of ``serve --workers N`` (``canary.fleet.workers.Fleet``)."""
+
+    worker_id: str
+
+    def fresh(self, now: float | None = None) -> list[dict[str, Any]]: ...
+    def calls_by_worker(self) -> dict[str, int]: ...
+    def since_counts(self, backend: str) -> tuple[int, int]: ...
+    def window_peers(self, backend: str) -> list[dict[str, Any]]: ...
+
+
+def _units(weights: Mapping[str, float]) -> Weights:
     return {k: int(v) if v == int(v) else v for k, v in weights.items()}
 
 
@@ -101,35 +123,25 @@ def status_document(
     breakers: Breakers,
     meter: Meter,
     state: str = "memory",
-    fleet: Fleet | None = None,
-) -> dict[str, Any]:
+    fleet: Peers | None = None,
+) -> StatusDocument:
     """The /status document; with ``fleet`` (``--workers N``), every worker's figures.
 
     ``meter`` is already merged by the caller (``Fleet.merged_meter``): /metrics needs it too.
     """
     cfg = store.config
-    doc: dict[str, Any] = {
-        "config": {
-            "path": store.path,
-            "version": cfg.version if cfg else None,
-            "loaded_at": cfg.loaded_at.isoformat() if cfg else None,
-            "error": store.error,
-            "error_at": store.error_at.isoformat() if store.error_at else None,
-        },
+    doc: StatusDocument = {
+        "config": _config(store),
         "state": state,
         "routes": [],
         "backends": {},
         "migration": {"ready_for_full_migration": False, "reason": "no valid config loaded"},
-        "events": [e.as_dict() for e in reversed(breakers.events)],
+        "events": [_event(e) for e in reversed(breakers.events)],
     }
     if cfg is None:
         return doc
     if fleet is not None:
-        doc["workers"] = {
-            "this": fleet.worker_id,
-            "alive": 1 + len(fleet.fresh()),
-            "calls": fleet.calls_by_worker(),  # lifetime, per worker: is the load spread?
-        }
+        doc["workers"] = _workers(fleet)
     ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None)
     cost = cost_section(meter, cfg)
     doc["migration"] = {
@@ -139,8 +151,54 @@ def status_document(
         "projection_basis": cost["projection_basis"],
     }
     doc["cost"] = cost
-    rb, bar = cfg.rollback, cfg.readiness
-    doc["rollback"] = {
+    doc["rollback"] = _rollback(cfg.rollback)
+    doc["readiness"] = {
+        "min_requests": cfg.readiness.min_requests,
+        "max_error_rate": cfg.readiness.max_error_rate,
+    }
+    doc["routes"] = [_route(route, breakers.effective(route)) for route in cfg.routes]
+    costs = backend_costs(meter, cfg)
+    doc["backends"] = {
+        name: _backend(name, backend, stats, breakers, costs[name], fleet)
+        for name, backend in cfg.backends.items()
+    }
+    return doc
+
+
+def _config(store: ConfigStore) -> ConfigDoc:
+    cfg = store.config
+    return {
+        "path": store.path,
+        "version": cfg.version if cfg else None,
+        "loaded_at": cfg.loaded_at.isoformat() if cfg else None,
+        "error": store.error,
+        "error_at": store.error_at.isoformat() if store.error_at else None,
+    }
+
+
+def _event(e: CircuitEvent) -> EventDoc:
+    return {
+        "at": e.at.isoformat(),
+        "backend": e.backend,
+        "from": e.from_state,
+        "to": e.to_state,
+        "reason": e.reason,
+        "requests": e.requests,
+        "errors": e.errors,
+        "origin": "replica" if e.remote else "local",
+    }
+
+
+def _workers(fleet: Peers) -> WorkersDoc:
+    return {
+        "this": fleet.worker_id,
+        "alive": 1 + len(fleet.fresh()),
+        "calls": fleet.calls_by_worker(),  # lifetime, per worker: is the load spread?
+    }
+
+
+def _rollback(rb: Rollback) -> RollbackDoc:
+    return {
         "window_s": rb.window_s,
         "min_requests": rb.min_requests,
         "max_error_rate": rb.max_error_rate,
@@ -148,47 +206,56 @@ def status_document(
         "probe_requests": rb.probe_requests,
         "auto_resume": rb.auto_resume,
     }
-    doc["readiness"] = {"min_requests": bar.min_requests, "max_error_rate": bar.max_error_rate}
-    for route in cfg.routes:
-        effective = breakers.effective(route)
-        doc["routes"].append(
-            {
-                "name": route.name,
-                "baseline": route.baseline,
-                "configured": _units(route.weights),
-                "effective": _units(effective),
-                "canary_percentage": canary_percentage(route, effective),
-                "sticky": str(route.sticky) if route.sticky else None,
-                "fallback": route.fallback,
-            }
-        )
-    costs = backend_costs(meter, cfg)
-    for name, backend in cfg.backends.items():
-        s = stats.window(name).snapshot(fleet.window_peers(name) if fleet else ())
-        circuit = breakers.get(name)
-        doc["backends"][name] = {
-            "base_url": redact_url(backend.base_url),
-            "circuit": circuit.state if circuit else CLOSED,
-            "role": "canary" if circuit else "baseline",
-            "requests": s.requests,
-            "errors": s.errors,
-            "error_rate": round(s.error_rate, 4),
-            "window_s": s.window_s,
-            "latency_ms": {"p50": s.p50_ms, "p95": s.p95_ms, "p99": s.p99_ms},
-            "qps": round(s.qps, 2),
-            "peak_qps": s.peak_qps,
-            "in_flight": s.in_flight,
-            "peak_concurrency": s.peak_concurrency,
-            "total_requests": s.total_requests,
-            "total_errors": s.total_errors,
-            "limits": {"max_concurrency": backend.max_concurrency, "max_qps": backend.max_qps},
-            **costs[name],
+
+
+def _route(route: Route, effective: Mapping[str, float]) -> RouteDoc:
+    return {
+        "name": route.name,
+        "baseline": route.baseline,
+        "configured": _units(route.weights),
+        "effective": _units(effective),
+        "canary_percentage": canary_percentage(route, effective),
+        "sticky": str(route.sticky) if route.sticky else None,
+        "fallback": route.fallback,
+    }
+
+
+def _backend(
+    name: str,
+    backend: Backend,
+    stats: Stats,
+    breakers: Breakers,
+    cost: BackendCostDoc,
+    fleet: Peers | None,
+) -> BackendDoc:
+    s = stats.window(name).snapshot(fleet.window_peers(name) if fleet else ())
+    circuit = breakers.get(name)
+    doc: BackendDoc = {
+        "base_url": redact_url(backend.base_url),
+        "circuit": circuit.state if circuit else CLOSED,
+        "role": "canary" if circuit else "baseline",
+        "requests": s.requests,
+        "errors": s.errors,
+        "error_rate": round(s.error_rate, 4),
+        "window_s": s.window_s,
+        "latency_ms": {"p50": s.p50_ms, "p95": s.p95_ms, "p99": s.p99_ms},
+        "qps": round(s.qps, 2),
+        "peak_qps": s.peak_qps,
+        "in_flight": s.in_flight,
+        "peak_concurrency": s.peak_concurrency,
+        "total_requests": s.total_requests,
+        "total_errors": s.total_errors,
+        "limits": {"max_concurrency": backend.max_concurrency, "max_qps": backend.max_qps},
+        "tokens": cost["tokens"],
+        "cost_usd": cost["cost_usd"],
+        "unpriced_tokens": cost["unpriced_tokens"],
+        "unmetered_requests": cost["unmetered_requests"],
+    }
+    if circuit is not None:
+        requests, errors = fleet.since_counts(name) if fleet else (0, 0)
+        doc["since_change"] = {
+            "at": circuit.changed_at.isoformat(),
+            "requests": circuit.since_requests + requests,
+            "errors": circuit.since_errors + errors,
         }
-        if circuit is not None:
-            requests, errors = fleet.since_counts(name) if fleet else (0, 0)
-            doc["backends"][name]["since_change"] = {
-                "at": circuit.changed_at.isoformat(),
-                "requests": circuit.since_requests + requests,
-                "errors": circuit.since_errors + errors,
-            }
     return doc

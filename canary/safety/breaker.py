@@ -64,18 +64,6 @@ class CircuitEvent:
     errors: int
     remote: bool = False  # followed from another replica (not published again)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at.isoformat(),
-            "backend": self.backend,
-            "from": self.from_state,
-            "to": self.to_state,
-            "reason": self.reason,
-            "requests": self.requests,
-            "errors": self.errors,
-            "origin": "replica" if self.remote else "local",
-        }
-
 
 class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, circuit: Circuit) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Unpack
+from typing import Unpack
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canary.errors import RouterError
+from canary.observe.document import StatusDocument
 from canary.observe.meter import Meter
 from canary.observe.status import status_document
 from canary.serve.control import ControlPlane, error_response
@@ -69,7 +70,7 @@ class Canary:
             finally:
                 self.running, self.proxy = None, _not_started
 
-    def document(self) -> tuple[dict[str, Any], Meter]:
+    def document(self) -> tuple[StatusDocument, Meter]:
         """``/status``, and the meter it was built on (every worker's, with a fleet)."""
         core, live = self.core, self.running
         fleet = live.fleet if live is not None else None

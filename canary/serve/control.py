@@ -28,12 +28,13 @@ from canary.config.model import Config, bearer_digest
 from canary.config.store import ConfigStore
 from canary.errors import RouterError
 from canary.observe.dashboard import dashboard_routes
+from canary.observe.document import StatusDocument
 from canary.observe.meter import Meter
 from canary.observe.metrics import CONTENT_TYPE
 from canary.observe.metrics import render as render_metrics
 from canary.serve.drain import Traffic
 
-Document = Callable[[], tuple[dict[str, Any], Meter]]  # /status and the meter it was built on
+Document = Callable[[], tuple[StatusDocument, Meter]]  # /status and the meter it was built on
 Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
 

@@ -1,0 +1,187 @@
+"""The ``/status`` document's shape, as TypedDicts (SPEC §6): what every reader may rely on.
+
+``canary.observe.status`` builds it, ``canary.observe.cost`` its cost parts; ``/metrics``,
+the dashboard, ``canary status``/``report`` and the demo read it. These are plain dicts at run
+time (JSON as served), typed for the builder and the readers in this process. Keys marked
+``NotRequired`` are there once a valid config is loaded (``draining``: always, over HTTP).
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+Weights = dict[str, float | int]  # routes.yaml's own units: 90, not 90.0
+
+
+class ConfigDoc(TypedDict):
+    path: str
+    version: str | None  # sha256 of the file serving; None before a valid load
+    loaded_at: str | None  # ISO 8601
+    error: str | None  # why the file on disk is not serving (the last good one still is)
+    error_at: str | None
+
+
+class RouteDoc(TypedDict):
+    name: str
+    baseline: str
+    configured: Weights
+    effective: Weights  # every non-closed canary at 0, its share on the baseline
+    canary_percentage: float
+    sticky: str | None
+    fallback: bool
+
+
+class TokensDoc(TypedDict):
+    input: int
+    output: int
+
+
+class LatencyDoc(TypedDict):
+    p50: float
+    p95: float
+    p99: float
+
+
+class LimitsDoc(TypedDict):
+    max_concurrency: int | None
+    max_qps: float | None
+
+
+class SinceChangeDoc(TypedDict):
+    """A canary's readiness counts since its circuit last changed (every worker's)."""
+
+    at: str
+    requests: int
+    errors: int
+
+
+class BackendCostDoc(TypedDict):
+    tokens: TokensDoc
+    cost_usd: float | None  # None: nothing priced yet
+    unpriced_tokens: TokensDoc
+    unmetered_requests: int  # answered calls whose usage could not be read
+
+
+class BackendDoc(BackendCostDoc):
+    """One backend: window figures (``window_s``), lifetime totals, limits and cost."""
+
+    base_url: str  # without userinfo or query
+    circuit: str  # closed | open | half_open
+    role: str  # canary | baseline
+    requests: int
+    errors: int
+    error_rate: float
+    window_s: float
+    latency_ms: LatencyDoc
+    qps: float
+    peak_qps: float
+    in_flight: int
+    peak_concurrency: int
+    total_requests: int
+    total_errors: int
+    limits: LimitsDoc
+    since_change: NotRequired[SinceChangeDoc]  # canaries only
+
+
+class MigrationDoc(TypedDict):
+    ready_for_full_migration: bool
+    reason: str  # the first thing missing, in words
+    projected_monthly_savings_usd: NotRequired[float | None]
+    projection_basis: NotRequired[str]
+
+
+# "from" is a keyword: the functional form.
+EventDoc = TypedDict(
+    "EventDoc",
+    {
+        "at": str,
+        "backend": str,
+        "from": str,
+        "to": str,
+        "reason": str,
+        "requests": int,
+        "errors": int,
+        "origin": str,  # local | replica (followed from another replica)
+    },
+)
+
+
+class WorkersDoc(TypedDict):
+    this: str
+    alive: int
+    calls: dict[str, int]  # lifetime, per worker: is the load spread?
+
+
+class PriceDoc(TypedDict):
+    input: float  # USD per million tokens
+    output: float
+
+
+class ModelCostDoc(TypedDict):
+    backend: str
+    model: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    unpriced_tokens: TokensDoc
+    price: PriceDoc | None
+
+
+class RateDoc(TypedDict):
+    input: float  # tokens per second, over the last 5 minutes
+    output: float
+
+
+class ProjectionBasisDoc(TypedDict):
+    """What a savings projection rests on; it is None until ``projection_needs_s``."""
+
+    projection_basis: str  # in words: "4,210 calls over 47 min", or why there is none yet
+    projection_calls: int
+    projection_span_s: float
+    projection_needs_s: float
+
+
+class CostDoc(ProjectionBasisDoc):
+    """What ``canary report`` renders; a figure that needs a missing price is None."""
+
+    currency: str
+    since: str
+    by_model: list[ModelCostDoc]
+    total_usd: float | None
+    complete: bool  # every token priced
+    at_100_baseline_usd: float | None
+    at_100_canary_usd: float | None
+    savings_so_far_usd: float | None
+    token_rate_per_s: RateDoc
+    projected_monthly_savings_usd: float | None
+    unpriced: list[str]  # "backend/model" pairs with no price
+    unmetered_requests: int
+
+
+class RollbackDoc(TypedDict):
+    window_s: float
+    min_requests: int
+    max_error_rate: float
+    open_s: float
+    probe_requests: int
+    auto_resume: bool
+
+
+class ReadinessDoc(TypedDict):
+    min_requests: int
+    max_error_rate: float
+
+
+class StatusDocument(TypedDict):
+    config: ConfigDoc
+    state: str  # memory | redis | degraded
+    routes: list[RouteDoc]
+    backends: dict[str, BackendDoc]
+    migration: MigrationDoc
+    events: list[EventDoc]  # newest first
+    workers: NotRequired[WorkersDoc]  # serve --workers N
+    cost: NotRequired[CostDoc]
+    rollback: NotRequired[RollbackDoc]
+    readiness: NotRequired[ReadinessDoc]
+    draining: NotRequired[bool]  # set by the app: SIGTERM received, finishing what is in flight

@@ -25,6 +25,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
@@ -209,6 +210,17 @@ def _run_workers(sock: socket.socket, options: ServeOptions) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     workers += (spawn() for _ in range(options.workers))
     log.info("server.started", workers=options.workers, pids=[p.pid for p in workers])
+    _keep_alive(workers, spawn, stop)
+    # The workers' copies keep accepting through their grace; ours must not outlive them,
+    # or the kernel would queue connections that no one accepts.
+    sock.close()
+    return _stop_workers(workers, options)
+
+
+def _keep_alive(
+    workers: list[BaseProcess], spawn: Callable[[], BaseProcess], stop: threading.Event
+) -> None:
+    """Restart a worker that died until ``stop`` is set, or more than 10 die in a minute."""
     restarts: list[float] = []
     while not stop.wait(0.5):
         for i, p in enumerate(workers):
@@ -222,9 +234,10 @@ def _run_workers(sock: socket.socket, options: ServeOptions) -> int:
                 break
             log.warning("server.worker_died", pid=p.pid, exitcode=p.exitcode)
             workers[i] = spawn()
-    # The workers' copies keep accepting through their grace; ours must not outlive them,
-    # or the kernel would queue connections that no one accepts.
-    sock.close()
+
+
+def _stop_workers(workers: list[BaseProcess], options: ServeOptions) -> int:
+    """SIGTERM every worker, wait for their drains (bounded), kill what outlives them."""
     for p in workers:
         if p.pid is not None and p.is_alive():
             os.kill(p.pid, signal.SIGTERM)

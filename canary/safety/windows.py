@@ -55,6 +55,30 @@ class _Bucket:
             hist[i] = 0
 
 
+class _Sums:
+    """Live buckets added up for a snapshot: this process's ring, then sibling workers'."""
+
+    __slots__ = ("errors", "hist", "oldest", "per_second", "requests", "starts")
+
+    def __init__(self, oldest: int) -> None:
+        self.oldest = oldest
+        self.requests = self.errors = self.starts = 0
+        self.hist = [0] * _BINS
+        self.per_second: dict[int, list[int]] = {}  # second -> [starts, peak in flight]
+
+    def add(self, second: int, starts: int, requests: int, errors: int, peak: int) -> bool:
+        """Count one bucket if it is still in the window (the caller then adds its bins)."""
+        if second < self.oldest:
+            return False
+        self.requests += requests
+        self.errors += errors
+        self.starts += starts
+        cell = self.per_second.setdefault(second, [0, 0])
+        cell[0] += starts
+        cell[1] += peak
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class WindowSnapshot:
     """Figures over the window (``in_flight`` is the live count)."""
@@ -182,38 +206,25 @@ class Window:
         """
         now = self._clock()
         second = int(now)
-        oldest = second - self._size + 1
-        requests = errors = starts = 0
-        hist = [0] * _BINS
-        per_second: dict[int, list[int]] = {}  # second -> [starts, peak in flight]
+        sums = _Sums(oldest=second - self._size + 1)
         in_flight = self.in_flight + sum(p["in_flight"] for p in peers)
-
-        def count(sec: int, b_starts: int, b_requests: int, b_errors: int, b_peak: int) -> bool:
-            nonlocal requests, errors, starts
-            if sec < oldest:
-                return False
-            requests += b_requests
-            errors += b_errors
-            starts += b_starts
-            cell = per_second.setdefault(sec, [0, 0])
-            cell[0] += b_starts
-            cell[1] += b_peak
-            return True
-
+        hist = sums.hist
         for b in self._ring:
-            if count(b.second, b.starts, b.requests, b.errors, b.peak_in_flight):
+            if sums.add(b.second, b.starts, b.requests, b.errors, b.peak_in_flight):
                 for i, n in enumerate(b.hist):
                     if n:
                         hist[i] += n
         for peer in peers:  # their latency bins come sparse: [bin, count] pairs
             for row in peer["buckets"]:
-                if count(*row[:5]):
+                if sums.add(*row[:5]):
                     for i, n in row[5:]:
                         hist[i] += n
+        per_second, starts = sums.per_second, sums.starts
         # the current second is still filling up: it does not count for the peak rate
         peak_qps = max((c[0] for s, c in per_second.items() if s != second), default=0)
         peak_conc = max((c[1] for c in per_second.values()), default=0)
         span = min(self.window_s, max(now - self._started_at, 1.0))
+        requests, errors = sums.requests, sums.errors
         latency_count = requests
         if peers:  # the peers' own counts are in remote_* already (exchanged by the fleet)
             requests, errors = self.global_counts()

@@ -3,7 +3,7 @@
     Limiter (Protocol)  acquire(backend, *, max_concurrency, max_qps, wait_s) -> Lease
     ├── MemoryLimiter   one replica; ``share`` scales the limits (Redis down: each of N takes 1/N)
     ├── RedisLimiter    all replicas against one Redis, one atomic Lua call per attempt
-    └── FailoverLimiter Redis while it answers, else memory at 1/replicas (``.failover``)
+    └── FailoverLimiter Redis while it answers, else memory at 1/replicas (safety.failover)
 
 A refusal after the queue time is ``RateLimited`` (429 with Retry-After, not a backend
 error); Redis unreachable or slower than ``op_timeout_s`` is ``StateUnavailable`` (both in

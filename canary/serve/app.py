@@ -49,7 +49,7 @@ class Canary:
         self.options = options
         self.store, self.stats, self.traffic = core.store, core.stats, core.traffic
         self.breakers = core.breakers
-        self.running: Running | None = None  # while the lifespan runs
+        self.live: Running | None = None  # what the lifespan opened, while it runs
         self.proxy: ASGIApp = _not_started
         self.control = ControlPlane(core.store, core.traffic, self.document).app(self.lifespan)
 
@@ -64,15 +64,15 @@ class Canary:
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         async with running(self.core, self.options) as live:
-            self.running, self.proxy = live, live.proxy
+            self.live, self.proxy = live, live.proxy
             try:
                 yield
             finally:
-                self.running, self.proxy = None, _not_started
+                self.live, self.proxy = None, _not_started
 
     def document(self) -> tuple[StatusDocument, Meter]:
         """``/status``, and the meter it was built on (every worker's, with a fleet)."""
-        core, live = self.core, self.running
+        core, live = self.core, self.live
         fleet = live.fleet if live is not None else None
         merged = fleet.merged_meter() if fleet is not None else core.meter
         state = live.state if live is not None else "memory"

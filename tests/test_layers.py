@@ -13,7 +13,7 @@ ALLOWED = {
     "config": set(),
     "safety": {"config"},
     "fleet": {"config", "safety", "observe.meter"},
-    "observe": {"config", "safety", "fleet"},
+    "observe": {"config", "safety"},  # sibling workers through observe.status.Peers
     # The data plane never imports the renderers, the server or the tools.
     "proxy": {"config", "safety", "observe.meter", "observe.logs"},
     "serve": {"config", "safety", "fleet", "observe", "proxy"},

@@ -32,7 +32,8 @@ from rich.table import Table
 from rich.text import Text
 
 from canary.tools.console import projection_pending
-from canary.tools.load import LoadOptions, Outcome, run_load
+from canary.tools.load import LoadOptions, run_load
+from canary.tools.tally import Outcome
 
 CANARY, BASELINE = "relay", "legacy"
 REQUEST_TIMEOUT_S = 10.0

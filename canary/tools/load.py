@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from canary.tools.tally import LoadResult, Tally
+from canary.tools.tally import Outcome as Outcome  # re-exported: what each request gives
 from canary.types import Clock, Sleep
 
 MAX_REQUESTS = 10_000_000  # per run: the tallies keep a few floats per request
@@ -85,30 +86,6 @@ class LoadOptions:
         if self.stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
         return body
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One request. Times are on the run's clock; ``status`` 0 means no HTTP answer."""
-
-    scheduled: float
-    started: float
-    finished: float
-    status: int = 0
-    error: str | None = None  # timeout | connect | cut | transport | cancelled | backlog
-    first_byte: float | None = None
-    backend: str | None = None
-    fallback: str | None = None
-    usage: tuple[int, int] | None = None  # (input, output) tokens, when the answer said
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and 200 <= self.status < 300
-
-    @property
-    def answered(self) -> bool:
-        """A whole HTTP response came back (whatever its status)."""
-        return self.status != 0 and self.error is None
 
 
 @dataclass(frozen=True, slots=True)

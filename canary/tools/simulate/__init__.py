@@ -1,0 +1,24 @@
+"""``canary simulate``: a fake LLM provider with fault injection, for demos, tests and
+benchmarks. It speaks OpenAI Chat Completions, Completions and Embeddings.
+
+Design: ``app`` is the one ASGI callable (routing, faults, I/O, the ``/_sim`` control
+plane); each dialect is a module of pure builders from a ``Call`` to a ``Reply``
+(``chat``, ``embeddings``), sharing ``answer`` (what is said and what it bills);
+``faults``, ``stats`` and ``asgi`` are the small pieces under the app; ``cli`` wraps it
+in uvicorn. Modules import only downward in that order, never the app.
+"""
+
+from canary.tools.simulate.answer import REPLY
+from canary.tools.simulate.app import Simulator, create_sim_app
+from canary.tools.simulate.cli import add_simulate_arguments, run_simulate
+from canary.tools.simulate.faults import Faults, StreamCut
+
+__all__ = [
+    "REPLY",
+    "Faults",
+    "Simulator",
+    "StreamCut",
+    "add_simulate_arguments",
+    "create_sim_app",
+    "run_simulate",
+]

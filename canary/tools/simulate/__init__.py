@@ -1,11 +1,14 @@
 """``canary simulate``: a fake LLM provider with fault injection, for demos, tests and
-benchmarks. It speaks OpenAI Chat Completions, Completions and Embeddings.
+benchmarks. It speaks every dialect the router understands (SPEC §3): OpenAI Chat
+Completions, Completions, Embeddings and Responses, and Anthropic Messages, each in the
+wire shape its official SDK parses, with tool calls and JSON answers where asked.
 
 Design: ``app`` is the one ASGI callable (routing, faults, I/O, the ``/_sim`` control
 plane); each dialect is a module of pure builders from a ``Call`` to a ``Reply``
-(``chat``, ``embeddings``), sharing ``answer`` (what is said and what it bills);
+(``chat``, ``embeddings``, ``messages``, ``responses``), sharing ``answer`` (what is
+said and what it bills) and ``schema`` (values for tool arguments and JSON answers);
 ``faults``, ``stats`` and ``asgi`` are the small pieces under the app; ``cli`` wraps it
-in uvicorn. Modules import only downward in that order, never the app.
+in uvicorn. Imports go one way: cli -> app -> dialects -> answer -> schema, asgi.
 """
 
 from canary.tools.simulate.answer import REPLY

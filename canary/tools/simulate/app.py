@@ -1,12 +1,15 @@
 """The simulator as one ASGI app: ``/v1`` answers like a provider, ``/_sim`` steers it.
 
-Every ``/v1`` call takes the same path: count it, check its key (with ``api_key`` set:
-Bearer, ``x-api-key`` or ``api-key``, else a 401 that never echoes a key), find its
-route, meet the faults (hang -> latency -> rate limit (429) -> error), then answer. A
-POST's answer comes from its dialect's builder (a pure function of the ``Call``); this
-module does the I/O: one SSE event per ASGI message so clients see them arrive one by
-one, ``chunk_delay_ms`` between them, and ``cut_after`` dropping the connection
-mid-stream (``StreamCut``) without the chunked terminator, as a crashing provider would.
+Every ``/v1`` call takes the same path, whatever its dialect: count it, check its key
+(with ``api_key`` set: Bearer, ``x-api-key`` or ``api-key``, else a 401 that never
+echoes a key), find its route, meet the faults (hang -> latency -> rate limit (429) ->
+error), then answer. A POST's answer comes from its dialect's builder (a pure function
+of the ``Call``); this module does the I/O: one SSE event per ASGI message so clients
+see them arrive one by one, ``chunk_delay_ms`` between them, and ``cut_after`` dropping
+the connection after that many events (``StreamCut``), without the chunked terminator
+or the dialect's end mark, as a crashing provider would. Refusals (faults and keys
+included) take the error shape of the path's dialect: Anthropic's under
+``/v1/messages``, OpenAI's elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from canary.tools.simulate import chat, embeddings
+from canary.tools.simulate import chat, embeddings, messages, responses
 from canary.tools.simulate.answer import REPLY, Call, Reply
 from canary.tools.simulate.asgi import (
     Headers,
@@ -49,6 +52,9 @@ BUILDERS: dict[str, Builder] = {
     "/v1/chat/completions": chat.completion,
     "/v1/completions": chat.legacy,
     "/v1/embeddings": embeddings.embed,
+    "/v1/messages": messages.create,
+    "/v1/messages/count_tokens": messages.count_tokens,
+    "/v1/responses": responses.create,
 }
 
 
@@ -92,7 +98,7 @@ class Simulator:
             else:
                 raise Refused(404, f"Unknown path {path}", "not_found")
         except Refused as refusal:
-            await self._json(send, refusal.status, refusal.body(), refusal.headers)
+            await self._json(send, refusal.status, _error_body(path, refusal), refusal.headers)
 
     def release_hung(self) -> None:
         """Answer every hung request (and any new one) with 503: the server is stopping."""
@@ -229,7 +235,7 @@ class Simulator:
         for index, event in enumerate(events):
             if index == cut_after:
                 self.stats.cut += 1
-                raise StreamCut(f"{self.name}: stream cut after {cut_after} chunks")
+                raise StreamCut(f"{self.name}: stream cut after {cut_after} events")
             if index and delay:
                 await self._sleep(delay)
             await send({"type": "http.response.body", "body": event, "more_body": True})
@@ -259,6 +265,13 @@ class Simulator:
             await self._json(send, 200, self.stats.snapshot())
         else:
             raise Refused(404, f"Unknown control endpoint {action}", "not_found")
+
+
+def _error_body(path: str, refusal: Refused) -> dict[str, Any]:
+    """The refusal in the error shape of the dialect ``path`` speaks."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return messages.error(refusal)
+    return refusal.body()
 
 
 def create_sim_app(

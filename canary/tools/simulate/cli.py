@@ -33,7 +33,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--status-code", type=int, default=500, help="status of injected errors (400..599)")
     add("--rate-limit-rate", type=float, default=0.0, help="share of requests answered 429")
     add("--retry-after", type=float, default=1.0, dest="retry_after_s", metavar="SECONDS")
-    add("--cut-after", type=int, default=None, help="drop streams after N content chunks")
+    add("--cut-after", type=int, default=None, help="drop streams after N SSE events")
     add("--hang", action="store_true", help="accept requests and never answer")
     add("--seed", type=int, default=None, help="seed for the fault dice")
     add(

@@ -199,6 +199,20 @@ async def test_rate_limit_under_messages_is_a_rate_limit_error(
     assert response.json()["error"]["type"] == "rate_limit_error"
 
 
+async def test_a_wrong_key_under_messages_is_an_authentication_error() -> None:
+    """With api_key set, a call without it under /v1/messages is Anthropic's 401."""
+    app = create_sim_app(api_key="sk-sim-right-0a1b")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+        refused = await c.post("/v1/messages", json=MESSAGES, headers={"x-api-key": "sk-wrong"})
+        allowed = await c.post(
+            "/v1/messages", json=MESSAGES, headers={"x-api-key": "sk-sim-right-0a1b"}
+        )
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert "sk-" not in refused.text
+    assert allowed.status_code == 200
+
+
 # --- OpenAI Responses ---------------------------------------------------------------------
 
 

@@ -108,7 +108,7 @@ def compose(reply: Sequence[str], ask: Ask) -> Answer:
 
 
 def pick(tools: Sequence[Tool], name: object = None) -> Tool | None:
-    """The tool ``name`` d, else the first offered; None when none is."""
+    """The tool named ``name``, else the first offered; None when none is."""
     return next((tool for tool in tools if tool.name == name), tools[0] if tools else None)
 
 

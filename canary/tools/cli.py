@@ -118,7 +118,7 @@ _VERBS = {
     "status": ("render the router's /status for a person", _url_arguments),
     "report": ("tokens, cost per backend, projected savings", _url_arguments),
     "load": ("open-loop load at a fixed rate (the pre-migration audit)", _load_arguments),
-    "simulate": ("an OpenAI-compatible fake provider with fault injection", _simulate_arguments),
+    "simulate": ("a fake OpenAI and Anthropic provider with fault injection", _simulate_arguments),
     "demo": ("simulators + router + load: watch a canary rolled back live", _demo_arguments),
 }
 

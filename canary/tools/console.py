@@ -279,6 +279,11 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def render_report(data: Mapping[str, Any]) -> RenderableType:
     """The ROI table: per backend and model, totals, and what 100% either way would cost."""
+    return Group(_cost_table(data), Text("\n".join(_what_ifs(data))))
+
+
+def _cost_table(data: Mapping[str, Any]) -> Table:
+    """Per backend and model: requests, tokens, prices and cost so far, then the totals."""
     title = f"cost per backend and model since {clock_time(data['since'])} ({data['currency']})"
     table = titled_table(
         title,
@@ -319,6 +324,11 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
         "",
         Text(total, "bold"),
     )
+    return table
+
+
+def _what_ifs(data: Mapping[str, Any]) -> list[str]:
+    """The same traffic at 100% either way, the savings, and what no figure includes."""
     why = "unknown: " + (
         "no price for " + ", ".join(data["unpriced"]) if data["unpriced"] else "not priced"
     )
@@ -353,4 +363,4 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
             f"unmetered: {data['unmetered_requests']:,} answered requests had no usage "
             "(e.g. streams without stream_options.include_usage); not in any figure"
         )
-    return Group(table, Text("\n".join(lines)))
+    return lines

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from canary.tools.tally import LoadResult, Tally
+from canary.tools.tally import Outcome as Outcome  # re-exported: what each request gives
 from canary.types import Clock, Sleep
 
 MAX_REQUESTS = 10_000_000  # per run: the tallies keep a few floats per request
@@ -88,30 +89,6 @@ class LoadOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """One request. Times are on the run's clock; ``status`` 0 means no HTTP answer."""
-
-    scheduled: float
-    started: float
-    finished: float
-    status: int = 0
-    error: str | None = None  # timeout | connect | cut | transport | cancelled | backlog
-    first_byte: float | None = None
-    backend: str | None = None
-    fallback: str | None = None
-    usage: tuple[int, int] | None = None  # (input, output) tokens, when the answer said
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and 200 <= self.status < 300
-
-    @property
-    def answered(self) -> bool:
-        """A whole HTTP response came back (whatever its status)."""
-        return self.status != 0 and self.error is None
-
-
-@dataclass(frozen=True, slots=True)
 class Progress:
     """For a progress bar: requests sent so far, answered or failed, and scheduled in all."""
 
@@ -136,60 +113,14 @@ async def run_load(
     ``stop`` ends the schedule early (the drain still applies). ``on_result`` sees every
     request once, including those cancelled at the end of the drain.
     """
-    pending: dict[asyncio.Task[Outcome], float] = {}
-    bugs: list[BaseException] = []
-
-    def report() -> None:
-        if on_progress is not None:
-            done = tally.sent - len(pending)
-            on_progress(Progress(tally.sent, done, opts.total, clock() - t0))
-
-    def finished(task: asyncio.Task[Outcome]) -> None:
-        due = pending.pop(task)
-        if task.cancelled():
-            o = Outcome(due, clock(), clock(), error="cancelled")
-        elif (exc := task.exception()) is not None:
-            bugs.append(exc)  # not a transport error: raised once the run is over
-            return
-        else:
-            o = task.result()
-        tally.add(o)
-        if on_result is not None:
-            on_result(o)
-        report()
-
     async with contextlib.AsyncExitStack() as stack:
-        slots = await _slots(stack, opts, transport)
-        send = _Sender(slots, opts, clock)
-        t0 = clock()  # after the clients are built: that takes a while, and is not the server's
-        tally, span = Tally(t0), opts.duration
-        for i in range(opts.total):
-            due = t0 + i / opts.qps
-            while (wait := due - clock()) > 0 and not (stop and stop.is_set()):
-                await sleep(min(wait, STOP_POLL_S))  # awaited here: the deadline is now's
-            if stop is not None and stop.is_set():
-                span = clock() - t0
-                break
-            tally.sent += 1
-            if len(pending) >= opts.max_backlog + opts.concurrency:
-                now = clock()
-                o = Outcome(due, now, now, error="backlog")  # the server stalled: not sent
-                tally.add(o)
-                if on_result is not None:
-                    on_result(o)
-                continue
-            task = asyncio.create_task(send(due))
-            pending[task] = due
-            task.add_done_callback(finished)
-            report()
-        if pending:
-            await asyncio.wait(set(pending), timeout=opts.drain_s)
-        for task in list(pending):
-            task.cancel()
-        while pending:  # each cancelled task still reports once, through ``finished``
-            await asyncio.wait(set(pending))
-    if bugs:
-        raise bugs[0]
+        send = _Sender(await _slots(stack, opts, transport), opts, clock)
+        # t0 after the clients are built: that takes a while, and is not the server's
+        run = _Run(opts, clock, on_progress, on_result)
+        span = await run.schedule(send, stop, sleep)
+        await run.drain()
+    if run.bugs:
+        raise run.bugs[0]
     return {
         "target": opts.target,
         "model": opts.model,
@@ -198,8 +129,78 @@ async def run_load(
         "duration_s": opts.duration,
         "concurrency": opts.concurrency,
         "stopped_early": span < opts.duration,
-        **tally.figures(span, stream=opts.stream),
+        **run.tally.figures(span, stream=opts.stream),
     }
+
+
+class _Run:
+    """The schedule of one run: requests in flight, and each outcome told exactly once."""
+
+    def __init__(
+        self,
+        opts: LoadOptions,
+        clock: Clock,
+        on_progress: Callable[[Progress], None] | None,
+        on_result: Callable[[Outcome], None] | None,
+    ) -> None:
+        self.opts, self.clock = opts, clock
+        self.on_progress, self.on_result = on_progress, on_result
+        self.pending: dict[asyncio.Task[Outcome], float] = {}
+        self.bugs: list[BaseException] = []
+        self.t0 = clock()
+        self.tally = Tally(self.t0)
+
+    async def schedule(self, send: _Sender, stop: asyncio.Event | None, sleep: Sleep) -> float:
+        """Start request ``i`` at ``t0 + i / qps``; the span sent for (shorter if stopped)."""
+        opts, clock = self.opts, self.clock
+        for i in range(opts.total):
+            due = self.t0 + i / opts.qps
+            while (wait := due - clock()) > 0 and not (stop and stop.is_set()):
+                await sleep(min(wait, STOP_POLL_S))  # awaited here: the deadline is now's
+            if stop is not None and stop.is_set():
+                return clock() - self.t0
+            self.tally.sent += 1
+            if len(self.pending) >= opts.max_backlog + opts.concurrency:
+                now = clock()
+                self._record(Outcome(due, now, now, error="backlog"))  # the server stalled
+                continue
+            task = asyncio.create_task(send(due))
+            self.pending[task] = due
+            task.add_done_callback(self._finished)
+            self._report()
+        return opts.duration
+
+    async def drain(self) -> None:
+        """Give the requests still out ``drain_s`` to finish, then cancel the rest."""
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=self.opts.drain_s)
+        for task in list(self.pending):
+            task.cancel()
+        while self.pending:  # each cancelled task still reports once, through ``_finished``
+            await asyncio.wait(set(self.pending))
+
+    def _finished(self, task: asyncio.Task[Outcome]) -> None:
+        due = self.pending.pop(task)
+        if task.cancelled():
+            o = Outcome(due, self.clock(), self.clock(), error="cancelled")
+        elif (exc := task.exception()) is not None:
+            self.bugs.append(exc)  # not a transport error: raised once the run is over
+            return
+        else:
+            o = task.result()
+        self._record(o)
+        self._report()
+
+    def _record(self, o: Outcome) -> None:
+        self.tally.add(o)
+        if self.on_result is not None:
+            self.on_result(o)
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            done = self.tally.sent - len(self.pending)
+            elapsed = self.clock() - self.t0
+            self.on_progress(Progress(self.tally.sent, done, self.opts.total, elapsed))
 
 
 async def _slots(

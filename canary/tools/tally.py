@@ -1,4 +1,6 @@
-"""What a ``canary load`` run saw: percentiles, peaks, shares, and the summary a person reads.
+"""What a ``canary load`` run saw: each request's ``Outcome``, folded into percentiles, peaks
+and shares, and the summary a person reads. The engine (``load``) imports this module,
+never the reverse.
 
 Latency and time to first byte count from each request's *scheduled* send time. Peaks are
 the most events in any one-second window, sliding rather than aligned to whole seconds.
@@ -10,12 +12,34 @@ from __future__ import annotations
 from array import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from canary.tools.load import Outcome
+from dataclasses import dataclass
+from typing import Any
 
 LoadResult = dict[str, Any]  # JSON-ready: what ``canary load --json`` prints
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One request. Times are on the run's clock; ``status`` 0 means no HTTP answer."""
+
+    scheduled: float
+    started: float
+    finished: float
+    status: int = 0
+    error: str | None = None  # timeout | connect | cut | transport | cancelled | backlog
+    first_byte: float | None = None
+    backend: str | None = None
+    fallback: str | None = None
+    usage: tuple[int, int] | None = None  # (input, output) tokens, when the answer said
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and 200 <= self.status < 300
+
+    @property
+    def answered(self) -> bool:
+        """A whole HTTP response came back (whatever its status)."""
+        return self.status != 0 and self.error is None
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:

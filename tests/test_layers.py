@@ -32,19 +32,10 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(path: Path, *, run_time: bool) -> set[str]:
-    """The canary modules ``path`` imports anywhere (only at run time: ``run_time``, which
-    leaves out ``if TYPE_CHECKING:`` blocks)."""
-    tree = ast.parse(path.read_text())
-    skip: set[ast.AST] = set()
-    if run_time:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                skip.update(ast.walk(node))
+def _imports(path: Path) -> set[str]:
+    """The canary modules ``path`` imports anywhere: in functions and for type checking too."""
     out = set()
-    for node in ast.walk(tree):
-        if node in skip:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("canary"):
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)  # from pkg import mod
@@ -67,7 +58,7 @@ def test_each_layer_imports_only_what_its_rules_allow() -> None:
         if layer not in ALLOWED:
             continue
         allowed = ALLOWED[layer] | ALWAYS | {layer}
-        for target in _imports(path, run_time=False):
+        for target in _imports(path):
             if target not in modules:
                 continue  # "from canary.x import name": the module itself is listed too
             rest = target.split(".", 1)[1] if "." in target else "canary"
@@ -77,11 +68,11 @@ def test_each_layer_imports_only_what_its_rules_allow() -> None:
 
 
 def test_no_import_cycle() -> None:
-    """No module imports, at run time (a deferred import inside a function included), a
-    module that imports it back, however far round."""
+    """No module imports a module that imports it back, however far round: a deferred
+    import inside a function and one only for type checking count too."""
     modules = _modules()
     graph = {
-        name: {t for t in _imports(path, run_time=True) if t in modules and t != name}
+        name: {t for t in _imports(path) if t in modules and t != name}
         for name, path in modules.items()
     }
     done: set[str] = set()

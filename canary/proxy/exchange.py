@@ -29,7 +29,7 @@ write give no verdict on the backend.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import structlog
@@ -41,14 +41,12 @@ from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.body import Body, read_body
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
+from canary.proxy.plane import Plane
 from canary.proxy.relay import EarlyFailure, Try, log_failure, relay
 from canary.proxy.retry import RETRY_STATUSES, backoff, delay_s, retryable_error
 from canary.proxy.router import match_route, pick
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
-
-if TYPE_CHECKING:
-    from canary.proxy.app import Proxy
 
 log = structlog.get_logger("canary.proxy")
 
@@ -89,14 +87,14 @@ class Exchange:
         "started",
     )
 
-    def __init__(self, proxy: Proxy, scope: Scope, receive: Receive, send: Send) -> None:
-        self.p = proxy
+    def __init__(self, plane: Plane, scope: Scope, receive: Receive, send: Send) -> None:
+        self.p = plane
         self.scope = scope
         self.receive = receive
-        self.started = proxy.clock()
+        self.started = plane.clock()
         self.hdrs: dict[bytes, bytes] = dict(scope["headers"])
         self.client = Client(send, request_id(self.hdrs.get(b"x-request-id")))
-        self.cfg: Config | None = proxy.store.config  # a reload mid-request does not touch it
+        self.cfg: Config | None = plane.store.config  # a reload mid-request does not touch it
         self.dialect = dialect_of(scope["path"])
         self.route: Route | None = None
         self.body: Body | None = None

@@ -31,6 +31,7 @@ from canary.fleet.membership import Membership
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.proxy.app import Proxy
+from canary.proxy.plane import Plane
 from canary.proxy.transport import AiohttpTransport
 from canary.safety.failover import FailoverLimiter
 from canary.safety.limits import MemoryLimiter, RedisLimiter
@@ -142,7 +143,7 @@ def _proxy(
     limiter: MemoryLimiter | FailoverLimiter,
     transport: httpx.AsyncBaseTransport,
 ) -> Proxy:
-    return Proxy(
+    plane = Plane(
         core.store,
         core.stats,
         core.breakers,
@@ -154,3 +155,4 @@ def _proxy(
         sleep=options.sleep,
         access_log=options.access_log,
     )
+    return Proxy(plane)

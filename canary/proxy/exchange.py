@@ -291,14 +291,10 @@ class Exchange:
             # A retryable failure: count it now, so a circuit it trips stops the retries.
             self._count(backend.name, t.began, kind)
             t.began = None
-            if not await self._may_retry(attempt, backend):
-                if failure is not None:
-                    raise failure
-                assert response is not None
-                return response  # counted already: t.began is None
+            if not self._may_retry(attempt, backend):
+                return _give_up(response, failure)  # counted already: t.began is None
             if response is not None:
-                await response.aclose()
-            p.meter.retry(backend.name)
+                response = await _kept(response)  # its connection is free while we wait
             log.info(
                 "proxy.retry",
                 request_id=self.client.request_id.decode(),
@@ -308,23 +304,30 @@ class Exchange:
                 wait_s=round(wait, 3),
             )
             await p.sleep(wait)
+            if not await self._retry_start(backend):
+                return _give_up(response, failure)
+            p.meter.retry(backend.name)
             attempt += 1
 
-    async def _may_retry(self, attempt: int, backend: Backend) -> bool:
-        """Another try: attempts and budget left, the circuit closed, a QPS start granted."""
+    def _may_retry(self, attempt: int, backend: Backend) -> bool:
+        """Another try: attempts and budget left, and the backend's circuit still closed."""
         assert self.cfg is not None
         rules, p = self.cfg.retry, self.p
         circuit = p.breakers.circuits.get(backend.name)
-        if (
-            attempt >= rules.max_attempts
-            or (circuit is not None and circuit.state != CLOSED)  # a tripped backend gets no more
-            or not p.budget.try_spend(backend.name, rules.budget)
-        ):
-            return False
+        return (
+            attempt < rules.max_attempts
+            and (circuit is None or circuit.state == CLOSED)  # a tripped backend gets no more
+            and p.budget.try_spend(backend.name, rules.budget)
+        )
+
+    async def _retry_start(self, backend: Backend) -> bool:
+        """A retry is a new request start: after the backoff, it needs a QPS slot like any
+        other (taken before the wait, the start would leave the log before the call)."""
         if backend.max_qps is None:
             return True
-        try:  # a retry is a new request start: it needs a QPS slot like any other
-            await p.limiter.acquire(
+        assert self.cfg is not None
+        try:
+            await self.p.limiter.acquire(
                 backend.name,
                 max_concurrency=None,  # the call's concurrency lease is still held
                 max_qps=backend.max_qps,
@@ -408,6 +411,32 @@ async def _watch_disconnect(receive: Receive, client: Client, task: asyncio.Task
     if not client.done:
         client.disconnected = True
         task.cancel()
+
+
+def _give_up(
+    response: httpx.Response | None, failure: httpx.TransportError | None
+) -> httpx.Response:
+    """No more tries: the last failure stands (raised), or the last answer goes back."""
+    if failure is not None:
+        raise failure
+    assert response is not None
+    return response
+
+
+async def _kept(response: httpx.Response) -> httpx.Response:
+    """A retryable answer read whole (an error body is small) and its connection freed,
+    so it can still be passed back, byte for byte, if the retry is not made."""
+    try:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    except httpx.StreamConsumed:  # built with its content already read (MockTransport)
+        raw = response.content
+    await response.aclose()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers.raw,
+        stream=httpx.ByteStream(raw),
+        extensions=response.extensions,
+    )
 
 
 def _sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body) -> str | None:

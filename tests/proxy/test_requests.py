@@ -157,3 +157,60 @@ async def test_a_body_the_route_cannot_read_is_refused_in_openai_shape(
     r = await client.post("/v1/chat/completions", content=content, headers=headers)
     assert (r.status_code, r.json()["error"]["code"]) == (status, code)
     assert upstream.requests == []
+
+
+async def test_a_retry_takes_its_qps_start_after_the_backoff_not_before(tmp_path: Path) -> None:
+    """The provider sees a retry when it is sent, so its start is taken then: taken before
+    a backoff of up to 10 s, it would leave the one-second log before the call."""
+    import random
+
+    from canary.config.store import ConfigStore
+    from canary.observe.meter import Meter
+    from canary.proxy.app import Proxy
+    from canary.proxy.plane import Plane
+    from canary.safety.breaker import Breakers
+    from canary.safety.limits import MemoryLimiter
+    from canary.safety.windows import Stats
+
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "backends:\n  legacy: {base_url: 'http://legacy.test/v1', max_qps: 100}\n"
+        "routes:\n  - name: all\n    weights: {legacy: 1}\nretry: {backoff_s: 0.5}\n"
+    )
+    store = ConfigStore(str(path))
+    store.load_initial()
+    events: list[str] = []
+    answers = iter([httpx.Response(503, content=b"busy"), httpx.Response(200, content=b"ok")])
+
+    class Recording(MemoryLimiter):
+        async def acquire(self, backend: str, **kw: object) -> object:  # type: ignore[override]
+            events.append("start")
+            return await super().acquire(backend, **kw)  # type: ignore[arg-type]
+
+    async def sleep(seconds: float) -> None:
+        events.append("backoff")
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        events.append("call")
+        return next(answers)
+
+    clock = __import__("time").monotonic
+    stats = Stats(60, clock)
+    plane = Plane(
+        store,
+        stats,
+        Breakers(stats, clock),
+        Recording(clock=clock),
+        httpx.MockTransport(upstream),
+        Meter(clock),
+        clock=clock,
+        rng=random.Random(1),
+        sleep=sleep,
+        access_log=False,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=Proxy(plane)), base_url="http://c"
+    ) as c:
+        r = await c.get("/v1/models")
+    assert (r.status_code, r.content) == (200, b"ok")
+    assert events == ["start", "call", "backoff", "start", "call"]

@@ -213,8 +213,9 @@ def routing_table(cfg: Config) -> str:
     for i, r in enumerate(cfg.routes):
         m = r.match
         when = []
-        if m.paths:
-            when.append("path in " + ", ".join(sorted(m.paths)))
+        if m.paths or m.prefixes:
+            shown = sorted(m.paths or ()) + sorted(f"{p}*" for p in m.prefixes)
+            when.append("path in " + ", ".join(shown))
         if m.models:
             when.append("model ~ " + ", ".join(m.models))
         when += [f"{k} = {v}" for k, v in m.headers]

@@ -81,23 +81,39 @@ class Frames:
         return all(e[:1] == b":" for e in whole.split(self._sep) if e.strip())
 
     def last_events(self, n: int = 3) -> list[bytes]:
-        """The stream's last ``n`` events, comments aside; an unterminated tail counts
-        as an event (a provider may close without the final blank line)."""
+        """The stream's last ``n`` events, comments aside, oldest first; an unterminated
+        tail counts as an event (a provider may close without the final blank line).
+
+        Read backwards from the end with ``rfind``: a read holding many events (a
+        buffered upstream) is not split whole."""
         sep = self._sep or b"\n\n"
-        events = [
-            e
-            for whole in self._kept
-            for e in whole.split(sep)
-            if e.strip() and e.lstrip()[:1] != b":"
-        ]
+        found: list[bytes] = []
         rest = b"".join(self._parts).strip()
         if rest and rest[:1] != b":":
-            events.append(rest)
-        return events[-n:]
+            found.append(rest)
+        for whole in reversed(self._kept):
+            end = len(whole)
+            while end > 0 and len(found) < n:
+                start = whole.rfind(sep, 0, end - 1)
+                start = 0 if start < 0 else start + len(sep)
+                event = whole[start:end].strip()
+                if event and event[:1] != b":":
+                    found.append(event)
+                end = start
+            if len(found) >= n:
+                break
+        found.reverse()
+        return found
 
     def first_event(self) -> bytes | None:
-        """The stream's first event, comments aside."""
-        if self.first is None:
-            return None
-        sep = self._sep or b"\n\n"
-        return next((e for e in self.first.split(sep) if e.strip()[:1] not in (b"", b":")), None)
+        """The stream's first event, comments aside (read forwards with ``find``)."""
+        first, sep = self.first, self._sep or b"\n\n"
+        start = 0
+        while first is not None and start < len(first):
+            end = first.find(sep, start)
+            end = len(first) if end < 0 else end
+            event = first[start:end].strip()
+            if event and event[:1] != b":":
+                return event
+            start = end + len(sep)
+        return None

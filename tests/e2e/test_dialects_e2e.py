@@ -52,6 +52,13 @@ routes:
     match:
       headers: {x-pin: relay}
     weights: {relay: 100}
+  - name: claude-canary
+    match:
+      paths: ["/v1/messages*"]
+      headers: {x-pin: canary}
+    weights: {legacy: 0, relay: 100}
+    baseline: legacy
+    fallback: true
   - name: claude
     match:
       paths: ["/v1/messages*"]
@@ -185,6 +192,58 @@ def test_anthropic_sdk_raises_on_a_cut_stream(stack: Router) -> None:
             pass
     assert "failed mid-stream" in str(info.value)
     wait_until(lambda: stream_cuts(stack, "legacy") == before + 1, 5, "stream_cut counted")
+
+
+def test_a_claude_stream_cut_before_its_first_byte_falls_back(stack: Router) -> None:
+    """The canary drops a Messages stream before any event: the baseline answers it whole,
+    the SDK never notices, and only the baseline's tokens are counted."""
+    before, cuts = legacy_status(stack)["tokens"], stream_cuts(stack, "relay")
+    stack.cut_after("relay", 0)
+    with (
+        stack.anthropic(default_headers={"x-pin": "canary"}) as client,
+        client.messages.with_streaming_response.create(
+            model=CLAUDE,
+            max_tokens=64,
+            stream=True,
+            messages=[{"role": "user", "content": PROMPT}],
+        ) as raw,
+    ):
+        headers = raw.headers
+        body = raw.read().decode()
+    assert (headers["x-canary-backend"], headers["x-canary-fallback"]) == ("legacy", "relay")
+    assert body.rstrip().endswith('data: {"type":"message_stop"}')
+    wait_until(lambda: stream_cuts(stack, "relay") == cuts + 1, 5, "the canary's cut counted")
+    wait_until(lambda: legacy_status(stack)["tokens"]["output"] == before["output"] + 8, 5)
+    assert legacy_status(stack)["tokens"]["input"] == before["input"] + 5
+
+
+def test_a_claude_code_style_call_keeps_its_query_and_beta_header(stack: Router) -> None:
+    """Claude Code's shape (``?beta=true``, ``anthropic-beta``, x-api-key, a stream) is
+    routed by path, reaches the provider as sent, and its tokens are counted."""
+    before = legacy_status(stack)["tokens"]
+    body = {
+        "model": CLAUDE,
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    headers = {"x-api-key": CLIENT_KEY, "anthropic-beta": "claude-code-20250219"}
+    r = httpx.post(f"{stack.url}/v1/messages?beta=true", json=body, headers=headers)
+    assert (r.status_code, r.headers["x-canary-route"]) == (200, "claude")
+    assert "event: message_stop" in r.text
+    last = stack.sim("legacy", "/_sim/stats")["last_request"]
+    assert (last["path"], last["query"]) == ("/v1/messages", "beta=true")
+    assert last["headers"]["anthropic-beta"] == "claude-code-20250219"
+    wait_until(lambda: legacy_status(stack)["tokens"]["output"] == before["output"] + 8, 5)
+
+
+def test_a_wrong_key_raises_the_sdks_authentication_error(stack: Router) -> None:
+    """The router's own 401 (OpenAI-shaped) is still an AuthenticationError to the SDK."""
+    with (
+        anthropic.Anthropic(base_url=stack.url, api_key="wrong", max_retries=0) as client,
+        pytest.raises(anthropic.AuthenticationError),
+    ):
+        client.messages.create(model=CLAUDE, max_tokens=8, messages=[])
 
 
 def test_count_tokens_goes_through_the_prefix_route(stack: Router) -> None:

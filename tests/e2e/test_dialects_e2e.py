@@ -80,6 +80,8 @@ DEFAULT_FAULTS = {"latency_ms": 0, "chunk_delay_ms": 0, "error_rate": 0, "cut_af
 
 @dataclass
 class Router:
+    """The module's router and its two simulators, with the calls the tests make on them."""
+
     url: str
     legacy: str
     relay: str
@@ -134,9 +136,16 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
 
 @pytest.fixture
 def stack(router: Router) -> Router:
-    """The module's router, its simulators without faults."""
+    """The module's router, its simulators without faults, and every call of the tests
+    before accounted (none in flight), so counters read as differences are this test's."""
     for which in ("legacy", "relay"):
         router.sim(which, "/_sim/faults", DEFAULT_FAULTS)
+
+    def idle() -> bool:
+        backends = httpx.get(f"{router.url}/status").json()["backends"].values()
+        return all(b["in_flight"] == 0 for b in backends)
+
+    wait_until(idle, 5, "no call in flight")
     return router
 
 
@@ -406,8 +415,18 @@ def _in_order(item: tuple[tuple[str, str], Any]) -> tuple[int, int]:
 
 
 def tokens(r: Router) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(canary's tokens for legacy on /status, the legacy provider's billed tokens)."""
+    """(canary's tokens for legacy on /status, the legacy provider's billed tokens); the
+    same tokens on /metrics as on /status."""
     ours = httpx.get(f"{r.url}/status").json()["backends"]["legacy"]["tokens"]
+    metrics = r.metrics()
+    for direction in ("input", "output"):
+        assert ours[direction] == sum(
+            v
+            for (name, labels), v in metrics.items()
+            if name == "canary_tokens_total"
+            and ("backend", "legacy") in labels
+            and ("direction", direction) in labels
+        )
     theirs = r.sim("legacy", "/_sim/stats")["tokens"]
     return (ours["input"], ours["output"]), (theirs["prompt"], theirs["completion"])
 

@@ -160,9 +160,11 @@ def _read(output: IO[bytes]) -> str:
     return output.read().decode(errors="replace")
 
 
-def simulator(port: int, name: str) -> contextlib.AbstractContextManager[Any]:
-    """``canary simulate`` as a real process on ``port``, ready when it answers."""
+def simulator(port: int, name: str, *extra: str) -> contextlib.AbstractContextManager[Any]:
+    """``canary simulate`` as a real process on ``port``, ready when it answers; ``extra``
+    are more of its options (``--api-key KEY``)."""
     args = [sys.executable, "-m", "canary", "simulate", "--port", str(port), "--name", name]
+    args += extra
     return run_process(args, f"http://127.0.0.1:{port}/_sim/stats")
 
 

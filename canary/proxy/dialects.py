@@ -4,6 +4,7 @@
     chat       /v1/chat/completions, /v1/completions  data: [DONE]
     responses  /v1/responses                          response.completed (.incomplete, .failed)
     anthropic  /v1/messages, /v1/messages/...         event: message_stop
+               (/v1/messages/... unbilled: count_tokens)
     openai     any other /v1 path (embeddings...)     (not checked)
 
 A stream cut mid-way ends in the dialect's own error event, so its SDK raises: OpenAI's
@@ -16,6 +17,10 @@ last events of a stream (``prompt_tokens``/``completion_tokens``, or ``input_tok
 reads and writes, which are input too) in ``message_start``, the stream's first event,
 and the final ``output_tokens`` in ``message_delta``, one of its last. The relay keeps a
 stream's first event and its last few (``canary.proxy.sse``) and asks the dialect.
+
+Billing: Anthropic's other paths under ``/v1/messages/`` (``count_tokens``, batches) are
+free or billed elsewhere and answer without a usage object, so their answers are not
+metered (an unread usage would be reported as ``unmetered``).
 
 The model: every dialect names it in a top-level ``"model"`` field of the request body
 and of the answer, so it needs no entry here.
@@ -41,6 +46,7 @@ class Dialect:
     end_marks: tuple[bytes, ...]  # looked for at the head of a stream's last event; () = unchecked
     counters: Counters  # a usage object's bytes -> (input, output)
     error_event: Callable[[str], bytes]  # a message -> one whole SSE event
+    billed: bool = True  # a POST's answer carries usage (count_tokens' does not)
 
     def complete(self, last_event: bytes | None) -> bool:
         """Whether a stream whose last whole event is ``last_event`` ended as it should."""
@@ -54,7 +60,7 @@ class Dialect:
     def stream_usage(self, first: bytes | None, last: Sequence[bytes]) -> Tokens | None:
         """(input, output) from a stream's first event and its last events, if reported."""
         tail = _scan(last, self.counters)
-        if self is not ANTHROPIC:
+        if self.counters is not anthropic_counters:
             return tail
         head = _scan((first,) if first is not None else (), self.counters)
         if head is None or tail is None:
@@ -96,6 +102,9 @@ RESPONSES = Dialect(
     _responses_error,
 )
 ANTHROPIC = Dialect("anthropic", (b"message_stop",), anthropic_counters, _anthropic_error)
+ANTHROPIC_UNBILLED = Dialect(
+    "anthropic", (b"message_stop",), anthropic_counters, _anthropic_error, billed=False
+)
 OPENAI = Dialect("openai", (), openai_counters, _openai_error)
 
 _BY_PATH = {
@@ -111,4 +120,4 @@ def dialect_of(path: str) -> Dialect:
     found = _BY_PATH.get(path)
     if found is not None:
         return found
-    return ANTHROPIC if path.startswith("/v1/messages/") else OPENAI
+    return ANTHROPIC_UNBILLED if path.startswith("/v1/messages/") else OPENAI

@@ -179,7 +179,8 @@ class Exchange:
 
     async def _call(self, backend: Backend, origin: str | None, can_fall_back: bool) -> Try:
         """One call to one backend, its retries included; accounted when it ends."""
-        t = self.last = Try(backend, origin, self.scope["method"] == "POST")
+        billed = self.dialect.billed and self.scope["method"] == "POST"
+        t = self.last = Try(backend, origin, billed)
         t.since = self.p.clock()
         lease = await self._admit(t)
         if lease is None:

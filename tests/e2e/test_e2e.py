@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from canary.tools.simulate.stats import fingerprint
 from tests.helpers import (
     ADMIN_TOKEN,
     CLIENT_KEY,
@@ -266,7 +267,7 @@ def test_no_key_appears_in_logs_status_or_errors(stack_factory: Any) -> None:
     good = s.client(api_key=CLIENT_KEY)
     good.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
     assert s.sim("legacy", "/_sim/stats")["last_request"]["headers"]["authorization"] == (
-        f"Bearer {LEGACY_KEY}"
+        f"Bearer {fingerprint(LEGACY_KEY)}"
     )
     with httpx.Client(base_url=s.url) as http:
         bodies.append(

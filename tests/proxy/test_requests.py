@@ -98,6 +98,21 @@ async def test_api_key_header_sets_where_the_backend_key_goes(
     assert {k: sent[k] for k in extra} == extra
 
 
+async def test_count_tokens_is_not_an_unmetered_answer(
+    client: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    """count_tokens is free and carries no usage: it is not reported as an answer whose
+    usage went unread, while a message without usage is."""
+    upstream.handler = lambda request: httpx.Response(200, json={"input_tokens": 5})
+    auth = {"x-api-key": CLIENT_KEY}
+    body = {"model": "claude-sonnet-4", "messages": []}
+    r = await client.post("/v1/messages/count_tokens", json=body, headers=auth)
+    assert (r.status_code, r.headers["x-canary-route"]) == (200, "claude")
+    assert (await client.get("/status")).json()["backends"]["legacy"]["unmetered_requests"] == 0
+    await client.post("/v1/messages", json=body, headers=auth)
+    assert (await client.get("/status")).json()["backends"]["legacy"]["unmetered_requests"] == 1
+
+
 async def test_a_missing_or_wrong_key_is_refused_in_any_header(
     client: httpx.AsyncClient, upstream: Upstream
 ) -> None:

@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canary.proxy.dialects import ANTHROPIC, CHAT, RESPONSES, Dialect, dialect_of
+from canary.proxy.dialects import (
+    ANTHROPIC,
+    ANTHROPIC_UNBILLED,
+    CHAT,
+    RESPONSES,
+    Dialect,
+    dialect_of,
+)
 from canary.proxy.sse import Frames
 from tests.helpers import Chunks, Upstream, no_sleep, prometheus_samples, serving
 
@@ -123,11 +130,13 @@ def test_crlf_streams_are_framed_too() -> None:
 
 
 def test_paths_choose_their_dialect() -> None:
-    """One dict lookup per request picks the dialect; messages/* is Anthropic's too."""
+    """One dict lookup per request picks the dialect; messages/* is Anthropic's too, but
+    unbilled (count_tokens answers carry no usage)."""
     assert dialect_of("/v1/chat/completions") is CHAT
     assert dialect_of("/v1/responses") is RESPONSES
     assert dialect_of("/v1/messages") is ANTHROPIC
-    assert dialect_of("/v1/messages/count_tokens") is ANTHROPIC
+    assert dialect_of("/v1/messages/count_tokens") is ANTHROPIC_UNBILLED
+    assert ANTHROPIC.billed and not ANTHROPIC_UNBILLED.billed
     assert not dialect_of("/v1/embeddings").end_marks
 
 

@@ -25,7 +25,9 @@ def test_check_prints_the_routing_table_for_the_example_config() -> None:
     """The shipped routes.yaml is valid; check prints routes in match order and exits 0."""
     result = canary("check", "-c", "routes.yaml")
     assert result.returncode == 0, result.stderr
-    assert "1. chat" in result.stdout and "2. default" in result.stdout
+    assert "1. chat" in result.stdout and "2. claude" in result.stdout
+    assert "3. default" in result.stdout
+    assert "/v1/messages*" in result.stdout
     assert "legacy 90%, relay 10%" in result.stdout
     assert "is valid" in result.stdout
 

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from canary.tools.simulate import REPLY, Faults, Simulator, StreamCut, create_sim_app
+from canary.tools.simulate.stats import fingerprint
 from tests.helpers import free_port, run_process, wait_until
 
 NOW = 1_700_000_000.0
@@ -466,6 +467,18 @@ async def test_stats_count_requests_tokens_and_the_last_request(
     assert last["body"] == {"model": "e", "input": "a b"}
 
 
+async def test_last_request_shows_keys_only_as_fingerprints(client: httpx.AsyncClient) -> None:
+    """Credential headers in the last request keep their name and scheme, never the key."""
+    headers = {"authorization": "Bearer sk-a", "x-api-key": "sk-b", "api-key": "sk-c"}
+    await client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    stats = (await client.get("/_sim/stats")).text
+    for key in ("sk-a", "sk-b", "sk-c"):
+        assert f'"{key}' not in stats and f" {key}" not in stats
+    shown = orjson.loads(stats)["last_request"]["headers"]
+    assert shown["authorization"] == f"Bearer {fingerprint('sk-a')}"
+    assert (shown["x-api-key"], shown["api-key"]) == (fingerprint("sk-b"), fingerprint("sk-c"))
+
+
 async def test_starts_per_second_keeps_the_last_two_minutes(
     client: httpx.AsyncClient, fake_time: FakeTime
 ) -> None:
@@ -582,7 +595,9 @@ def test_openai_client_completes_a_chat(sim: str) -> None:
     assert completion.choices[0].message.content == "Hello from e2e! This is a simulated reply."
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (2, 8)
-    assert stats(sim)["last_request"]["headers"]["authorization"] == "Bearer sk-test"
+    assert stats(sim)["last_request"]["headers"]["authorization"] == (
+        f"Bearer {fingerprint('sk-test')}"
+    )
 
 
 @pytest.mark.e2e

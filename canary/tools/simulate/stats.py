@@ -2,11 +2,14 @@
 
 Tokens are counted when an answer was sent whole (a cut or abandoned stream bills
 nothing), so a test can hold a router's meter against them. The last request is kept
-raw and decoded only when read.
+raw and decoded only when read; its credential headers show only a fingerprint of the
+key (``fingerprint``), so a test can tell which key arrived in which header while the
+stats never carry a key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, deque
 from typing import Any
 
@@ -16,6 +19,7 @@ from starlette.types import Scope
 from canary.types import Clock
 
 STARTS_WINDOW_S = 120
+CREDENTIALS = frozenset({b"authorization", b"proxy-authorization", b"x-api-key", b"api-key"})
 
 
 class Stats:
@@ -86,6 +90,24 @@ def _describe(scope: Scope, body: bytes) -> dict[str, Any]:
         "method": scope["method"],
         "path": scope["path"],
         "query": scope["query_string"].decode("latin-1"),
-        "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        "headers": {
+            k.decode("latin-1"): _redacted(v) if k in CREDENTIALS else v.decode("latin-1")
+            for k, v in scope["headers"]
+        },
         "body": parsed,
     }
+
+
+def fingerprint(key: str) -> str:
+    """What the stats show of a key: enough to tell keys apart, useless to call with."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _redacted(value: bytes) -> str:
+    """A credential header's value with the key replaced by its fingerprint; the scheme
+    (``Bearer``) is kept, so a test sees how the key was sent."""
+    text = value.decode("latin-1").strip()
+    scheme, _, rest = text.partition(" ")
+    if rest and scheme.lower() in ("bearer", "basic"):
+        return f"{scheme} {fingerprint(rest.strip())}"
+    return fingerprint(text)

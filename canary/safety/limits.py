@@ -56,7 +56,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from itertools import count
 from typing import Final, Protocol, TypeVar
 
@@ -227,6 +227,14 @@ class MemoryLimiter(AsyncResource):
             if due > wait_s or wait_s <= 0:
                 raise self._refusal(backend, state, due, period)
         return await self._wait(backend, state, concurrency, n, period, wait_s)
+
+    def remember(self, backend: str, starts: Iterable[float]) -> None:
+        """Count starts made elsewhere (through Redis, just before a failover) in this
+        replica's one-second log, so the share it now holds alone is not spent twice."""
+        state = self._backends.get(backend)
+        if state is None:
+            state = self._backends[backend] = _Backend()
+        state.starts = deque(sorted([*state.starts, *starts]))
 
     async def _wait(
         self,

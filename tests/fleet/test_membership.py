@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -185,3 +186,52 @@ async def test_membership_leaves_the_replica_set_on_exit(failovers: Failovers) -
             assert a.limiter.replicas == 2
         await a.membership.heartbeat()
     assert a.limiter.replicas == 1
+
+
+class _FlakyRedis:
+    """A RedisLimiter stand-in: grants every start until ``down``, then is unreachable."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.granted = 0
+
+    async def acquire(self, backend: str, **kw: Any) -> Any:
+        from canary.errors import StateUnavailable
+        from canary.safety.limits import NO_LEASE
+
+        if self.down:
+            raise StateUnavailable("redis: down")
+        self.granted += 1
+        return NO_LEASE
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_failover_does_not_spend_a_seconds_starts_twice() -> None:
+    """Going to memory, the starts Redis granted in the last second count against this
+    replica's share; coming back, memory's starts still count for one second."""
+    from canary.errors import RateLimited
+
+    now = [100.0]
+    redis = _FlakyRedis()
+    limiter = FailoverLimiter(redis, clock=lambda: now[0])  # type: ignore[arg-type]
+    limiter._memory._clock = lambda: now[0]  # the same fake clock for its share
+    for _ in range(10):  # the whole second's worth through Redis
+        await limiter.acquire("relay", max_concurrency=None, max_qps=10, wait_s=0)
+    now[0] += 0.5
+    redis.down = True
+    with pytest.raises(RateLimited):  # memory knows those 10: nothing left this second
+        await limiter.acquire("relay", max_concurrency=None, max_qps=10, wait_s=0)
+    assert limiter.state == "degraded"
+    now[0] += 0.6  # the Redis starts have left the window
+    for _ in range(10):
+        await limiter.acquire("relay", max_concurrency=None, max_qps=10, wait_s=0)
+    redis.down = False
+    limiter.redis_answered(1)
+    with pytest.raises(RateLimited):  # Redis would grant, but memory's 10 are still live
+        await limiter.acquire("relay", max_concurrency=None, max_qps=10, wait_s=0)
+    assert redis.granted == 10
+    now[0] += 1.01
+    await limiter.acquire("relay", max_concurrency=None, max_qps=10, wait_s=0)
+    assert redis.granted == 11

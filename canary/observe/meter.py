@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from canary.safety.equivalence import VERDICTS, Verdict
 from canary.types import Clock
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -63,6 +64,11 @@ class Meter:
         self.rate: dict[int, dict[tuple[str, str], list[int]]] = {}  # slot -> (route, model)
         self.internal_errors = 0  # faults of the router itself, answered as 500
         self.first_usage_at: float | None = None  # on ``clock``: when metered traffic began
+        # Model audit (SPEC §9): (backend, asked model) -> [match, variant, mismatch, absent]
+        self.audits: dict[tuple[str, str], list[int]] = {}
+        self.last_mismatch: dict[tuple[str, str], str] = {}  # -> the name it answered as
+        self.audit_events: list[tuple[float, str, str, str]] = []  # (at, backend, asked, as)
+        self._wall = wall
         self._models: set[str] = set()
 
     # -- the hot path ------------------------------------------------------------------
@@ -142,6 +148,22 @@ class Meter:
         self.limiter_waits[backend] = self.limiter_waits.get(backend, 0) + 1
         self.limiter_wait_s[backend] = self.limiter_wait_s.get(backend, 0.0) + seconds
 
+    def audit(self, backend: str, asked: str, verdict: Verdict, echoed: str | None) -> bool:
+        """One answer audited; True when it is the backend's first mismatch for ``asked``."""
+        key = (backend, self._model(asked))
+        row = self.audits.get(key)
+        if row is None:
+            row = self.audits[key] = [0, 0, 0, 0]
+        row[VERDICTS.index(verdict)] += 1
+        if verdict != "mismatch" or echoed is None:
+            return False
+        first = key not in self.last_mismatch
+        self.last_mismatch[key] = echoed[:128]
+        if first:
+            self.audit_events.append((self._wall(), backend, key[1], echoed[:128]))
+            del self.audit_events[:-50]
+        return first
+
     def internal_error(self) -> None:
         self.internal_errors += 1
 
@@ -220,6 +242,9 @@ class Meter:
             "rate": {str(s): flat(r) for s, r in self.rate.items()},
             "internal_errors": self.internal_errors,
             "first_usage_at": self.first_usage_at,
+            "audits": flat(self.audits),
+            "last_mismatch": flat(self.last_mismatch),
+            "audit_events": self.audit_events,
         }
 
     def absorb(self, data: dict[str, Any]) -> None:
@@ -239,6 +264,15 @@ class Meter:
             mine = getattr(self, name)
             for k, v in data[name].items():
                 mine[k] = mine.get(k, 0) + v
+        for k, counts in data.get("audits", {}).items():
+            row = self.audits.setdefault(_key2(k), [0, 0, 0, 0])
+            for i, n in enumerate(counts):
+                row[i] += n
+        for k, name in data.get("last_mismatch", {}).items():
+            self.last_mismatch[_key2(k)] = name
+        for at, backend, asked, echoed in data.get("audit_events", ()):
+            if not any(e[1:] == (backend, asked, echoed) for e in self.audit_events):
+                self.audit_events.append((at, backend, asked, echoed))
         for k, v in data["unmetered"].items():
             self.unmetered[k] = self.unmetered.get(k, 0) + v
         for backend, hist in data["latency"].items():
@@ -262,6 +296,11 @@ class Meter:
                 pair = mine_rates.setdefault((route, model), [0, 0])
                 pair[0] += tin
                 pair[1] += tout
+
+
+def _key2(k: str) -> tuple[str, str]:
+    backend, model = k.split(_SEP)
+    return backend, model
 
 
 def _key3(k: str) -> tuple[str, str, str]:

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from canary.observe.document import BackendDoc, RouteDoc, StatusDocument
 from canary.observe.meter import LATENCY_BUCKETS_S, Meter
+from canary.safety.equivalence import VERDICTS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -38,6 +39,17 @@ def families(doc: StatusDocument, meter: Meter) -> Iterator[Metric]:
     yield from _call_families(meter)
     yield from _limiter_families(meter)
     yield from _token_families(meter)
+    yield _counter(
+        "canary_model_audit",
+        "Answers by the model they named against the one asked (after model_map): match, "
+        "variant (a dated or versioned name), mismatch, absent.",
+        ["backend", "model", "verdict"],
+        (
+            ((backend, model, verdict), n)
+            for (backend, model), counts in meter.audits.items()
+            for verdict, n in zip(VERDICTS, counts, strict=True)
+        ),
+    )
     yield from _backend_families(doc["backends"])
     yield from _route_families(doc["routes"])
     yield from _state_families(doc)

@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 from canary.config.model import Backend, Config, Route
 from canary.errors import RouterError
 from canary.proxy.answers import Client, outcome_of, upstream_failure
+from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body, read_body
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
@@ -366,8 +367,10 @@ class Exchange:
             kind = t.kind or _OUTCOME_KIND.get(t.outcome)
             self._count(name, t.began, kind, verdict=t.outcome not in NO_VERDICT)
             t.began = None
+        model = self.body.accounted_model() if t.head or t.tokens else None
+        if t.head is not None and t.outcome == "ok":  # the model audit (SPEC §9)
+            audit_answer(p.meter, t.backend, model, t.head, "live")
         if t.tokens is not None:
-            model = self.body.accounted_model()
             price = self.cfg.pricing.get(name, {}).get(model or "")
             p.meter.usage(
                 self.route.name,

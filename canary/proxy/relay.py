@@ -41,6 +41,7 @@ class Try:
         "began",
         "deferred",
         "fall_back",
+        "head",
         "kind",
         "metered",
         "origin",
@@ -62,6 +63,7 @@ class Try:
         self.tokens: tuple[int, int] | None = None
         self.fall_back = False  # it failed early: the baseline may answer instead
         self.deferred = False  # a 4xx whose verdict waits for the baseline's answer
+        self.head: bytes | None = None  # the answer's first read, for the model audit
 
 
 class EarlyFailure(Exception):
@@ -84,6 +86,7 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
     if scanner is not None and encoding and not scanner.encoded(encoding):
         scanner = None  # an encoding it cannot read: the call counts as unmetered
     loop = asyncio.get_running_loop()
+    peek = metered and not encoding  # the model audit reads the first (plain) read
     budget = t.backend.timeout_s + SLOW_CLIENT_GRACE_S
     moved = loop.time()
     send = client.send
@@ -93,6 +96,8 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
                 if not client.started:
                     client.started = True
                     await send(start)
+                    if peek:
+                        t.head = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if frames is not None:
                     frames.feed(chunk)
@@ -108,6 +113,8 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
             await _finish(client, t, dialect, frames if check_end else None)
             if metered:
                 t.tokens = _usage(dialect, frames, scanner)
+                if frames is not None and frames.first is not None:
+                    t.head = frames.first  # the first event, past any leading comment
     except httpx.TransportError as exc:
         if not client.started:  # the headers came, the body broke: a cut (or a timeout)
             timeout = isinstance(exc, httpx.TimeoutException)

@@ -94,6 +94,9 @@ class Rollback:
 class Readiness:
     min_requests: int = 500
     max_error_rate: float = 0.05
+    max_model_mismatch_rate: float = 0.0  # answers naming another model than asked (SPEC §9)
+    min_prompt_token_match: float = 0.95  # shadow pairs with equal prompt tokens
+    max_latency_ratio_p95: float = 2.0  # canary p95 / baseline p95 over the window
 
 
 @dataclass(frozen=True, slots=True)

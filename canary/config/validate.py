@@ -54,6 +54,9 @@ _ROLLBACK: dict[str, Rule] = {
 _READINESS: dict[str, Rule] = {
     "min_requests": Num(integer=True),
     "max_error_rate": Num(maximum=1),
+    "max_model_mismatch_rate": Num(maximum=1),
+    "min_prompt_token_match": Num(maximum=1),
+    "max_latency_ratio_p95": Num(strict_min=True, maximum=1000),
 }
 _RETRY: dict[str, Rule] = {
     "max_attempts": Num(minimum=1, maximum=20, integer=True),

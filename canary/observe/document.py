@@ -171,6 +171,19 @@ class RollbackDoc(TypedDict):
 class ReadinessDoc(TypedDict):
     min_requests: int
     max_error_rate: float
+    max_model_mismatch_rate: float
+    min_prompt_token_match: float
+    max_latency_ratio_p95: float
+
+
+class AuditCountsDoc(TypedDict):
+    """The model audit of one backend and asked model (SPEC §9)."""
+
+    match: int
+    variant: int
+    mismatch: int
+    absent: int
+    last_mismatch: str | None  # the name it last answered as, when not the one asked
 
 
 class StatusDocument(TypedDict):
@@ -184,4 +197,5 @@ class StatusDocument(TypedDict):
     cost: NotRequired[CostDoc]
     rollback: NotRequired[RollbackDoc]
     readiness: NotRequired[ReadinessDoc]
+    audit: NotRequired[dict[str, dict[str, AuditCountsDoc]]]  # backend -> asked model -> counts
     draining: NotRequired[bool]  # set by the app: SIGTERM received, finishing what is in flight

@@ -12,7 +12,8 @@ seen through the ``Peers`` protocol, so observe never imports fleet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from canary.config.model import Backend, Config, Rollback, Route, redact_url
@@ -29,6 +30,7 @@ from canary.observe.document import (
     Weights,
     WorkersDoc,
 )
+from canary.observe.equivalence import Evidence, audit_section, equivalence_reason
 from canary.observe.meter import Meter
 from canary.safety.breaker import CLOSED, Breakers, Circuit, CircuitEvent
 from canary.safety.windows import Stats
@@ -58,10 +60,14 @@ def canary_percentage(route: Route, weights: Mapping[str, float]) -> float:
 
 
 def readiness(
-    cfg: Config, breakers: Breakers, others: Callable[[str], tuple[int, int]] | None = None
+    cfg: Config,
+    breakers: Breakers,
+    others: Callable[[str], tuple[int, int]] | None = None,
+    evidence: Evidence | None = None,
 ) -> tuple[bool, str]:
     """Ready when every weighted canary has, since its circuit closed or its config changed,
-    enough calls, an error rate below the bar, and a closed circuit.
+    enough calls, an error rate below the bar, a closed circuit, and (with ``evidence``)
+    answers equivalent to its baseline's (``canary.observe.equivalence``).
 
     ``others(backend)`` adds sibling workers' (requests, errors) since the same change."""
     bar = cfg.readiness
@@ -78,10 +84,15 @@ def readiness(
         requests, errors = others(name) if others is not None else (0, 0)
         requests += circuit.since_requests
         errors += circuit.since_errors
+        differs = (
+            equivalence_reason(name, _baseline(cfg, name), bar, evidence) if evidence else None
+        )
         if circuit.state != CLOSED:
             since = circuit.changed_at.astimezone().strftime("%H:%M:%S")
             state = circuit.state.replace("_", "-")
             reasons.append(f"{name}: circuit {state} since {since}{_failures(circuit)}")
+        elif differs is not None:  # an answer in another model's name is not noise: say it first
+            reasons.append(differs)
         elif requests < bar.min_requests:
             reasons.append(f"{name}: {requests} of {bar.min_requests} requests")
         else:
@@ -93,6 +104,11 @@ def readiness(
     if reasons:
         return False, "; ".join(reasons)
     return True, ", ".join(f"{n}: ready" for n in candidates)
+
+
+def _baseline(cfg: Config, name: str) -> str:
+    """The baseline of the first route that weights ``name``."""
+    return next(r.baseline for r in cfg.routes if r.weights.get(name, 0) > 0)
 
 
 _KIND_WORDS = {
@@ -136,13 +152,14 @@ def status_document(
         "routes": [],
         "backends": {},
         "migration": {"ready_for_full_migration": False, "reason": "no valid config loaded"},
-        "events": [_event(e) for e in reversed(breakers.events)],
+        "events": _events(breakers.events, meter.audit_events),
     }
     if cfg is None:
         return doc
     if fleet is not None:
         doc["workers"] = _workers(fleet)
-    ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None)
+    evidence = Evidence(meter, stats, fleet.window_peers if fleet else None)
+    ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None, evidence)
     cost = cost_section(meter, cfg)
     doc["migration"] = {
         "ready_for_full_migration": ready,
@@ -155,7 +172,11 @@ def status_document(
     doc["readiness"] = {
         "min_requests": cfg.readiness.min_requests,
         "max_error_rate": cfg.readiness.max_error_rate,
+        "max_model_mismatch_rate": cfg.readiness.max_model_mismatch_rate,
+        "min_prompt_token_match": cfg.readiness.min_prompt_token_match,
+        "max_latency_ratio_p95": cfg.readiness.max_latency_ratio_p95,
     }
+    doc["audit"] = audit_section(meter)
     doc["routes"] = [_route(route, breakers.effective(route)) for route in cfg.routes]
     costs = backend_costs(meter, cfg)
     doc["backends"] = {
@@ -174,6 +195,31 @@ def _config(store: ConfigStore) -> ConfigDoc:
         "error": store.error,
         "error_at": store.error_at.isoformat() if store.error_at else None,
     }
+
+
+def _events(
+    circuits: Sequence[CircuitEvent], audits: Sequence[tuple[float, str, str, str]]
+) -> list[EventDoc]:
+    """Circuit changes and first model mismatches (SPEC §9), newest first."""
+    out = [_event(e) for e in reversed(circuits)]
+    if not audits:
+        return out
+    for at, backend, asked, answered in audits:
+        stamp = datetime.fromtimestamp(at, UTC).isoformat()
+        out.append(
+            {
+                "at": stamp,
+                "backend": backend,
+                "from": "match",
+                "to": "mismatch",
+                "reason": f"answered as {answered} when asked for {asked}",
+                "requests": 0,
+                "errors": 0,
+                "origin": "local",
+            }
+        )
+    out.sort(key=lambda e: datetime.fromisoformat(e["at"]), reverse=True)
+    return out
 
 
 def _event(e: CircuitEvent) -> EventDoc:

@@ -1,0 +1,102 @@
+"""Equivalence as ``/status`` shows and readiness judges it (SPEC §6, §9).
+
+``Evidence`` gathers what the router knows about a canary against its baseline: the model
+audit (``Meter.audits``), the p95 latency of both over the window, and the shadow pairs'
+prompt-token agreement when there are pairs. ``equivalence_reason`` turns a miss into the
+words of ``migration.reason``; the minimum counts behind each verdict, and why, are in
+``canary.safety.equivalence``. ``audit_section`` is ``/status``'s ``audit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from canary.config.model import Readiness
+from canary.observe.document import AuditCountsDoc
+from canary.observe.meter import Meter
+from canary.safety.equivalence import MIN_AUDITED, MIN_LATENCY_SAMPLES, MIN_PAIRS
+from canary.safety.windows import Stats
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A backend's worst-audited model: asked for ``asked``, answered as ``answered_as``."""
+
+    asked: str
+    answered_as: str
+    mismatches: int
+    audited: int  # answers that named a model (absent ones aside)
+
+
+@dataclass(slots=True)
+class Evidence:
+    """What readiness reads about each backend, beyond its error counts."""
+
+    meter: Meter
+    stats: Stats
+    peers: Callable[[str], Sequence[dict[str, Any]]] | None = None  # workers' windows
+    prompt_match: Callable[[str], tuple[int, float] | None] | None = None  # (pairs, share)
+
+    def mismatch(self, backend: str) -> Mismatch | None:
+        """The asked model with the most mismatches on ``backend``, if any."""
+        worst: Mismatch | None = None
+        for (name, asked), (match, variant, mismatch, _) in self.meter.audits.items():
+            if name != backend or not mismatch:
+                continue
+            if worst is None or mismatch > worst.mismatches:
+                answered = self.meter.last_mismatch.get((name, asked), "?")
+                worst = Mismatch(asked, answered, mismatch, match + variant + mismatch)
+        return worst
+
+    def p95(self, backend: str) -> tuple[int, float]:
+        """(calls, p95 ms) over the window, every worker's."""
+        snap = self.stats.window(backend).snapshot(self.peers(backend) if self.peers else ())
+        return snap.requests, snap.p95_ms
+
+
+def equivalence_reason(name: str, baseline: str, bar: Readiness, ev: Evidence) -> str | None:
+    """Why ``name`` is not yet equivalent to ``baseline``, in words; None when it is."""
+    miss = ev.mismatch(name)
+    if miss is not None and _over(miss, bar.max_model_mismatch_rate):
+        return (
+            f"{name}: answers as {miss.answered_as} when asked for {miss.asked} "
+            f"({miss.mismatches} of {miss.audited})"
+        )
+    calls, p95 = ev.p95(name)
+    base_calls, base_p95 = ev.p95(baseline)
+    if min(calls, base_calls) >= MIN_LATENCY_SAMPLES and base_p95 > 0:
+        ratio = p95 / base_p95
+        if ratio > bar.max_latency_ratio_p95:
+            return (
+                f"{name}: p95 latency {p95:.0f} ms is {ratio:.1f}x {baseline}'s "
+                f"{base_p95:.0f} ms (> {bar.max_latency_ratio_p95:g}x)"
+            )
+    pairs = ev.prompt_match(name) if ev.prompt_match is not None else None
+    if pairs is not None and pairs[0] >= MIN_PAIRS and pairs[1] < bar.min_prompt_token_match:
+        return (
+            f"{name}: prompt tokens differ from {baseline}'s on {1 - pairs[1]:.0%} of "
+            f"{pairs[0]} shadow pairs (needs {bar.min_prompt_token_match:.0%} equal)"
+        )
+    return None
+
+
+def _over(miss: Mismatch, bar: float) -> bool:
+    """A mismatch share over the bar; at a bar of 0 one is enough (it is not noise)."""
+    enough = bar == 0 or miss.audited >= MIN_AUDITED
+    return enough and miss.mismatches / max(1, miss.audited) > bar
+
+
+def audit_section(meter: Meter) -> dict[str, dict[str, AuditCountsDoc]]:
+    """``/status``'s ``audit``: per backend and asked model (after ``model_map``)."""
+    out: dict[str, dict[str, AuditCountsDoc]] = {}
+    for (backend, asked), (match, variant, mismatch, absent) in sorted(meter.audits.items()):
+        out.setdefault(backend, {})[asked] = {
+            "match": match,
+            "variant": variant,
+            "mismatch": mismatch,
+            "absent": absent,
+            "last_mismatch": meter.last_mismatch.get((backend, asked)),
+        }
+    return out

@@ -1,0 +1,107 @@
+"""Flow tests: the model audit of every answer, on /status, /metrics and in the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import orjson
+from structlog.testing import capture_logs
+
+from tests.helpers import Chunks, Upstream, prometheus_samples, serving
+
+ROUTES = """
+backends:
+  legacy: {base_url: "http://legacy.test/v1", api_key: sk-legacy-secret-000111}
+  relay:
+    base_url: "http://relay.test/v1"
+    api_key: sk-relay-secret-222333
+    model_map: {gpt-4.1: gpt-4.1-relay}
+routes:
+  - name: chat
+    match: {paths: [/v1/chat/completions, /v1/messages, /v1/responses]}
+    weights: {legacy: 50, relay: 50}
+    baseline: legacy
+    sticky: header:x-user-id
+retry: {max_attempts: 1}
+readiness: {min_requests: 10}
+"""
+
+
+def relay_answers_as(name: str) -> Upstream:
+    """An upstream whose relay names ``name`` in every answer, plain or streamed."""
+    upstream = Upstream()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked = orjson.loads(request.content)["model"]
+        model = name if request.url.host == "relay.test" else asked
+        if b'"stream":true' not in request.content:
+            body = {"id": "x", "model": model, "choices": [], "usage": {"prompt_tokens": 3}}
+            return httpx.Response(200, json=body)
+        first = {"id": "x", "model": model, "choices": [{"delta": {"content": "a"}}]}
+        chunks = [
+            b": keep-alive\n\n",
+            b"data: " + orjson.dumps(first) + b"\n\n",
+            b"data: [DONE]\n\n",
+        ]
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Chunks(chunks)
+        )
+
+    upstream.handler = handler
+    return upstream
+
+
+async def calls(c: httpx.AsyncClient, n: int) -> None:
+    for i in range(n):
+        body = {"model": "gpt-4.1", "messages": [], "stream": i % 2 == 1}
+        r = await c.post("/v1/chat/completions", json=body, headers={"x-user-id": f"u{i}"})
+        assert r.status_code == 200
+
+
+async def test_a_relay_answering_as_another_model_is_audited_and_not_ready(
+    tmp_path: Path,
+) -> None:
+    """Every answer's model is read (plain and streamed, past a comment); a substitution is
+    counted per backend and asked model, logged once, an event, and blocks the verdict."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES)
+    app = {"transport": httpx.MockTransport(relay_answers_as("gpt-4o-mini")), "watch": False}
+    with capture_logs() as logs:
+        async with serving(str(path), **app) as c:
+            await calls(c, 40)
+            doc = (await c.get("/status")).json()
+            metrics = prometheus_samples((await c.get("/metrics")).text)
+    relay = doc["audit"]["relay"]["gpt-4.1-relay"]  # what the relay was asked for
+    legacy = doc["audit"]["legacy"]["gpt-4.1"]
+    assert relay["mismatch"] > 0 and relay["match"] == 0
+    assert relay["last_mismatch"] == "gpt-4o-mini"
+    assert legacy["match"] > 0 and legacy["mismatch"] == 0
+    total = relay["mismatch"]
+    assert doc["migration"]["ready_for_full_migration"] is False
+    assert doc["migration"]["reason"] == (
+        f"relay: answers as gpt-4o-mini when asked for gpt-4.1-relay ({total} of {total})"
+    )
+    events = [e for e in doc["events"] if e["to"] == "mismatch"]
+    assert [e["reason"] for e in events] == ["answered as gpt-4o-mini when asked for gpt-4.1-relay"]
+    warned = [e for e in logs if e["event"] == "audit.model_mismatch"]
+    assert len(warned) == 1 and warned[0]["answered_as"] == "gpt-4o-mini"
+    key = (
+        "canary_model_audit_total",
+        (("backend", "relay"), ("model", "gpt-4.1-relay"), ("verdict", "mismatch")),
+    )
+    assert metrics[key] == total
+
+
+async def test_an_honest_relay_with_dated_names_becomes_ready(tmp_path: Path) -> None:
+    """A dated name is a variant, not a mismatch: the honest relay is ready."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES)
+    upstream = relay_answers_as("gpt-4.1-relay-2025-04-14")
+    app = {"transport": httpx.MockTransport(upstream), "watch": False}
+    async with serving(str(path), **app) as c:
+        await calls(c, 40)
+        doc = (await c.get("/status")).json()
+    assert doc["audit"]["relay"]["gpt-4.1-relay"]["variant"] > 0
+    assert doc["audit"]["relay"]["gpt-4.1-relay"]["mismatch"] == 0
+    assert doc["migration"] == {**doc["migration"], "ready_for_full_migration": True}

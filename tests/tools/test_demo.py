@@ -33,6 +33,7 @@ from canary.tools.demo import (
     summarize,
     view_model,
 )
+from canary.tools.demo.substitution import format_substitution, summarize_substitution
 
 ROOT = Path(__file__).resolve().parents[2]
 WALL = 1_700_000_000.0  # the demo's start on the wall clock
@@ -408,3 +409,31 @@ def test_sigint_stops_the_demo_with_a_summary() -> None:
     assert "canary demo summary" in out and "circuit opened: no" in out
     requests = int(out.split("client requests: ")[1].split()[0])
     assert 0 < requests < 60 * 20
+
+
+def test_substitution_summary_passes_only_when_the_audit_holds_the_verdict() -> None:
+    """The substitution story passes when no call failed, the relay's answers were audited
+    as another model, and the verdict is "not ready" for that reason."""
+    records = [Record(0.1 * i, 200, "relay" if i % 2 else "legacy") for i in range(10)]
+    reason = "relay: answers as gpt-4o-mini when asked for gpt-4.1 (5 of 5)"
+    status = {
+        "backends": {"relay": {"total_errors": 0}},
+        "audit": {
+            "relay": {
+                "gpt-4.1": {
+                    "match": 0,
+                    "variant": 0,
+                    "mismatch": 5,
+                    "absent": 0,
+                    "last_mismatch": "gpt-4o-mini",
+                }
+            }
+        },
+        "migration": {"ready_for_full_migration": False, "reason": reason},
+    }
+    caught = summarize_substitution(records, status)
+    assert caught.ok and caught.mismatches == 5 and caught.audited == 5
+    assert "5 of 5 answers named gpt-4o-mini" in format_substitution(caught)
+    assert "result: PASS" in format_substitution(caught)
+    fooled = {**status, "migration": {"ready_for_full_migration": True, "reason": "relay: ready"}}
+    assert not summarize_substitution(records, fooled).ok

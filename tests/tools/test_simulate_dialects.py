@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from canary.tools.simulate import Simulator, StreamCut, create_sim_app
+from canary.tools.simulate import Faults, Simulator, StreamCut, create_sim_app
 from canary.tools.simulate.schema import sample
 
 NOW = 1_700_000_000.0
@@ -697,3 +697,56 @@ def test_any_body_gets_an_answer_or_a_refusal_in_the_paths_shape(path: str, body
         assert error["type"] == "error" and set(error["error"]) == {"type", "message"}
     else:
         assert set(error["error"]) == {"message", "type", "code"}
+
+
+# --- a dishonest relay (SPEC §9) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-4.1", "messages": [{"role": "user", "content": "a b c d"}]},
+        ),
+        ("/v1/responses", {"model": "gpt-4.1", "input": "a b c d"}),
+        (
+            "/v1/messages",
+            {
+                "model": "gpt-4.1",
+                "max_tokens": 50,
+                "messages": [{"role": "user", "content": "a b c d"}],
+            },
+        ),
+    ],
+)
+async def test_dishonest_knobs_change_the_name_the_bill_and_the_reply(
+    path: str, body: dict[str, Any]
+) -> None:
+    """echo_model names another model, prompt_token_factor inflates the bill, reply_scale and
+    reply_text change the answer; in every dialect."""
+    faults = Faults(echo_model="gpt-4o-mini", prompt_token_factor=3.0, reply_text="Sure thing.")
+    sim = create_sim_app(faults)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim), base_url="http://s") as c:
+        answer = (await c.post(path, json=body)).json()
+        faults.update({"echo_model": None, "prompt_token_factor": 1.0, "reply_text": None})
+        honest = (await c.post(path, json=body)).json()
+        faults.update({"reply_scale": 2.0})
+        longer = (await c.post(path, json=body)).json()
+    usage, plain = answer["usage"], honest["usage"]
+    prompt = "prompt_tokens" if "prompt_tokens" in usage else "input_tokens"
+    output = "completion_tokens" if "completion_tokens" in usage else "output_tokens"
+    assert answer["model"] == "gpt-4o-mini" and honest["model"] == "gpt-4.1"
+    assert usage[prompt] == 3 * plain[prompt] == 12
+    assert usage[output] == 2  # "Sure thing."
+    assert longer["usage"][output] == 2 * plain[output]
+
+
+def test_dishonest_knobs_are_validated() -> None:
+    """A bad knob changes nothing and says why."""
+    faults = Faults()
+    with pytest.raises(ValueError, match="prompt_token_factor"):
+        faults.update({"echo_model": "x", "prompt_token_factor": 0})
+    assert faults.echo_model is None
+    with pytest.raises(ValueError, match="echo_model"):
+        faults.update({"echo_model": ""})

@@ -32,6 +32,13 @@ from canary.tools.demo.story import (
     phase,
     routes_yaml,
 )
+from canary.tools.demo.substitution import (
+    ANSWERED_AS,
+    RELAY_ARGS,
+    SubstitutionSummary,
+    format_substitution,
+    summarize_substitution,
+)
 from canary.tools.demo.summary import Summary, format_summary, summarize
 from canary.tools.demo.view import View, plain_line, render, view_model
 from canary.tools.load import LoadOptions, run_load
@@ -51,6 +58,7 @@ class Options:
     error_rate: float = 0.5
     live: bool = True
     open_s: float = 8
+    scenario: str = "rollback"  # or "substitution": the relay answers as another model
 
     def problem(self) -> str | None:
         """What is wrong with these options, if anything."""
@@ -73,13 +81,27 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add("--error-rate", type=float, default=0.5, help="share of relay calls failed with 503")
     add("--no-live", action="store_true", help="print one plain line per second instead")
     add("--open-s", type=float, default=8, help=argparse.SUPPRESS)  # rollback.open_s
+    add(
+        "--scenario",
+        choices=("rollback", "substitution"),
+        default="rollback",
+        help="rollback: the relay fails and is rolled back; substitution: it never fails but "
+        f"answers as {ANSWERED_AS}, and the verdict stays not ready",
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Tell the story; 0 when the circuit opened and closed again with no client failure."""
     live = not args.no_live and sys.stdout.isatty()
     opts = Options(
-        args.duration, args.qps, args.break_at, args.heal_at, args.error_rate, live, args.open_s
+        args.duration,
+        args.qps,
+        args.break_at,
+        args.heal_at,
+        args.error_rate,
+        live,
+        args.open_s,
+        args.scenario,
     )
     if problem := opts.problem():
         print(f"canary demo: {problem}", file=sys.stderr)
@@ -96,11 +118,14 @@ def run_demo(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     if summary is None:
         return 1
-    print(format_summary(summary), flush=True)
+    if isinstance(summary, SubstitutionSummary):
+        print(format_substitution(summary), flush=True)
+    else:
+        print(format_summary(summary), flush=True)
     return 0 if summary.ok else 1
 
 
-def _run(opts: Options, tmp: Path) -> Summary | None:
+def _run(opts: Options, tmp: Path) -> Summary | SubstitutionSummary | None:
     """Start two simulators and the router, wait until they answer, then drive the story."""
     port = {name: _free_port() for name in ("legacy", "relay", "router")}
     config = tmp / "routes.yaml"
@@ -109,6 +134,8 @@ def _run(opts: Options, tmp: Path) -> Summary | None:
     commands = {
         name: ["simulate", "--port", str(port[name]), "--name", name] for name in (BASELINE, CANARY)
     }
+    if opts.scenario == "substitution":
+        commands[CANARY] += RELAY_ARGS
     commands["router"] = ["serve", "-c", str(config), "--port", str(port["router"])]
     commands["router"] += ["--no-watch", "--no-access-log"]
     ready = {"legacy": "/_sim/stats", "relay": "/_sim/stats", "router": "/readyz"}
@@ -124,10 +151,15 @@ def _run(opts: Options, tmp: Path) -> Summary | None:
             output = log.read().decode(errors="replace")[-4000:]
             print(f"canary demo: {exc}\n--- process output ---\n{output}", file=sys.stderr)
             return None
+        story = (
+            f"the relay never fails but answers every call as {ANSWERED_AS}"
+            if opts.scenario == "substitution"
+            else f"the relay fails {opts.error_rate:.0%} of calls from {opts.break_at:g} s, "
+            f"heals at {opts.heal_at:g} s"
+        )
         print(
             f"canary demo: router {urls['router']} in front of simulated legacy and relay; "
-            f"{opts.qps:g} req/s for {opts.duration:g} s; the relay fails "
-            f"{opts.error_rate:.0%} of calls from {opts.break_at:g} s, heals at {opts.heal_at:g} s",
+            f"{opts.qps:g} req/s for {opts.duration:g} s; {story}",
             flush=True,
         )
         return asyncio.run(_Session(opts, urls["router"], urls["relay"]).run())
@@ -182,7 +214,7 @@ class _Session:
         self.stop = asyncio.Event()
         self.start = self.wall_start = 0.0
 
-    async def run(self) -> Summary:
+    async def run(self) -> Summary | SubstitutionSummary:
         """Until the duration ends or SIGINT/SIGTERM arrives; then the summary."""
         loop = asyncio.get_running_loop()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -192,7 +224,8 @@ class _Session:
         try:
             async with httpx.AsyncClient(timeout=2.0) as control:
                 send = asyncio.ensure_future(self._send())
-                tasks = asyncio.gather(send, self._inject(control))
+                inject = self.opts.scenario == "rollback"
+                tasks = asyncio.gather(send, self._inject(control) if inject else asyncio.sleep(0))
                 try:
                     with contextlib.ExitStack() as stack:
                         show = _screen(stack, self.opts.live)
@@ -209,6 +242,8 @@ class _Session:
             for sig, handler in previous.items():  # back to stopping the children on exit
                 loop.remove_signal_handler(sig)
                 signal.signal(sig, handler)
+        if self.opts.scenario == "substitution":
+            return summarize_substitution(self.records, self.status)
         return summarize(self.records, self.timeline, self.status)
 
     def elapsed(self) -> float:
@@ -216,7 +251,7 @@ class _Session:
 
     def view(self) -> View:
         now, o = self.elapsed(), self.opts
-        at = phase(now, o.break_at, o.heal_at)
+        at = phase(now, o.break_at, o.heal_at) if o.scenario == "rollback" else "substituting"
         return view_model(
             self.status,
             self.records,

@@ -40,6 +40,11 @@ class Call:
     serial: int  # numbers the ids of this call's objects
     created: int  # unix seconds
     reply: tuple[str, ...]  # the simulator's reply, in words
+    prompt_factor: float = 1.0  # a relay inflating its prompt counts bills this many times
+
+    def prompt(self, words: int) -> int:
+        """The prompt tokens billed for ``words`` words sent (at least 1)."""
+        return max(1, round(words * self.prompt_factor))
 
     @property
     def stream(self) -> bool:

@@ -202,13 +202,25 @@ class Simulator:
         if not isinstance(model, str) or not model:
             raise Refused(400, "'model' is required", "invalid_request")
         self._models[model] = None
-        call = Call(payload, model, next(self._ids), int(self._clock()), self._reply)
+        call = self._call(payload, model)
         reply = build(call)
         if reply.events is None:
             await self._json(send, 200, reply.body)
         else:
             await self._stream(send, reply.events)
         self.stats.billed(reply.prompt_tokens, reply.completion_tokens)
+
+    def _call(self, payload: dict[str, Any], model: str) -> Call:
+        """The call as its builder sees it, with what a dishonest relay changes."""
+        f, reply = self.faults, self._reply
+        if f.reply_text is not None:
+            reply = tuple(f.reply_text.split())
+        if f.reply_scale != 1.0:
+            size = max(1, round(len(reply) * f.reply_scale))
+            reply = (reply * (size // len(reply) + 1))[:size]
+        named = f.echo_model or model
+        serial, now = next(self._ids), int(self._clock())
+        return Call(payload, named, serial, now, reply, f.prompt_token_factor)
 
     async def _model_list(self, scope: Scope, body: bytes, send: Send) -> None:
         """``GET /v1/models`` (the defaults and every model asked for) and ``/v1/models/ID``."""

@@ -39,7 +39,7 @@ def completion(call: Call) -> Reply:
     if not isinstance(messages, list):
         raise Refused(400, "'messages' must be a list", "invalid_request")
     answer = compose(call.reply, _ask(call.payload))
-    usage = _usage(max(1, count_words(messages)), len(answer.words))
+    usage = _usage(call.prompt(count_words(messages)), len(answer.words))
     base = _base(call, "chatcmpl-", "chat.completion")
     finish = "length" if answer.truncated else "tool_calls" if answer.tool else "stop"
     if not call.stream:
@@ -53,7 +53,7 @@ def legacy(call: Call) -> Reply:
     if "prompt" not in call.payload:
         raise Refused(400, "'prompt' is required", "invalid_request")
     answer = compose(call.reply, Ask(limit(call.payload, "max_completion_tokens", "max_tokens")))
-    usage = _usage(max(1, count_words(call.payload["prompt"])), len(answer.words))
+    usage = _usage(call.prompt(count_words(call.payload["prompt"])), len(answer.words))
     base = _base(call, "cmpl-", "text_completion")
     finish = "length" if answer.truncated else "stop"
     if not call.stream:

@@ -23,6 +23,11 @@ class Faults:
     retry_after_s: float = 1.0
     cut_after: int | None = None
     hang: bool = False
+    # A dishonest relay (SPEC §9): what it names, bills and says.
+    echo_model: str | None = None  # answers name this model, whatever was asked
+    prompt_token_factor: float = 1.0  # prompt tokens billed, times this
+    reply_scale: float = 1.0  # the reply's length, times this
+    reply_text: str | None = None  # another reply (another model's style)
 
     def __post_init__(self) -> None:
         self.update(asdict(self))
@@ -44,6 +49,10 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     "retry_after_s": (float, 0, 86_400),
     "cut_after": (int, 0, math.inf),
     "hang": (bool, 0, 1),
+    "echo_model": (str, 1, 128),
+    "prompt_token_factor": (float, 0.01, 100),
+    "reply_scale": (float, 0.01, 100),
+    "reply_text": (str, 1, 4096),
 }
 
 
@@ -51,8 +60,12 @@ def _check(key: str, value: object) -> object:
     if key not in _LIMITS:
         raise ValueError(f"unknown fault {key!r}; known: {', '.join(_LIMITS)}")
     kind, low, high = _LIMITS[key]
-    if key == "cut_after" and value is None:
+    if key in ("cut_after", "echo_model", "reply_text") and value is None:
         return None
+    if kind is str:
+        if isinstance(value, str) and low <= len(value) <= high and value.strip():
+            return value
+        raise ValueError(f"{key}: must be a string of {low:g} to {high:g} characters")
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -53,7 +53,7 @@ ERROR_TYPES = {
 
 def create(call: Call) -> Reply:
     """``POST /v1/messages``."""
-    prompt = _prompt_tokens(call.payload)
+    prompt = call.prompt(_prompt_tokens(call.payload))
     answer = compose(call.reply, _ask(call.payload))
     stop = "max_tokens" if answer.truncated else "tool_use" if answer.tool else "end_turn"
     output = len(answer.words)
@@ -74,7 +74,7 @@ def create(call: Call) -> Reply:
 
 def count_tokens(call: Call) -> Reply:
     """``POST /v1/messages/count_tokens``: what ``create`` would bill as input. Free."""
-    return Reply({"input_tokens": _prompt_tokens(call.payload)})
+    return Reply({"input_tokens": call.prompt(_prompt_tokens(call.payload))})
 
 
 def error(refusal: Refused) -> dict[str, Any]:

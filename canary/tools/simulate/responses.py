@@ -42,7 +42,7 @@ def create(call: Call) -> Reply:
     payload = call.payload
     if not isinstance(payload.get("input"), str | list):
         raise Refused(400, "'input' must be a string or a list of items", "invalid_request")
-    prompt = max(1, count_words(payload.get("instructions")) + count_words(payload["input"]))
+    prompt = call.prompt(count_words(payload.get("instructions")) + count_words(payload["input"]))
     answer = compose(call.reply, _ask(payload))
     output = len(answer.words)
     usage = {

@@ -71,6 +71,16 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """Copies of a route's calls to ``backend``, compared with the answer and discarded."""
+
+    backend: str
+    sample: float = 0.1  # share of the calls answered by another backend
+    max_concurrency: int = 8  # shadow calls in flight; over it a copy is skipped
+    max_usd_per_day: float = 5.0  # shadow spend cap (at ``pricing``); over it, copies stop
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: Match
@@ -78,6 +88,7 @@ class Route:
     baseline: str
     sticky: Sticky | None
     fallback: bool = False
+    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True, slots=True)

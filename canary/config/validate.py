@@ -31,6 +31,7 @@ from canary.config.model import (
     Rollback,
     Route,
     Server,
+    Shadow,
     State,
     Sticky,
     digest,
@@ -90,7 +91,12 @@ _TOP = {
 }
 _BACKEND = {"base_url", "api_key", "api_key_header", "model_map", *_BACKEND_LIMITS}
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # where a backend's key may go
-_ROUTE = {"name", "match", "weights", "baseline", "sticky", *_ROUTE_FLAGS}
+_ROUTE = {"name", "match", "weights", "baseline", "sticky", "shadow", *_ROUTE_FLAGS}
+_SHADOW: dict[str, Rule] = {
+    "sample": Num(maximum=1),
+    "max_concurrency": Num(minimum=1, maximum=10_000, integer=True),
+    "max_usd_per_day": ANY,
+}
 _MATCH = {"paths", "models", "headers"}
 
 
@@ -221,8 +227,21 @@ def _route(r: Reader, i: int, spec: Any, backends: set[str], seen: set[str]) -> 
         weights=weights,
         baseline=baseline,
         sticky=_sticky(r, rt.get("sticky"), f"{path}.sticky"),
+        shadow=_shadow(r, rt.get("shadow"), f"{path}.shadow", backends),
         **r.values(rt, path, _ROUTE_FLAGS),
     )
+
+
+def _shadow(r: Reader, value: Any, path: str, backends: set[str]) -> Shadow | None:
+    """Where a route's calls are copied to (SPEC §9); None when it has no ``shadow``."""
+    if value is None:
+        return None
+    s = r.mapping(value, path, {"backend", *_SHADOW})
+    backend = r.string(s.get("backend"), f"{path}.backend")
+    if backend not in backends:
+        defined = ", ".join(sorted(backends))
+        r.p.add(f"{path}.backend", f"unknown backend {backend!r} (defined: {defined})")
+    return Shadow(backend=backend, **r.values(s, path, _SHADOW))
 
 
 def _weights(r: Reader, value: Any, path: str, backends: set[str]) -> dict[str, float]:

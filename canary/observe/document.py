@@ -8,7 +8,7 @@ time (JSON as served), typed for the builder and the readers in this process. Ke
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 Weights = dict[str, float | int]  # routes.yaml's own units: 90, not 90.0
 
@@ -198,4 +198,5 @@ class StatusDocument(TypedDict):
     rollback: NotRequired[RollbackDoc]
     readiness: NotRequired[ReadinessDoc]
     audit: NotRequired[dict[str, dict[str, AuditCountsDoc]]]  # backend -> asked model -> counts
+    shadow: NotRequired[dict[str, dict[str, Any]]]  # route -> shadow figures and compare
     draining: NotRequired[bool]  # set by the app: SIGTERM received, finishing what is in flight

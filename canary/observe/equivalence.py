@@ -13,10 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from canary.config.model import Readiness
+from canary.config.model import Config, Readiness
 from canary.observe.document import AuditCountsDoc
 from canary.observe.meter import Meter
-from canary.safety.equivalence import MIN_AUDITED, MIN_LATENCY_SAMPLES, MIN_PAIRS
+from canary.safety.equivalence import (
+    MIN_AUDITED,
+    MIN_LATENCY_SAMPLES,
+    MIN_PAIRS,
+    Pair,
+    summarize,
+)
 from canary.safety.windows import Stats
 
 
@@ -98,5 +104,55 @@ def audit_section(meter: Meter) -> dict[str, dict[str, AuditCountsDoc]]:
             "mismatch": mismatch,
             "absent": absent,
             "last_mismatch": meter.last_mismatch.get((backend, asked)),
+        }
+    return out
+
+
+def window_pairs(meter: Meter, route: str, window_s: float) -> list[Pair]:
+    """The route's shadow pairs compared over the last ``window_s`` seconds."""
+    since = meter.clock() - window_s
+    return [pair for at, pair in meter.pairs.get(route, ()) if at >= since]
+
+
+def prompt_match(cfg: Config, meter: Meter) -> Callable[[str], tuple[int, float] | None]:
+    """``Evidence.prompt_match``: (pairs with both counts, share equal) per shadow backend."""
+
+    def share(backend: str) -> tuple[int, float] | None:
+        known = [
+            pair.prompt_equal
+            for route in cfg.routes
+            if route.shadow is not None and route.shadow.backend == backend
+            for pair in window_pairs(meter, route.name, cfg.rollback.window_s)
+            if pair.prompt_equal is not None
+        ]
+        return (len(known), sum(known) / len(known)) if known else None
+
+    return share
+
+
+def shadow_section(cfg: Config, meter: Meter) -> dict[str, dict[str, Any]]:
+    """``/status``'s ``shadow``: per route with a ``shadow`` block (SPEC §9)."""
+    out: dict[str, dict[str, Any]] = {}
+    for route in cfg.routes:
+        if route.shadow is None:
+            continue
+        name, backend = route.name, route.shadow.backend
+        calls, errors = meter.shadow_calls.get((name, backend), [0, 0])
+        tokens = meter.shadow_tokens.get((name, backend), [0, 0])
+        skipped = {cause: n for (r, cause), n in meter.shadow_skipped.items() if r == name}
+        pairs = window_pairs(meter, name, cfg.rollback.window_s)
+        out[name] = {
+            "backend": backend,
+            "sample": route.shadow.sample,
+            "calls": calls,
+            "pairs": len(meter.pairs.get(name, ())),
+            "skipped": {"concurrency": 0, "budget": 0, **skipped},
+            "errors": errors,
+            "tokens": {"input": tokens[0], "output": tokens[1]},
+            "cost_usd": round(meter.shadow_spent.get(name, 0.0), 6),
+            "cost_today_usd": round(meter.shadow_spent_today(name), 6),
+            "max_usd_per_day": route.shadow.max_usd_per_day,
+            "window_s": cfg.rollback.window_s,
+            "compare": summarize(pairs),
         }
     return out

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from canary.safety.equivalence import VERDICTS, Verdict
+from canary.safety.equivalence import VERDICTS, Pair, Verdict
 from canary.types import Clock
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_MODELS = 100
+MAX_PAIRS = 2000  # shadow pairs kept per route (the window's worth at any sane sample)
 OTHER_MODEL = "other"
 RATE_SLOT_S = 10
 RATE_SLOTS = 30  # 5 minutes
@@ -68,6 +70,13 @@ class Meter:
         self.audits: dict[tuple[str, str], list[int]] = {}
         self.last_mismatch: dict[tuple[str, str], str] = {}  # -> the name it answered as
         self.audit_events: list[tuple[float, str, str, str]] = []  # (at, backend, asked, as)
+        # Shadow traffic (SPEC §9), apart from the live counters above.
+        self.shadow_calls: dict[tuple[str, str], list[int]] = {}  # (route, backend) -> [n, err]
+        self.shadow_skipped: dict[tuple[str, str], int] = {}  # (route, cause)
+        self.shadow_tokens: dict[tuple[str, str], list[int]] = {}  # -> [input, output]
+        self.shadow_spent: dict[str, float] = {}  # route -> USD, lifetime
+        self.shadow_day: dict[str, tuple[int, float]] = {}  # route -> (day, USD that day)
+        self.pairs: dict[str, deque[tuple[float, Pair]]] = {}  # route -> (clock, pair)
         self._wall = wall
         self._models: set[str] = set()
 
@@ -164,6 +173,37 @@ class Meter:
             del self.audit_events[:-50]
         return first
 
+    def shadow_skip(self, route: str, cause: str) -> None:
+        """A copy not sent: ``concurrency`` (max_concurrency) or ``budget`` (max_usd_per_day)."""
+        key = (route, cause)
+        self.shadow_skipped[key] = self.shadow_skipped.get(key, 0) + 1
+
+    def shadow_spent_today(self, route: str) -> float:
+        day, usd = self.shadow_day.get(route, (0, 0.0))
+        return usd if day == int(self._wall() // 86_400) else 0.0
+
+    def shadow_call(
+        self, route: str, backend: str, ok: bool, tokens: tuple[int, int] | None, usd: float
+    ) -> None:
+        """One shadow call ended: counted, its tokens and cost kept apart from live ones."""
+        row = self.shadow_calls.setdefault((route, backend), [0, 0])
+        row[0] += 1
+        row[1] += not ok
+        if tokens is not None:
+            kept = self.shadow_tokens.setdefault((route, backend), [0, 0])
+            kept[0] += tokens[0]
+            kept[1] += tokens[1]
+        self.shadow_spent[route] = self.shadow_spent.get(route, 0.0) + usd
+        today = int(self._wall() // 86_400)
+        self.shadow_day[route] = (today, self.shadow_spent_today(route) + usd)
+
+    def pair(self, route: str, pair: Pair) -> None:
+        """One compared pair; the last ``MAX_PAIRS`` per route are kept for the window."""
+        kept = self.pairs.get(route)
+        if kept is None:
+            kept = self.pairs[route] = deque(maxlen=MAX_PAIRS)
+        kept.append((self.clock(), pair))
+
     def internal_error(self) -> None:
         self.internal_errors += 1
 
@@ -245,6 +285,11 @@ class Meter:
             "audits": flat(self.audits),
             "last_mismatch": flat(self.last_mismatch),
             "audit_events": self.audit_events,
+            "shadow_calls": flat(self.shadow_calls),
+            "shadow_skipped": flat(self.shadow_skipped),
+            "shadow_tokens": flat(self.shadow_tokens),
+            "shadow_spent": self.shadow_spent,
+            "pairs": {r: [[t, list(p)] for t, p in kept] for r, kept in self.pairs.items()},
         }
 
     def absorb(self, data: dict[str, Any]) -> None:
@@ -273,6 +318,7 @@ class Meter:
         for at, backend, asked, echoed in data.get("audit_events", ()):
             if not any(e[1:] == (backend, asked, echoed) for e in self.audit_events):
                 self.audit_events.append((at, backend, asked, echoed))
+        self._absorb_shadow(data)
         for k, v in data["unmetered"].items():
             self.unmetered[k] = self.unmetered.get(k, 0) + v
         for backend, hist in data["latency"].items():
@@ -296,6 +342,26 @@ class Meter:
                 pair = mine_rates.setdefault((route, model), [0, 0])
                 pair[0] += tin
                 pair[1] += tout
+
+    def _absorb_shadow(self, data: dict[str, Any]) -> None:
+        for name in ("shadow_calls", "shadow_tokens"):
+            mine = getattr(self, name)
+            for k, counts in data.get(name, {}).items():
+                row = mine.setdefault(_key2(k), [0, 0])
+                row[0] += counts[0]
+                row[1] += counts[1]
+        for k, n in data.get("shadow_skipped", {}).items():
+            key = _key2(k)
+            self.shadow_skipped[key] = self.shadow_skipped.get(key, 0) + n
+        for route, usd in data.get("shadow_spent", {}).items():
+            self.shadow_spent[route] = self.shadow_spent.get(route, 0.0) + usd
+        for route, kept in data.get("pairs", {}).items():
+            for t, fields in kept:
+                self.pair_at(route, float(t), Pair(*fields))
+
+    def pair_at(self, route: str, at: float, pair: Pair) -> None:
+        kept = self.pairs.setdefault(route, deque(maxlen=MAX_PAIRS))
+        kept.append((at, pair))
 
 
 def _key2(k: str) -> tuple[str, str]:

@@ -30,7 +30,13 @@ from canary.observe.document import (
     Weights,
     WorkersDoc,
 )
-from canary.observe.equivalence import Evidence, audit_section, equivalence_reason
+from canary.observe.equivalence import (
+    Evidence,
+    audit_section,
+    equivalence_reason,
+    prompt_match,
+    shadow_section,
+)
 from canary.observe.meter import Meter
 from canary.safety.breaker import CLOSED, Breakers, Circuit, CircuitEvent
 from canary.safety.windows import Stats
@@ -158,7 +164,8 @@ def status_document(
         return doc
     if fleet is not None:
         doc["workers"] = _workers(fleet)
-    evidence = Evidence(meter, stats, fleet.window_peers if fleet else None)
+    peers = fleet.window_peers if fleet else None
+    evidence = Evidence(meter, stats, peers, prompt_match(cfg, meter))
     ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None, evidence)
     cost = cost_section(meter, cfg)
     doc["migration"] = {
@@ -177,6 +184,7 @@ def status_document(
         "max_latency_ratio_p95": cfg.readiness.max_latency_ratio_p95,
     }
     doc["audit"] = audit_section(meter)
+    doc["shadow"] = shadow_section(cfg, meter)
     doc["routes"] = [_route(route, breakers.effective(route)) for route in cfg.routes]
     costs = backend_costs(meter, cfg)
     doc["backends"] = {

@@ -13,6 +13,7 @@ from starlette.types import Message, Send
 
 from canary.config.model import Backend
 from canary.errors import RouterError
+from canary.proxy.facts import Tap
 
 TIMEOUT = "upstream_timeout"
 CONNECT = "upstream_error"
@@ -21,7 +22,7 @@ CONNECT = "upstream_error"
 class Client:
     """Where the answer goes, and what has gone there already."""
 
-    __slots__ = ("disconnected", "done", "request_id", "route", "send", "started")
+    __slots__ = ("disconnected", "done", "request_id", "route", "send", "started", "tap")
 
     def __init__(self, send: Send, request_id: bytes) -> None:
         self.send = send
@@ -30,6 +31,7 @@ class Client:
         self.started = False  # the response's headers went out
         self.done = False  # the response is complete: a disconnect now is no failure
         self.disconnected = False
+        self.tap: Tap | None = None  # what went out, when a shadow copy compares with it
 
     def stamp(self, headers: list[tuple[bytes, bytes]], backend: str, origin: str | None) -> None:
         headers += [

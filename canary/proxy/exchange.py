@@ -154,6 +154,7 @@ class Exchange:
         watcher = asyncio.get_running_loop().create_task(
             _watch_disconnect(self.receive, self.client, task)
         )
+        copy = self.p.shadows.start(self, backend) if route.shadow is not None else None
         try:
             t = await self._call(backend, None, baseline not in (None, backend))
             if t.fall_back and baseline is not None:
@@ -170,6 +171,8 @@ class Exchange:
             task.uncancel()  # the client left: not a backend failure, nothing to answer
         finally:
             watcher.cancel()
+            if copy is not None:
+                copy.primary_ended(self.last)
 
     def _settle(self, canary: Try, baseline: Try) -> None:
         """A canary's 4xx is its error only when the baseline did what it would not."""

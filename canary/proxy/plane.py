@@ -21,6 +21,7 @@ from canary.config.store import ConfigStore
 from canary.observe.meter import Meter
 from canary.proxy.headers import upstream_headers
 from canary.proxy.retry import RetryBudget
+from canary.proxy.shadow import Shadows
 from canary.safety.breaker import Breakers
 from canary.safety.limits import Limiter
 from canary.safety.windows import Stats
@@ -50,10 +51,12 @@ class Plane:
     sleep: Sleep = asyncio.sleep
     access_log: bool = True
     budget: RetryBudget = field(init=False)
+    shadows: Shadows = field(init=False)  # routes' shadow copies (SPEC §9)
     _urls: dict[str, httpx.URL] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.budget = RetryBudget(self.clock)
+        self.shadows = Shadows(self.meter, self, self.rng)
 
     def upstream_request(
         self, scope: Scope, backend: Backend, content: bytes, rid: bytes, rewritten: bool

@@ -89,7 +89,7 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
     peek = metered and not encoding  # the model audit reads the first (plain) read
     budget = t.backend.timeout_s + SLOW_CLIENT_GRACE_S
     moved = loop.time()
-    send = client.send
+    send, tap = client.send, client.tap
     try:
         async with asyncio.timeout_at(moved + budget) as deadline:
             async for chunk in cast(httpx.AsyncByteStream, response.stream):
@@ -99,6 +99,8 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
                     if peek:
                         t.head = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if tap is not None:  # a shadow copy compares with what the client got
+                    tap.feed(chunk, loop.time())
                 if frames is not None:
                     frames.feed(chunk)
                 elif scanner is not None:

@@ -23,8 +23,11 @@ leaves 0.95).
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 Verdict = Literal["match", "variant", "mismatch", "absent"]
 VERDICTS: tuple[Verdict, ...] = ("match", "variant", "mismatch", "absent")
@@ -60,3 +63,127 @@ def classify(asked: str, echoed: str | None) -> Verdict:
     if "/" in e and classify(asked, e.rsplit("/", 1)[1]) in ("match", "variant"):
         return "variant"
     return "mismatch"
+
+
+# --- shadow pairs -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What one answer said, as far as a pair's comparison needs it (None: not known)."""
+
+    status: int
+    ok: bool  # 2xx and read to its end
+    latency_s: float
+    ttfb_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    text: str | None = None
+    tools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What the client asked that changes what a pair may be expected to agree on."""
+
+    model: str | None  # the shadow backend's asked model (after its model_map)
+    deterministic: bool  # temperature 0: the same text is expected
+    json: bool  # a JSON answer was asked for
+    tools: bool  # tools were offered
+
+
+class Pair(NamedTuple):
+    """One (answer the client got, shadow answer) compared: shadow against primary.
+
+    Ratios are shadow / primary; None where either side lacks the figure or the question
+    does not apply (exact text without temperature 0, JSON validity without JSON asked)."""
+
+    both_ok: bool
+    latency_ratio: float | None
+    ttfb_ratio: float | None
+    prompt_equal: bool | None
+    prompt_ratio: float | None
+    completion_ratio: float | None
+    finish_agree: bool | None
+    model_mismatch: bool
+    exact: bool | None
+    json_agree: bool | None
+    tools_agree: bool | None
+
+
+def _ratio(shadow: float | None, primary: float | None) -> float | None:
+    if shadow is None or primary is None or primary <= 0:
+        return None
+    return shadow / primary
+
+
+def _json_valid(text: str | None) -> bool:
+    try:
+        json.loads(text or "")
+    except ValueError:
+        return False
+    return True
+
+
+def compare(primary: Facts, shadow: Facts, ask: Ask) -> Pair:
+    """The comparison of one pair (SPEC §9): the shadow judged against the client's answer."""
+    both = primary.ok and shadow.ok
+    known = both and primary.prompt_tokens is not None and shadow.prompt_tokens is not None
+    verdict = classify(ask.model, shadow.model) if ask.model and shadow.ok else "absent"
+    return Pair(
+        both_ok=both,
+        latency_ratio=_ratio(shadow.latency_s, primary.latency_s) if both else None,
+        ttfb_ratio=_ratio(shadow.ttfb_s, primary.ttfb_s) if both else None,
+        prompt_equal=primary.prompt_tokens == shadow.prompt_tokens if known else None,
+        prompt_ratio=_ratio(shadow.prompt_tokens, primary.prompt_tokens) if known else None,
+        completion_ratio=(
+            _ratio(shadow.completion_tokens, primary.completion_tokens) if both else None
+        ),
+        finish_agree=(
+            primary.finish_reason == shadow.finish_reason
+            if both and primary.finish_reason and shadow.finish_reason
+            else None
+        ),
+        model_mismatch=verdict == "mismatch",
+        exact=primary.text == shadow.text if both and ask.deterministic else None,
+        json_agree=_json_valid(primary.text) == _json_valid(shadow.text)
+        if both and ask.json
+        else None,
+        tools_agree=primary.tools == shadow.tools if both and ask.tools else None,
+    )
+
+
+def _share(values: Sequence[bool | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 4) if known else None
+
+
+def _quantile(values: Sequence[float | None], q: float) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return None
+    return round(known[min(len(known) - 1, int(q * len(known)))], 4)
+
+
+def summarize(pairs: Sequence[Pair]) -> dict[str, float | int | None]:
+    """``shadow.<route>.compare`` over the window: shares agreeing and median ratios.
+
+    Plain shares and quantiles, kept per pair, so a stronger statistical test (a paired
+    test over the ratios, say) can be put beside them later from the same records."""
+    return {
+        "pairs": len(pairs),
+        "status_agreement": _share([p.both_ok for p in pairs]),
+        "prompt_tokens_match": _share([p.prompt_equal for p in pairs]),
+        "prompt_tokens_ratio_p50": _quantile([p.prompt_ratio for p in pairs], 0.5),
+        "completion_tokens_ratio_p50": _quantile([p.completion_ratio for p in pairs], 0.5),
+        "latency_ratio_p50": _quantile([p.latency_ratio for p in pairs], 0.5),
+        "latency_ratio_p95": _quantile([p.latency_ratio for p in pairs], 0.95),
+        "ttfb_ratio_p50": _quantile([p.ttfb_ratio for p in pairs], 0.5),
+        "finish_reason_agreement": _share([p.finish_agree for p in pairs]),
+        "exact_match": _share([p.exact for p in pairs]),
+        "json_agreement": _share([p.json_agree for p in pairs]),
+        "tool_call_agreement": _share([p.tools_agree for p in pairs]),
+        "model_mismatch": sum(p.model_mismatch for p in pairs),
+    }

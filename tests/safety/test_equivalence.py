@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from canary.safety.equivalence import PEEK_BYTES, classify, echoed_model
+from canary.safety.equivalence import (
+    PEEK_BYTES,
+    Ask,
+    Facts,
+    classify,
+    compare,
+    echoed_model,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +86,32 @@ def test_echoed_model_never_raises_on_any_bytes(raw: bytes) -> None:
     """Any answer's first bytes give a name or None, never an exception."""
     found = echoed_model(raw)
     assert found is None or 1 <= len(found) <= 128
+
+
+def test_compare_judges_the_shadow_against_the_clients_answer() -> None:
+    """Ratios are shadow / primary; questions that do not apply stay None."""
+    primary = Facts(200, True, 1.0, 0.2, 10, 20, "stop", "gpt-4.1", '{"a": 1}', ("f",))
+    cheap = Facts(200, True, 0.5, 0.1, 30, 10, "length", "gpt-4o-mini", "not json", ())
+    ask = Ask("gpt-4.1", deterministic=True, json=True, tools=True)
+    pair = compare(primary, cheap, ask)
+    assert pair.both_ok and pair.latency_ratio == 0.5 and pair.ttfb_ratio == 0.5
+    assert pair.prompt_equal is False and pair.prompt_ratio == 3.0
+    assert pair.completion_ratio == 0.5 and pair.finish_agree is False
+    assert pair.model_mismatch and pair.exact is False
+    assert pair.json_agree is False and pair.tools_agree is False
+    same = compare(primary, primary, Ask("gpt-4.1", False, False, False))
+    assert same.prompt_equal and same.exact is None and same.json_agree is None
+    failed = compare(primary, Facts(503, False, 0.1), ask)
+    assert not failed.both_ok and failed.prompt_equal is None and not failed.model_mismatch
+
+
+def test_summarize_gives_shares_and_medians_over_the_pairs() -> None:
+    """exact_match is None without temperature-0 pairs; shares count only known answers."""
+    primary = Facts(200, True, 1.0, 0.2, 10, 20, "stop", "m", "x")
+    slow = Facts(200, True, 3.0, 0.4, 10, 20, "stop", "m", "x")
+    pairs = [compare(primary, slow, Ask("m", False, False, False))] * 4
+    summary = summarize(pairs)
+    assert summary["pairs"] == 4 and summary["status_agreement"] == 1.0
+    assert summary["latency_ratio_p50"] == 3.0 and summary["ttfb_ratio_p50"] == 2.0
+    assert summary["prompt_tokens_match"] == 1.0 and summary["exact_match"] is None
+    assert summarize([])["status_agreement"] is None

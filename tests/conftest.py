@@ -59,6 +59,10 @@ def stack_factory(sims: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
                     "error_rate": 0,
                     "cut_after": None,
                     "hang": False,
+                    "echo_model": None,
+                    "prompt_token_factor": 1.0,
+                    "reply_scale": 1.0,
+                    "reply_text": None,
                 },
             ).raise_for_status()
         config = tmp_path / f"routes{len(started)}.yaml"

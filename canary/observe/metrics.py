@@ -50,6 +50,7 @@ def families(doc: StatusDocument, meter: Meter) -> Iterator[Metric]:
             for verdict, n in zip(VERDICTS, counts, strict=True)
         ),
     )
+    yield from _shadow_families(doc.get("shadow") or {})
     yield from _backend_families(doc["backends"])
     yield from _route_families(doc["routes"])
     yield from _state_families(doc)
@@ -228,6 +229,35 @@ def _state_families(doc: StatusDocument) -> Iterator[Metric]:
     for name in ("memory", "redis", "degraded"):
         state.add_metric([name], 1 if doc["state"] == name else 0)
     yield state
+
+
+def _shadow_families(shadow: Mapping[str, Any]) -> Iterator[Metric]:
+    """Shadow traffic per route (SPEC §9): calls, skips, spend, and the pairs' comparison."""
+    calls = (((r, s["backend"]), s["calls"]) for r, s in shadow.items())
+    yield _counter("canary_shadow_calls", "Shadow copies sent.", ["route", "backend"], calls)
+    errors = (((r, s["backend"]), s["errors"]) for r, s in shadow.items())
+    yield _counter(
+        "canary_shadow_errors", "Shadow copies that failed.", ["route", "backend"], errors
+    )
+    skipped = (((r, c), n) for r, s in shadow.items() for c, n in s["skipped"].items())
+    yield _counter(
+        "canary_shadow_skipped",
+        "Copies not sent: over max_concurrency (concurrency) or max_usd_per_day (budget).",
+        ["route", "cause"],
+        skipped,
+    )
+    cost = (((r,), s["cost_usd"]) for r, s in shadow.items())
+    yield _counter("canary_shadow_cost_usd", "Shadow spend at pricing.", ["route"], cost)
+    compare = GaugeMetricFamily(
+        "canary_shadow_compare",
+        "Shadow pairs over the window: agreement shares and shadow/primary ratios.",
+        labels=["route", "figure"],
+    )
+    for route, s in sorted(shadow.items()):
+        for figure, value in s["compare"].items():
+            if value is not None:
+                compare.add_metric([route, figure], float(value))
+    yield compare
 
 
 def _one(d: dict[str, Any]) -> Iterable[tuple[tuple[str], Any]]:

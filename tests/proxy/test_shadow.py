@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from canary.proxy.facts import answer_facts
-from tests.helpers import Chunks, Upstream, serving
+from tests.helpers import Chunks, Upstream, prometheus_samples, serving
 
 ROUTES = """
 backends:
@@ -87,6 +87,10 @@ async def test_copies_reach_the_shadow_backend_mapped_and_keyed_and_are_compared
             assert r.status_code == 200 and r.headers["x-canary-backend"] == "legacy"
         r = await c.post("/v1/responses", json={"model": "gpt-4.1", "input": "x"})
         doc = await settle(c, 3)
+        metrics = prometheus_samples((await c.get("/metrics")).text)
+    calls = ("canary_shadow_calls_total", (("backend", "relay"), ("route", "chat")))
+    assert metrics[calls] == 3
+    assert metrics[("canary_shadow_compare", (("figure", "exact_match"), ("route", "chat")))] == 1
     relay = [q for q in upstream.requests if q.url.host == "relay.test"]
     legacy = [q for q in upstream.requests if q.url.host == "legacy.test"]
     assert len(relay) == 3 and len(legacy) == 3

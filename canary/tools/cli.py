@@ -85,6 +85,15 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default="routes.yaml")
+    p.add_argument("--backend", default=None, help="the canary (default: the weighted one)")
+    p.add_argument("--against", default=None, help="its baseline (default: the route's)")
+    p.add_argument("--model", default="gpt-4.1", help="the model asked for (before model_map)")
+    p.add_argument("--max-usd", type=float, default=0.50, help="refuse above this estimate")
+    p.add_argument("--json", action="store_true", help="the comparison as JSON")
+
+
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     from canary.tools.simulate import add_simulate_arguments
 
@@ -118,6 +127,10 @@ _VERBS = {
     "status": ("render the router's /status for a person", _url_arguments),
     "report": ("tokens, cost per backend, projected savings", _url_arguments),
     "load": ("open-loop load at a fixed rate (the pre-migration audit)", _load_arguments),
+    "verify": (
+        "the relay check: a budgeted battery of probe calls to both backends, compared",
+        _verify_arguments,
+    ),
     "simulate": ("a fake OpenAI and Anthropic provider with fault injection", _simulate_arguments),
     "demo": ("simulators + router + load: watch a canary rolled back live", _demo_arguments),
 }
@@ -161,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.verb == "check":
         return _check(args.config, probe=args.probe)
+    if args.verb == "verify":
+        return _verify(args)
     if args.verb == "demo":
         from canary.tools.demo import run_demo
 
@@ -191,6 +206,20 @@ def _check(path: str, *, probe: bool = False) -> int:
     print()
     spinner = output_console(stderr=True) if sys.stderr.isatty() else None
     return run_probe(cfg, output_console(), spinner)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from canary.config.loader import load_config
+    from canary.errors import ConfigError
+    from canary.tools.console import output_console
+    from canary.tools.verify import run_verify
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    return run_verify(cfg, args, output_console(), progress=sys.stderr.isatty())
 
 
 def routing_table(cfg: Config) -> str:

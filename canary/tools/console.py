@@ -274,12 +274,44 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
         "token_rate_per_s": cost.get("token_rate_per_s"),
         "unpriced": unpriced,
         "unmetered_requests": cost.get("unmetered_requests", 0),
+        "shadow": {
+            route: {key: s.get(key) for key in _SHADOW_KEYS}
+            for route, s in (doc.get("shadow") or {}).items()
+        },
     }
 
 
+_SHADOW_KEYS = ("backend", "calls", "errors", "skipped", "cost_usd", "cost_today_usd", "compare")
+
+
 def render_report(data: Mapping[str, Any]) -> RenderableType:
-    """The ROI table: per backend and model, totals, and what 100% either way would cost."""
-    return Group(_cost_table(data), Text("\n".join(_what_ifs(data))))
+    """The ROI table: per backend and model, totals, and what 100% either way would cost;
+    then each route's shadow spend and how its pairs compare (SPEC §9)."""
+    lines = _what_ifs(data) + [_shadow_line(r, s) for r, s in (data.get("shadow") or {}).items()]
+    return Group(_cost_table(data), Text("\n".join(lines)))
+
+
+def _shadow_line(route: str, s: Mapping[str, Any]) -> str:
+    """One route's shadow traffic in words: spend, skips, and the pairs' agreement."""
+    c = s.get("compare") or {}
+    skipped = sum((s.get("skipped") or {}).values())
+
+    def share(key: str) -> str:
+        value = c.get(key)
+        return "-" if value is None else f"{value:.0%}"
+
+    def ratio(key: str) -> str:
+        value = c.get(key)
+        return "-" if value is None else f"{value:.2f}x"
+
+    return (
+        f"shadow {route} -> {s.get('backend')}: {s.get('calls')} copies "
+        f"({s.get('errors')} failed, {skipped} skipped), {usd(s.get('cost_usd'))}; "
+        f"{c.get('pairs', 0)} pairs: status agree {share('status_agreement')}, prompt tokens "
+        f"equal {share('prompt_tokens_match')}, latency p50 {ratio('latency_ratio_p50')}, "
+        f"completion tokens p50 {ratio('completion_tokens_ratio_p50')}, exact "
+        f"{share('exact_match')}, model mismatches {c.get('model_mismatch', 0)}"
+    )
 
 
 def _cost_table(data: Mapping[str, Any]) -> Table:

@@ -241,7 +241,7 @@ def test_report_data_is_stable_and_leaves_unknowns_null() -> None:
         "currency", "since", "rows", "totals", "at_100_baseline_usd", "at_100_canary_usd",
         "savings_so_far_usd", "savings_at_100_canary_usd", "projected_monthly_savings_usd",
         "projection_basis", "projection_pending", "token_rate_per_s", "unpriced",
-        "unmetered_requests",
+        "unmetered_requests", "shadow",
     }  # fmt: skip
     assert (data["projection_basis"], data["projection_pending"]) == (
         "4,210 calls over 47 min",
@@ -433,3 +433,36 @@ def test_a_narrow_console_folds_long_names_rather_than_cutting_them() -> None:
         assert "…" not in rendered
         first_column = "".join(line.split()[0] for line in rendered.splitlines() if line.strip())
         assert long_backend in first_column
+
+
+def test_report_shows_shadow_spend_and_the_pairs_comparison() -> None:
+    """Each route's shadow copies: spend, skips and how the pairs compare, in JSON and words."""
+    doc = copy.deepcopy(NEW)
+    compare = {
+        "pairs": 40,
+        "status_agreement": 1.0,
+        "prompt_tokens_match": 0.25,
+        "latency_ratio_p50": 0.8,
+        "completion_tokens_ratio_p50": 0.5,
+        "exact_match": None,
+        "model_mismatch": 40,
+    }
+    doc["shadow"] = {
+        "chat": {
+            "backend": "relay",
+            "calls": 42,
+            "errors": 2,
+            "skipped": {"concurrency": 3, "budget": 0},
+            "cost_usd": 0.0123,
+            "cost_today_usd": 0.0123,
+            "compare": compare,
+            "sample": 0.2,
+        }
+    }
+    data = report_data(doc)
+    assert data["shadow"]["chat"]["compare"]["model_mismatch"] == 40
+    assert "sample" not in data["shadow"]["chat"]
+    out = text(render_report(data))
+    assert "shadow chat -> relay: 42 copies (2 failed, 3 skipped)" in out
+    assert "prompt tokens equal 25%" in out and "model mismatches 40" in out
+    assert report_data(NEW)["shadow"] == {}

@@ -394,3 +394,34 @@ def test_unknown_cost_is_shown_as_unknown_never_zero(browser: Any, router: str) 
     summary = page.locator("#cost-summary").inner_text()
     assert "not yet" in summary and basis in summary and "$0" not in summary
     assert errors == [], f"console errors: {errors}"
+
+
+def test_the_equivalence_panel_shows_the_audit_and_the_pairs(browser: Any, router: str) -> None:
+    """A substituting relay's audit row stands out with the name it answered as; each
+    route's shadow pairs show their agreement and ratios. (A filled-in /status.)"""
+    doc = httpx.get(f"{router}/status").json()
+    doc["audit"] = {
+        "legacy": {"gpt-4.1": {"match": 40, "variant": 0, "mismatch": 0, "absent": 0,
+                               "last_mismatch": None}},
+        "relay": {"gpt-4.1": {"match": 0, "variant": 0, "mismatch": 37, "absent": 3,
+                              "last_mismatch": "gpt-4o-mini"}},
+    }  # fmt: skip
+    compare = {"pairs": 40, "status_agreement": 1.0, "prompt_tokens_match": 0.25,
+               "latency_ratio_p50": 0.5, "latency_ratio_p95": 0.75,
+               "completion_tokens_ratio_p50": 0.5, "exact_match": None}  # fmt: skip
+    doc["shadow"] = {"chat": {"backend": "relay", "skipped": {"concurrency": 2, "budget": 1},
+                              "cost_usd": 0.25, "compare": compare}}  # fmt: skip
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    body = json.dumps(doc)
+    page.route("**/status", lambda route: route.fulfill(content_type="application/json", body=body))
+    page.goto(f"{router}/dashboard")
+    rows = page.locator("#audit tbody tr")
+    poll(lambda: rows.count() == 2, 10, "the audit table")
+    assert "gpt-4o-mini" in rows.nth(1).inner_text()
+    assert rows.nth(1).get_attribute("class") == "bad"
+    shadow = page.locator("#shadow tbody tr").inner_text()
+    assert "chat → relay" in shadow and "25" in shadow and "$0.25" in shadow
+    assert "0.50\u00d7" in shadow  # the latency ratio, shadow / primary
+    assert errors == [], f"console errors: {errors}"

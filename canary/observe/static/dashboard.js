@@ -701,6 +701,57 @@
     );
   }
 
+  function share(value) {
+    return value === null || value === undefined ? "–" : pct(value);
+  }
+
+  function ratio(value) {
+    return value === null || value === undefined ? "–" : value.toFixed(2) + "×";
+  }
+
+  function renderEquivalence(doc) {
+    const audits = [];
+    for (const [backend, models] of Object.entries(doc.audit || {})) {
+      for (const [model, a] of Object.entries(models)) {
+        audits.push(
+          el(
+            "tr",
+            { class: a.mismatch > 0 ? "bad" : "" },
+            el("td", {}, el("strong", { text: backend })),
+            el("td", { text: model }),
+            el("td", { class: "num", text: String(a.match) }),
+            el("td", { class: "num", text: String(a.variant) }),
+            el("td", { class: "num", text: String(a.mismatch) }),
+            el("td", { class: "num", text: String(a.absent) }),
+            el("td", { text: a.last_mismatch || "–" }),
+          ),
+        );
+      }
+    }
+    $("audit").tBodies[0].replaceChildren(...audits);
+    const pairs = Object.entries(doc.shadow || {}).map(([route, s]) => {
+      const c = s.compare || {};
+      const skipped = Object.values(s.skipped || {}).reduce((a, b) => a + b, 0);
+      return el(
+        "tr",
+        {},
+        el("td", {}, el("strong", { text: route + " → " + s.backend })),
+        el("td", { class: "num", text: String(c.pairs || 0) }),
+        el("td", { class: "num", text: share(c.status_agreement) }),
+        el("td", { class: "num", text: share(c.prompt_tokens_match) }),
+        el("td", {
+          class: "num",
+          text: ratio(c.latency_ratio_p50) + " / " + ratio(c.latency_ratio_p95),
+        }),
+        el("td", { class: "num", text: ratio(c.completion_tokens_ratio_p50) }),
+        el("td", { class: "num", text: share(c.exact_match) }),
+        el("td", { class: "num", text: String(skipped) }),
+        el("td", {}, moneyNode(s.cost_usd, "–")),
+      );
+    });
+    $("shadow").tBodies[0].replaceChildren(...pairs);
+  }
+
   function render(doc) {
     renderHeader(doc);
     renderVerdict(doc);
@@ -709,6 +760,7 @@
     renderRoutes(doc);
     renderCost(doc);
     renderEvents(doc);
+    renderEquivalence(doc);
   }
 
   // --- polling --------------------------------------------------------------------------

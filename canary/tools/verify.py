@@ -34,6 +34,7 @@ from canary.tools.console import literal, titled_table
 
 VERIFY_TIMEOUT_S = 60.0
 MAX_TOKENS = 64
+LATENCY_NOISE_MS = 50.0
 BOUNDARY = "  naïve café 東京都 👩‍💻🇺🇳 supercalifragilistic 1234567890123 \t\n<|endoftext|> ünïcödé"
 TOOL = {
     "type": "function",
@@ -263,7 +264,9 @@ def _ratio_rows(base: Side, canary: Side, bar: float) -> list[Row]:
         )
     if base.latency_ms and canary.latency_ms:
         b, c = statistics.median(base.latency_ms), statistics.median(canary.latency_ms)
-        verdict = "agree" if c <= bar * max(b, 1.0) else "differs"  # under 1 ms is noise
+        # Slower by the readiness bar, and by more than LATENCY_NOISE_MS (a few ms between two
+        # local processes is scheduling, not a provider's profile).
+        verdict = "differs" if c > bar * b and c - b > LATENCY_NOISE_MS else "agree"
         rows.append(Row("latency (median)", f"{b:.0f} ms", f"{c:.0f} ms", verdict))
     return rows
 

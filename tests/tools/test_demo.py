@@ -437,3 +437,16 @@ def test_substitution_summary_passes_only_when_the_audit_holds_the_verdict() -> 
     assert "result: PASS" in format_substitution(caught)
     fooled = {**status, "migration": {"ready_for_full_migration": True, "reason": "relay: ready"}}
     assert not summarize_substitution(records, fooled).ok
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_demo_substitution_is_caught_though_the_relay_never_fails() -> None:
+    """The relay answers every call as gpt-4o-mini with no error: the audit catches it and
+    the verdict stays not ready, with the reason in words."""
+    code, out = _run_demo(["--scenario", "substitution", "--duration", "6", "--qps", "15"])
+    assert code == 0, out
+    assert "client-visible failures: 0\n" in out
+    assert "with 0 errors" in out
+    assert "not ready: relay: answers as gpt-4o-mini when asked for gpt-4.1 (" in out
+    assert "result: PASS" in out

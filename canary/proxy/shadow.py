@@ -101,6 +101,13 @@ class Shadows:
         self.in_flight: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
+    async def aclose(self) -> None:
+        """Shut down: copies still in flight are cancelled (a copy's answer is discarded)."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def start(self, call: Call, answering: Backend) -> Copy | None:
         """A copy of ``call`` for its route's shadow backend, or None (not sampled, or
         skipped and counted, or ``answering`` is the shadow backend itself)."""

@@ -91,7 +91,9 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))
         if options.signals:
             await stack.enter_async_context(on_sighup(lambda: core.store.reload(reason="SIGHUP")))
-        yield Running(_proxy(core, options, limiter, transport), limiter, fleet)
+        proxy = _proxy(core, options, limiter, transport)
+        stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
+        yield Running(proxy, limiter, fleet)
 
 
 async def _share_state(

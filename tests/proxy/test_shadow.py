@@ -214,3 +214,21 @@ def test_answer_facts_read_every_dialect() -> None:
         orjson.dumps(response), status=200, ok=True, latency_s=1, ttfb_s=None, tokens=None
     )
     assert (facts.model, facts.text, facts.prompt_tokens) == ("gpt-4o", "ok", 4)
+
+
+async def test_copies_in_flight_are_cancelled_at_shutdown(tmp_path: Path) -> None:
+    """A shadow backend that never answers does not hold shutdown open or leak a task."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES % {"cap": 8})
+    upstream = Upstream()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "relay.test":
+            await asyncio.Event().wait()  # never
+        return answer(request)
+
+    upstream.handler = handler
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        r = await c.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": []})
+        assert r.status_code == 200
+    assert not [t for t in asyncio.all_tasks() if "_copy" in repr(t)]

@@ -45,11 +45,14 @@ class Evidence:
     peers: Callable[[str], Sequence[dict[str, Any]]] | None = None  # workers' windows
     prompt_match: Callable[[str], tuple[int, float] | None] | None = None  # (pairs, share)
 
-    def mismatch(self, backend: str) -> Mismatch | None:
-        """The asked model with the most mismatches on ``backend``, if any."""
+    def mismatch(self, backend: str, since: float = 0.0) -> Mismatch | None:
+        """The asked model with the most mismatches on ``backend``, if one came after
+        ``since`` (wall time: the circuit's last change; a fixed relay starts afresh)."""
         worst: Mismatch | None = None
         for (name, asked), (match, variant, mismatch, _) in self.meter.audits.items():
             if name != backend or not mismatch:
+                continue
+            if self.meter.mismatch_at.get((name, asked), 0.0) < since:
                 continue
             if worst is None or mismatch > worst.mismatches:
                 answered = self.meter.last_mismatch.get((name, asked), "?")
@@ -62,9 +65,13 @@ class Evidence:
         return snap.requests, snap.p95_ms
 
 
-def equivalence_reason(name: str, baseline: str, bar: Readiness, ev: Evidence) -> str | None:
-    """Why ``name`` is not yet equivalent to ``baseline``, in words; None when it is."""
-    miss = ev.mismatch(name)
+def equivalence_reason(
+    name: str, baseline: str, bar: Readiness, ev: Evidence, since: float = 0.0
+) -> str | None:
+    """Why ``name`` is not yet equivalent to ``baseline``, in words; None when it is.
+    Mismatches before ``since`` (the circuit's last change, wall time) are not held
+    against it; the counts shown are lifetime."""
+    miss = ev.mismatch(name, since)
     if miss is not None and _over(miss, bar.max_model_mismatch_rate):
         return (
             f"{name}: answers as {miss.answered_as} when asked for {miss.asked} "

@@ -69,6 +69,7 @@ class Meter:
         # Model audit (SPEC §9): (backend, asked model) -> [match, variant, mismatch, absent]
         self.audits: dict[tuple[str, str], list[int]] = {}
         self.last_mismatch: dict[tuple[str, str], str] = {}  # -> the name it answered as
+        self.mismatch_at: dict[tuple[str, str], float] = {}  # -> wall time of the last one
         self.audit_events: list[tuple[float, str, str, str]] = []  # (at, backend, asked, as)
         # Shadow traffic (SPEC §9), apart from the live counters above.
         self.shadow_calls: dict[tuple[str, str], list[int]] = {}  # (route, backend) -> [n, err]
@@ -168,6 +169,7 @@ class Meter:
             return False
         first = key not in self.last_mismatch
         self.last_mismatch[key] = echoed[:128]
+        self.mismatch_at[key] = self._wall()
         if first:
             self.audit_events.append((self._wall(), backend, key[1], echoed[:128]))
             del self.audit_events[:-50]
@@ -284,6 +286,7 @@ class Meter:
             "first_usage_at": self.first_usage_at,
             "audits": flat(self.audits),
             "last_mismatch": flat(self.last_mismatch),
+            "mismatch_at": flat(self.mismatch_at),
             "audit_events": self.audit_events,
             "shadow_calls": flat(self.shadow_calls),
             "shadow_skipped": flat(self.shadow_skipped),
@@ -315,6 +318,8 @@ class Meter:
                 row[i] += n
         for k, name in data.get("last_mismatch", {}).items():
             self.last_mismatch[_key2(k)] = name
+        for k, at in data.get("mismatch_at", {}).items():
+            self.mismatch_at[_key2(k)] = max(at, self.mismatch_at.get(_key2(k), 0.0))
         for at, backend, asked, echoed in data.get("audit_events", ()):
             if not any(e[1:] == (backend, asked, echoed) for e in self.audit_events):
                 self.audit_events.append((at, backend, asked, echoed))

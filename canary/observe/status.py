@@ -90,9 +90,10 @@ def readiness(
         requests, errors = others(name) if others is not None else (0, 0)
         requests += circuit.since_requests
         errors += circuit.since_errors
-        differs = (
-            equivalence_reason(name, _baseline(cfg, name), bar, evidence) if evidence else None
-        )
+        differs = None
+        if evidence is not None:  # mismatches before the circuit's last change do not count
+            changed = circuit.changed_at.timestamp()
+            differs = equivalence_reason(name, _baseline(cfg, name), bar, evidence, changed)
         if circuit.state != CLOSED:
             since = circuit.changed_at.astimezone().strftime("%H:%M:%S")
             state = circuit.state.replace("_", "-")

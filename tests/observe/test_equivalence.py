@@ -105,3 +105,29 @@ async def test_an_honest_relay_with_dated_names_becomes_ready(tmp_path: Path) ->
     assert doc["audit"]["relay"]["gpt-4.1-relay"]["variant"] > 0
     assert doc["audit"]["relay"]["gpt-4.1-relay"]["mismatch"] == 0
     assert doc["migration"] == {**doc["migration"], "ready_for_full_migration": True}
+
+
+async def test_a_relay_changed_in_routes_yaml_is_judged_afresh(tmp_path: Path) -> None:
+    """Mismatches before the relay's config changed (its circuit re-armed) no longer hold
+    the verdict; a new one does."""
+    path = tmp_path / "routes.yaml"
+    admin = "\nauth: {admin_token: adm-equivalence-test}\n"
+    path.write_text(ROUTES + admin)
+    upstream = relay_answers_as("gpt-4o-mini")
+    app = {"transport": httpx.MockTransport(upstream), "watch": False}
+    auth = {"authorization": "Bearer adm-equivalence-test"}
+    async with serving(str(path), **app) as c:
+        await calls(c, 20)
+        before = (await c.get("/status")).json()["migration"]["reason"]
+        relay_key = "    api_key: sk-relay-secret-222333\n"
+        path.write_text(ROUTES.replace(relay_key, relay_key + "    timeout_s: 30\n") + admin)
+        assert (await c.post("/admin/reload", headers=auth)).json()["changed"] is True
+        upstream.handler = relay_answers_as("gpt-4.1-relay").handler
+        await calls(c, 40)
+        fixed = (await c.get("/status")).json()["migration"]
+        upstream.handler = relay_answers_as("gpt-4o-mini").handler
+        await calls(c, 4)
+        again = (await c.get("/status")).json()["migration"]["reason"]
+    assert "answers as gpt-4o-mini" in before
+    assert fixed["ready_for_full_migration"] is True, fixed
+    assert "answers as gpt-4o-mini" in again

@@ -17,6 +17,7 @@ from canary.config.model import Config, Readiness
 from canary.observe.document import AuditCountsDoc
 from canary.observe.meter import Meter
 from canary.safety.equivalence import (
+    LATENCY_FLOOR_MS,
     MIN_AUDITED,
     MIN_LATENCY_SAMPLES,
     MIN_PAIRS,
@@ -81,7 +82,7 @@ def equivalence_reason(
     base_calls, base_p95 = ev.p95(baseline)
     if min(calls, base_calls) >= MIN_LATENCY_SAMPLES and base_p95 > 0:
         ratio = p95 / base_p95
-        if ratio > bar.max_latency_ratio_p95:
+        if ratio > bar.max_latency_ratio_p95 and p95 - base_p95 > LATENCY_FLOOR_MS:
             return (
                 f"{name}: p95 latency {p95:.0f} ms is {ratio:.1f}x {baseline}'s "
                 f"{base_p95:.0f} ms (> {bar.max_latency_ratio_p95:g}x)"

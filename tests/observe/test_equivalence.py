@@ -6,8 +6,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from structlog.testing import capture_logs
 
+from canary.config.model import Readiness
+from canary.observe.equivalence import Evidence, equivalence_reason
+from canary.observe.meter import Meter
+from canary.safety.windows import Stats
 from tests.helpers import Chunks, Upstream, prometheus_samples, serving
 
 ROUTES = """
@@ -131,3 +136,42 @@ async def test_a_relay_changed_in_routes_yaml_is_judged_afresh(tmp_path: Path) -
     assert "answers as gpt-4o-mini" in before
     assert fixed["ready_for_full_migration"] is True, fixed
     assert "answers as gpt-4o-mini" in again
+
+
+class Figures(Evidence):
+    """Evidence with set figures: (calls, p95 ms) per backend, no audit, no pairs."""
+
+    def __init__(self, p95s: dict[str, tuple[int, float]], pairs: tuple[int, float] | None = None):
+        super().__init__(Meter(lambda: 0.0), Stats(60.0, lambda: 0.0))
+        self.p95s = p95s
+        self.prompt_match = (lambda _: pairs) if pairs is not None else None
+
+    def p95(self, backend: str) -> tuple[int, float]:
+        return self.p95s[backend]
+
+
+@pytest.mark.parametrize(
+    ("relay", "legacy", "reason"),
+    [
+        ((100, 300.0), (100, 100.0), "relay: p95 latency 300 ms is 3.0x legacy's 100 ms (> 2x)"),
+        ((99, 300.0), (100, 100.0), None),  # too few calls to judge a p95
+        ((100, 3.0), (100, 1.0), None),  # 3x, but 2 ms: scheduling, not a provider
+        ((100, 190.0), (100, 100.0), None),
+    ],
+)
+def test_latency_is_judged_with_enough_calls_and_a_floor(
+    relay: tuple[int, float], legacy: tuple[int, float], reason: str | None
+) -> None:
+    """The p95 ratio needs 100 calls on both sides and 50 ms of difference to block."""
+    ev = Figures({"relay": relay, "legacy": legacy})
+    assert equivalence_reason("relay", "legacy", Readiness(), ev) == reason
+
+
+def test_prompt_token_agreement_waits_for_twenty_pairs() -> None:
+    """Under 20 pairs no verdict; from 20, a share under the bar blocks, in words."""
+    quiet = {"relay": (0, 0.0), "legacy": (0, 0.0)}
+    assert equivalence_reason("relay", "legacy", Readiness(), Figures(quiet, (19, 0.0))) is None
+    assert equivalence_reason("relay", "legacy", Readiness(), Figures(quiet, (20, 0.95))) is None
+    assert equivalence_reason("relay", "legacy", Readiness(), Figures(quiet, (20, 0.5))) == (
+        "relay: prompt tokens differ from legacy's on 50% of 20 shadow pairs (needs 95% equal)"
+    )

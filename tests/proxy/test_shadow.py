@@ -232,3 +232,32 @@ async def test_copies_in_flight_are_cancelled_at_shutdown(tmp_path: Path) -> Non
         r = await c.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": []})
         assert r.status_code == 200
     assert not [t for t in asyncio.all_tasks() if "_copy" in repr(t)]
+
+
+async def test_the_primary_is_untouched_large_bodies_are_copied_and_the_budget_holds(
+    tmp_path: Path,
+) -> None:
+    """The client's call goes out as sent (no shadow id, no rewrite); a 1 MiB body is copied
+    whole; once a day's shadow spend reaches max_usd_per_day, copies stop and are counted."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("max_usd_per_day: 5", "max_usd_per_day: 0.001") % {"cap": 8})
+    upstream = Upstream()
+    upstream.handler = answer
+    big = "x" * (1 << 20)
+    async with serving(str(path), transport=httpx.MockTransport(upstream), watch=False) as c:
+        body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": big}]}
+        r = await c.post("/v1/chat/completions", json=body, headers={"x-request-id": "client-1"})
+        assert r.status_code == 200
+        await settle(c, 1)
+        for _ in range(3):
+            await c.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": []})
+        doc = (await c.get("/status")).json()
+    legacy = [q for q in upstream.requests if q.url.host == "legacy.test"]
+    relay = [q for q in upstream.requests if q.url.host == "relay.test"]
+    assert orjson.loads(legacy[0].content) == body  # as the client sent it
+    assert legacy[0].headers["x-request-id"] == "client-1"
+    assert len(relay) == 1 and len(relay[0].content) > 1 << 20  # copied whole
+    assert relay[0].headers["x-request-id"].startswith("shadow-")  # not the client's id
+    shadow = doc["shadow"]["chat"]
+    assert shadow["cost_usd"] > 0.001  # 5 + 2 tokens at $1000 per million
+    assert shadow["skipped"]["budget"] == 3

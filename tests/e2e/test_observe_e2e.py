@@ -136,17 +136,22 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(
     assert cost["projection_calls"] == n + 1 and 600 <= span < 900
     assert doc["migration"]["projection_basis"] == f"{n + 1:,} calls over {int(span // 60)} min"
 
-    text = httpx.get(f"{stack.url}/metrics").text
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    scraped: list[Any] = []
 
     def total_of(name: str, **labels: str) -> float:
         return sum(
             s.value
-            for s in samples
+            for s in scraped
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
-    assert total_of("canary_requests_total", route="chat", status_class="2xx") == n + 1
+    def scrape() -> bool:  # like settled(): either worker may answer, each 0.5 s behind
+        text = httpx.get(f"{stack.url}/metrics").text
+        scraped[:] = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        return total_of("canary_requests_total", route="chat", status_class="2xx") == n + 1
+
+    wait_until(scrape, 10, f"/metrics counts {n + 1} chat calls")
+    text = httpx.get(f"{stack.url}/metrics").text
     assert total_of("canary_tokens_total", direction="input") == sent[0]
     assert total_of("canary_tokens_total", direction="output") == sent[1]
     assert total_of("canary_request_duration_seconds_count") == n + 1

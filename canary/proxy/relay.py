@@ -7,14 +7,16 @@ SSE stream ends in its dialect's error event (each SDK raises on its own), any o
 body is cut so the client sees an incomplete response. A stream that ends without its
 dialect's end mark, decided on whole events (``canary.proxy.sse``), is cut too.
 
-Bounded waits without a timer per chunk: the transport's read timeout bounds a silent
-upstream; one deadline per stream of ``timeout_s`` + 1 s, moved forward at most once a
-second, bounds a client that stops reading (so it cannot hold an upstream slot longer).
+Bounded waits without a timer per chunk: one deadline per stream of ``timeout_s`` + 1 s
+after the last chunk relayed, moved forward at most once a second, bounds both a silent
+upstream (a read timeout) and a client that stops reading (so it cannot hold an upstream
+slot longer). The transport's one timer bounds the wait for the headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httpx
@@ -26,6 +28,7 @@ from canary.proxy.answers import Client, outcome_of
 from canary.proxy.dialects import Dialect
 from canary.proxy.headers import DROP_RESPONSE, without
 from canary.proxy.sse import Frames
+from canary.proxy.transport import RAW_ERRORS, raw_body
 from canary.proxy.usage import UsageScanner
 
 log = structlog.get_logger("canary.proxy")
@@ -85,54 +88,117 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
     scanner = UsageScanner() if metered and frames is None else None
     if scanner is not None and encoding and not scanner.encoded(encoding):
         scanner = None  # an encoding it cannot read: the call counts as unmetered
-    loop = asyncio.get_running_loop()
-    peek = metered and not encoding  # the model audit reads the first (plain) read
-    budget = t.backend.timeout_s + SLOW_CLIENT_GRACE_S
-    moved = loop.time()
-    send, tap = client.send, client.tap
+    pump = _Pump(client, response, t.backend.timeout_s + SLOW_CLIENT_GRACE_S)
     try:
-        async with asyncio.timeout_at(moved + budget) as deadline:
-            async for chunk in cast(httpx.AsyncByteStream, response.stream):
-                if not client.started:
-                    client.started = True
-                    await send(start)
-                    if peek:
-                        t.head = chunk
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if tap is not None:  # a shadow copy compares with what the client got
-                    tap.feed(chunk, loop.time())
-                if frames is not None:
-                    frames.feed(chunk)
-                elif scanner is not None:
-                    scanner.feed(chunk)
-                now = loop.time()
-                if now - moved >= 1.0:
-                    moved = now
-                    deadline.reschedule(now + budget)
-            if not client.started:
-                client.started = True
-                await send(start)
-            await _finish(client, t, dialect, frames if check_end else None)
-            if metered:
-                t.tokens = _usage(dialect, frames, scanner)
-                if frames is not None and frames.first is not None:
-                    t.head = frames.first  # the first event, past any leading comment
+        # The model audit reads the first (plain) read.
+        await pump.run(start, frames, scanner, t if metered and not encoding else None)
+        if not client.started:
+            client.started = True
+            await client.send(start)
+        await _finish(client, t, dialect, frames if check_end else None)
+        if metered:
+            t.tokens = _usage(dialect, frames, scanner)
+            if frames is not None and frames.first is not None:
+                t.head = frames.first  # the first event, past any leading comment
     except httpx.TransportError as exc:
-        if not client.started:  # the headers came, the body broke: a cut (or a timeout)
-            timeout = isinstance(exc, httpx.TimeoutException)
-            raise EarlyFailure("upstream_timeout" if timeout else "stream_cut", exc) from exc
-        log_failure(client.request_id, t.backend, exc, event="proxy.stream_broken")
-        if sse and not encoding:
-            why = f"the upstream stream broke ({type(exc).__name__})"
-            await client.end(dialect.error_event(_mid_stream(t.backend, why)))
-        # Otherwise return without ending the body: the server closes the connection,
-        # so the client sees an incomplete response rather than a short "complete" one.
-        t.outcome = "upstream_timeout" if outcome_of(exc) == "upstream_timeout" else "stream_cut"
+        await _broken(client, t, dialect, sse and not encoding, exc)
     except TimeoutError:
+        if pump.reading:  # the upstream fell silent: the deadline bounds it as a read timeout
+            silent = httpx.ReadTimeout(f"no chunk within {t.backend.timeout_s:g} s")
+            await _broken(client, t, dialect, sse and not encoding, silent)
+            return
         log.warning(
             "proxy.slow_client", request_id=client.request_id.decode(), backend=t.backend.name
         )
         t.outcome = "slow_client"
+
+
+class _Pump:
+    """The relay loop: upstream chunks to the client, with no timer per chunk.
+
+    One deadline per stream, ``budget`` after the last chunk relayed and moved forward at
+    most once a second, bounds both an upstream that falls silent (``reading``) and a
+    client that stops reading, so neither holds an upstream slot much past ``timeout_s``.
+    The body is read straight from aiohttp when the transport made it (``raw_body``)."""
+
+    __slots__ = ("budget", "client", "reading", "response")
+
+    def __init__(self, client: Client, response: httpx.Response, budget: float) -> None:
+        self.client = client
+        self.response = response
+        self.budget = budget
+        self.reading = True
+
+    async def run(
+        self,
+        start: dict[str, object],
+        frames: Frames | None,
+        scanner: UsageScanner | None,
+        peek: Try | None,
+    ) -> None:
+        client, send, tap = self.client, self.client.send, self.client.tap
+        raw = raw_body(self.response)
+        read = raw.readany if raw is not None else _reader(self.response)
+        loop = asyncio.get_running_loop()
+        budget = self.budget
+        moved = loop.time()
+        async with asyncio.timeout_at(moved + budget) as deadline:
+            while True:
+                self.reading = True
+                try:
+                    chunk = await read()
+                except RAW_ERRORS as exc:
+                    assert raw is not None
+                    raise raw.failed(exc) from exc
+                if not chunk:
+                    return
+                self.reading = False
+                if not client.started:
+                    client.started = True
+                    await send(start)
+                    if peek is not None:
+                        peek.head = chunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                now = loop.time()
+                if tap is not None:  # a shadow copy compares with what the client got
+                    tap.feed(chunk, now)
+                if frames is not None:
+                    frames.feed(chunk)
+                elif scanner is not None:
+                    scanner.feed(chunk)
+                if now - moved >= 1.0:
+                    moved = now
+                    deadline.reschedule(now + budget)
+
+
+def _reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
+    """``readany`` over any other httpx stream (a MockTransport's): ``b""`` at the end."""
+    chunks = aiter(cast(httpx.AsyncByteStream, response.stream))
+
+    async def read() -> bytes:
+        async for chunk in chunks:
+            if chunk:
+                return chunk
+        return b""
+
+    return read
+
+
+async def _broken(
+    client: Client, t: Try, dialect: Dialect, sse: bool, exc: httpx.TransportError
+) -> None:
+    """The upstream failed mid-body: before any byte went out, an early failure; after,
+    an SSE stream ends in the dialect's error event and any other body is left cut."""
+    if not client.started:  # the headers came, the body broke: a cut (or a timeout)
+        timeout = isinstance(exc, httpx.TimeoutException)
+        raise EarlyFailure("upstream_timeout" if timeout else "stream_cut", exc) from exc
+    log_failure(client.request_id, t.backend, exc, event="proxy.stream_broken")
+    if sse:
+        why = f"the upstream stream broke ({type(exc).__name__})"
+        await client.end(dialect.error_event(_mid_stream(t.backend, why)))
+    # Otherwise return without ending the body: the server closes the connection,
+    # so the client sees an incomplete response rather than a short "complete" one.
+    t.outcome = "upstream_timeout" if outcome_of(exc) == "upstream_timeout" else "stream_cut"
 
 
 def _start(

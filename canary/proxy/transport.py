@@ -26,6 +26,11 @@ connect and read timeouts are ``OSError``/``TimeoutError`` subclasses, its conne
     other ClientError                          TransportError         True
     asyncio.CancelledError                     propagates untouched   True
 
+Timeouts cost no timer per chunk: one ``asyncio.timeout`` bounds the wait for the headers
+(aiohttp's ``sock_read`` would re-arm a timer on every read). The relay reads the body straight
+from aiohttp through ``raw_body`` and bounds it with its own coarse deadline; anyone else
+iterating ``response.stream`` gets the read bound applied per read, as before.
+
 aiohttp silently re-sends idempotent requests (GET, PUT, DELETE...) once after a reset or a
 disconnect; that retry is turned off, so one call here is at most one request upstream. A pooled
 connection the upstream closed while idle is dropped once the loop has read its FIN; a request
@@ -37,14 +42,16 @@ that reads the request and then closes gives ``RemoteProtocolError``. Neither is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import aiohttp
 import httpx
 import yarl
 from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 
-__all__ = ["AiohttpTransport", "may_have_reached"]
+__all__ = ["RAW_ERRORS", "AiohttpTransport", "RawBody", "may_have_reached", "raw_body"]
 
 # aiohttp would otherwise add these; the headers sent must be exactly the httpx.Request's.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -84,21 +91,54 @@ def _translate(exc: BaseException, method: str, target: str) -> httpx.TransportE
     return kind(f"{method} {target}: {type(exc).__name__}: {exc}")
 
 
+# What a read of aiohttp's body may raise (besides cancellation); ``RawBody.failed`` maps it.
+RAW_ERRORS = (aiohttp.ClientError, OSError)
+
+
+class RawBody(Protocol):
+    """The upstream body as aiohttp reads it, for a consumer that bounds its own waits.
+
+    ``readany()`` is the next chunk as it arrives (``b""`` at the end), with no timer of
+    its own; it raises one of ``RAW_ERRORS``, which ``failed`` turns into httpx's error."""
+
+    readany: Callable[[], Awaitable[bytes]]
+
+    def failed(self, exc: BaseException) -> httpx.TransportError: ...
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The body as chunks arrive; closing early drops the connection instead of pooling it."""
 
-    def __init__(self, response: aiohttp.ClientResponse, method: str, target: str) -> None:
+    __slots__ = ("_method", "_read_s", "_response", "_target", "readany")
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, method: str, target: str, read_s: float | None
+    ) -> None:
         self._response = response
         self._method = method
         self._target = target
+        self._read_s = read_s
+        self.readany: Callable[[], Awaitable[bytes]] = response.content.readany
+
+    def failed(self, exc: BaseException) -> httpx.TransportError:
+        self._response.close()
+        return _translate(exc, self._method, self._target)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        # The generic path (not the relay's): the read bound applies to each read.
+        read, read_s = self.readany, self._read_s
         try:
-            async for chunk in self._response.content.iter_any():
+            while True:
+                if read_s is None:
+                    chunk = await read()
+                else:
+                    async with asyncio.timeout(read_s):
+                        chunk = await read()
+                if not chunk:
+                    return
                 yield chunk
-        except (aiohttp.ClientError, OSError) as exc:
-            self._response.close()
-            raise _translate(exc, self._method, self._target) from exc
+        except RAW_ERRORS as exc:
+            raise self.failed(exc) from exc
         except BaseException:  # cancelled, or the consumer stopped early
             self._response.close()
             raise
@@ -109,6 +149,12 @@ class _ResponseStream(httpx.AsyncByteStream):
         else:
             # A half-read connection cannot be reused; closing it tells the upstream we left.
             self._response.close()
+
+
+def raw_body(response: httpx.Response) -> RawBody | None:
+    """The aiohttp body behind ``response`` when this transport made it, else None."""
+    stream = response.stream
+    return stream if isinstance(stream, _ResponseStream) else None
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -134,7 +180,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = session
         if session is not None:
             session._retry_connection = False  # see the module docstring
-        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -157,21 +203,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = session
         return session
 
-    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+    def _timeouts_of(self, request: httpx.Request) -> tuple[aiohttp.ClientTimeout, float | None]:
+        """aiohttp's connect bound, and the read bound (headers, then each next chunk)."""
         given = request.extensions.get("timeout")
         if given is None:
-            key = (self._connect_timeout, None)
+            connect, read = self._connect_timeout, None
         else:
-            key = (given.get("connect"), given.get("read"))
-        timeout = self._timeouts.get(key)
+            connect, read = given.get("connect"), given.get("read")
+        timeout = self._timeouts.get(connect)
         if timeout is None:
             if len(self._timeouts) >= 64:  # keys come from config; bound them anyway
                 self._timeouts.clear()
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=key[0], sock_connect=key[0], sock_read=key[1]
-            )
-            self._timeouts[key] = timeout
-        return timeout
+            # No sock_read: aiohttp would re-arm that timer on every read of every stream.
+            timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
+            self._timeouts[connect] = timeout
+        return timeout, read
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session if self._session is not None else self._open()
@@ -193,22 +239,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.LocalProtocolError(
                 f"{method} {target}: a request header is not UTF-8"
             ) from None
+        timeout, read_s = self._timeouts_of(request)
         try:
-            response = await session.request(
-                method,
-                yarl.URL(target, encoded=True),  # the client's raw path and query, untouched
-                headers=headers,
-                data=content or None,
-                allow_redirects=False,
-                timeout=self._timeout(request),
-            )
-        except (aiohttp.ClientError, OSError) as exc:
+            # One timer bounds the wait for the headers (the connect included).
+            async with asyncio.timeout(read_s) if read_s else contextlib.nullcontext():
+                response = await session.request(
+                    method,
+                    yarl.URL(target, encoded=True),  # the client's raw path and query, untouched
+                    headers=headers,
+                    data=content or None,
+                    allow_redirects=False,
+                    timeout=timeout,
+                )
+        except RAW_ERRORS as exc:
             raise _translate(exc, method, target) from exc
         version = b"HTTP/1.0" if response.version == aiohttp.HttpVersion10 else b"HTTP/1.1"
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
-            stream=_ResponseStream(response, method, target),
+            stream=_ResponseStream(response, method, target, read_s),
             extensions={
                 "http_version": version,
                 "reason_phrase": (response.reason or "").encode("ascii", "ignore"),

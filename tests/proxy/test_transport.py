@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 
 import aiohttp
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from canary.proxy.transport import AiohttpTransport, may_have_reached
+from tests.helpers import serving
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -271,7 +273,7 @@ async def test_no_answer_is_read_timeout(transport: AiohttpTransport) -> None:
         with pytest.raises(httpx.ReadTimeout) as caught:
             await transport.handle_async_request(build("POST", upstream.url, read=0.2))
 
-    assert isinstance(caught.value.__cause__, aiohttp.SocketTimeoutError)
+    assert isinstance(caught.value.__cause__, TimeoutError)
     assert may_have_reached(caught.value)
 
 
@@ -321,7 +323,7 @@ async def test_stall_midway_is_read_timeout(transport: AiohttpTransport) -> None
         await response.aclose()
 
     assert received == [b"hello"]
-    assert isinstance(caught.value.__cause__, aiohttp.SocketTimeoutError)
+    assert isinstance(caught.value.__cause__, TimeoutError)
 
 
 async def test_early_close_drops_upstream_connection(transport: AiohttpTransport) -> None:
@@ -495,3 +497,47 @@ async def test_works_under_async_client() -> None:
 
     assert response.status_code == 200
     assert response.text == "ok"
+
+
+ROUTES = """
+backends:
+  legacy: {{base_url: "{url}/v1", timeout_s: 0.2}}
+routes:
+  - name: all
+    weights: {{legacy: 100}}
+"""
+SSE_HEAD = CHUNKED_HEAD.replace(b"\r\n\r\n", b"\r\nContent-Type: text/event-stream\r\n\r\n")
+EVENT = b'data: {"choices": []}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        pytest.param(b"", 504, id="no-headers"),
+        pytest.param(SSE_HEAD + b"%x\r\n" % len(EVENT) + EVENT + b"\r\n", 200, id="mid-stream"),
+    ],
+)
+async def test_a_silent_upstream_is_cut_after_timeout_s_through_the_router(
+    tmp_path: Path, sent: bytes, status: int
+) -> None:
+    """timeout_s bounds the wait for the headers (504) and for each next chunk of a stream
+    (the stream ends in an error event), with no timer per read."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(sent)
+        await reader.read()  # then silence, the connection open
+
+    async with Upstream(handler) as upstream:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(ROUTES.format(url=upstream.url))
+        async with serving(str(routes), transport=AiohttpTransport(), watch=False) as client:
+            body = {"model": "m", "stream": True, "messages": []}
+            response = await asyncio.wait_for(client.post("/v1/chat/completions", json=body), BOUND)
+
+    assert response.status_code == status
+    if status == 504:
+        assert response.json()["error"]["code"] == "upstream_timeout"
+    else:
+        assert response.content.startswith(EVENT)
+        assert b'"error"' in response.content[len(EVENT) :]

@@ -4,10 +4,21 @@ and the base of what a lifespan opens and closes.
 ASGI's ``Scope``/``Receive``/``Send``/``Message`` come from ``starlette.types``."""
 
 from collections.abc import Awaitable, Callable
-from typing import Self
+from typing import Protocol, Self
 
 Clock = Callable[[], float]  # monotonic seconds (or wall seconds where a name says so)
 Sleep = Callable[[float], Awaitable[None]]
+
+# The scope key under which an app leaves its ``Answer`` for the drain to read if it must
+# cut the call: registered once per call, so no wrapper sits on every chunk sent.
+ANSWER = "canary.answer"
+
+
+class Answer(Protocol):
+    """How far an app's answer has gone: enough for the drain to end a cut call properly."""
+
+    started: bool  # the response's headers went out
+    sse: bool  # its body is an event stream (a cut ends it with an error event)
 
 
 class AsyncResource:

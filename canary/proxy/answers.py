@@ -22,13 +22,23 @@ CONNECT = "upstream_error"
 class Client:
     """Where the answer goes, and what has gone there already."""
 
-    __slots__ = ("disconnected", "done", "request_id", "route", "send", "started", "tap")
+    __slots__ = (
+        "disconnected",
+        "done",
+        "request_id",
+        "route",
+        "send",
+        "sse",
+        "started",
+        "tap",
+    )
 
     def __init__(self, send: Send, request_id: bytes) -> None:
         self.send = send
         self.request_id = request_id
         self.route = b""  # the route's name once one matched
         self.started = False  # the response's headers went out
+        self.sse = False  # the body is an event stream (the drain's cut needs to know)
         self.done = False  # the response is complete: a disconnect now is no failure
         self.disconnected = False
         self.tap: Tap | None = None  # what went out, when a shadow copy compares with it

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from canary.proxy.answers import INTERNAL
 from canary.proxy.exchange import Exchange
 from canary.proxy.plane import Plane
+from canary.types import ANSWER
 
 log = structlog.get_logger("canary.proxy")
 
@@ -31,6 +32,7 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(self.plane, scope, receive, send)
+        scope[ANSWER] = exchange.client  # for the drain, should it have to cut this call
         try:
             await exchange.run()
         except Exception:

@@ -221,6 +221,7 @@ def _start(
         drop = drop | {b"content-length"}
     headers = [(k, v) for k, v in raw if k not in drop]
     client.stamp(headers, t.backend.name, t.origin)
+    client.sse = sse
     return {"type": "http.response.start", "status": t.status, "headers": headers}, sse, encoding
 
 

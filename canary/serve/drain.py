@@ -30,9 +30,10 @@ from typing import Any
 
 import structlog
 import uvicorn
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from canary.errors import RouterError
+from canary.types import ANSWER, Answer
 
 log = structlog.get_logger("canary.serve.server")
 
@@ -45,23 +46,16 @@ _CUT = "drain timeout"
 
 
 class _Call:
-    """How one call's response began: enough to end it properly if it has to be cut."""
+    """One call in flight, registered once: enough to end it properly if it has to be cut.
 
-    __slots__ = ("_send", "sse", "started")
+    No wrapper sits on its ``send``: how far its answer went is read, only when it is cut,
+    from the ``Answer`` the app left in its scope (the proxy's ``Client``)."""
 
-    def __init__(self, send: Send) -> None:
+    __slots__ = ("_scope", "_send")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self._scope = scope
         self._send = send
-        self.started = self.sse = False
-
-    def send(self, message: Message) -> Awaitable[None]:
-        # Not a coroutine: it hands back the server's own awaitable, and after the first
-        # message it only reads a flag, so a long stream pays a plain call per chunk.
-        if not self.started and message["type"] == "http.response.start":
-            self.started = True
-            for key, value in message.get("headers", ()):
-                if key.lower() == b"content-type":
-                    self.sse = value.startswith(b"text/event-stream")
-        return self._send(message)
 
     async def end(self) -> None:
         """Close a cut call so a client can tell: never as if it had completed."""
@@ -70,13 +64,17 @@ class _Call:
             code="shutting_down",
             status=503,
         )
-        if not self.started:
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-            await self._send({"type": "http.response.start", "status": 503, "headers": headers})
-            await self._send({"type": "http.response.body", "body": error.body()})
-        elif self.sse:  # the openai client raises on an error event, as on the proxy's own
-            chunk = b"data: " + error.body() + b"\n\n"
-            with contextlib.suppress(RuntimeError):  # the server's word: it had completed
+        answer: Answer | None = self._scope.get(ANSWER)
+        # An app that left no Answer (the control plane's short JSON) is taken as not
+        # started; if it had, the server refuses the second start and the body stays cut.
+        with contextlib.suppress(RuntimeError):  # the server's word: it had completed
+            if answer is None or not answer.started:
+                headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+                start = {"type": "http.response.start", "status": 503, "headers": headers}
+                await self._send(start)
+                await self._send({"type": "http.response.body", "body": error.body()})
+            elif answer.sse:  # the openai client raises on an error event, as on the proxy's
+                chunk = b"data: " + error.body() + b"\n\n"
                 await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await self._send({"type": "http.response.body", "body": b""})
         # Any other body under way stays incomplete: uvicorn closes the connection, so the
@@ -100,9 +98,9 @@ class Traffic:
     async def run(self, app: App, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        call = self._calls[task] = _Call(send)
+        call = self._calls[task] = _Call(scope, send)
         try:
-            await app(scope, receive, call.send)
+            await app(scope, receive, send)
         except asyncio.CancelledError:
             if task not in self._cutting:
                 raise

@@ -1001,6 +1001,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--sse-requests", type=_count, metavar="N", help="streams per row 3 (200; quick 50)")
     add("--sse-rate", type=_positive, default=50.0, metavar="RPS", help="rows 3 (50)")
     add("--chunk-delay-ms", type=float, default=5.0, metavar="MS", help="between events (5)")
+    add("--stream-rounds", type=_count, default=2, metavar="N", help="rows 5a/5b runs each (2)")
+    add("--only-streams", action="store_true", help="rows 5 only: canary vs a bare forwarder")
     add("--output", type=Path, default=RESULTS, metavar="PATH", help="raw JSON (bench/results/)")
     add("--loadgen", metavar="SPEC", help=argparse.SUPPRESS)  # internal: one load run
     return parser.parse_args(argv)
@@ -1047,17 +1049,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children on SIGTERM as on Ctrl-C
     started = time.monotonic()
+    import streams  # bench/streams.py: rows 5, canary vs a bare forwarder
+
+    rows: list[Row] = []
     try:
         with fleet_in_tempdir() as fleet:
-            rows = run_all(settings, fleet)
+            if not args.only_streams:
+                rows = run_all(settings, fleet)
+            figures = streams.measure(fleet, args.stream_rounds, args.quick)
     except KeyboardInterrupt:
         print("bench: interrupted; all processes stopped", file=sys.stderr)
         return 130
-    except BenchError as exc:
+    except (BenchError, streams.bench.BenchError) as exc:  # bench/run.py, imported twice
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     info = machine()
-    print(render(rows, info, settings))
+    if rows:
+        print(render(rows, info, settings))
+    print("\n" + streams.render(figures))
     report = {
         "machine": info,
         "settings": asdict(settings),
@@ -1071,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redis_added_cpu_ms_per_req_max": REDIS_ADDED_CPU_MS_MAX,
         },
         "rows": [row.as_json() for row in rows],
+        "streams": figures,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

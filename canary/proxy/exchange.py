@@ -200,7 +200,7 @@ class Exchange:
                 t.deferred = t.kind is None  # judged once the baseline has answered
                 t.outcome = f"upstream_{t.status}"
                 return t
-            await relay(self.client, response, t, self.dialect)
+            await relay(self.client, response, t, self.dialect, self.p.watchdog)
         except (EarlyFailure, httpx.TransportError) as exc:
             await self._failed(t, exc, can_fall_back)
         except asyncio.CancelledError:

@@ -22,6 +22,7 @@ from canary.observe.meter import Meter
 from canary.proxy.headers import upstream_headers
 from canary.proxy.retry import RetryBudget
 from canary.proxy.shadow import Shadows
+from canary.proxy.watchdog import Watchdog
 from canary.safety.breaker import Breakers
 from canary.safety.limits import Limiter
 from canary.safety.windows import Stats
@@ -52,6 +53,7 @@ class Plane:
     access_log: bool = True
     budget: RetryBudget = field(init=False)
     shadows: Shadows = field(init=False)  # routes' shadow copies (SPEC §9)
+    watchdog: Watchdog = field(init=False, default_factory=Watchdog)  # every stream's deadline
     _urls: dict[str, httpx.URL] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -7,10 +7,11 @@ SSE stream ends in its dialect's error event (each SDK raises on its own), any o
 body is cut so the client sees an incomplete response. A stream that ends without its
 dialect's end mark, decided on whole events (``canary.proxy.sse``), is cut too.
 
-Bounded waits without a timer per chunk: one deadline per stream of ``timeout_s`` + 1 s
-after the last chunk relayed, moved forward at most once a second, bounds both a silent
-upstream (a read timeout) and a client that stops reading (so it cannot hold an upstream
-slot longer). The transport's one timer bounds the wait for the headers.
+Bounded waits without a timer per stream or chunk: a deadline ``timeout_s`` + 0.5 s after
+the last chunk relayed, checked by the process's one watchdog (``canary.proxy.watchdog``)
+every 0.5 s, bounds both a silent upstream (a read timeout) and a client that stops
+reading (so it cannot hold an upstream slot longer). The transport's one timer bounds
+the wait for the headers.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from canary.proxy.headers import DROP_RESPONSE, without
 from canary.proxy.sse import Frames
 from canary.proxy.transport import RAW_ERRORS, raw_body
 from canary.proxy.usage import UsageScanner
+from canary.proxy.watchdog import Watchdog
 
 log = structlog.get_logger("canary.proxy")
 
-SLOW_CLIENT_GRACE_S = 1.0
+# Slack over timeout_s for the send between two reads; the watchdog adds at most its tick.
+GRACE_S = 0.5
 
 
 class Try:
@@ -78,7 +81,9 @@ class EarlyFailure(Exception):
         self.cause = cause
 
 
-async def relay(client: Client, response: httpx.Response, t: Try, dialect: Dialect) -> None:
+async def relay(
+    client: Client, response: httpx.Response, t: Try, dialect: Dialect, dog: Watchdog
+) -> None:
     """Stream ``response`` to the client; set ``t.outcome`` and ``t.tokens``."""
     start, sse, encoding = _start(client, response, t)
     status = t.status
@@ -88,10 +93,10 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
     scanner = UsageScanner() if metered and frames is None else None
     if scanner is not None and encoding and not scanner.encoded(encoding):
         scanner = None  # an encoding it cannot read: the call counts as unmetered
-    pump = _Pump(client, response, t.backend.timeout_s + SLOW_CLIENT_GRACE_S)
+    pump = _Pump(client, response, t.backend.timeout_s + GRACE_S)
     try:
         # The model audit reads the first (plain) read.
-        await pump.run(start, frames, scanner, t if metered and not encoding else None)
+        await pump.run(dog, start, frames, scanner, t if metered and not encoding else None)
         if not client.started:
             client.started = True
             await client.send(start)
@@ -114,12 +119,13 @@ async def relay(client: Client, response: httpx.Response, t: Try, dialect: Diale
 
 
 class _Pump:
-    """The relay loop: upstream chunks to the client, with no timer per chunk.
+    """The relay loop: upstream chunks to the client, with no timer of its own.
 
-    One deadline per stream, ``budget`` after the last chunk relayed and moved forward at
-    most once a second, bounds both an upstream that falls silent (``reading``) and a
-    client that stops reading, so neither holds an upstream slot much past ``timeout_s``.
-    The body is read straight from aiohttp when the transport made it (``raw_body``)."""
+    The process's one ``Watchdog`` holds the stream's deadline, ``budget`` after the last
+    chunk relayed (a plain store per chunk), and bounds both an upstream that falls
+    silent (``reading``) and a client that stops reading, so neither holds an upstream
+    slot much past ``timeout_s``. The body is read straight from aiohttp when the
+    transport made it (``raw_body``)."""
 
     __slots__ = ("budget", "client", "reading", "response")
 
@@ -131,18 +137,18 @@ class _Pump:
 
     async def run(
         self,
+        dog: Watchdog,
         start: dict[str, object],
         frames: Frames | None,
         scanner: UsageScanner | None,
         peek: Try | None,
     ) -> None:
-        client, send, tap = self.client, self.client.send, self.client.tap
+        client, send, tap, budget = self.client, self.client.send, self.client.tap, self.budget
         raw = raw_body(self.response)
         read = raw.readany if raw is not None else _reader(self.response)
-        loop = asyncio.get_running_loop()
-        budget = self.budget
-        moved = loop.time()
-        async with asyncio.timeout_at(moved + budget) as deadline:
+        time = asyncio.get_running_loop().time
+        watch = dog.watch(time() + budget)
+        try:
             while True:
                 self.reading = True
                 try:
@@ -159,16 +165,20 @@ class _Pump:
                     if peek is not None:
                         peek.head = chunk
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                now = loop.time()
+                now = time()
                 if tap is not None:  # a shadow copy compares with what the client got
                     tap.feed(chunk, now)
                 if frames is not None:
                     frames.feed(chunk)
                 elif scanner is not None:
                     scanner.feed(chunk)
-                if now - moved >= 1.0:
-                    moved = now
-                    deadline.reschedule(now + budget)
+                watch.deadline = now + budget
+        except asyncio.CancelledError:
+            if watch.cancelled_here():
+                raise TimeoutError from None
+            raise
+        finally:
+            dog.release(watch)
 
 
 def _reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:

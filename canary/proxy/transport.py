@@ -56,6 +56,8 @@ __all__ = ["RAW_ERRORS", "AiohttpTransport", "RawBody", "may_have_reached", "raw
 # aiohttp would otherwise add these; the headers sent must be exactly the httpx.Request's.
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
+_READ_BUFSIZE = 16 << 10
+
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
     (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
     (aiohttp.ClientConnectorError, httpx.ConnectError),
@@ -194,6 +196,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one user's cookies to another
             auto_decompress=False,
+            # aiohttp stops reading a connection once 2 x this is buffered unread: with a
+            # slow client, 32 KiB per stream waits here instead of 128 KiB.
+            read_bufsize=_READ_BUFSIZE,
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             timeout=aiohttp.ClientTimeout(total=None),
         )

@@ -183,6 +183,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if session is not None:
             session._retry_connection = False  # see the module docstring
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, yarl.URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -224,6 +225,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._timeouts[connect] = timeout
         return timeout, read
 
+    def _yarl(self, target: str) -> yarl.URL:
+        """``target`` parsed once: upstream URLs are few, and parsing one is not cheap."""
+        url = self._urls.get(target)
+        if url is None:
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            url = self._urls[target] = yarl.URL(target, encoded=True)
+        return url
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session if self._session is not None else self._open()
         method = request.method
@@ -231,7 +241,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if url.userinfo:  # aiohttp would turn it into an Authorization header
             url = url.copy_with(userinfo=b"")
         target = str(url)
-        content = await request.aread()
+        stream = request.stream
+        # The plane's body is a ByteStream: joined as it is, without an async iteration.
+        content = (
+            b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
+        )
         try:
             # Lower-cased names, as ASGI delivers them: aiohttp merges repeated names
             # case-sensitively and would drop "X-A: 1" before "x-a: 2". It writes UTF-8, so
@@ -250,7 +264,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             async with asyncio.timeout(read_s) if read_s else contextlib.nullcontext():
                 response = await session.request(
                     method,
-                    yarl.URL(target, encoded=True),  # the client's raw path and query, untouched
+                    self._yarl(target),  # the client's raw path and query, untouched
                     headers=headers,
                     data=content or None,
                     allow_redirects=False,

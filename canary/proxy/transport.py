@@ -57,6 +57,7 @@ __all__ = ["RAW_ERRORS", "AiohttpTransport", "RawBody", "may_have_reached", "raw
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 _READ_BUFSIZE = 16 << 10
+_AFTER_CONNECT_S = 0.05
 
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
     (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
@@ -209,8 +210,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = session
         return session
 
-    def _timeouts_of(self, request: httpx.Request) -> tuple[aiohttp.ClientTimeout, float | None]:
-        """aiohttp's connect bound, and the read bound (headers, then each next chunk)."""
+    def _timeouts_of(
+        self, request: httpx.Request
+    ) -> tuple[aiohttp.ClientTimeout, float | None, float | None]:
+        """aiohttp's connect bound, the read bound (each next chunk) and the headers' bound.
+
+        The headers' wait includes the connect; when the connect bound is not below the read
+        bound, it ends just after it, so a connect that times out stays a ConnectTimeout
+        (never sent, so retried) rather than a ReadTimeout."""
         given = request.extensions.get("timeout")
         if given is None:
             connect, read = self._connect_timeout, None
@@ -223,7 +230,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # No sock_read: aiohttp would re-arm that timer on every read of every stream.
             timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
             self._timeouts[connect] = timeout
-        return timeout, read
+        if read is None or connect is None or connect < read:
+            return timeout, read, read
+        return timeout, read, connect + _AFTER_CONNECT_S
 
     def _yarl(self, target: str) -> yarl.URL:
         """``target`` parsed once: upstream URLs are few, and parsing one is not cheap."""
@@ -258,10 +267,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.LocalProtocolError(
                 f"{method} {target}: a request header is not UTF-8"
             ) from None
-        timeout, read_s = self._timeouts_of(request)
+        timeout, read_s, headers_s = self._timeouts_of(request)
         try:
             # One timer bounds the wait for the headers (the connect included).
-            async with asyncio.timeout(read_s) if read_s else contextlib.nullcontext():
+            async with asyncio.timeout(headers_s) if headers_s else contextlib.nullcontext():
                 response = await session.request(
                     method,
                     self._yarl(target),  # the client's raw path and query, untouched

@@ -193,8 +193,12 @@ async def test_refused_is_connect_error(transport: AiohttpTransport) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full queue")
-async def test_full_accept_queue_is_connect_timeout(transport: AiohttpTransport) -> None:
-    """A SYN nobody answers is ConnectTimeout, never reached."""
+@pytest.mark.parametrize("read", [BOUND, 0.2], ids=["read-longer", "read-equal"])
+async def test_full_accept_queue_is_connect_timeout(
+    transport: AiohttpTransport, read: float
+) -> None:
+    """A SYN nobody answers is ConnectTimeout, never reached, even when the headers' bound
+    (which includes the connect) is no longer than the connect bound."""
     # listen(0) queues one connection; Linux drops SYNs beyond it, so the next connect hangs.
     with socket.socket() as listener, socket.socket() as filler:
         listener.bind(("127.0.0.1", 0))
@@ -203,7 +207,7 @@ async def test_full_accept_queue_is_connect_timeout(transport: AiohttpTransport)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
 
         with pytest.raises(httpx.ConnectTimeout) as caught:
-            await transport.handle_async_request(build("POST", url, connect=0.2))
+            await transport.handle_async_request(build("POST", url, connect=0.2, read=read))
 
     assert isinstance(caught.value.__cause__, aiohttp.ConnectionTimeoutError)
     assert not may_have_reached(caught.value)

@@ -18,6 +18,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY_BYTES = 10 << 20
+DEFAULT_STEPS = (1.0, 5.0, 25.0, 50.0, 100.0)  # a rollout's steps, in percent
 
 
 def _secret(value: str) -> str:
@@ -111,6 +112,30 @@ class Readiness:
 
 
 @dataclass(frozen=True, slots=True)
+class Analysis:
+    """Canary against baseline over a rollout step; a ``None`` bar is not checked."""
+
+    max_error_rate: float | None = 0.02
+    max_latency_ratio_p95: float | None = 1.5
+    max_ttfb_ratio_p95: float | None = None
+    max_model_mismatch_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A progressive rollout (SPEC §10): ``backend``'s share of ``routes`` through ``steps``."""
+
+    backend: str
+    routes: tuple[str, ...]  # resolved: never empty
+    steps: tuple[float, ...] = DEFAULT_STEPS
+    step_s: float = 600.0
+    step_min_requests: int = 200
+    gates: tuple[float, ...] = ()
+    analysis: Analysis = field(default_factory=Analysis)
+    webhooks: tuple[str, ...] = field(default=(), repr=False)  # a URL may carry a token
+
+
+@dataclass(frozen=True, slots=True)
 class Retry:
     max_attempts: int = 3
     backoff_s: float = 0.5
@@ -170,6 +195,7 @@ class Config:
     auth: Auth
     pricing: Mapping[str, Mapping[str, Price]]
     server: Server
+    rollout: Rollout | None = None
 
     def secrets(self) -> frozenset[str]:
         """Every secret string this config holds, for log and error redaction."""

@@ -36,6 +36,7 @@ from canary.config.model import (
     Sticky,
     digest,
 )
+from canary.config.rollout import rollout_block
 from canary.errors import ConfigProblem
 
 T = TypeVar("T")
@@ -88,6 +89,7 @@ _TOP = {
     "auth",
     "pricing",
     "server",
+    "rollout",
 }
 _BACKEND = {"base_url", "api_key", "api_key_header", "model_map", *_BACKEND_LIMITS}
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # where a backend's key may go
@@ -128,6 +130,7 @@ def validate(tree: Tree) -> Config:
     auth = _auth(r, r.mapping(top.get("auth"), "auth", {"api_keys", "admin_token"}))
     pricing = _pricing(r, top.get("pricing"), set(backends))
     server = _section(r, top.get("server"), "server", Server, _SERVER)
+    rollout = rollout_block(r, top.get("rollout"), backends, routes)
     if problems.items:
         raise problems.error()
     return Config(
@@ -143,6 +146,7 @@ def validate(tree: Tree) -> Config:
         auth=auth,
         pricing=pricing,
         server=server,
+        rollout=rollout,
     )
 
 

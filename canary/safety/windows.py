@@ -23,7 +23,7 @@ from canary.types import Clock
 _BIN_BASE_MS = 0.1
 _BIN_RATIO = 1.15
 _LOG_RATIO = math.log(_BIN_RATIO)
-_BINS = 120  # 0.1 ms * 1.15**120 ~ 19 minutes; slower calls land in the last bin
+BINS = _BINS = 120  # 0.1 ms * 1.15**120 ~ 19 minutes; slower calls land in the last bin
 
 
 def _bin(ms: float) -> int:
@@ -259,6 +259,9 @@ def _percentile(hist: list[int], total: int, q: float) -> float:
         if seen >= rank:
             return round(_bin_upper_ms(i), 3)
     return round(_bin_upper_ms(_BINS - 1), 3)  # pragma: no cover - rank <= total
+
+
+percentile = _percentile  # for step figures built from exported buckets (safety.analysis)
 
 
 class Stats:

@@ -186,6 +186,47 @@ class AuditCountsDoc(TypedDict):
     last_mismatch: str | None  # the name it last answered as, when not the one asked
 
 
+class SideDoc(TypedDict):
+    requests: int
+    errors: int
+    error_rate: float | None  # None: no calls
+    p95_ms: float | None
+
+
+class CheckDoc(TypedDict):
+    check: str  # error_rate | latency_ratio_p95 | ttfb_ratio_p95 | model_mismatch_rate
+    value: float | None  # None: no data (never a pass)
+    threshold: float
+    verdict: str  # pass | fail | no_data
+
+
+class AnalysisDoc(TypedDict):
+    elapsed_s: float
+    step_s: float
+    step_min_requests: int
+    canary: SideDoc  # over the step
+    baseline: SideDoc
+    checks: list[CheckDoc]
+
+
+class RolloutDoc(TypedDict):
+    """SPEC §10: a progressive rollout's state, what it still needs, its history."""
+
+    backend: str
+    routes: list[str]
+    state: str  # progressing | awaiting_promotion | paused | promoted | failed | aborted
+    step: int  # 1-based; 0 before the first step
+    percent: float | int
+    steps: list[float | int]
+    gates: list[float | int]
+    since: str
+    needs: str
+    analysis: AnalysisDoc
+    history: list[dict[str, object]]  # newest first
+    decides: bool  # this replica decides (false: it follows another)
+    weights_line: dict[str, str] | None  # route -> what to write into routes.yaml, once promoted
+
+
 class StatusDocument(TypedDict):
     config: ConfigDoc
     state: str  # memory | redis | degraded
@@ -199,4 +240,5 @@ class StatusDocument(TypedDict):
     readiness: NotRequired[ReadinessDoc]
     audit: NotRequired[dict[str, dict[str, AuditCountsDoc]]]  # backend -> asked model -> counts
     shadow: NotRequired[dict[str, dict[str, Any]]]  # route -> shadow figures and compare
+    rollout: NotRequired[RolloutDoc | None]  # None: no rollout block
     draining: NotRequired[bool]  # set by the app: SIGTERM received, finishing what is in flight

@@ -54,6 +54,7 @@ def families(doc: StatusDocument, meter: Meter) -> Iterator[Metric]:
     yield from _backend_families(doc["backends"])
     yield from _route_families(doc["routes"])
     yield from _state_families(doc)
+    yield from _rollout_families(doc)
 
 
 def _call_families(meter: Meter) -> Iterator[Metric]:
@@ -258,6 +259,36 @@ def _shadow_families(shadow: Mapping[str, Any]) -> Iterator[Metric]:
             if value is not None:
                 compare.add_metric([route, figure], float(value))
     yield compare
+
+
+ROLLOUT_STATES = (
+    "progressing",
+    "awaiting_promotion",
+    "paused",
+    "promoted",
+    "failed",
+    "aborted",
+)
+
+
+def _rollout_families(doc: StatusDocument) -> Iterator[Metric]:
+    """A progressive rollout's step and state (SPEC §10); no samples without one."""
+    rollout = doc.get("rollout")
+    if not rollout:
+        return
+    backend = rollout["backend"]
+    percent = GaugeMetricFamily(
+        "canary_rollout_step_percent",
+        "The rolled-out backend's share of its routes now, in percent.",
+        labels=["backend"],
+    )
+    percent.add_metric([backend], rollout["percent"])
+    state = GaugeMetricFamily(
+        "canary_rollout_state", "Rollout state: 1 for the current one.", labels=["backend", "state"]
+    )
+    for name in ROLLOUT_STATES:
+        state.add_metric([backend, name], 1 if rollout["state"] == name else 0)
+    yield from (percent, state)
 
 
 def _one(d: dict[str, Any]) -> Iterable[tuple[tuple[str], Any]]:

@@ -38,7 +38,9 @@ from canary.observe.equivalence import (
     shadow_section,
 )
 from canary.observe.meter import Meter
+from canary.observe.rollout_view import rollout_events, rollout_section
 from canary.safety.breaker import CLOSED, Breakers, Circuit, CircuitEvent
+from canary.safety.rollouts import Rollouts
 from canary.safety.windows import Stats
 
 
@@ -147,6 +149,7 @@ def status_document(
     meter: Meter,
     state: str = "memory",
     fleet: Peers | None = None,
+    rollouts: Rollouts | None = None,
 ) -> StatusDocument:
     """The /status document; with ``fleet`` (``--workers N``), every worker's figures.
 
@@ -186,7 +189,15 @@ def status_document(
     }
     doc["audit"] = audit_section(meter)
     doc["shadow"] = shadow_section(cfg, meter)
-    doc["routes"] = [_route(route, breakers.effective(route)) for route in cfg.routes]
+    overrides = rollouts.overrides if rollouts is not None else {}
+    doc["routes"] = [
+        _route(route, breakers.effective(route, overrides.get(route.name))) for route in cfg.routes
+    ]
+    if rollouts is not None:
+        doc["rollout"] = rollout_section(rollouts)
+        doc["events"] = sorted(
+            doc["events"] + rollout_events(rollouts), key=lambda e: e["at"], reverse=True
+        )
     costs = backend_costs(meter, cfg)
     doc["backends"] = {
         name: _backend(name, backend, stats, breakers, costs[name], fleet)

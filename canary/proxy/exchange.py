@@ -137,7 +137,8 @@ class Exchange:
         self.client.route = route.name.encode()
         if any(cfg.backends[n].model_map for n in route.weights):
             body.json()  # refused the same way whichever backend the draw picks
-        name = pick(route.weights, _sticky_key(route, hdrs, body), self.p.rng)
+        weights = self.p.weights.get(route.name, route.weights)  # a rollout's, if any
+        name = pick(weights, _sticky_key(route, hdrs, body), self.p.rng)
         if name != route.baseline:
             circuit = self.p.breakers.circuits.get(name)
             if circuit is not None and not circuit.admit():

@@ -51,6 +51,8 @@ class Plane:
     rng: random.Random
     sleep: Sleep = asyncio.sleep
     access_log: bool = True
+    # route name -> the weights a progressive rollout wants there (canary.safety.rollouts)
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
     budget: RetryBudget = field(init=False)
     shadows: Shadows = field(init=False)  # routes' shadow copies (SPEC §9)
     watchdog: Watchdog = field(init=False, default_factory=Watchdog)  # every stream's deadline

@@ -46,19 +46,16 @@ class Check:
     verdict: str  # pass | fail | no_data
     words: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.name,
-            "value": None if self.value is None else round(self.value, 4),
-            "threshold": self.threshold,
-            "verdict": self.verdict,
-        }
+
+# Below this a latency difference is noise for an LLM call (a loaded host's jitter, not the
+# provider): both sides of a ratio are read as at least this many ms.
+LATENCY_FLOOR_MS = 10.0
 
 
 def _ratio(canary: float | None, baseline: float | None) -> float | None:
-    if canary is None or baseline is None or baseline <= 0:
+    if canary is None or baseline is None:
         return None
-    return canary / baseline
+    return max(canary, LATENCY_FLOOR_MS) / max(baseline, LATENCY_FLOOR_MS)
 
 
 def judge(bars: Analysis, canary: Figures, baseline: Figures | None) -> list[Check]:

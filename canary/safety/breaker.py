@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -262,11 +262,16 @@ class Breakers:
             if old is not None and _touched(old, new, name):
                 circuit.rearm(f"routes.yaml changed {name}")
 
-    def effective(self, route: Route) -> dict[str, float]:
+    def effective(
+        self, route: Route, weights: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         """Where the route's traffic goes now, in the file's units: every non-closed canary
-        at 0, its share moved to the baseline (90/10 with relay open reads 100/0)."""
-        out = dict(route.weights)
-        for name, w in route.weights.items():
+        at 0, its share moved to the baseline (90/10 with relay open reads 100/0).
+
+        ``weights``: what a progressive rollout put there instead of the file's."""
+        weights = route.weights if weights is None else weights
+        out = dict(weights)
+        for name, w in weights.items():
             if name != route.baseline and self.state(name) != CLOSED:
                 out[name] = 0.0
                 out[route.baseline] += w

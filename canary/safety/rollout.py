@@ -35,7 +35,7 @@ MAX_HISTORY = 50
 Wall = Callable[[], datetime]
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -54,6 +54,8 @@ class Transition:
     step: int  # 1-based; 0 before the first step
     percent: float
     reason: str
+    requests: int = 0  # the backend's calls over the step so far
+    errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,12 +85,12 @@ class RolloutMachine:
 
     spec: Rollout
     clock: Clock
-    wall: Wall = _utc_now
+    wall: Wall = utc_now
     state: str = PROGRESSING
     index: int = 0  # into spec.steps; -1 before the first step (a gate on it)
     epoch: int = 0
     step_started: float = 0.0
-    since: datetime = field(default_factory=_utc_now)
+    since: datetime = field(default_factory=utc_now)
     paused_from: str = PROGRESSING
     history: list[Transition] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
@@ -121,9 +123,9 @@ class RolloutMachine:
 
     def observe(self, obs: Observation) -> Transition | None:
         """Judge the step so far; move on, fail or hold. Returns the transition, if any."""
-        self.last = obs
         if self.state not in LIVE:
-            return None
+            return None  # the figures that decided it stay on show
+        self.last = obs
         if obs.circuit_open:
             return self._go(FAILED, f"circuit opened: {obs.circuit_reason or 'rolled back'}")
         baseline = obs.baseline if obs.baseline.requests else self.previous_baseline
@@ -195,7 +197,18 @@ class RolloutMachine:
     def _go(self, to: str, reason: str) -> Transition:
         old, self.state = self.state, to
         self.since = self.wall()
-        t = Transition(self.since, self.spec.backend, old, to, self.step, self.percent, reason)
+        calls = self.last.canary if self.last else None
+        t = Transition(
+            self.since,
+            self.spec.backend,
+            old,
+            to,
+            self.step,
+            self.percent,
+            reason,
+            calls.requests if calls else 0,
+            calls.errors if calls else 0,
+        )
         self.history.append(t)
         del self.history[:-MAX_HISTORY]
         return t

@@ -51,7 +51,9 @@ class Canary:
         self.breakers = core.breakers
         self.live: Running | None = None  # what the lifespan opened, while it runs
         self.proxy: ASGIApp = _not_started
-        self.control = ControlPlane(core.store, core.traffic, self.document).app(self.lifespan)
+        self.control = ControlPlane(core.store, core.traffic, self.document, core.rollouts).app(
+            self.lifespan
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,7 +78,9 @@ class Canary:
         fleet = live.fleet if live is not None else None
         merged = fleet.merged_meter() if fleet is not None else core.meter
         state = live.state if live is not None else "memory"
-        doc = status_document(core.store, core.stats, core.breakers, merged, state, fleet)
+        doc = status_document(
+            core.store, core.stats, core.breakers, merged, state, fleet, core.rollouts
+        )
         doc["draining"] = core.traffic.draining  # SIGTERM received: finishing what is in flight
         return doc, merged
 

@@ -5,6 +5,7 @@
     GET  /healthz       200 while the process serves
     GET  /readyz        200 once a valid config is loaded; 503 without one, or draining
     POST /admin/reload  reload routes.yaml; ``Authorization: Bearer <admin_token>``
+    POST /admin/rollout/{promote,pause,resume,abort}  steer the rollout (same token)
     GET  /dashboard     the page and its assets (``canary.observe.dashboard``)
 
 Anything else answers 404 (or 405) in OpenAI's error shape, like the proxy's own errors.
@@ -32,6 +33,8 @@ from canary.observe.document import StatusDocument
 from canary.observe.meter import Meter
 from canary.observe.metrics import CONTENT_TYPE
 from canary.observe.metrics import render as render_metrics
+from canary.safety.rollout import Refused
+from canary.safety.rollouts import VERBS, Rollouts
 from canary.serve.drain import Traffic
 
 Document = Callable[[], tuple[StatusDocument, Meter]]  # /status and the meter it was built on
@@ -52,10 +55,17 @@ def error_response(exc: RouterError) -> Response:
 class ControlPlane:
     """The handlers, over the store, the traffic and a function that builds ``/status``."""
 
-    def __init__(self, store: ConfigStore, traffic: Traffic, document: Document) -> None:
+    def __init__(
+        self,
+        store: ConfigStore,
+        traffic: Traffic,
+        document: Document,
+        rollouts: Rollouts | None = None,
+    ) -> None:
         self.store = store
         self.traffic = traffic
         self.document = document
+        self.rollouts = rollouts
 
     def app(self, lifespan: Lifespan) -> Starlette:
         return Starlette(
@@ -71,6 +81,7 @@ class ControlPlane:
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route("/admin/reload", self.admin_reload, methods=["POST"]),
+            Route("/admin/rollout/{verb}", self.admin_rollout, methods=["POST"]),
             *dashboard_routes(),
         ]
 
@@ -100,6 +111,19 @@ class ControlPlane:
         if not result.applied:
             return _json({**body, "error": result.error}, 422)
         return _json(body)
+
+    async def admin_rollout(self, request: Request) -> Response:
+        verb = request.path_params["verb"]
+        if verb not in VERBS or self.rollouts is None:
+            return await self.not_found(request, HTTPException(404))
+        try:
+            _check_admin(self.store.config, request.headers.get("authorization"))
+            t = await self.rollouts.steer_shared(verb)
+        except RouterError as exc:
+            return error_response(exc)
+        except Refused as exc:
+            return error_response(RouterError(str(exc), code="rollout_refused", status=409))
+        return _json({"transition": t.as_dict(), "state": t.to_state, "percent": t.percent})
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404

@@ -21,6 +21,7 @@ from canary.config.store import ConfigStore
 from canary.observe.logs import redactor
 from canary.observe.meter import Meter
 from canary.safety.breaker import Breakers
+from canary.safety.rollouts import Rollouts
 from canary.safety.windows import Stats
 from canary.serve.drain import Traffic
 from canary.types import Clock, Sleep
@@ -44,6 +45,7 @@ class AppOptions:
     # The directory through which the workers of one ``serve --workers N`` share their
     # figures (``canary.fleet.workers``).
     fleet_dir: str | None = None
+    rollout_tick_s: float = 0.25  # how often a progressive rollout judges its step
 
 
 class AppOptionFields(TypedDict, total=False):
@@ -59,6 +61,7 @@ class AppOptionFields(TypedDict, total=False):
     access_log: bool
     limit_share: float
     fleet_dir: str | None
+    rollout_tick_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +73,14 @@ class Core:
     breakers: Breakers
     meter: Meter
     traffic: Traffic
+    rollouts: Rollouts
 
     @classmethod
     def build(cls, config_path: str, clock: Clock) -> Core:
         stats = Stats(window_s=60.0, clock=clock)
-        core = cls(ConfigStore(config_path), stats, Breakers(stats, clock), Meter(clock), Traffic())
+        breakers = Breakers(stats, clock)
+        rollouts = Rollouts(stats, breakers, clock)
+        core = cls(ConfigStore(config_path), stats, breakers, Meter(clock), Traffic(), rollouts)
         core.store.listeners.append(core.on_config)
         return core
 
@@ -82,5 +88,6 @@ class Core:
         """A config applied: windows, circuits and the log redactor follow it."""
         self.stats.resize(new.rollback.window_s)
         self.breakers.apply(old, new)
+        self.rollouts.on_config(old, new)
         # Keep the old keys masked too: requests still running on the old config log them.
         redactor.update(new.secrets() | (old.secrets() if old else frozenset()))

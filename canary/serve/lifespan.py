@@ -87,6 +87,7 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             fleet = await stack.enter_async_context(
                 _fleet(core, options.fleet_dir, replica_id, windows)
             )
+        await stack.enter_async_context(core.rollouts.ticking(options.rollout_tick_s))
         if options.watch:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))
         if options.signals:
@@ -156,5 +157,6 @@ def _proxy(
         rng=options.rng or random.Random(),
         sleep=options.sleep,
         access_log=options.access_log,
+        weights=core.rollouts.overrides,
     )
     return Proxy(plane)

@@ -96,8 +96,8 @@ def test_a_failed_check_fails_the_rollout_at_once_and_puts_the_backend_at_zero()
 
 def test_a_slow_canary_fails_on_the_latency_ratio() -> None:
     m, _ = machine()
-    t = m.observe(Observation(Figures(200, 0, 400.0), Figures(800, 0, 100.0)))
-    assert t is not None and t.to_state == FAILED and "latency ratio p95 4.000 > 1.5" in t.reason
+    t = m.observe(Observation(Figures(200, 0, 400.0), Figures(800, 0, 50.0)))
+    assert t is not None and t.to_state == FAILED and "latency ratio p95 8.000 > 1.5" in t.reason
 
 
 def test_few_calls_do_not_fail_a_step_yet() -> None:

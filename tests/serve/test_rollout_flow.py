@@ -1,0 +1,116 @@
+"""A progressive rollout in process: weights follow the steps, steering needs the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.helpers import Upstream, prometheus_samples, serving
+
+ROUTES = """
+backends:
+  legacy: {base_url: "http://legacy.test/v1"}
+  relay: {base_url: "http://relay.test/v1"}
+routes:
+  - name: chat
+    weights: {legacy: 100, relay: 0}
+auth: {admin_token: "s3cret-admin"}
+rollout:
+  backend: relay
+  steps: [50, 100]
+  step_s: 0.2
+  step_min_requests: 5
+  gates: GATES
+"""
+ADMIN = {"authorization": "Bearer s3cret-admin"}
+
+
+def config(tmp_path: Path, gates: str = "[]") -> str:
+    path = tmp_path / "routes.yaml"
+    path.write_text(ROUTES.replace("GATES", gates))
+    return str(path)
+
+
+async def drive(c: httpx.AsyncClient, until: str, seconds: float = 15.0) -> dict[str, Any]:
+    """Send calls until the rollout reaches ``until`` (bounded)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(5):
+            r = await c.post("/v1/chat/completions", json={"model": "m", "messages": []})
+            assert r.status_code == 200
+        doc = (await c.get("/status")).json()
+        if doc["rollout"]["state"] == until:
+            return dict(doc)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"rollout never reached {until}: {doc['rollout']}")
+
+
+async def test_a_healthy_canary_is_promoted_and_status_shows_the_weights_line(
+    tmp_path: Path,
+) -> None:
+    """Each step is applied and analysed; effective weights follow, configured stay the file's."""
+    upstream = Upstream()
+    transport = httpx.MockTransport(upstream)
+    async with serving(
+        config(tmp_path), transport=transport, watch=False, rollout_tick_s=0.05
+    ) as c:
+        doc = await drive(c, "promoted")
+        route = doc["routes"][0]
+        assert route["configured"] == {"legacy": 100, "relay": 0}
+        assert route["effective"] == {"legacy": 0, "relay": 100}
+        rollout = doc["rollout"]
+        assert rollout["percent"] == 100 and rollout["step"] == 2
+        assert rollout["weights_line"] == {"chat": "weights: {legacy: 0, relay: 100}"}
+        assert [h["to"] for h in rollout["history"]] == ["promoted", "progressing"]
+        assert any(e["origin"] == "rollout" for e in doc["events"])
+        samples = prometheus_samples((await c.get("/metrics")).text)
+        assert samples[("canary_rollout_step_percent", (("backend", "relay"),))] == 100
+        state = ("canary_rollout_state", (("backend", "relay"), ("state", "promoted")))
+        assert samples[state] == 1
+    hosts = [r.url.host for r in upstream.requests[-5:]]
+    assert hosts == ["relay.test"] * 5
+
+
+async def test_a_failing_canary_fails_the_rollout_and_goes_to_zero(tmp_path: Path) -> None:
+    upstream = Upstream()
+
+    def half_broken(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "relay.test":
+            return httpx.Response(400, json={"error": {"message": "no"}})
+        return Upstream.ok(request)
+
+    upstream.handler = half_broken
+    path = config(tmp_path)
+    Path(path).write_text(
+        Path(path).read_text().replace("relay: 0}", "relay: 0}\n    fallback: true")
+    )
+    async with serving(
+        path, transport=httpx.MockTransport(upstream), watch=False, rollout_tick_s=0.05
+    ) as c:
+        doc = await drive(c, "failed")
+        assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}
+        assert "error rate" in doc["rollout"]["history"][0]["reason"]
+
+
+async def test_a_gate_waits_for_promote_which_needs_the_admin_token(tmp_path: Path) -> None:
+    transport = httpx.MockTransport(Upstream())
+    async with serving(
+        config(tmp_path, "[100]"), transport=transport, watch=False, rollout_tick_s=0.05
+    ) as c:
+        doc = await drive(c, "awaiting_promotion")
+        assert doc["rollout"]["needs"] == "canary rollout promote (next step: 100%)"
+        assert (await c.post("/admin/rollout/promote")).status_code == 401
+        assert (await c.post("/admin/rollout/resume", headers=ADMIN)).status_code == 409
+        assert (await c.post("/admin/rollout/jump", headers=ADMIN)).status_code == 404
+        r = await c.post("/admin/rollout/promote", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["percent"] == 100
+        await drive(c, "promoted")
+        r = await c.post("/admin/rollout/abort", headers=ADMIN)
+        assert r.json()["state"] == "aborted"
+        doc = (await c.get("/status")).json()
+        assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}
+        assert "s3cret" not in str(doc)

@@ -112,6 +112,12 @@ def _load_arguments(p: argparse.ArgumentParser) -> None:
     add_load_arguments(p)
 
 
+def _rollout_arguments(p: argparse.ArgumentParser) -> None:
+    from canary.tools.rollout import add_arguments
+
+    add_arguments(p)
+
+
 def _url_arguments(p: argparse.ArgumentParser) -> None:
     from canary.tools.ops import add_url_arguments
 
@@ -125,6 +131,10 @@ _VERBS = {
         _check_arguments,
     ),
     "status": ("render the router's /status for a person", _url_arguments),
+    "rollout": (
+        "watch and steer a progressive rollout (status|promote|pause|resume|abort)",
+        _rollout_arguments,
+    ),
     "report": ("tokens, cost per backend, projected savings", _url_arguments),
     "load": ("open-loop load at a fixed rate (the pre-migration audit)", _load_arguments),
     "verify": (
@@ -170,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run = {"load": ops.run_load_command, "status": ops.run_status, "report": ops.run_report}
         return run[args.verb](args)
+    if args.verb == "rollout":
+        from canary.tools.rollout import run as run_rollout
+
+        return run_rollout(args)
     if args.verb == "serve":
         return _serve(args)
     if args.verb == "check":

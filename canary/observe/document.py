@@ -225,6 +225,7 @@ class RolloutDoc(TypedDict):
     history: list[dict[str, object]]  # newest first
     decides: bool  # this replica decides (false: it follows another)
     weights_line: dict[str, str] | None  # route -> what to write into routes.yaml, once promoted
+    saved: str  # where its state is kept (a file, Redis), or why nowhere
 
 
 class StatusDocument(TypedDict):

@@ -68,6 +68,7 @@ def rollout_section(rollouts: Rollouts) -> RolloutDoc | None:
         "history": [t.as_dict() for t in reversed(m.history)],
         "decides": rollouts.leading,
         "weights_line": None,
+        "saved": rollouts.persisted,
     }
     if m.state == PROMOTED:
         doc["weights_line"] = {r: _line(w) for r, w in rollouts.overrides.items()}

@@ -67,6 +67,7 @@ class Rollouts:
         self.extra: Extra = lambda _backend, f: f
         self.leading = True  # False: another replica decides, this one follows
         self.shared: Steering | None = None  # set while replicas share the rollout
+        self.persisted = "nowhere: a restart starts the rollout over"  # for /status
         self._epoch = -1
         self._tallies: dict[str, StepTally] = {}
 

@@ -8,6 +8,7 @@
     breakers       (Redis) circuit transitions published and followed
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
+    rollout        the progressive rollout's tick; without Redis, its state file
     watcher        routes.yaml polled for changes
     SIGHUP         (serve) reload on the signal
 
@@ -28,6 +29,7 @@ import httpx
 from redis.asyncio import Redis
 
 from canary.fleet.membership import Membership
+from canary.fleet.rollout_file import rollout_file
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.proxy.app import Proxy
@@ -87,6 +89,8 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             fleet = await stack.enter_async_context(
                 _fleet(core, options.fleet_dir, replica_id, windows)
             )
+        if not redis_url:
+            stack.enter_context(rollout_file(core.rollouts, core.store.path))
         await stack.enter_async_context(core.rollouts.ticking(options.rollout_tick_s))
         if options.watch:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))

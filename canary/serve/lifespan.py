@@ -6,6 +6,7 @@
     membership     (Redis) the heartbeat: live replicas, and the probe back from degraded
     listener       (Redis) pub/sub blocks on reads: its own connection, no read timeout
     breakers       (Redis) circuit transitions published and followed
+    rollout        (Redis) one replica decides the rollout (a lease), all follow
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
     rollout        the progressive rollout's tick; without Redis, its state file
@@ -30,6 +31,7 @@ from redis.asyncio import Redis
 
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import rollout_file
+from canary.fleet.rollout_shared import SharedRollout
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.proxy.app import Proxy
@@ -113,6 +115,7 @@ async def _share_state(
     await stack.enter_async_context(Membership(limiter, replica_id))
     listener = await stack.enter_async_context(_redis(url, read_timeout=False))
     await stack.enter_async_context(SharedBreakers(listener, core.breakers, replica_id))
+    await stack.enter_async_context(SharedRollout(limiter.redis.client, core.rollouts, replica_id))
     windows = SharedWindows(
         limiter.redis.client,
         core.stats,

@@ -9,7 +9,7 @@
     rollout        (Redis) one replica decides the rollout (a lease), all follow
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
-    rollout        the progressive rollout's tick; without Redis, its state file
+    rollout        the progressive rollout's tick, its webhooks; without Redis, its state file
     watcher        routes.yaml polled for changes
     SIGHUP         (serve) reload on the signal
 
@@ -41,6 +41,7 @@ from canary.safety.failover import FailoverLimiter
 from canary.safety.limits import MemoryLimiter, RedisLimiter
 from canary.serve.core import AppOptions, Core
 from canary.serve.signals import on_sighup
+from canary.serve.webhooks import webhooks
 
 # Keep pooled upstream connections for less time than providers keep them idle (uvicorn
 # and most providers: 5 s or more), so the router never writes into one they closed.
@@ -93,6 +94,7 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             )
         if not redis_url:
             stack.enter_context(rollout_file(core.rollouts, core.store.path))
+        await stack.enter_async_context(webhooks(core.rollouts, options.transport, options.sleep))
         await stack.enter_async_context(core.rollouts.ticking(options.rollout_tick_s))
         if options.watch:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.helpers import Upstream, prometheus_samples, serving
+from tests.helpers import Upstream, no_sleep, prometheus_samples, serving
 
 ROUTES = """
 backends:
@@ -114,3 +115,40 @@ async def test_a_gate_waits_for_promote_which_needs_the_admin_token(tmp_path: Pa
         doc = (await c.get("/status")).json()
         assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}
         assert "s3cret" not in str(doc)
+
+
+async def test_every_transition_is_posted_to_the_webhooks_with_retries(tmp_path: Path) -> None:
+    """A failing hook is tried three times; the body has the contract's keys and a Slack text."""
+    upstream = Upstream()
+    hooks: list[dict[str, Any]] = []
+    answers = iter([500, 200, 200, 200, 200])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "hook.test":
+            hooks.append(json.loads(request.content))
+            return httpx.Response(next(answers, 200))
+        return Upstream.ok(request)
+
+    upstream.handler = handler
+    path = Path(config(tmp_path, "[100]"))
+    path.write_text(path.read_text() + "  webhooks: [http://hook.test/h?token=x]\n")
+    async with serving(
+        str(path),
+        transport=httpx.MockTransport(upstream),
+        watch=False,
+        rollout_tick_s=0.05,
+        sleep=no_sleep,
+    ) as c:
+        await drive(c, "awaiting_promotion")
+        await c.post("/admin/rollout/abort", headers=ADMIN)
+        deadline = time.monotonic() + 5
+        while len(hooks) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    # progressing->awaiting twice (a 500, then the retry), then ->aborted
+    assert [(h["from"], h["to"]) for h in hooks][-2:] == [
+        ("progressing", "awaiting_promotion"),
+        ("awaiting_promotion", "aborted"),
+    ]
+    assert hooks[0] == hooks[1]
+    assert set(hooks[0]) == {"rollout", "from", "to", "step", "percent", "reason", "at", "text"}
+    assert hooks[-1]["text"].startswith("canary rollout of relay: awaiting_promotion -> aborted")

@@ -36,6 +36,8 @@ ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uPlot.min.css": "text/css; charset=utf-8",
+    "rollout.js": "text/javascript; charset=utf-8",
+    "rollout.css": "text/css; charset=utf-8",
 }
 
 

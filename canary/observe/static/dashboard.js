@@ -778,6 +778,7 @@
       failures = 0;
       record(doc, started / 1000);
       render(doc);
+      document.dispatchEvent(new CustomEvent("canary:status", { detail: doc }));
       $("disconnected").hidden = true;
       setText(
         "live",

@@ -18,6 +18,7 @@ restarts, and the caller starts its step figures over whenever it moves.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -233,7 +234,7 @@ class RolloutMachine:
         spec, out = self.spec, []
         left = spec.step_s - self.elapsed()
         if left > 0:
-            out.append(f"{left:.0f} s more")
+            out.append(f"{math.ceil(left)} s more")
         calls = self.last.canary.requests if self.last else 0
         if calls < spec.step_min_requests:
             out.append(f"{spec.step_min_requests - calls} more calls to {spec.backend}")

@@ -210,3 +210,11 @@ def test_two_replicas_on_one_redis_share_one_rollout(stack_factory: Any, redis_s
     print(f"replicas: promote seen by both in {followed_in:.2f} s")
     assert followed_in < 1.5
     assert doc["rollout"]["state"] == "promoted", doc["rollout"]["history"]
+
+
+def test_the_rollout_demo_tells_its_story() -> None:
+    """``canary demo --scenario rollout``: promoted, then a broken relay rolled back."""
+    out = canary("demo", "--scenario", "rollout", timeout=150)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "rollout promoted" in out.stdout and "-- rolled back:" in out.stdout
+    assert "client failures 0" in out.stdout.splitlines()[-2]

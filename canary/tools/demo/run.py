@@ -83,15 +83,20 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add("--open-s", type=float, default=8, help=argparse.SUPPRESS)  # rollback.open_s
     add(
         "--scenario",
-        choices=("rollback", "substitution"),
+        choices=("rollback", "substitution", "rollout"),
         default="rollback",
         help="rollback: the relay fails and is rolled back; substitution: it never fails but "
-        f"answers as {ANSWERED_AS}, and the verdict stays not ready",
+        f"answers as {ANSWERED_AS}, and the verdict stays not ready; rollout: a progressive "
+        "rollout climbs to promoted, then a broken relay is rolled back mid-way",
     )
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Tell the story; 0 when the circuit opened and closed again with no client failure."""
+    if getattr(args, "scenario", "rollback") == "rollout":
+        from canary.tools.demo.rollout import run_rollout_demo
+
+        return run_rollout_demo()
     live = not args.no_live and sys.stdout.isatty()
     opts = Options(
         args.duration,

@@ -7,6 +7,7 @@
     listener       (Redis) pub/sub blocks on reads: its own connection, no read timeout
     breakers       (Redis) circuit transitions published and followed
     rollout        (Redis) one replica decides the rollout (a lease), all follow
+                   (else: the workers of this host, through its state file)
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
     rollout        the progressive rollout's tick, its webhooks; without Redis, its state file
@@ -30,8 +31,9 @@ import httpx
 from redis.asyncio import Redis
 
 from canary.fleet.membership import Membership
-from canary.fleet.rollout_file import rollout_file
+from canary.fleet.rollout_file import file_store
 from canary.fleet.rollout_shared import SharedRollout
+from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.proxy.app import Proxy
@@ -92,8 +94,9 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             fleet = await stack.enter_async_context(
                 _fleet(core, options.fleet_dir, replica_id, windows)
             )
-        if not redis_url:
-            stack.enter_context(rollout_file(core.rollouts, core.store.path))
+        if not redis_url:  # the workers of this host share the rollout through its file
+            store = file_store(core.store.path)
+            await stack.enter_async_context(SharedRollout(store, core.rollouts, replica_id))
         await stack.enter_async_context(webhooks(core.rollouts, options.transport, options.sleep))
         await stack.enter_async_context(core.rollouts.ticking(options.rollout_tick_s))
         if options.watch:
@@ -117,7 +120,8 @@ async def _share_state(
     await stack.enter_async_context(Membership(limiter, replica_id))
     listener = await stack.enter_async_context(_redis(url, read_timeout=False))
     await stack.enter_async_context(SharedBreakers(listener, core.breakers, replica_id))
-    await stack.enter_async_context(SharedRollout(limiter.redis.client, core.rollouts, replica_id))
+    store = RedisStore(limiter.redis.client)
+    await stack.enter_async_context(SharedRollout(store, core.rollouts, replica_id))
     windows = SharedWindows(
         limiter.redis.client,
         core.stats,

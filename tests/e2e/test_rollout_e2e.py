@@ -218,3 +218,18 @@ def test_the_rollout_demo_tells_its_story() -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "rollout promoted" in out.stdout and "-- rolled back:" in out.stdout
     assert "client failures 0" in out.stdout.splitlines()[-2]
+
+
+def test_the_workers_of_one_host_share_one_rollout_through_its_file(stack_factory: Any) -> None:
+    """``serve --workers 2`` without Redis: a promote that lands on either worker moves both."""
+    stack: Stack = stack_factory(
+        ROUTES.format(gates="[10]"), env={"CANARY_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"]
+    )
+    wait_state(stack, {"awaiting_promotion"})
+    ok = canary("rollout", "promote", "--url", stack.url, "--token", TOKEN)
+    assert ok.returncode == 0, ok.stderr
+    time.sleep(1.0)  # every worker has followed by now
+    docs = [stack.status() for _ in range(40)]
+    assert len({d["workers"]["this"] for d in docs}) == 2  # both workers answered
+    assert {(d["rollout"]["state"], d["rollout"]["percent"]) for d in docs} == {("progressing", 10)}
+    assert (stack.config.parent / f".{stack.config.name}.rollout.json").exists()

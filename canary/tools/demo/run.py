@@ -93,10 +93,6 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Tell the story; 0 when the circuit opened and closed again with no client failure."""
-    if getattr(args, "scenario", "rollback") == "rollout":
-        from canary.tools.demo.rollout import run_rollout_demo
-
-        return run_rollout_demo()
     live = not args.no_live and sys.stdout.isatty()
     opts = Options(
         args.duration,

@@ -235,3 +235,12 @@ def test_the_tally_counts_each_completed_second_once() -> None:
     assert (tally.requests, tally.errors) == (2, 1)
     tally.add(export, now_second=12)
     assert tally.figures().requests == 3 and tally.figures().p95_ms is not None
+
+
+def test_latency_ratios_read_both_sides_as_at_least_the_floor() -> None:
+    """Sub-10 ms p95s are jitter, not a provider: 3 ms against 1 ms is not 3x slower."""
+    checks = judge(Analysis(), Figures(100, 0, 3.0), Figures(100, 0, 1.0))
+    latency = next(c for c in checks if c.name == "latency_ratio_p95")
+    assert latency.value == 1.0 and latency.verdict == "pass"
+    slow = judge(Analysis(), Figures(100, 0, 40.0), Figures(100, 0, 1.0))
+    assert next(c for c in slow if c.name == "latency_ratio_p95").verdict == "fail"

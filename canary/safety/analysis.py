@@ -7,10 +7,9 @@
 ``StepTally`` adds up a backend's window buckets as seconds complete, so the data plane
 pays nothing for it: it reads ``Window.export()`` on each control-plane tick.
 
-Optional inputs: time-to-first-byte and the model audit are read through ``Inputs``, whose
-functions return None while this build has no source for them (no TTFB is measured yet;
-the model audit is another change). A bar set on a figure with no source holds the step
-and says so in ``needs``: set that bar to null to roll out without it.
+Optional inputs: the model mismatch rate comes from the model audit (``Rollouts.audit``);
+time-to-first-byte is not measured by this build (``Rollouts.extra`` may add it), so a
+bar set on it holds the step and says so in ``needs``: set it to null to go without.
 """
 
 from __future__ import annotations
@@ -79,7 +78,7 @@ def judge(bars: Analysis, canary: Figures, baseline: Figures | None) -> list[Che
             "model_mismatch_rate",
             canary.mismatch_rate,
             bars.max_model_mismatch_rate,
-            "no model audit figures (not in this build)",
+            "no audited answers in this step yet",
         ),
     ]
     return [_check(name, v, bar, why) for name, v, bar, why in rows if bar is not None]

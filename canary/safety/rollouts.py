@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -65,6 +66,9 @@ class Rollouts:
         self.listeners: list[Callable[[Transition], None]] = [self._log]
         self.events: deque[Transition] = deque(maxlen=MAX_HISTORY)
         self.extra: Extra = lambda _backend, f: f
+        # (answers audited, mismatches) of a backend so far: the model audit, set by serve
+        self.audit: Callable[[str], tuple[int, int]] | None = None
+        self._audit_base = (0, 0)
         self.leading = True  # False: another replica decides, this one follows
         self.shared: Steering | None = None  # set while replicas share the rollout
         self.persisted = "nowhere: a restart starts the rollout over"  # for /status
@@ -124,15 +128,25 @@ class Rollouts:
         if m.epoch != self._epoch:  # a new step, or its analysis starts over
             self._epoch = m.epoch
             second = int(self.clock())
-            self._tallies = {}
             self._tallies = {name: StepTally(second) for name in self._sides(m.spec)}
+            self._audit_base = self.audit(m.spec.backend) if self.audit else (0, 0)
         now = int(self.clock())
         figures = []
         for name, tally in self._tallies.items():
             tally.add(self.stats.window(name).export(), now)
             figures.append(self.extra(name, tally.figures()))
         state = self.breakers.state(m.spec.backend)
-        return Observation(figures[0], figures[1], state != CLOSED, self._circuit_reason())
+        canary = self._audited(m.spec.backend, figures[0])
+        return Observation(canary, figures[1], state != CLOSED, self._circuit_reason())
+
+    def _audited(self, backend: str, f: Figures) -> Figures:
+        """The step's model mismatch rate, from the audit's counts since the step began."""
+        if self.audit is None:
+            return f
+        audited, mismatched = self.audit(backend)
+        n = audited - self._audit_base[0]
+        rate = (mismatched - self._audit_base[1]) / n if n > 0 else None
+        return dataclasses.replace(f, mismatch_rate=rate)
 
     def _sides(self, spec: Rollout) -> tuple[str, str]:
         return spec.backend, self.routes[0].baseline

@@ -64,6 +64,12 @@ class AppOptionFields(TypedDict, total=False):
     rollout_tick_s: float
 
 
+def audit_totals(meter: Meter, backend: str) -> tuple[int, int]:
+    """(answers audited with a model name, mismatches) of ``backend`` so far (SPEC §9)."""
+    rows = [counts for (name, _), counts in meter.audits.items() if name == backend]
+    return sum(c[0] + c[1] + c[2] for c in rows), sum(c[2] for c in rows)
+
+
 @dataclass(frozen=True, slots=True)
 class Core:
     """The config store and the in-process figures: built once, alive across lifespans."""
@@ -81,6 +87,7 @@ class Core:
         breakers = Breakers(stats, clock)
         rollouts = Rollouts(stats, breakers, clock)
         core = cls(ConfigStore(config_path), stats, breakers, Meter(clock), Traffic(), rollouts)
+        rollouts.audit = lambda backend: audit_totals(core.meter, backend)
         core.store.listeners.append(core.on_config)
         return core
 

@@ -78,7 +78,7 @@ def test_missing_data_is_not_a_pass() -> None:
     m, clock = machine(analysis=Analysis(max_model_mismatch_rate=0.0))
     clock.now += 60
     assert m.observe(GOOD) is None
-    assert "model mismatch rate: no model audit" in m.needs()
+    assert "model mismatch rate: no audited answers" in m.needs()
     no_latency = Observation(Figures(200, 0, None), Figures(0, 0, None))
     m2, clock2 = machine()
     clock2.now += 60

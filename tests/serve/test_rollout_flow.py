@@ -152,3 +152,20 @@ async def test_every_transition_is_posted_to_the_webhooks_with_retries(tmp_path:
     assert hooks[0] == hooks[1]
     assert set(hooks[0]) == {"rollout", "from", "to", "step", "percent", "reason", "at", "text"}
     assert hooks[-1]["text"].startswith("canary rollout of relay: awaiting_promotion -> aborted")
+
+
+async def test_a_relay_answering_as_another_model_fails_the_model_check(tmp_path: Path) -> None:
+    """The model audit feeds the step's mismatch rate: a substituted model fails the rollout."""
+    upstream = Upstream()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        model = "gpt-4o-mini" if request.url.host == "relay.test" else "m"
+        return httpx.Response(200, json={"model": model, "choices": []})
+
+    upstream.handler = handler
+    path = Path(config(tmp_path))
+    path.write_text(path.read_text() + "  analysis: {max_model_mismatch_rate: 0.0}\n")
+    transport = httpx.MockTransport(upstream)
+    async with serving(str(path), transport=transport, watch=False, rollout_tick_s=0.05) as c:
+        doc = await drive(c, "failed")
+    assert "model mismatch rate 1.000 > 0" in doc["rollout"]["history"][0]["reason"]

@@ -125,7 +125,8 @@ def test_a_failing_relay_fails_the_rollout_and_goes_to_zero(stack_factory: Any) 
         relay_calls = stack.sim("relay", "/_sim/stats")["requests"]
         time.sleep(1.0)
         after = stack.sim("relay", "/_sim/stats")["requests"]
-    print(f"failing relay: {relay_calls} relay calls before rollback, {run.calls} client calls")
+    reason = doc["rollout"]["history"][0]["reason"]
+    print(f"failing relay: {relay_calls} relay calls before rollback ({reason})")
     rollout = doc["rollout"]
     assert rollout["state"] == "failed" and rollout["percent"] == 0
     assert "error rate" in rollout["history"][0]["reason"]

@@ -79,6 +79,8 @@ class SharedRollout(AsyncResource):
 
     async def step(self) -> None:
         """One period: hold or take the lease; then decide and write, or read and follow."""
+        if self.rollouts.machine is None:
+            return  # no rollout block: nothing to decide, no lock file, no Redis call
         mine = await self.store.lease(self.replica_id, int(LEASE_S * 1000))
         if mine and not self.rollouts.leading:
             await self._follow()  # take over from where the last decider left it

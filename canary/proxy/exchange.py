@@ -191,6 +191,7 @@ class Exchange:
         if lease is None:
             self._account(t)
             return t
+        t.sent_at = asyncio.get_running_loop().time()
         response: httpx.Response | None = None
         try:
             response = await self._send(t)
@@ -371,6 +372,8 @@ class Exchange:
             kind = t.kind or _OUTCOME_KIND.get(t.outcome)
             self._count(name, t.began, kind, verdict=t.outcome not in NO_VERDICT)
             t.began = None
+        if t.first_byte is not None and t.outcome == "ok":  # a stream: time to first byte
+            p.stats.first_byte(name, t.first_byte - t.sent_at)
         model = self.body.accounted_model() if t.head or t.tokens else None
         if t.head is not None and t.outcome == "ok":  # the model audit (SPEC §9)
             audit_answer(p.meter, t.backend, model, t.head, "live")

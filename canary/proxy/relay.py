@@ -47,11 +47,13 @@ class Try:
         "began",
         "deferred",
         "fall_back",
+        "first_byte",
         "head",
         "kind",
         "metered",
         "origin",
         "outcome",
+        "sent_at",
         "since",
         "status",
         "tokens",
@@ -70,6 +72,8 @@ class Try:
         self.fall_back = False  # it failed early: the baseline may answer instead
         self.deferred = False  # a 4xx whose verdict waits for the baseline's answer
         self.head: bytes | None = None  # the answer's first read, for the model audit
+        self.sent_at = 0.0  # loop time when it left, past the limiter
+        self.first_byte: float | None = None  # loop time of a stream's first byte out
 
 
 class EarlyFailure(Exception):
@@ -96,7 +100,9 @@ async def relay(
     pump = _Pump(client, response, t.backend.timeout_s + GRACE_S)
     try:
         # The model audit reads the first (plain) read.
-        await pump.run(dog, start, frames, scanner, t if metered and not encoding else None)
+        await pump.run(
+            dog, start, frames, scanner, t if metered and not encoding else None, t if sse else None
+        )
         if not client.started:
             client.started = True
             await client.send(start)
@@ -142,6 +148,7 @@ class _Pump:
         frames: Frames | None,
         scanner: UsageScanner | None,
         peek: Try | None,
+        sse: Try | None,
     ) -> None:
         client, send, tap, budget = self.client, self.client.send, self.client.tap, self.budget
         raw = raw_body(self.response)
@@ -164,6 +171,8 @@ class _Pump:
                     await send(start)
                     if peek is not None:
                         peek.head = chunk
+                    if sse is not None:  # time to first byte, once per stream
+                        sse.first_byte = time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 now = time()
                 if tap is not None:  # a shadow copy compares with what the client got

@@ -8,8 +8,8 @@ backend. Transitions go to ``listeners`` (log, state file, webhooks) and ``event
 
 Figures come from each backend's window (``StepTally``), the backend's circuit from
 ``Breakers``: nothing here runs on the request path. The baseline compared is that of the
-rollout's first route. ``extra`` adds figures this build does not measure (the model
-audit, time-to-first-byte): by default it adds none, and a bar on them holds the step.
+rollout's first route. Time to first byte comes from the streams' own windows
+(``Stats.first_byte``), the mismatch rate from the model audit; ``extra`` can add more.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class Rollouts:
         self.persisted = "nowhere: a restart starts the rollout over"  # for /status
         self._epoch = -1
         self._tallies: dict[str, StepTally] = {}
+        self._ttfb: dict[str, StepTally] = {}  # streams' time to first byte, over the step
 
     # --- config ------------------------------------------------------------------------
 
@@ -129,15 +130,23 @@ class Rollouts:
             self._epoch = m.epoch
             second = int(self.clock())
             self._tallies = {name: StepTally(second) for name in self._sides(m.spec)}
+            self._ttfb = {name: StepTally(second) for name in self._sides(m.spec)}
             self._audit_base = self.audit(m.spec.backend) if self.audit else (0, 0)
         now = int(self.clock())
         figures = []
         for name, tally in self._tallies.items():
             tally.add(self.stats.window(name).export(), now)
-            figures.append(self.extra(name, tally.figures()))
+            figures.append(self.extra(name, self._with_ttfb(name, tally.figures(), now)))
         state = self.breakers.state(m.spec.backend)
         canary = self._audited(m.spec.backend, figures[0])
         return Observation(canary, figures[1], state != CLOSED, self._circuit_reason())
+
+    def _with_ttfb(self, backend: str, f: Figures, now: int) -> Figures:
+        """The step's p95 time to first byte of the backend's streams (None: no stream)."""
+        window, tally = self.stats.ttfb(backend), self._ttfb[backend]
+        if window is not None:
+            tally.add(window.export(), now)
+        return dataclasses.replace(f, ttfb_p95_ms=tally.figures().p95_ms)
 
     def _audited(self, backend: str, f: Figures) -> Figures:
         """The step's model mismatch rate, from the audit's counts since the step began."""

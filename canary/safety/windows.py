@@ -265,12 +265,14 @@ percentile = _percentile  # for step figures built from exported buckets (safety
 
 
 class Stats:
-    """The windows of every backend, created on first use."""
+    """The windows of every backend, created on first use; beside each, a window of its
+    streams' time to first byte (its "latency" is that time; read by rollout analysis)."""
 
     def __init__(self, window_s: float, clock: Clock) -> None:
         self.window_s = window_s
         self.clock = clock
         self.windows: dict[str, Window] = {}
+        self.ttfb_windows: dict[str, Window] = {}
 
     def window(self, backend: str) -> Window:
         w = self.windows.get(backend)
@@ -278,9 +280,20 @@ class Stats:
             w = self.windows[backend] = Window(self.window_s, self.clock)
         return w
 
+    def first_byte(self, backend: str, seconds: float) -> None:
+        """A stream from ``backend`` sent its first byte ``seconds`` after the call left."""
+        w = self.ttfb_windows.get(backend)
+        if w is None:
+            w = self.ttfb_windows[backend] = Window(self.window_s, self.clock)
+        w.in_flight += 1  # finish() counts a call that start() did not: keep in_flight at 0
+        w.finish(seconds, error=False)
+
+    def ttfb(self, backend: str) -> Window | None:
+        return self.ttfb_windows.get(backend)
+
     def resize(self, window_s: float) -> None:
         """A reload changed ``rollback.window_s``: fresh windows, lifetime totals kept."""
         if window_s != self.window_s:
             self.window_s = window_s
-            for w in self.windows.values():
+            for w in (*self.windows.values(), *self.ttfb_windows.values()):
                 w.resize(window_s)

@@ -169,3 +169,36 @@ async def test_a_relay_answering_as_another_model_fails_the_model_check(tmp_path
     async with serving(str(path), transport=transport, watch=False, rollout_tick_s=0.05) as c:
         doc = await drive(c, "failed")
     assert "model mismatch rate 1.000 > 0" in doc["rollout"]["history"][0]["reason"]
+
+
+async def test_a_relay_slow_to_its_first_byte_fails_on_the_ttfb_ratio(tmp_path: Path) -> None:
+    """Streams' time to first byte is measured per backend over the step: a relay that
+    starts its streams 80 ms late fails a 1.5x bar, with the check named."""
+    upstream = Upstream()
+
+    async def streams(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "relay.test":
+            await asyncio.sleep(0.08)
+        body = b'data: {"choices": []}\n\ndata: [DONE]\n\n'
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=httpx.ByteStream(body)
+        )
+
+    upstream.handler = streams
+    path = config(tmp_path)
+    Path(path).write_text(Path(path).read_text() + "  analysis: {max_ttfb_ratio_p95: 1.5}\n")
+    async with serving(
+        path, transport=httpx.MockTransport(upstream), watch=False, rollout_tick_s=0.05
+    ) as c:
+        deadline = time.monotonic() + 15
+        doc: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            for _ in range(5):
+                r = await c.post("/v1/chat/completions", json={"model": "m", "stream": True})
+                assert r.status_code == 200
+            doc = (await c.get("/status")).json()
+            if doc["rollout"]["state"] == "failed":
+                break
+        assert doc["rollout"]["state"] == "failed", doc["rollout"]
+        assert "ttfb" in doc["rollout"]["history"][0]["reason"]
+        assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}

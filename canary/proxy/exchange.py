@@ -44,7 +44,14 @@ from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
 from canary.proxy.plane import Plane
 from canary.proxy.relay import EarlyFailure, Try, log_failure, relay
-from canary.proxy.retry import RETRY_STATUSES, backoff, delay_s, retryable_error
+from canary.proxy.retry import (
+    RETRY_STATUSES,
+    backoff,
+    delay_s,
+    give_up,
+    kept,
+    retryable_error,
+)
 from canary.proxy.router import match_route, pick
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
@@ -299,9 +306,9 @@ class Exchange:
             self._count(backend.name, t.began, kind)
             t.began = None
             if not self._may_retry(attempt, backend):
-                return _give_up(response, failure)  # counted already: t.began is None
+                return give_up(response, failure)  # counted already: t.began is None
             if response is not None:
-                response = await _kept(response)  # its connection is free while we wait
+                response = await kept(response)  # its connection is free while we wait
             log.info(
                 "proxy.retry",
                 request_id=self.client.request_id.decode(),
@@ -312,7 +319,7 @@ class Exchange:
             )
             await p.sleep(wait)
             if not await self._retry_start(backend):
-                return _give_up(response, failure)
+                return give_up(response, failure)
             p.meter.retry(backend.name)
             attempt += 1
 
@@ -422,32 +429,6 @@ async def _watch_disconnect(receive: Receive, client: Client, task: asyncio.Task
     if not client.done:
         client.disconnected = True
         task.cancel()
-
-
-def _give_up(
-    response: httpx.Response | None, failure: httpx.TransportError | None
-) -> httpx.Response:
-    """No more tries: the last failure stands (raised), or the last answer goes back."""
-    if failure is not None:
-        raise failure
-    assert response is not None
-    return response
-
-
-async def _kept(response: httpx.Response) -> httpx.Response:
-    """A retryable answer read whole (an error body is small) and its connection freed,
-    so it can still be passed back, byte for byte, if the retry is not made."""
-    try:
-        raw = b"".join([chunk async for chunk in response.aiter_raw()])
-    except httpx.StreamConsumed:  # built with its content already read (MockTransport)
-        raw = response.content
-    await response.aclose()
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers.raw,
-        stream=httpx.ByteStream(raw),
-        extensions=response.extensions,
-    )
 
 
 def _sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body) -> str | None:

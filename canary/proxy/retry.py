@@ -101,3 +101,29 @@ class RetryBudget:
             return False
         bucket[2] += 1
         return True
+
+
+def give_up(
+    response: httpx.Response | None, failure: httpx.TransportError | None
+) -> httpx.Response:
+    """No more tries: the last failure stands (raised), or the last answer goes back."""
+    if failure is not None:
+        raise failure
+    assert response is not None
+    return response
+
+
+async def kept(response: httpx.Response) -> httpx.Response:
+    """A retryable answer read whole (an error body is small) and its connection freed,
+    so it can still be passed back, byte for byte, if the retry is not made."""
+    try:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    except httpx.StreamConsumed:  # built with its content already read (MockTransport)
+        raw = response.content
+    await response.aclose()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers.raw,
+        stream=httpx.ByteStream(raw),
+        extensions=response.extensions,
+    )

@@ -3,7 +3,8 @@
 pybreaker gives the states (closed -> open -> half-open) and tells its listeners of every
 change; canary decides the transitions itself, because pybreaker counts consecutive
 failures on its own wall clock and its coroutine path is Tornado-only. Our rules, read
-on the injected clock:
+on the injected clock, all in ``Circuit._rule`` (pybreaker only makes the move, ``_go``,
+and reports it, ``_changed``):
 
 - closed: if the backend's window holds at least ``min_requests`` calls and its error
   rate exceeds ``max_error_rate``, open. The decision is made on the very call that
@@ -49,6 +50,12 @@ _FROM_PYBREAKER = {
     pybreaker.STATE_HALF_OPEN: HALF_OPEN,
 }
 MAX_EVENTS = 100
+
+# What happens to a circuit, as the rules (Circuit._rule) read it.
+PICKED = "picked"  # routing chose the backend and asks admit()
+SUCCEEDED, FAILED = "succeeded", "failed"  # a call to it ended
+COUNTED = "counted"  # other replicas' calls reached its window
+RECONFIGURED = "reconfigured"  # routes.yaml touched it
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +126,8 @@ class Circuit:
         """May a call go to this backend now? Asked only when routing picked it."""
         if self.state == CLOSED:
             return True
-        if self.state == OPEN:
-            if not self.rules.auto_resume or self._clock() < self.opened_at + self.rules.open_s:
-                return False
-            self._go(HALF_OPEN, f"open for {self.rules.open_s:g} s: probing")
-        if self.probes_granted < self.rules.probe_requests:
+        self._step(PICKED)
+        if self.state == HALF_OPEN and self.probes_granted < self.rules.probe_requests:
             self.probes_granted += 1
             return True
         return False
@@ -138,29 +142,13 @@ class Circuit:
                 self.since_errors += 1
                 if kind is not None:
                     self.since_kinds[kind] = self.since_kinds.get(kind, 0) + 1
-            # The rate can cross the bar only on a failure, or on the call that brings the
-            # window up to min_requests; any other success lowers it. So check just then.
-            window = self.window
-            if error or window.requests + window.remote_requests == self.rules.min_requests:
-                self.check()
-        elif self.state == HALF_OPEN:
-            if error:
-                self._go(OPEN, f"probe failed ({self.probes_ok} of {self.rules.probe_requests} ok)")
-            else:
-                self.probes_ok += 1
-                if self.probes_ok >= self.rules.probe_requests:
-                    self._go(CLOSED, f"{self.probes_ok} probes succeeded")
-        # open: a call that started before the circuit opened; the window has it already
+        elif self.state == HALF_OPEN and not error:
+            self.probes_ok += 1
+        self._step(FAILED if error else SUCCEEDED)
 
     def check(self) -> None:
-        """Apply the trip rule to the window (with other replicas' calls, when shared)."""
-        if self.state != CLOSED:
-            return
-        requests, errors = self.window.global_counts()
-        rules = self.rules
-        if requests >= rules.min_requests and errors > rules.max_error_rate * requests:
-            rate = f"{errors / requests:.3f} > {rules.max_error_rate:g}"
-            self._go(OPEN, f"error rate {rate} over {requests} requests")
+        """Other replicas' calls reached the window: apply the trip rule to the whole."""
+        self._step(COUNTED)
 
     def abandon(self) -> None:
         """A call ended without a verdict (the client left): a probe gives its slot back."""
@@ -179,12 +167,46 @@ class Circuit:
 
     def rearm(self, reason: str) -> None:
         """routes.yaml changed this backend: closed, fresh window, fresh readiness counts."""
-        if self.state != CLOSED:
-            self._go(CLOSED, reason)
-        else:
+        if self.state == CLOSED:  # nothing moves; the window starts afresh all the same
             self._fresh(datetime.now(UTC))
+        else:
+            self._step(RECONFIGURED, reason)
 
-    # --- transitions ----------------------------------------------------------------------
+    # --- the rules: every transition, in one place ----------------------------------------
+
+    def _step(self, on: str, note: str = "") -> None:
+        """Move as the rules say for what just happened (``on``); pybreaker makes the move."""
+        move = self._rule(on, note)
+        if move is not None:
+            self._go(*move)
+
+    def _rule(self, on: str, note: str) -> tuple[str, str] | None:
+        """The state ``on`` moves this circuit to and why, read top to bottom; None: stay."""
+        state, rules, window = self.state, self.rules, self.window
+        if on == RECONFIGURED:  # an operator's resume when auto_resume is false
+            return CLOSED, note
+        if state == CLOSED and on in (FAILED, SUCCEEDED, COUNTED):
+            # The rate can cross the bar only on a failure, on the call that brings the window
+            # up to min_requests, or with other replicas' calls; other successes lower it.
+            filled = window.requests + window.remote_requests == rules.min_requests
+            if on == SUCCEEDED and not filled:
+                return None
+            requests, errors = window.global_counts()
+            if requests >= rules.min_requests and errors > rules.max_error_rate * requests:
+                rate = f"{errors / requests:.3f} > {rules.max_error_rate:g}"
+                return OPEN, f"error rate {rate} over {requests} requests"
+        if state == OPEN and on == PICKED:
+            resume_at = self.opened_at + rules.open_s
+            if rules.auto_resume and self._clock() >= resume_at:
+                return HALF_OPEN, f"open for {rules.open_s:g} s: probing"
+        if state == HALF_OPEN and on == FAILED:
+            return OPEN, f"probe failed ({self.probes_ok} of {rules.probe_requests} ok)"
+        if state == HALF_OPEN and on == SUCCEEDED and self.probes_ok >= rules.probe_requests:
+            return CLOSED, f"{self.probes_ok} probes succeeded"
+        # open, a call ended: it started before the circuit opened; the window has it already
+        return None
+
+    # --- pybreaker: the state machine that makes each move and tells its listener -----------
 
     def _go(self, state: str, reason: str) -> None:
         self._reason = reason

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import structlog
 
 from canary.errors import StateUnavailable
-from canary.safety.limits import Lease, MemoryLimiter, RedisLimiter
+from canary.safety.limits import Lease, MemoryLimiter
+from canary.safety.redis_limiter import RedisLimiter
 from canary.types import AsyncResource, Clock
 
 

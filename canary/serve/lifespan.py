@@ -40,7 +40,8 @@ from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
 from canary.proxy.transport import AiohttpTransport
 from canary.safety.failover import FailoverLimiter
-from canary.safety.limits import MemoryLimiter, RedisLimiter
+from canary.safety.limits import MemoryLimiter
+from canary.safety.redis_limiter import RedisLimiter
 from canary.serve.core import AppOptions, Core
 from canary.serve.signals import on_sighup
 from canary.serve.webhooks import webhooks

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from canary.fleet.membership import Membership
 from canary.safety.failover import FailoverLimiter
-from canary.safety.limits import RedisLimiter
+from canary.safety.redis_limiter import RedisLimiter
 from tests.helpers import RedisServer, free_port, refused, take
 
 

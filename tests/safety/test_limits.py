@@ -16,13 +16,8 @@ import pytest
 from redis.asyncio import Redis
 
 from canary.errors import RateLimited, StateUnavailable
-from canary.safety.limits import (
-    NO_LEASE,
-    Lease,
-    Limiter,
-    MemoryLimiter,
-    RedisLimiter,
-)
+from canary.safety.limits import NO_LEASE, Lease, Limiter, MemoryLimiter
+from canary.safety.redis_limiter import RedisLimiter, RedisLimiterOptions
 from tests.helpers import RedisServer, free_port, refused, take
 
 
@@ -309,8 +304,8 @@ async def test_redis_replicas_share_the_limits(redis_replicas: Replicas) -> None
 
 async def test_redis_crashed_replica_slot_comes_back(redis_replicas: Replicas) -> None:
     """A lease never released (its replica died) expires after lease_ttl_s."""
-    crashed = redis_replicas.redis(lease_ttl_s=0.5)
-    survivor = redis_replicas.redis(lease_ttl_s=0.5)
+    crashed = redis_replicas.redis(options=RedisLimiterOptions(lease_ttl_s=0.5))
+    survivor = redis_replicas.redis(options=RedisLimiterOptions(lease_ttl_s=0.5))
     await take(crashed, concurrency=1)
     await crashed.aclose()  # no release, no more renewals
     async with asyncio.timeout(5):
@@ -319,8 +314,8 @@ async def test_redis_crashed_replica_slot_comes_back(redis_replicas: Replicas) -
 
 async def test_redis_live_lease_outlasts_its_ttl(redis_replicas: Replicas) -> None:
     """A replica renews the leases it holds, so a long request keeps its slot."""
-    holder = redis_replicas.redis(lease_ttl_s=0.3)
-    other = redis_replicas.redis(lease_ttl_s=0.3)
+    holder = redis_replicas.redis(options=RedisLimiterOptions(lease_ttl_s=0.3))
+    other = redis_replicas.redis(options=RedisLimiterOptions(lease_ttl_s=0.3))
     lease = await take(holder, concurrency=1)
     await refused(take(other, concurrency=1, wait_s=1.0))  # more than three ttls
     await lease.release()

@@ -108,9 +108,12 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(
     assert sent[0] > 0 and sent[1] > 0
 
     def settled() -> bool:  # workers exchange figures every 0.5 s
-        return all(router_tokens(fresh_status(stack)) == sent for _ in range(4))
+        docs = [fresh_status(stack) for _ in range(4)]
+        return all(
+            router_tokens(d) == sent and sum(d["workers"]["calls"].values()) == n + 1 for d in docs
+        )
 
-    wait_until(settled, 10, f"router tokens == simulators' {sent}")
+    wait_until(settled, 10, f"router tokens == simulators' {sent}, {n + 1} calls")
     doc = fresh_status(stack)
     assert doc["workers"]["alive"] == 2
     calls = doc["workers"]["calls"]

@@ -24,6 +24,7 @@ from canary.observe.document import (
     BackendDoc,
     ConfigDoc,
     EventDoc,
+    ReadinessDoc,
     RollbackDoc,
     RouteDoc,
     StatusDocument,
@@ -180,13 +181,7 @@ def status_document(
     }
     doc["cost"] = cost
     doc["rollback"] = _rollback(cfg.rollback)
-    doc["readiness"] = {
-        "min_requests": cfg.readiness.min_requests,
-        "max_error_rate": cfg.readiness.max_error_rate,
-        "max_model_mismatch_rate": cfg.readiness.max_model_mismatch_rate,
-        "min_prompt_token_match": cfg.readiness.min_prompt_token_match,
-        "max_latency_ratio_p95": cfg.readiness.max_latency_ratio_p95,
-    }
+    doc["readiness"] = _readiness_bars(cfg)
     doc["audit"] = audit_section(meter)
     doc["shadow"] = shadow_section(cfg, meter)
     overrides = rollouts.overrides if rollouts is not None else {}
@@ -204,6 +199,17 @@ def status_document(
         for name, backend in cfg.backends.items()
     }
     return doc
+
+
+def _readiness_bars(cfg: Config) -> ReadinessDoc:
+    bar = cfg.readiness
+    return {
+        "min_requests": bar.min_requests,
+        "max_error_rate": bar.max_error_rate,
+        "max_model_mismatch_rate": bar.max_model_mismatch_rate,
+        "min_prompt_token_match": bar.min_prompt_token_match,
+        "max_latency_ratio_p95": bar.max_latency_ratio_p95,
+    }
 
 
 def _config(store: ConfigStore) -> ConfigDoc:

@@ -119,6 +119,8 @@ class Analysis:
     max_latency_ratio_p95: float | None = 1.5
     max_ttfb_ratio_p95: float | None = None
     max_model_mismatch_rate: float | None = None
+    # Shadow pairs (SPEC §9) whose prompt tokens differ, when the routes copy to the backend.
+    max_shadow_prompt_mismatch: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

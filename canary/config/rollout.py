@@ -32,6 +32,7 @@ _ANALYSIS: dict[str, Num] = {
     "max_latency_ratio_p95": _RATIO,
     "max_ttfb_ratio_p95": _RATIO,
     "max_model_mismatch_rate": Num(maximum=1),
+    "max_shadow_prompt_mismatch": Num(maximum=1),
 }
 
 

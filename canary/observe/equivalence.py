@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from canary.config.model import Config, Readiness
+from canary.config.model import Config, Readiness, Route
 from canary.observe.document import AuditCountsDoc
 from canary.observe.meter import Meter
 from canary.safety.equivalence import (
@@ -120,6 +120,21 @@ def window_pairs(meter: Meter, route: str, window_s: float) -> list[Pair]:
     """The route's shadow pairs compared over the last ``window_s`` seconds."""
     since = meter.clock() - window_s
     return [pair for at, pair in meter.pairs.get(route, ()) if at >= since]
+
+
+def prompt_mismatch_since(
+    meter: Meter, routes: Sequence[Route], backend: str, since: float
+) -> tuple[int, float] | None:
+    """(pairs with both counts, share whose prompt tokens differ) of ``backend``'s shadow
+    copies on ``routes`` since ``since`` (the meter's clock): a rollout step's comparison."""
+    known = [
+        pair.prompt_equal
+        for route in routes
+        if route.shadow is not None and route.shadow.backend == backend
+        for at, pair in meter.pairs.get(route.name, ())
+        if at >= since and pair.prompt_equal is not None
+    ]
+    return (len(known), 1.0 - sum(known) / len(known)) if known else None
 
 
 def prompt_match(cfg: Config, meter: Meter) -> Callable[[str], tuple[int, float] | None]:

@@ -31,6 +31,7 @@ class Figures:
     p95_ms: float | None = None
     ttfb_p95_ms: float | None = None
     mismatch_rate: float | None = None
+    shadow_mismatch: float | None = None  # shadow pairs with other prompt tokens, over the step
 
     @property
     def error_rate(self) -> float | None:
@@ -49,6 +50,8 @@ class Check:
 # Below this a latency difference is noise for an LLM call (a loaded host's jitter, not the
 # provider): both sides of a ratio are read as at least this many ms.
 LATENCY_FLOOR_MS = 10.0
+# Shadow pairs a step needs before their prompt-token agreement is judged (as readiness).
+MIN_SHADOW_PAIRS = 20
 
 
 def _ratio(canary: float | None, baseline: float | None) -> float | None:
@@ -79,6 +82,12 @@ def judge(bars: Analysis, canary: Figures, baseline: Figures | None) -> list[Che
             canary.mismatch_rate,
             bars.max_model_mismatch_rate,
             "no audited answers in this step yet",
+        ),
+        (
+            "shadow_prompt_mismatch",
+            canary.shadow_mismatch,
+            bars.max_shadow_prompt_mismatch,
+            f"fewer than {MIN_SHADOW_PAIRS} shadow pairs in this step yet",
         ),
     ]
     return [_check(name, v, bar, why) for name, v, bar, why in rows if bar is not None]

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import structlog
 
 from canary.config.model import Config, Rollout, Route
-from canary.safety.analysis import Figures, StepTally
+from canary.safety.analysis import MIN_SHADOW_PAIRS, Figures, StepTally
 from canary.safety.breaker import CLOSED, Breakers
 from canary.safety.rollout import (
     MAX_HISTORY,
@@ -69,6 +69,10 @@ class Rollouts:
         # (answers audited, mismatches) of a backend so far: the model audit, set by serve
         self.audit: Callable[[str], tuple[int, int]] | None = None
         self._audit_base = (0, 0)
+        # (pairs, share whose prompt tokens differ) of a backend's shadow copies since a
+        # clock time: the shadow comparison, set by serve
+        self.shadow: Callable[[str, float], tuple[int, float] | None] | None = None
+        self._step_began = 0.0
         self.leading = True  # False: another replica decides, this one follows
         self.shared: Steering | None = None  # set while replicas share the rollout
         self.persisted = "nowhere: a restart starts the rollout over"  # for /status
@@ -132,13 +136,14 @@ class Rollouts:
             self._tallies = {name: StepTally(second) for name in self._sides(m.spec)}
             self._ttfb = {name: StepTally(second) for name in self._sides(m.spec)}
             self._audit_base = self.audit(m.spec.backend) if self.audit else (0, 0)
+            self._step_began = self.clock()
         now = int(self.clock())
         figures = []
         for name, tally in self._tallies.items():
             tally.add(self.stats.window(name).export(), now)
             figures.append(self.extra(name, self._with_ttfb(name, tally.figures(), now)))
         state = self.breakers.state(m.spec.backend)
-        canary = self._audited(m.spec.backend, figures[0])
+        canary = self._shadowed(m.spec.backend, self._audited(m.spec.backend, figures[0]))
         return Observation(canary, figures[1], state != CLOSED, self._circuit_reason())
 
     def _with_ttfb(self, backend: str, f: Figures, now: int) -> Figures:
@@ -147,6 +152,13 @@ class Rollouts:
         if window is not None:
             tally.add(window.export(), now)
         return dataclasses.replace(f, ttfb_p95_ms=tally.figures().p95_ms)
+
+    def _shadowed(self, backend: str, f: Figures) -> Figures:
+        """The step's shadow pairs whose prompt tokens differ (None: too few pairs)."""
+        found = self.shadow(backend, self._step_began) if self.shadow else None
+        if found is None or found[0] < MIN_SHADOW_PAIRS:
+            return f
+        return dataclasses.replace(f, shadow_mismatch=found[1])
 
     def _audited(self, backend: str, f: Figures) -> Figures:
         """The step's model mismatch rate, from the audit's counts since the step began."""

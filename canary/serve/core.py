@@ -18,6 +18,7 @@ import httpx
 
 from canary.config.model import Config
 from canary.config.store import ConfigStore
+from canary.observe.equivalence import prompt_mismatch_since
 from canary.observe.logs import redactor
 from canary.observe.meter import Meter
 from canary.safety.breaker import Breakers
@@ -88,6 +89,9 @@ class Core:
         rollouts = Rollouts(stats, breakers, clock)
         core = cls(ConfigStore(config_path), stats, breakers, Meter(clock), Traffic(), rollouts)
         rollouts.audit = lambda backend: audit_totals(core.meter, backend)
+        rollouts.shadow = lambda backend, since: prompt_mismatch_since(
+            core.meter, core.store.config.routes if core.store.config else (), backend, since
+        )
         core.store.listeners.append(core.on_config)
         return core
 

@@ -202,3 +202,31 @@ async def test_a_relay_slow_to_its_first_byte_fails_on_the_ttfb_ratio(tmp_path: 
         assert doc["rollout"]["state"] == "failed", doc["rollout"]
         assert "ttfb" in doc["rollout"]["history"][0]["reason"]
         assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}
+
+
+async def test_shadow_pairs_with_other_prompt_tokens_fail_the_step(tmp_path: Path) -> None:
+    """With the route copying to the rollout's backend, the step's shadow comparison is an
+    analysis input: a relay counting prompts differently fails the rollout."""
+    upstream = Upstream()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        prompt = 30 if request.url.host == "relay.test" else 10  # the relay inflates prompts
+        usage = {"prompt_tokens": prompt, "completion_tokens": 5, "total_tokens": prompt + 5}
+        body = {"id": "x", "model": "m", "choices": [], "usage": usage}
+        return httpx.Response(200, json=body)
+
+    upstream.handler = answer
+    path = config(tmp_path)
+    text = (
+        Path(path)
+        .read_text()
+        .replace("relay: 0}", "relay: 0}\n    shadow: {backend: relay, sample: 1.0}")
+    )
+    Path(path).write_text(text + "  analysis: {max_shadow_prompt_mismatch: 0.05}\n")
+    async with serving(
+        path, transport=httpx.MockTransport(upstream), watch=False, rollout_tick_s=0.05
+    ) as c:
+        doc = await drive(c, "failed")
+    reason = doc["rollout"]["history"][0]["reason"]
+    assert "shadow prompt mismatch" in reason, reason
+    assert doc["routes"][0]["effective"] == {"legacy": 100, "relay": 0}

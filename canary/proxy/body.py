@@ -22,10 +22,10 @@ from starlette.types import Receive
 
 from canary.config.model import Backend
 from canary.errors import RouterError
+from canary.proxy.usage import WBITS  # the codings canary can inflate, one table
 
 _MODEL_SPAN = 4096
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
-_WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 
 
 class Body:
@@ -60,7 +60,7 @@ class Body:
     def _plain(self) -> bytes:
         if not self.encoding or self.encoding == b"identity":
             return self.raw
-        wbits = _WBITS.get(self.encoding)
+        wbits = WBITS.get(self.encoding)
         if wbits is None:
             raise RouterError(
                 f"Content-Encoding {self.encoding.decode('latin-1')!r} is not supported on "

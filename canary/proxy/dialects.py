@@ -28,6 +28,7 @@ and of the answer, so it needs no entry here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class Dialect:
     counters: Counters  # a usage object's bytes -> (input, output)
     error_event: Callable[[str], bytes]  # a message -> one whole SSE event
     billed: bool = True  # a POST's answer carries usage (count_tokens' does not)
+    usage_at_start: bool = False  # input tokens come in the stream's first event
 
     def complete(self, last_event: bytes | None) -> bool:
         """Whether a stream whose last whole event is ``last_event`` ended as it should."""
@@ -60,7 +62,7 @@ class Dialect:
     def stream_usage(self, first: bytes | None, last: Sequence[bytes]) -> Tokens | None:
         """(input, output) from a stream's first event and its last events, if reported."""
         tail = _scan(last, self.counters)
-        if self.counters is not anthropic_counters:
+        if not self.usage_at_start:
             return tail
         head = _scan((first,) if first is not None else (), self.counters)
         if head is None or tail is None:
@@ -101,10 +103,10 @@ RESPONSES = Dialect(
     openai_counters,
     _responses_error,
 )
-ANTHROPIC = Dialect("anthropic", (b"message_stop",), anthropic_counters, _anthropic_error)
-ANTHROPIC_UNBILLED = Dialect(
-    "anthropic", (b"message_stop",), anthropic_counters, _anthropic_error, billed=False
+ANTHROPIC = Dialect(
+    "anthropic", (b"message_stop",), anthropic_counters, _anthropic_error, usage_at_start=True
 )
+ANTHROPIC_UNBILLED = dataclasses.replace(ANTHROPIC, billed=False)
 OPENAI = Dialect("openai", (), openai_counters, _openai_error)
 
 _BY_PATH = {

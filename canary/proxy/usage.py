@@ -41,7 +41,7 @@ _ANTHROPIC_INPUT = re.compile(
     rb'"(?:input_tokens|cache_creation_input_tokens|cache_read_input_tokens)"\s*:\s*(\d+)'
 )
 _ANTHROPIC_OUTPUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
-_WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 
 
 class UsageScanner:
@@ -58,7 +58,7 @@ class UsageScanner:
 
     def encoded(self, encoding: bytes) -> bool:
         """The answer is compressed with ``encoding``: inflate it; False if unreadable."""
-        wbits = _WBITS.get(encoding.strip().lower())
+        wbits = WBITS.get(encoding.strip().lower())
         if wbits is None:
             return False
         self._inflate = zlib.decompressobj(wbits)

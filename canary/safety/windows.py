@@ -150,8 +150,13 @@ class Window:
 
     def finish(self, latency_s: float, *, error: bool) -> None:
         """A call ends; ``latency_s`` runs from its start to its last byte or its failure."""
-        b = self._bucket()
         self.in_flight -= 1
+        self.record(latency_s, error=error)
+
+    def record(self, latency_s: float, *, error: bool) -> None:
+        """Count one finished call or figure without touching ``in_flight`` (a first-byte
+        window has no calls in flight of its own)."""
+        b = self._bucket()
         b.requests += 1
         b.hist[_bin(latency_s * 1000.0)] += 1
         self.requests += 1
@@ -285,8 +290,7 @@ class Stats:
         w = self.ttfb_windows.get(backend)
         if w is None:
             w = self.ttfb_windows[backend] = Window(self.window_s, self.clock)
-        w.in_flight += 1  # finish() counts a call that start() did not: keep in_flight at 0
-        w.finish(seconds, error=False)
+        w.record(seconds, error=False)
 
     def ttfb(self, backend: str) -> Window | None:
         return self.ttfb_windows.get(backend)

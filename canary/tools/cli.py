@@ -203,16 +203,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_simulate(args)
 
 
-def _check(path: str, *, probe: bool = False) -> int:
+def _load(path: str) -> Config | None:
+    """The config at ``path``, or None after printing every located problem."""
     from canary.config.loader import load_config
     from canary.errors import ConfigError
 
     try:
-        cfg = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check(path: str, *, probe: bool = False) -> int:
+    cfg = _load(path)
+    if cfg is None:
         return 1
     print(routing_table(cfg))
     print(f"\n{path} is valid (version {cfg.version[:12]})", flush=True)
@@ -227,15 +234,11 @@ def _check(path: str, *, probe: bool = False) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from canary.config.loader import load_config
-    from canary.errors import ConfigError
     from canary.tools.console import output_console
     from canary.tools.verify import run_verify
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return 1
     return run_verify(cfg, args, output_console(), progress=sys.stderr.isatty())
 

@@ -29,6 +29,7 @@ write give no verdict on the backend.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import httpx
@@ -42,7 +43,7 @@ from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body, read_body
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
-from canary.proxy.plane import Plane
+from canary.proxy.plane import Plane, connect_s
 from canary.proxy.relay import EarlyFailure, Try, log_failure, relay
 from canary.proxy.retry import (
     RETRY_STATUSES,
@@ -53,11 +54,13 @@ from canary.proxy.retry import (
     retryable_error,
 )
 from canary.proxy.router import match_route, pick
+from canary.proxy.watchdog import Watch
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
 
 log = structlog.get_logger("canary.proxy")
 
+_AFTER_CONNECT_S = 0.05  # the headers' bound past a connect bound that is not shorter
 _WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
 _FAULTS = {401: "401", 402: "402", 403: "403", 429: "429"}  # statuses that are the backend's
 _OUTCOME_KIND = {
@@ -85,6 +88,7 @@ class Exchange:
         "client",
         "dialect",
         "first",
+        "follower",
         "hdrs",
         "last",
         "p",
@@ -93,6 +97,7 @@ class Exchange:
         "route",
         "scope",
         "started",
+        "watch",
     )
 
     def __init__(self, plane: Plane, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,6 +114,8 @@ class Exchange:
         self.first: Try | None = None  # the try that failed before a fallback
         self.last: Try | None = None  # the try whose answer the client got
         self.refusal: RouterError | None = None
+        self.watch: Watch | None = None  # the call's deadlines (canary.proxy.watchdog)
+        self.follower: asyncio.Task[None] | None = None  # listens for a disconnect
 
     async def run(self) -> None:
         try:
@@ -157,11 +164,8 @@ class Exchange:
         assert self.cfg is not None and self.route is not None
         route = self.route
         baseline = self.cfg.backends[route.baseline] if route.fallback else None
-        task = asyncio.current_task()
-        assert task is not None
-        watcher = asyncio.get_running_loop().create_task(
-            _watch_disconnect(self.receive, self.client, task)
-        )
+        dog = self.p.watchdog
+        watch = self.watch = dog.watch(on_long=self._follow_client)
         copy = self.p.shadows.start(self, backend) if route.shadow is not None else None
         try:
             t = await self._call(backend, None, baseline not in (None, backend))
@@ -176,11 +180,22 @@ class Exchange:
         except asyncio.CancelledError:
             if not self.client.disconnected:
                 raise
-            task.uncancel()  # the client left: not a backend failure, nothing to answer
+            watch.task.uncancel()  # the client left: not a backend failure, nothing to answer
         finally:
-            watcher.cancel()
+            dog.release(watch)
+            if self.follower is not None:
+                self.follower.cancel()
             if copy is not None:
                 copy.primary_ended(self.last)
+
+    def _follow_client(self) -> None:
+        """The call runs long: listen for the client leaving (the body is read already).
+
+        Started by the watchdog after at least one tick, so a short call costs no task."""
+        assert self.watch is not None
+        self.follower = self.watch.task.get_loop().create_task(
+            _watch_disconnect(self.receive, self.client, self.watch.task)
+        )
 
     def _settle(self, canary: Try, baseline: Try) -> None:
         """A canary's 4xx is its error only when the baseline did what it would not."""
@@ -209,7 +224,8 @@ class Exchange:
                 t.deferred = t.kind is None  # judged once the baseline has answered
                 t.outcome = f"upstream_{t.status}"
                 return t
-            await relay(self.client, response, t, self.dialect, self.p.watchdog)
+            assert self.watch is not None
+            await relay(self.client, response, t, self.dialect, self.watch)
         except (EarlyFailure, httpx.TransportError) as exc:
             await self._failed(t, exc, can_fall_back)
         except asyncio.CancelledError:
@@ -288,7 +304,7 @@ class Exchange:
             failure: httpx.TransportError | None = None
             kind: str | None
             try:
-                response = await p.transport.handle_async_request(self._request(backend))
+                response = await self._headers(backend)
             except httpx.TransportError as exc:
                 if not retryable_error(exc, unsafe=rules.unsafe):
                     raise
@@ -350,6 +366,28 @@ class Exchange:
         except RateLimited:
             return False
         return True
+
+    async def _headers(self, backend: Backend) -> httpx.Response:
+        """The request sent and its answer's headers, within the backend's bound.
+
+        The bound is the call's watch (no timer of its own); it ends just after the
+        connect's, when that is not shorter, so a connect that times out stays a
+        ``ConnectTimeout`` (never sent, so retried) rather than a ``ReadTimeout``."""
+        watch = self.watch
+        assert watch is not None
+        bound = backend.timeout_s
+        connect = connect_s(bound)
+        watch.deadline = watch.task.get_loop().time() + (
+            bound if connect < bound else connect + 0.05
+        )
+        try:
+            return await self.p.transport.handle_async_request(self._request(backend))
+        except asyncio.CancelledError:
+            if watch.cancelled_here():
+                raise httpx.ReadTimeout(f"no answer within {bound:g} s") from None
+            raise
+        finally:
+            watch.deadline = math.inf
 
     def _request(self, backend: Backend) -> httpx.Request:
         assert self.body is not None

@@ -31,10 +31,18 @@ from canary.types import Clock, Sleep
 _URL_CACHE_SIZE = 4096
 
 
+def connect_s(timeout_s: float) -> float:
+    """The bound on opening a connection to a backend whose ``timeout_s`` is given."""
+    return min(10.0, timeout_s)
+
+
 @functools.cache
-def _timeouts(t: float) -> dict[str, float]:
-    """httpx's timeout extension for a backend's ``timeout_s``; shared, never mutated."""
-    return {"connect": min(10.0, t), "read": t, "write": t, "pool": t}
+def _timeouts(t: float) -> dict[str, float | None]:
+    """httpx's timeout extension for a backend's ``timeout_s``; shared, never mutated.
+
+    No read bound: the call's watch bounds the wait for the headers and each next chunk
+    (``canary.proxy.watchdog``), where a transport's timer would cost one per call."""
+    return {"connect": connect_s(t), "read": None, "write": t, "pool": t}
 
 
 @dataclass(slots=True)

@@ -7,16 +7,17 @@ SSE stream ends in its dialect's error event (each SDK raises on its own), any o
 body is cut so the client sees an incomplete response. A stream that ends without its
 dialect's end mark, decided on whole events (``canary.proxy.sse``), is cut too.
 
-Bounded waits without a timer per stream or chunk: a deadline ``timeout_s`` + 0.5 s after
-the last chunk relayed, checked by the process's one watchdog (``canary.proxy.watchdog``)
-every 0.5 s, bounds both a silent upstream (a read timeout) and a client that stops
-reading (so it cannot hold an upstream slot longer). The transport's one timer bounds
-the wait for the headers.
+Bounded waits without a timer per stream or chunk: the call's watch (one per call, checked
+by the process's one watchdog, ``canary.proxy.watchdog``, every 0.5 s) gets a deadline
+``timeout_s`` + 0.5 s after the last chunk relayed, which bounds both a silent upstream
+(a read timeout) and a client that stops reading (so it cannot hold an upstream slot
+longer). The same watch bounded the wait for the headers (``canary.proxy.exchange``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -31,7 +32,7 @@ from canary.proxy.headers import DROP_RESPONSE, without
 from canary.proxy.sse import Frames
 from canary.proxy.transport import RAW_ERRORS, raw_body
 from canary.proxy.usage import UsageScanner
-from canary.proxy.watchdog import Watchdog
+from canary.proxy.watchdog import Watch
 
 log = structlog.get_logger("canary.proxy")
 
@@ -86,7 +87,7 @@ class EarlyFailure(Exception):
 
 
 async def relay(
-    client: Client, response: httpx.Response, t: Try, dialect: Dialect, dog: Watchdog
+    client: Client, response: httpx.Response, t: Try, dialect: Dialect, watch: Watch
 ) -> None:
     """Stream ``response`` to the client; set ``t.outcome`` and ``t.tokens``."""
     start, sse, encoding = _start(client, response, t)
@@ -101,7 +102,12 @@ async def relay(
     try:
         # The model audit reads the first (plain) read.
         await pump.run(
-            dog, start, frames, scanner, t if metered and not encoding else None, t if sse else None
+            watch,
+            start,
+            frames,
+            scanner,
+            t if metered and not encoding else None,
+            t if sse else None,
         )
         if not client.started:
             client.started = True
@@ -127,10 +133,10 @@ async def relay(
 class _Pump:
     """The relay loop: upstream chunks to the client, with no timer of its own.
 
-    The process's one ``Watchdog`` holds the stream's deadline, ``budget`` after the last
-    chunk relayed (a plain store per chunk), and bounds both an upstream that falls
-    silent (``reading``) and a client that stops reading, so neither holds an upstream
-    slot much past ``timeout_s``. The body is read straight from aiohttp when the
+    The call's ``Watch`` holds the stream's deadline, ``budget`` after the last chunk
+    relayed (a plain store per chunk), and bounds both an upstream that falls silent
+    (``reading``) and a client that stops reading, so neither holds an upstream slot
+    much past ``timeout_s``. The body is read straight from aiohttp when the
     transport made it (``raw_body``)."""
 
     __slots__ = ("budget", "client", "reading", "response")
@@ -143,7 +149,7 @@ class _Pump:
 
     async def run(
         self,
-        dog: Watchdog,
+        watch: Watch,
         start: dict[str, object],
         frames: Frames | None,
         scanner: UsageScanner | None,
@@ -154,7 +160,7 @@ class _Pump:
         raw = raw_body(self.response)
         read = raw.readany if raw is not None else _reader(self.response)
         time = asyncio.get_running_loop().time
-        watch = dog.watch(time() + budget)
+        watch.deadline = time() + budget
         try:
             while True:
                 self.reading = True
@@ -187,7 +193,7 @@ class _Pump:
                 raise TimeoutError from None
             raise
         finally:
-            dog.release(watch)
+            watch.deadline = math.inf
 
 
 def _reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:

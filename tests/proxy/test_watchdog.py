@@ -44,3 +44,51 @@ async def test_another_cancellation_is_not_taken_for_the_watchdogs() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not watches[0].cancelled_here()
+
+
+async def test_a_watch_taken_back_serves_the_same_call_again() -> None:
+    """After a timeout taken back, the watch is idle (no deadline) until given another."""
+    dog = Watchdog(tick_s=0.01)
+    seen: list[bool] = []
+
+    async def call() -> None:
+        watch = dog.watch()
+        try:
+            for _ in range(2):  # a try that timed out, then a fallback's that times out too
+                watch.deadline = asyncio.get_running_loop().time()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    seen.append(watch.cancelled_here())
+                assert (watch.deadline, watch.expired) == (float("inf"), False)
+        finally:
+            dog.release(watch)
+
+    await asyncio.wait_for(call(), 5)
+    assert seen == [True, True]
+
+
+async def test_on_long_starts_once_after_a_full_tick_and_never_for_a_short_call() -> None:
+    """``on_long`` runs once a watch has been seen by two ticks; a short call never sees it."""
+    dog = Watchdog(tick_s=0.01)
+    started: list[str] = []
+    long_done = asyncio.Event()
+
+    async def call(name: str, until: asyncio.Event) -> None:
+        watch = dog.watch(on_long=lambda: (started.append(name), long_done.set()))
+        try:
+            await until.wait()
+        finally:
+            dog.release(watch)
+
+    short = asyncio.Event()
+    short.set()
+    await call("short", short)  # released before any tick
+    forever = asyncio.Event()
+    task = asyncio.create_task(call("long", forever))
+    await asyncio.wait_for(long_done.wait(), 5)
+    for _ in range(3):  # more ticks: still started once
+        await asyncio.sleep(dog.tick_s)
+    forever.set()
+    await task
+    assert started == ["long"]

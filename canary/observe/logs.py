@@ -2,7 +2,9 @@
 
 JSON lines are buffered and written at most every 250 ms (or at 64 KiB, a warning or
 worse, and exit), like Envoy's access logs: one ``write`` per line would cost the proxy
-more than the rest of a request.
+more than the rest of a request. The access line (one per call) skips structlog's chain
+of processors when JSON lines are configured: ``line_writer`` renders the same line
+(same keys, the same redaction) in a third of the time.
 
 Logs are data: stable dotted event names with key/values (``proxy.upstream_failed``).
 Every line passes ``redact``, which removes any configured secret and anything shaped
@@ -18,7 +20,8 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -104,6 +107,46 @@ class BufferedLogger:
     warn = error = err = critical = exception = fatal = failure = warning
 
 
+class _Stamp:
+    """structlog's ISO UTC timestamp (``...T07:00:00.123456Z``), formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+
+
+_json_sink: BufferedLogger | None = None  # set by configure() for JSON lines at info
+
+
+def line_writer(event: str, logger: str) -> Callable[[dict[str, Any]], None]:
+    """Write ``event`` at info with the fields given (a dict it may keep and change).
+
+    With JSON lines configured (``configure``), the line is rendered here as structlog
+    would: the fields, ``event``, ``level``, ``timestamp``, through the redactor. Else it
+    goes through structlog (the console, tests capturing logs)."""
+    sink = _json_sink
+    if sink is None:
+        log = structlog.get_logger(logger)
+        return lambda fields: log.info(event, **fields)
+    stamp, dumps, redact = _Stamp(), orjson.dumps, redactor
+
+    def write(fields: dict[str, Any]) -> None:
+        fields["event"] = event
+        fields["level"] = "info"
+        fields["timestamp"] = stamp()
+        sink.info(dumps(redact(None, "", fields)))
+
+    return write
+
+
 class _BufferedLoggerFactory:
     def __init__(self) -> None:
         self._logger: BufferedLogger | None = None
@@ -124,10 +167,14 @@ def configure(*, json: bool | None = None, level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,  # before the redactor: tracebacks are text too
     ]
+    global _json_sink
+    _json_sink = None
     renderer: Any
     if json:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         factory: Any = _BufferedLoggerFactory()
+        if logging.getLevelName(level.upper()) <= logging.INFO:
+            _json_sink = factory()
     else:
         renderer = structlog.dev.ConsoleRenderer()
         factory = structlog.PrintLoggerFactory()

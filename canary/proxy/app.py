@@ -16,6 +16,7 @@ from __future__ import annotations
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from canary.observe.logs import line_writer
 from canary.proxy.answers import INTERNAL
 from canary.proxy.exchange import Exchange
 from canary.proxy.plane import Plane
@@ -29,6 +30,7 @@ class Proxy:
 
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
+        self._line = line_writer("proxy.request", "canary.proxy")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(self.plane, scope, receive, send)
@@ -57,12 +59,4 @@ class Proxy:
 
     def _access(self, exchange: Exchange) -> None:
         """The one access-log line per request."""
-        scope = exchange.scope
-        log.info(
-            "proxy.request",
-            request_id=exchange.client.request_id.decode(),
-            method=scope["method"],
-            path=scope["path"],
-            ms=round((self.plane.clock() - exchange.started) * 1000, 2),
-            **exchange.access_fields(),
-        )
+        self._line(exchange.access_fields(round((self.plane.clock() - exchange.started) * 1000, 2)))

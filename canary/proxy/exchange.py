@@ -437,10 +437,15 @@ class Exchange:
             t.status = 499  # nginx's "client closed request": no answer was given
         p.meter.call(self.route.name, name, t.status, p.clock() - t.since)
 
-    def access_fields(self) -> dict[str, Any]:
+    def access_fields(self, ms: float) -> dict[str, Any]:
         """The access line's fields: a refusal has no route or backend."""
         t = self.last
+        scope = self.scope
         fields: dict[str, Any] = {
+            "request_id": self.client.request_id.decode(),
+            "method": scope["method"],
+            "path": scope["path"],
+            "ms": ms,
             "route": self.route.name if self.route is not None else None,
             "backend": t.backend.name if t is not None else None,
             "status": t.status if t is not None else 0,

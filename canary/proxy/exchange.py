@@ -54,6 +54,7 @@ from canary.proxy.retry import (
     retryable_error,
 )
 from canary.proxy.router import match_route, pick
+from canary.proxy.transport import Answer, Outgoing
 from canary.proxy.watchdog import Watch
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
@@ -214,10 +215,10 @@ class Exchange:
             self._account(t)
             return t
         t.sent_at = asyncio.get_running_loop().time()
-        response: httpx.Response | None = None
+        response: Answer | None = None
         try:
             response = await self._send(t)
-            t.status = response.status_code
+            t.status = response.status
             t.kind = fault_kind(t.status)
             if can_fall_back and (t.kind is not None or 400 <= t.status < 500):
                 t.fall_back = True
@@ -287,7 +288,7 @@ class Exchange:
         failure = upstream_failure(t.backend, cause)
         t.status = await self.client.error(failure, t.backend.name, t.origin)
 
-    async def _send(self, t: Try) -> httpx.Response:
+    async def _send(self, t: Try) -> Answer:
         """Call the backend, retrying what cannot have been billed (``canary.proxy.retry``).
 
         Each failed try is counted before the next; ``t.began`` is the start of the try
@@ -300,7 +301,7 @@ class Exchange:
             p.budget.note_call(backend.name)
             t.began = p.clock()
             window.start()
-            response: httpx.Response | None = None
+            response: Answer | None = None
             failure: httpx.TransportError | None = None
             kind: str | None
             try:
@@ -311,7 +312,7 @@ class Exchange:
                 wait, failure = backoff(attempt, rules.backoff_s, p.rng), exc
                 after, kind = type(exc).__name__, _OUTCOME_KIND[outcome_of(exc)]
             else:
-                status = response.status_code
+                status = response.status
                 asked = None
                 if status in RETRY_STATUSES:
                     asked = delay_s(attempt, rules.backoff_s, response.headers, p.rng)
@@ -367,7 +368,7 @@ class Exchange:
             return False
         return True
 
-    async def _headers(self, backend: Backend) -> httpx.Response:
+    async def _headers(self, backend: Backend) -> Answer:
         """The request sent and its answer's headers, within the backend's bound.
 
         The bound is the call's watch (no timer of its own); it ends just after the
@@ -377,11 +378,10 @@ class Exchange:
         assert watch is not None
         bound = backend.timeout_s
         connect = connect_s(bound)
-        watch.deadline = watch.task.get_loop().time() + (
-            bound if connect < bound else connect + 0.05
-        )
+        wait = bound if connect < bound else connect + _AFTER_CONNECT_S
+        watch.deadline = watch.task.get_loop().time() + wait
         try:
-            return await self.p.transport.handle_async_request(self._request(backend))
+            return await self.p.upstream.send(self._request(backend))
         except asyncio.CancelledError:
             if watch.cancelled_here():
                 raise httpx.ReadTimeout(f"no answer within {bound:g} s") from None
@@ -389,7 +389,7 @@ class Exchange:
         finally:
             watch.deadline = math.inf
 
-    def _request(self, backend: Backend) -> httpx.Request:
+    def _request(self, backend: Backend) -> Outgoing:
         assert self.body is not None
         content, rewritten = self.body.for_backend(backend)
         return self.p.upstream_request(

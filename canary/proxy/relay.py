@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
-from typing import cast
 
 import httpx
 import structlog
@@ -30,7 +28,7 @@ from canary.proxy.answers import Client, outcome_of
 from canary.proxy.dialects import Dialect
 from canary.proxy.headers import DROP_RESPONSE, without
 from canary.proxy.sse import Frames
-from canary.proxy.transport import RAW_ERRORS, raw_body
+from canary.proxy.transport import RAW_ERRORS, Answer
 from canary.proxy.usage import UsageScanner
 from canary.proxy.watchdog import Watch
 
@@ -86,9 +84,7 @@ class EarlyFailure(Exception):
         self.cause = cause
 
 
-async def relay(
-    client: Client, response: httpx.Response, t: Try, dialect: Dialect, watch: Watch
-) -> None:
+async def relay(client: Client, response: Answer, t: Try, dialect: Dialect, watch: Watch) -> None:
     """Stream ``response`` to the client; set ``t.outcome`` and ``t.tokens``."""
     start, sse, encoding = _start(client, response, t)
     status = t.status
@@ -136,12 +132,12 @@ class _Pump:
     The call's ``Watch`` holds the stream's deadline, ``budget`` after the last chunk
     relayed (a plain store per chunk), and bounds both an upstream that falls silent
     (``reading``) and a client that stops reading, so neither holds an upstream slot
-    much past ``timeout_s``. The body is read straight from aiohttp when the
-    transport made it (``raw_body``)."""
+    much past ``timeout_s``. The body is read straight from the upstream's ``readany``
+    (aiohttp's, with canary's transport)."""
 
     __slots__ = ("budget", "client", "reading", "response")
 
-    def __init__(self, client: Client, response: httpx.Response, budget: float) -> None:
+    def __init__(self, client: Client, response: Answer, budget: float) -> None:
         self.client = client
         self.response = response
         self.budget = budget
@@ -157,8 +153,8 @@ class _Pump:
         sse: Try | None,
     ) -> None:
         client, send, tap, budget = self.client, self.client.send, self.client.tap, self.budget
-        raw = raw_body(self.response)
-        read = raw.readany if raw is not None else _reader(self.response)
+        response = self.response
+        read = response.readany
         time = asyncio.get_running_loop().time
         watch.deadline = time() + budget
         try:
@@ -167,8 +163,7 @@ class _Pump:
                 try:
                     chunk = await read()
                 except RAW_ERRORS as exc:
-                    assert raw is not None
-                    raise raw.failed(exc) from exc
+                    raise response.failed(exc) from exc
                 if not chunk:
                     return
                 self.reading = False
@@ -196,19 +191,6 @@ class _Pump:
             watch.deadline = math.inf
 
 
-def _reader(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
-    """``readany`` over any other httpx stream (a MockTransport's): ``b""`` at the end."""
-    chunks = aiter(cast(httpx.AsyncByteStream, response.stream))
-
-    async def read() -> bytes:
-        async for chunk in chunks:
-            if chunk:
-                return chunk
-        return b""
-
-    return read
-
-
 async def _broken(
     client: Client, t: Try, dialect: Dialect, sse: bool, exc: httpx.TransportError
 ) -> None:
@@ -226,11 +208,9 @@ async def _broken(
     t.outcome = "upstream_timeout" if outcome_of(exc) == "upstream_timeout" else "stream_cut"
 
 
-def _start(
-    client: Client, response: httpx.Response, t: Try
-) -> tuple[dict[str, object], bool, bytes]:
+def _start(client: Client, response: Answer, t: Try) -> tuple[dict[str, object], bool, bytes]:
     """The client's response start, whether the body is SSE, and its Content-Encoding."""
-    raw = [(k.lower(), v) for k, v in response.headers.raw]
+    raw = [(k.lower(), v) for k, v in response.headers]
     drop = DROP_RESPONSE
     content_type = encoding = b""
     for k, v in raw:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import httpx
 
-from canary.proxy.transport import may_have_reached
+from canary.proxy.transport import Answer, may_have_reached, read_all
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
@@ -45,7 +45,7 @@ def backoff(attempt: int, backoff_s: float, rng: random.Random) -> float:
 
 
 def delay_s(
-    attempt: int, backoff_s: float, headers: httpx.Headers, rng: random.Random
+    attempt: int, backoff_s: float, headers: list[tuple[bytes, bytes]], rng: random.Random
 ) -> float | None:
     """Seconds to wait before try ``attempt + 1``; None when the provider asks too much."""
     wait = backoff(attempt, backoff_s, rng)
@@ -57,12 +57,21 @@ def delay_s(
     return wait
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value: str | None = headers.get(name)
-        if value is not None:
+_RETRY_AFTER = {b"retry-after-ms": 0.001, b"retry-after": 1.0}
+
+
+def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The provider's ask, in seconds: ``retry-after-ms`` first, then ``Retry-After``."""
+    asked: dict[float, bytes] = {}
+    for name, value in headers:
+        scale = _RETRY_AFTER.get(name.lower())
+        if scale is not None:
+            asked.setdefault(scale, value)
+    for scale in _RETRY_AFTER.values():
+        given = asked.get(scale)
+        if given is not None:
             try:
-                return max(0.0, float(value) * scale)
+                return max(0.0, float(given.decode("latin-1")) * scale)
             except ValueError:
                 continue  # an HTTP date: rare from LLM providers; fall back to our backoff
     return None
@@ -103,9 +112,7 @@ class RetryBudget:
         return True
 
 
-def give_up(
-    response: httpx.Response | None, failure: httpx.TransportError | None
-) -> httpx.Response:
+def give_up(response: Answer | None, failure: httpx.TransportError | None) -> Answer:
     """No more tries: the last failure stands (raised), or the last answer goes back."""
     if failure is not None:
         raise failure
@@ -113,17 +120,32 @@ def give_up(
     return response
 
 
-async def kept(response: httpx.Response) -> httpx.Response:
+async def kept(response: Answer) -> Answer:
     """A retryable answer read whole (an error body is small) and its connection freed,
     so it can still be passed back, byte for byte, if the retry is not made."""
     try:
-        raw = b"".join([chunk async for chunk in response.aiter_raw()])
-    except httpx.StreamConsumed:  # built with its content already read (MockTransport)
-        raw = response.content
-    await response.aclose()
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers.raw,
-        stream=httpx.ByteStream(raw),
-        extensions=response.extensions,
-    )
+        raw = await read_all(response)
+    finally:
+        await response.aclose()
+    return Kept(response.status, response.headers, raw)
+
+
+class Kept:
+    """An answer read whole: its body comes back in one read."""
+
+    __slots__ = ("_body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self._body = body
+
+    async def readany(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    def failed(self, exc: BaseException) -> httpx.TransportError:
+        return httpx.ReadError(f"{type(exc).__name__}: {exc}")  # never: it reads no socket
+
+    async def aclose(self) -> None:
+        self._body = b""

@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import httpx
 import structlog
 from starlette.types import Scope
 
@@ -33,19 +32,20 @@ from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body
 from canary.proxy.facts import TAP_BYTES, Tap, answer_facts
 from canary.proxy.relay import Try
+from canary.proxy.transport import RAW_ERRORS, Outgoing, Upstream
 from canary.safety.equivalence import Ask, Facts, compare
 
 log = structlog.get_logger("canary.proxy")
 
 
-class Upstream(Protocol):
+class Sender(Protocol):
     """How a copy reaches its backend (``canary.proxy.plane.Plane``)."""
 
-    transport: httpx.AsyncBaseTransport
+    upstream: Upstream
 
     def upstream_request(
         self, scope: Scope, backend: Backend, content: bytes, rid: bytes, rewritten: bool
-    ) -> httpx.Request: ...
+    ) -> Outgoing: ...
 
 
 class Call(Protocol):
@@ -94,7 +94,7 @@ class Copy:
 class Shadows:
     """Every route's shadow copies in this process (one per ``Plane``)."""
 
-    def __init__(self, meter: Meter, upstream: Upstream, rng: random.Random) -> None:
+    def __init__(self, meter: Meter, upstream: Sender, rng: random.Random) -> None:
         self.meter = meter
         self.upstream = upstream
         self.rng = rng
@@ -175,24 +175,25 @@ class Shadows:
         chunks: list[bytes] = []
         first: float | None = None
         async with asyncio.timeout(backend.timeout_s):
-            response = await self.upstream.transport.handle_async_request(request)
-            stream = cast(httpx.AsyncByteStream, response.stream)  # as the relay reads it
+            response = await self.upstream.upstream.send(request)
             size = 0
             try:
-                async for chunk in stream:  # read to its end, streams included
+                while chunk := await response.readany():  # to its end, streams included
                     if first is None:
                         first = loop.time()
                     if size < TAP_BYTES:
                         chunks.append(chunk)
                         size += len(chunk)
+            except RAW_ERRORS as exc:
+                raise response.failed(exc) from exc
             finally:
                 await response.aclose()
         now = loop.time()
         raw = b"".join(chunks)
-        ok = 200 <= response.status_code < 300
+        ok = 200 <= response.status < 300
         facts = answer_facts(
             raw,
-            status=response.status_code,
+            status=response.status,
             ok=ok,
             latency_s=now - copy.start,
             ttfb_s=None if first is None else first - copy.start,

@@ -1,11 +1,17 @@
-"""An httpx transport that sends requests through a pooled aiohttp session, with exact errors.
+"""The upstream seam: requests out through a pooled aiohttp session, with exact errors.
 
-The proxy keeps httpx as its client API (``httpx.Request``/``httpx.Response``, and
-``httpx.MockTransport`` in unit tests), but httpx's own httpcore pool costs ~1.7 ms CPU per
-proxied request against ~0.4 ms for an aiohttp pool. The ``httpx-aiohttp`` package maps every
-aiohttp connection error to ``httpx.ConnectTimeout``, even a reset after the request reached
-the provider; retries and fallback must know better, since an LLM call received twice is billed
-twice. So canary owns this small transport, and ``may_have_reached`` answers that question.
+The proxy sends an ``Outgoing`` and reads an ``Answer`` (``Upstream.send``): plain objects,
+the headers as raw pairs, the body read as it arrives. ``AiohttpTransport`` is the one
+that serves traffic; any httpx transport works through ``HttpxUpstream`` (an
+``httpx.MockTransport`` in unit tests), and ``AiohttpTransport`` is an httpx transport
+too, for httpx's own callers. Why not httpx's objects on the hot path: building an
+``httpx.Request`` and ``httpx.Response`` (and normalising their headers) cost ~8 us of CPU
+per call for nothing the proxy reads. Why not httpx's httpcore pool: ~1.7 ms CPU per call
+against ~0.4 ms for aiohttp's. Why not the ``httpx-aiohttp`` package: it maps every
+aiohttp connection error to ``httpx.ConnectTimeout``, even a reset after the request
+reached the provider; retries and fallback must know better, since an LLM call received
+twice is billed twice. So canary owns this small transport, and ``may_have_reached``
+answers that question.
 
 Bytes pass through untouched: no decompression, no cookies, no redirects, no headers of
 aiohttp's own, the raw path and query as given. Errors, first match wins (order matters: aiohttp's
@@ -26,10 +32,10 @@ connect and read timeouts are ``OSError``/``TimeoutError`` subclasses, its conne
     other ClientError                          TransportError         True
     asyncio.CancelledError                     propagates untouched   True
 
-Timeouts cost no timer per chunk: one ``asyncio.timeout`` bounds the wait for the headers
-(aiohttp's ``sock_read`` would re-arm a timer on every read). The relay reads the body straight
-from aiohttp through ``raw_body`` and bounds it with its own coarse deadline; anyone else
-iterating ``response.stream`` gets the read bound applied per read, as before.
+Timeouts cost no timer per chunk: ``send`` bounds only the connect, and the proxy bounds the
+headers and the body with its call's watch (``canary.proxy.watchdog``). As an httpx transport,
+one ``asyncio.timeout`` bounds the wait for the headers and the read bound applies per read
+(aiohttp's ``sock_read`` would re-arm a timer on every read of every stream).
 
 aiohttp silently re-sends idempotent requests (GET, PUT, DELETE...) once after a reset or a
 disconnect; that retry is turned off, so one call here is at most one request upstream. A pooled
@@ -44,7 +50,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, cast
 
 import aiohttp
 import httpx
@@ -52,7 +59,17 @@ import yarl
 from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 from multidict import CIMultiDict
 
-__all__ = ["RAW_ERRORS", "AiohttpTransport", "RawBody", "may_have_reached", "raw_body"]
+__all__ = [
+    "RAW_ERRORS",
+    "AiohttpTransport",
+    "Answer",
+    "HttpxUpstream",
+    "Outgoing",
+    "Upstream",
+    "as_upstream",
+    "may_have_reached",
+    "read_all",
+]
 
 
 class _ExactRequest(aiohttp.ClientRequest):
@@ -72,6 +89,7 @@ class _ExactRequest(aiohttp.ClientRequest):
 
 
 _READ_BUFSIZE = 16 << 10
+_Bound = float | None
 _AFTER_CONNECT_S = 0.05
 
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -109,57 +127,74 @@ def _translate(exc: BaseException, method: str, target: str) -> httpx.TransportE
     return kind(f"{method} {target}: {type(exc).__name__}: {exc}")
 
 
-# What a read of aiohttp's body may raise (besides cancellation); ``RawBody.failed`` maps it.
+# What a read of aiohttp's body may raise (besides cancellation); ``Answer.failed`` maps it.
 RAW_ERRORS = (aiohttp.ClientError, OSError)
 
 
-class RawBody(Protocol):
-    """The upstream body as aiohttp reads it, for a consumer that bounds its own waits.
+@dataclass(slots=True)
+class Outgoing:
+    """A request as the proxy sends it: the full target (the client's raw path and query),
+    the headers exactly as they go, the body, and the bound on opening a connection."""
 
-    ``readany()`` is the next chunk as it arrives (``b""`` at the end), with no timer of
-    its own; it raises one of ``RAW_ERRORS``, which ``failed`` turns into httpx's error."""
+    method: str
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    connect_s: float | None = None
 
-    readany: Callable[[], Awaitable[bytes]]
+
+class Answer(Protocol):
+    """An upstream's answer as the proxy reads it, with no timer of its own.
+
+    ``headers`` are the raw pairs as received. ``readany()`` is the next chunk of the body
+    as it arrives (``b""`` at the end); it raises ``httpx.TransportError``, or one of
+    ``RAW_ERRORS``, which ``failed`` turns into httpx's error. ``aclose`` frees the
+    connection: back to the pool when the body was read whole, else closed."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def readany(self) -> Awaitable[bytes]: ...
 
     def failed(self, exc: BaseException) -> httpx.TransportError: ...
 
+    async def aclose(self) -> None: ...
 
-class _ResponseStream(httpx.AsyncByteStream):
-    """The body as chunks arrive; closing early drops the connection instead of pooling it."""
 
-    __slots__ = ("_method", "_read_s", "_response", "_target", "readany")
+class Upstream(Protocol):
+    """Where the proxy's requests go: ``AiohttpTransport``, or any httpx transport
+    behind ``HttpxUpstream`` (an ``httpx.MockTransport`` in unit tests)."""
 
-    def __init__(
-        self, response: aiohttp.ClientResponse, method: str, target: str, read_s: float | None
-    ) -> None:
+    async def send(self, request: Outgoing) -> Answer: ...
+
+
+async def read_all(answer: Answer) -> bytes:
+    """The rest of ``answer``'s body, whole (for small bodies: error answers)."""
+    chunks: list[bytes] = []
+    try:
+        while chunk := await answer.readany():
+            chunks.append(chunk)
+    except RAW_ERRORS as exc:
+        raise answer.failed(exc) from exc
+    return b"".join(chunks)
+
+
+class _AiohttpAnswer:
+    """An aiohttp response as an ``Answer``."""
+
+    __slots__ = ("_method", "_response", "_target", "headers", "readany", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, method: str, target: str) -> None:
+        self.status = response.status
+        self.headers: list[tuple[bytes, bytes]] = list(response.raw_headers)
+        self.readany: Callable[[], Awaitable[bytes]] = response.content.readany
         self._response = response
         self._method = method
         self._target = target
-        self._read_s = read_s
-        self.readany: Callable[[], Awaitable[bytes]] = response.content.readany
 
     def failed(self, exc: BaseException) -> httpx.TransportError:
         self._response.close()
         return _translate(exc, self._method, self._target)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # The generic path (not the relay's): the read bound applies to each read.
-        read, read_s = self.readany, self._read_s
-        try:
-            while True:
-                if read_s is None:
-                    chunk = await read()
-                else:
-                    async with asyncio.timeout(read_s):
-                        chunk = await read()
-                if not chunk:
-                    return
-                yield chunk
-        except RAW_ERRORS as exc:
-            raise self.failed(exc) from exc
-        except BaseException:  # cancelled, or the consumer stopped early
-            self._response.close()
-            raise
 
     async def aclose(self) -> None:
         if self._response.content.at_eof():
@@ -169,20 +204,96 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._response.close()
 
 
-def raw_body(response: httpx.Response) -> RawBody | None:
-    """The aiohttp body behind ``response`` when this transport made it, else None."""
-    stream = response.stream
-    return stream if isinstance(stream, _ResponseStream) else None
+class _ResponseStream(httpx.AsyncByteStream):
+    """An answer's body for httpx's callers, the read bound applied to each read."""
+
+    __slots__ = ("_answer", "_read_s")
+
+    def __init__(self, answer: _AiohttpAnswer, read_s: float | None) -> None:
+        self._answer = answer
+        self._read_s = read_s
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        answer, read_s = self._answer, self._read_s
+        try:
+            while True:
+                if read_s is None:
+                    chunk = await answer.readany()
+                else:
+                    async with asyncio.timeout(read_s):
+                        chunk = await answer.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except RAW_ERRORS as exc:
+            raise answer.failed(exc) from exc
+        except BaseException:  # cancelled, or the consumer stopped early
+            await answer.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await self._answer.aclose()
+
+
+class _HttpxAnswer:
+    """An httpx response as an ``Answer``: its stream's errors are httpx's already."""
+
+    __slots__ = ("_response", "headers", "readany", "status")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.headers: list[tuple[bytes, bytes]] = response.headers.raw
+        self._response = response
+        chunks = aiter(cast(httpx.AsyncByteStream, response.stream))
+
+        async def readany() -> bytes:
+            async for chunk in chunks:
+                if chunk:
+                    return chunk
+            return b""
+
+        self.readany = readany
+
+    def failed(self, exc: BaseException) -> httpx.TransportError:
+        return httpx.ReadError(f"{type(exc).__name__}: {exc}")
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class HttpxUpstream:
+    """Any httpx transport as an ``Upstream``: the request built as httpx's, the headers
+    as given (httpx adds Host), the connect bound in its timeout extension."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self.transport = transport
+
+    async def send(self, request: Outgoing) -> Answer:
+        connect = request.connect_s
+        built = httpx.Request(
+            request.method,
+            request.url,
+            headers=request.headers,
+            stream=httpx.ByteStream(request.body),  # final: no re-encoding, no length added
+            extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
+        )
+        return _HttpxAnswer(await self.transport.handle_async_request(built))
+
+
+def as_upstream(transport: httpx.AsyncBaseTransport) -> Upstream:
+    """``transport`` itself when it is canary's (no httpx object per call), else adapted."""
+    return transport if isinstance(transport, AiohttpTransport) else HttpxUpstream(transport)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """Send httpx requests over one pooled ``aiohttp.ClientSession``, created on first use.
+    """Send requests over one pooled ``aiohttp.ClientSession``, created on first use.
 
-    Timeouts come from ``request.extensions["timeout"]``: ``connect`` bounds DNS plus connect,
-    ``read`` bounds the wait for the headers and for each next chunk; ``write`` and ``pool`` do
-    not apply (the pool is unbounded). A request without that extension gets ``connect_timeout``
-    and no read timeout. A ``session`` passed in is borrowed: its resend of idempotent requests
-    is turned off, and ``aclose`` leaves it open.
+    ``send`` is the proxy's way in (``Upstream``: no httpx object per call). As an httpx
+    transport, timeouts come from ``request.extensions["timeout"]``: ``connect`` bounds DNS
+    plus connect, ``read`` bounds the wait for the headers and for each next chunk; ``write``
+    and ``pool`` do not apply (the pool is unbounded). A request without that extension
+    gets ``connect_timeout`` and no read timeout. A ``session`` passed in is borrowed: its
+    resend of idempotent requests is turned off, and ``aclose`` leaves it open.
     """
 
     def __init__(
@@ -199,7 +310,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if session is not None:
             session._retry_connection = False  # see the module docstring
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
-        self._urls: dict[str, yarl.URL] = {}
+        self._urls: dict[str, tuple[yarl.URL, str]] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -225,10 +336,61 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = session
         return session
 
+    def _timeout(self, connect: float | None) -> aiohttp.ClientTimeout:
+        """aiohttp's bound on the connect only (one per value, shared)."""
+        timeout = self._timeouts.get(connect)
+        if timeout is None:
+            if len(self._timeouts) >= 64:  # values come from config; bound them anyway
+                self._timeouts.clear()
+            # No sock_read: aiohttp would re-arm that timer on every read of every stream.
+            timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
+            self._timeouts[connect] = timeout
+        return timeout
+
+    def _target(self, target: str) -> tuple[yarl.URL, str]:
+        """``target`` parsed once (upstream URLs are few, parsing one is not cheap), without
+        userinfo (aiohttp would turn it into an Authorization header), and as shown in errors."""
+        known = self._urls.get(target)
+        if known is None:
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            url = yarl.URL(target, encoded=True)
+            if url.raw_user is not None or url.raw_password is not None:
+                url = url.with_user(None)
+            known = self._urls[target] = (url, str(url))
+        return known
+
+    async def send(self, request: Outgoing) -> Answer:
+        session = self._session if self._session is not None else self._open()
+        method = request.method
+        url, shown = self._target(request.url)
+        try:
+            # Lower-cased names, as ASGI delivers them: aiohttp merges repeated names
+            # case-sensitively and would drop "X-A: 1" before "x-a: 2". It writes UTF-8, so
+            # strict UTF-8 decoding round-trips the bytes exactly.
+            headers = [(name.lower().decode(), value.decode()) for name, value in request.headers]
+        except UnicodeDecodeError:
+            # from None: the decode error would carry the header's bytes, maybe an API key.
+            raise httpx.LocalProtocolError(
+                f"{method} {shown}: a request header is not UTF-8"
+            ) from None
+        try:
+            response = await session.request(
+                method,
+                url,  # the client's raw path and query, untouched
+                headers=headers,
+                data=request.body or None,
+                allow_redirects=False,
+                timeout=self._timeout(request.connect_s),
+            )
+        except RAW_ERRORS as exc:
+            raise _translate(exc, method, shown) from exc
+        return _AiohttpAnswer(response, method, shown)
+
     def _timeouts_of(
         self, request: httpx.Request
-    ) -> tuple[aiohttp.ClientTimeout, float | None, float | None]:
-        """aiohttp's connect bound, the read bound (each next chunk) and the headers' bound.
+    ) -> tuple[float | None, float | None, float | None]:
+        """The connect bound, the read bound (each next chunk) and the headers' bound.
 
         The headers' wait includes the connect; when the connect bound is not below the read
         bound, it ends just after it, so a connect that times out stays a ConnectTimeout
@@ -238,69 +400,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             connect, read = self._connect_timeout, None
         else:
             connect, read = given.get("connect"), given.get("read")
-        timeout = self._timeouts.get(connect)
-        if timeout is None:
-            if len(self._timeouts) >= 64:  # keys come from config; bound them anyway
-                self._timeouts.clear()
-            # No sock_read: aiohttp would re-arm that timer on every read of every stream.
-            timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
-            self._timeouts[connect] = timeout
         if read is None or connect is None or connect < read:
-            return timeout, read, read
-        return timeout, read, connect + _AFTER_CONNECT_S
-
-    def _yarl(self, target: str) -> yarl.URL:
-        """``target`` parsed once: upstream URLs are few, and parsing one is not cheap."""
-        url = self._urls.get(target)
-        if url is None:
-            if len(self._urls) >= 4096:
-                self._urls.clear()
-            url = self._urls[target] = yarl.URL(target, encoded=True)
-        return url
+            return connect, read, read
+        return connect, read, connect + _AFTER_CONNECT_S
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session if self._session is not None else self._open()
-        method = request.method
-        url = request.url
-        if url.userinfo:  # aiohttp would turn it into an Authorization header
-            url = url.copy_with(userinfo=b"")
-        target = str(url)
         stream = request.stream
-        # The plane's body is a ByteStream: joined as it is, without an async iteration.
+        # A ByteStream is joined as it is, without an async iteration.
         content = (
             b"".join(stream) if isinstance(stream, httpx.ByteStream) else await request.aread()
         )
-        try:
-            # Lower-cased names, as ASGI delivers them: aiohttp merges repeated names
-            # case-sensitively and would drop "X-A: 1" before "x-a: 2". It writes UTF-8, so
-            # strict UTF-8 decoding round-trips the bytes exactly.
-            headers = [
-                (name.lower().decode(), value.decode()) for name, value in request.headers.raw
-            ]
-        except UnicodeDecodeError:
-            # from None: the decode error would carry the header's bytes, maybe an API key.
-            raise httpx.LocalProtocolError(
-                f"{method} {target}: a request header is not UTF-8"
-            ) from None
-        timeout, read_s, headers_s = self._timeouts_of(request)
+        connect, read_s, headers_s = self._timeouts_of(request)
+        outgoing = Outgoing(request.method, str(request.url), request.headers.raw, content, connect)
         try:
             # One timer bounds the wait for the headers (the connect included).
             async with asyncio.timeout(headers_s) if headers_s else contextlib.nullcontext():
-                response = await session.request(
-                    method,
-                    self._yarl(target),  # the client's raw path and query, untouched
-                    headers=headers,
-                    data=content or None,
-                    allow_redirects=False,
-                    timeout=timeout,
-                )
-        except RAW_ERRORS as exc:
-            raise _translate(exc, method, target) from exc
+                answer = await self.send(outgoing)
+        except TimeoutError as exc:
+            raise _translate(exc, request.method, self._target(outgoing.url)[1]) from exc
+        assert isinstance(answer, _AiohttpAnswer)
+        response = answer._response
         version = b"HTTP/1.0" if response.version == aiohttp.HttpVersion10 else b"HTTP/1.1"
         return httpx.Response(
-            response.status,
-            headers=response.raw_headers,
-            stream=_ResponseStream(response, method, target, read_s),
+            answer.status,
+            headers=answer.headers,
+            stream=_ResponseStream(answer, read_s),
             extensions={
                 "http_version": version,
                 "reason_phrase": (response.reason or "").encode("ascii", "ignore"),

@@ -38,7 +38,7 @@ from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
-from canary.proxy.transport import AiohttpTransport
+from canary.proxy.transport import AiohttpTransport, as_upstream
 from canary.safety.failover import FailoverLimiter
 from canary.safety.limits import MemoryLimiter
 from canary.safety.redis_limiter import RedisLimiter
@@ -165,7 +165,7 @@ def _proxy(
         core.stats,
         core.breakers,
         limiter,
-        transport,
+        as_upstream(transport),
         core.meter,
         clock=options.clock,
         rng=options.rng or random.Random(),

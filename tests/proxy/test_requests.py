@@ -183,6 +183,7 @@ async def test_a_retry_takes_its_qps_start_after_the_backoff_not_before(tmp_path
     from canary.observe.meter import Meter
     from canary.proxy.app import Proxy
     from canary.proxy.plane import Plane
+    from canary.proxy.transport import HttpxUpstream
     from canary.safety.breaker import Breakers
     from canary.safety.limits import MemoryLimiter
     from canary.safety.windows import Stats
@@ -216,7 +217,7 @@ async def test_a_retry_takes_its_qps_start_after_the_backoff_not_before(tmp_path
         stats,
         Breakers(stats, clock),
         Recording(clock=clock),
-        httpx.MockTransport(upstream),
+        HttpxUpstream(httpx.MockTransport(upstream)),
         Meter(clock),
         clock=clock,
         rng=random.Random(1),

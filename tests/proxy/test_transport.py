@@ -16,7 +16,7 @@ import aiohttp
 import httpx
 import pytest
 
-from canary.proxy.transport import AiohttpTransport, may_have_reached
+from canary.proxy.transport import AiohttpTransport, Outgoing, may_have_reached, read_all
 from tests.helpers import serving
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -128,6 +128,35 @@ async def test_forwards_request_exactly_and_returns_response(
     assert response.status_code == 201
     assert response.reason_phrase == "Created"
     assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+
+
+async def test_send_forwards_the_proxys_request_exactly(transport: AiohttpTransport) -> None:
+    """The proxy's way in: raw pairs out as given (userinfo never made a header), the
+    answer's raw headers and body back, the connection pooled once it is read."""
+    received: list[tuple[bytes, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            received.append(await read_request(reader))
+            writer.write(
+                b"HTTP/1.1 429 Too Many\r\nRetry-After: 1\r\nContent-Length: 4\r\n\r\nslow"
+            )
+
+    async with Upstream(handler) as upstream:
+        url = upstream.url.replace("http://", "http://u:secret@") + "/v1/x?q=%20"
+        headers = [(b"x-api-key", b"k"), (b"x-tag", b"one"), (b"x-tag", b"two")]
+        for _ in range(2):
+            answer = await transport.send(Outgoing("POST", url, headers, b"{}", BOUND))
+            assert (answer.status, await read_all(answer)) == (429, b"slow")
+            assert answer.headers[0] == (b"Retry-After", b"1")
+            await answer.aclose()
+
+    host = upstream.url.removeprefix("http://").encode()
+    given = b"x-api-key: k\r\nx-tag: one\r\nx-tag: two\r\n"
+    expected = b"POST /v1/x?q=%20 HTTP/1.1\r\nHost: " + host + b"\r\n" + given
+    expected += b"Content-Length: 2\r\n\r\n"
+    assert received == [(expected, b"{}")] * 2
+    assert upstream.connections == 1
 
 
 async def test_gzip_body_passes_through_compressed(transport: AiohttpTransport) -> None:

@@ -19,7 +19,7 @@ so a quiet backend can still retry: a failing provider must not get its load mul
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 
@@ -45,7 +45,7 @@ def backoff(attempt: int, backoff_s: float, rng: random.Random) -> float:
 
 
 def delay_s(
-    attempt: int, backoff_s: float, headers: list[tuple[bytes, bytes]], rng: random.Random
+    attempt: int, backoff_s: float, headers: Sequence[tuple[bytes, bytes]], rng: random.Random
 ) -> float | None:
     """Seconds to wait before try ``attempt + 1``; None when the provider asks too much."""
     wait = backoff(attempt, backoff_s, rng)
@@ -60,7 +60,7 @@ def delay_s(
 _RETRY_AFTER = {b"retry-after-ms": 0.001, b"retry-after": 1.0}
 
 
-def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
     """The provider's ask, in seconds: ``retry-after-ms`` first, then ``Retry-After``."""
     asked: dict[float, bytes] = {}
     for name, value in headers:
@@ -135,7 +135,7 @@ class Kept:
 
     __slots__ = ("_body", "headers", "status")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
         self.status = status
         self.headers = headers
         self._body = body

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -152,7 +152,7 @@ class Answer(Protocol):
     connection: back to the pool when the body was read whole, else closed."""
 
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: Sequence[tuple[bytes, bytes]]
 
     def readany(self) -> Awaitable[bytes]: ...
 
@@ -186,7 +186,7 @@ class _AiohttpAnswer:
 
     def __init__(self, response: aiohttp.ClientResponse, method: str, target: str) -> None:
         self.status = response.status
-        self.headers: list[tuple[bytes, bytes]] = list(response.raw_headers)
+        self.headers: Sequence[tuple[bytes, bytes]] = response.raw_headers
         self.readany: Callable[[], Awaitable[bytes]] = response.content.readany
         self._response = response
         self._method = method
@@ -242,7 +242,7 @@ class _HttpxAnswer:
 
     def __init__(self, response: httpx.Response) -> None:
         self.status = response.status_code
-        self.headers: list[tuple[bytes, bytes]] = response.headers.raw
+        self.headers: Sequence[tuple[bytes, bytes]] = response.headers.raw
         self._response = response
         chunks = aiter(cast(httpx.AsyncByteStream, response.stream))
 

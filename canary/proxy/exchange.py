@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -61,6 +62,7 @@ from canary.safety.limits import Lease, RateLimited
 
 log = structlog.get_logger("canary.proxy")
 
+_T = TypeVar("_T")
 _AFTER_CONNECT_S = 0.05  # the headers' bound past a connect bound that is not shorter
 _WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
 _FAULTS = {401: "401", 402: "402", 403: "403", 429: "429"}  # statuses that are the backend's
@@ -325,7 +327,8 @@ class Exchange:
             if not self._may_retry(attempt, backend):
                 return give_up(response, failure)  # counted already: t.began is None
             if response is not None:
-                response = await kept(response)  # its connection is free while we wait
+                # Read whole, so its connection is free while we wait; bounded as any read.
+                response = await self._within(backend.timeout_s, backend, kept(response))
             log.info(
                 "proxy.retry",
                 request_id=self.client.request_id.decode(),
@@ -371,20 +374,25 @@ class Exchange:
     async def _headers(self, backend: Backend) -> Answer:
         """The request sent and its answer's headers, within the backend's bound.
 
-        The bound is the call's watch (no timer of its own); it ends just after the
-        connect's, when that is not shorter, so a connect that times out stays a
-        ``ConnectTimeout`` (never sent, so retried) rather than a ``ReadTimeout``."""
-        watch = self.watch
-        assert watch is not None
+        The bound ends just after the connect's, when that is not shorter, so a connect
+        that times out stays a ``ConnectTimeout`` (never sent, so retried) rather than a
+        ``ReadTimeout``."""
         bound = backend.timeout_s
         connect = connect_s(bound)
         wait = bound if connect < bound else connect + _AFTER_CONNECT_S
+        return await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
+
+    async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:
+        """``step`` bounded by the call's watch (no timer of its own): ``ReadTimeout`` when
+        it takes more than ``wait`` seconds (up to one watchdog tick more)."""
+        watch = self.watch
+        assert watch is not None
         watch.deadline = watch.task.get_loop().time() + wait
         try:
-            return await self.p.upstream.send(self._request(backend))
+            return await step
         except asyncio.CancelledError:
             if watch.cancelled_here():
-                raise httpx.ReadTimeout(f"no answer within {bound:g} s") from None
+                raise httpx.ReadTimeout(f"no answer within {backend.timeout_s:g} s") from None
             raise
         finally:
             watch.deadline = math.inf

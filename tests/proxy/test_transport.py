@@ -574,3 +574,26 @@ async def test_a_silent_upstream_is_cut_after_timeout_s_through_the_router(
     else:
         assert response.content.startswith(EVENT)
         assert b'"error"' in response.content[len(EVENT) :]
+
+
+async def test_a_retryable_answer_whose_body_stalls_is_cut_after_timeout_s(
+    tmp_path: Path,
+) -> None:
+    """A 503 whose body stops short, read whole before a retry, is bounded like any read:
+    the call ends as a 504 instead of holding its slot and connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\npartial")
+            await reader.read()  # then silence, the connection open
+
+    async with Upstream(handler) as upstream:
+        routes = tmp_path / "routes.yaml"
+        routes.write_text(ROUTES.format(url=upstream.url))
+        async with serving(str(routes), transport=AiohttpTransport(), watch=False) as client:
+            body = {"model": "m", "messages": []}
+            response = await asyncio.wait_for(client.post("/v1/chat/completions", json=body), BOUND)
+
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"

@@ -21,6 +21,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger("canary.proxy")
+
 TICK_S = 0.5
 _CANCEL_MSG = "canary: a call's deadline passed"
 
@@ -72,6 +76,7 @@ class Watchdog:
 
     def release(self, watch: Watch) -> None:
         self._watched.discard(watch)
+        watch.on_long = None  # it refers back to the call: no cycle left for the collector
 
     def _tick(self) -> None:
         loop = self._loop
@@ -88,6 +93,9 @@ class Watchdog:
                     watch.on_long = None
                 else:
                     watch.seen = True
-        for start in long:  # outside the loop over the set: a start may watch another
-            start()
         self._timer = loop.call_later(self.tick_s, self._tick) if self._watched else None
+        for start in long:  # outside the loop over the set: a start may watch another
+            try:
+                start()
+            except Exception:  # one call's listener must not stop every deadline
+                log.exception("watchdog.on_long_failed")

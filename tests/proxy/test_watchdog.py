@@ -69,26 +69,46 @@ async def test_a_watch_taken_back_serves_the_same_call_again() -> None:
 
 
 async def test_on_long_starts_once_after_a_full_tick_and_never_for_a_short_call() -> None:
-    """``on_long`` runs once a watch has been seen by two ticks; a short call never sees it."""
-    dog = Watchdog(tick_s=0.01)
-    started: list[str] = []
-    long_done = asyncio.Event()
+    """``on_long`` runs once a watch has been seen by two ticks; a short call never sees it.
 
-    async def call(name: str, until: asyncio.Event) -> None:
-        watch = dog.watch(on_long=lambda: (started.append(name), long_done.set()))
+    The ticks are driven by hand (the timer is set an hour out)."""
+    dog = Watchdog(tick_s=3600)
+    started: list[str] = []
+    short = dog.watch(on_long=lambda: started.append("short"))
+    dog.release(short)  # ended before any tick
+    long = dog.watch(on_long=lambda: started.append("long"))
+    dog._tick()  # the first sighting: it may have begun just now
+    assert started == []
+    dog._tick()
+    dog._tick()
+    assert started == ["long"]  # once
+    dog.release(long)
+
+
+async def test_an_on_long_that_raises_stops_no_deadline() -> None:
+    """A listener that fails to start is logged; the watchdog still cancels on deadlines."""
+    dog = Watchdog(tick_s=3600)  # ticks driven by hand
+    watches: list[Watch] = []
+    seen: list[bool] = []
+
+    def broken() -> None:
+        raise RuntimeError("no listener")
+
+    async def call() -> None:
+        watch = dog.watch(on_long=broken)
+        watches.append(watch)
         try:
-            await until.wait()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append(watch.cancelled_here())
         finally:
             dog.release(watch)
 
-    short = asyncio.Event()
-    short.set()
-    await call("short", short)  # released before any tick
-    forever = asyncio.Event()
-    task = asyncio.create_task(call("long", forever))
-    await asyncio.wait_for(long_done.wait(), 5)
-    for _ in range(3):  # more ticks: still started once
-        await asyncio.sleep(dog.tick_s)
-    forever.set()
-    await task
-    assert started == ["long"]
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0)  # it runs up to its wait
+    dog._tick()
+    dog._tick()  # on_long raised inside this tick
+    watches[0].deadline = asyncio.get_running_loop().time()
+    dog._tick()
+    await asyncio.wait_for(task, 5)
+    assert seen == [True]

@@ -295,18 +295,27 @@ def test_a_429_storm_is_absorbed_within_the_retry_budget(stack_factory: Any) -> 
 
     Four tries per call: a call fails only if all four draw a 429 (p = 6e-6), so over 200
     calls a client-visible 429 has a chance near 0.1%, not the 10% of three tries at 10%.
+    Twenty calls go first without faults: with none before it, the budget allows only its
+    floor of 3 retries until 20 calls have been made, and four 429s among the first
+    fifteen tries (a 0.5% chance) would spend it.
     """
     s: Stack = stack_factory(
         stack_routes() + "retry: {max_attempts: 4, backoff_s: 0.01, budget: 0.2}\n"
     )
-    s.sim("legacy", "/_sim/faults", {"rate_limit_rate": 0.05, "retry_after_s": 0.02})
     client = s.client()
-    for _ in range(200):
+
+    def call() -> None:
         client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
+
+    for _ in range(20):
+        call()
+    s.sim("legacy", "/_sim/faults", {"rate_limit_rate": 0.05, "retry_after_s": 0.02})
+    for _ in range(200):
+        call()
     stats = s.sim("legacy", "/_sim/stats")
     print(
-        f"\n429 storm: 200 client calls, {stats['requests']} provider calls, "
+        f"\n429 storm: 220 client calls, {stats['requests']} provider calls, "
         f"{stats['rate_limited']} answered 429 by the provider"
     )
     assert stats["rate_limited"] > 0
-    assert stats["requests"] <= 200 * 1.2 + 3  # the budget: at most 20% more, plus its floor
+    assert stats["requests"] <= 20 + 200 * 1.2 + 3  # the budget: at most 20% more, plus its floor

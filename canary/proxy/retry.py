@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from canary.proxy.transport import Answer, may_have_reached, read_all
+from canary.proxy.transport import Answer, WholeAnswer, may_have_reached, read_all
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
@@ -127,25 +127,4 @@ async def kept(response: Answer) -> Answer:
         raw = await read_all(response)
     finally:
         await response.aclose()
-    return Kept(response.status, response.headers, raw)
-
-
-class Kept:
-    """An answer read whole: its body comes back in one read."""
-
-    __slots__ = ("_body", "headers", "status")
-
-    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self._body = body
-
-    async def readany(self) -> bytes:
-        body, self._body = self._body, b""
-        return body
-
-    def failed(self, exc: BaseException) -> httpx.TransportError:
-        return httpx.ReadError(f"{type(exc).__name__}: {exc}")  # never: it reads no socket
-
-    async def aclose(self) -> None:
-        self._body = b""
+    return WholeAnswer(response.status, response.headers, raw)

@@ -66,6 +66,7 @@ __all__ = [
     "HttpxUpstream",
     "Outgoing",
     "Upstream",
+    "WholeAnswer",
     "as_upstream",
     "may_have_reached",
     "read_all",
@@ -113,6 +114,13 @@ _NEVER_SENT = (
     httpx.UnsupportedProtocol,
     httpx.InvalidURL,
 )
+
+
+def headers_wait(connect: float, read: float) -> float:
+    """The bound on the wait for the headers, the connect included: ``read``, or just past
+    the connect's bound when that is not shorter, so a connect that times out stays a
+    ``ConnectTimeout`` (never sent, so retried) rather than a ``ReadTimeout``."""
+    return read if connect < read else connect + _AFTER_CONNECT_S
 
 
 def may_have_reached(exc: BaseException) -> bool:
@@ -235,7 +243,34 @@ class _ResponseStream(httpx.AsyncByteStream):
         await self._answer.aclose()
 
 
-class _HttpxAnswer:
+class _PlainAnswer:
+    """An answer read from no aiohttp socket: its reads raise httpx's errors, if any."""
+
+    __slots__ = ()
+
+    def failed(self, exc: BaseException) -> httpx.TransportError:
+        return httpx.ReadError(f"{type(exc).__name__}: {exc}")
+
+
+class WholeAnswer(_PlainAnswer):
+    """An answer already read whole: its body comes back in one read."""
+
+    __slots__ = ("_body", "headers", "status")
+
+    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self._body = body
+
+    async def readany(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    async def aclose(self) -> None:
+        self._body = b""
+
+
+class _HttpxAnswer(_PlainAnswer):
     """An httpx response as an ``Answer``: its stream's errors are httpx's already."""
 
     __slots__ = ("_response", "headers", "readany", "status")
@@ -253,9 +288,6 @@ class _HttpxAnswer:
             return b""
 
         self.readany = readany
-
-    def failed(self, exc: BaseException) -> httpx.TransportError:
-        return httpx.ReadError(f"{type(exc).__name__}: {exc}")
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -390,19 +422,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _timeouts_of(
         self, request: httpx.Request
     ) -> tuple[float | None, float | None, float | None]:
-        """The connect bound, the read bound (each next chunk) and the headers' bound.
-
-        The headers' wait includes the connect; when the connect bound is not below the read
-        bound, it ends just after it, so a connect that times out stays a ConnectTimeout
-        (never sent, so retried) rather than a ReadTimeout."""
+        """The connect bound, the read bound (each next chunk) and the headers' bound."""
         given = request.extensions.get("timeout")
         if given is None:
             connect, read = self._connect_timeout, None
         else:
             connect, read = given.get("connect"), given.get("read")
-        if read is None or connect is None or connect < read:
+        if read is None or connect is None:
             return connect, read, read
-        return connect, read, connect + _AFTER_CONNECT_S
+        return connect, read, headers_wait(connect, read)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         stream = request.stream

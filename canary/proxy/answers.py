@@ -8,8 +8,11 @@ answer with canary's headers (``x-canary-backend``, ``-route``, ``-fallback``,
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 
 from canary.config.model import Backend
 from canary.errors import RouterError
@@ -67,6 +70,17 @@ class Client:
         await self.send({"type": "http.response.body", "body": error.body(), "more_body": False})
         self.done = True
         return error.status
+
+    async def follow(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` (the call) as soon as the client goes away, unless the answer
+        is complete by then (the request body has been read already)."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not self.done:
+            self.disconnected = True
+            task.cancel()
 
     async def end(self, event: bytes = b"") -> None:
         """End a started body, after ``event`` (a dialect's error event) when given."""

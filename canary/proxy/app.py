@@ -13,6 +13,8 @@ it allocates no Starlette request/response objects and skips ``httpx.AsyncClient
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from starlette.types import Receive, Scope, Send
 
@@ -59,4 +61,31 @@ class Proxy:
 
     def _access(self, exchange: Exchange) -> None:
         """The one access-log line per request."""
-        self._line(exchange.access_fields(round((self.plane.clock() - exchange.started) * 1000, 2)))
+        ms = round((self.plane.clock() - exchange.started) * 1000, 2)
+        self._line(_access_fields(exchange, ms))
+
+
+def _access_fields(exchange: Exchange, ms: float) -> dict[str, Any]:
+    """The access line's fields: a refusal has no route or backend."""
+    t = exchange.last
+    scope = exchange.scope
+    fields: dict[str, Any] = {
+        "request_id": exchange.client.request_id.decode(),
+        "method": scope["method"],
+        "path": scope["path"],
+        "ms": ms,
+        "route": exchange.route.name if exchange.route is not None else None,
+        "backend": t.backend.name if t is not None else None,
+        "status": t.status if t is not None else 0,
+        "outcome": t.outcome if t is not None else "ok",
+    }
+    if t is None and exchange.refusal is not None:
+        fields["status"], fields["outcome"] = exchange.refusal.status, exchange.refusal.code
+    if t is not None and t.tokens is not None:
+        fields["tokens_in"], fields["tokens_out"] = t.tokens
+    if exchange.first is not None:
+        fields["fallback"], fields["fallback_outcome"] = (
+            exchange.first.backend.name,
+            (exchange.first.outcome if exchange.first.kind != "rejected" else "rejected"),
+        )
+    return fields

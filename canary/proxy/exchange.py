@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import structlog
@@ -54,8 +54,8 @@ from canary.proxy.retry import (
     kept,
     retryable_error,
 )
-from canary.proxy.router import match_route, pick
-from canary.proxy.transport import Answer, Outgoing
+from canary.proxy.router import match_route, pick, sticky_key
+from canary.proxy.transport import Answer, Outgoing, headers_wait
 from canary.proxy.watchdog import Watch
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
@@ -63,7 +63,6 @@ from canary.safety.limits import Lease, RateLimited
 log = structlog.get_logger("canary.proxy")
 
 _T = TypeVar("_T")
-_AFTER_CONNECT_S = 0.05  # the headers' bound past a connect bound that is not shorter
 _WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
 _FAULTS = {401: "401", 402: "402", 403: "403", 429: "429"}  # statuses that are the backend's
 _OUTCOME_KIND = {
@@ -155,7 +154,7 @@ class Exchange:
         if any(cfg.backends[n].model_map for n in route.weights):
             body.json()  # refused the same way whichever backend the draw picks
         weights = self.p.weights.get(route.name, route.weights)  # a rollout's, if any
-        name = pick(weights, _sticky_key(route, hdrs, body), self.p.rng)
+        name = pick(weights, sticky_key(route, hdrs, body), self.p.rng)
         if name != route.baseline:
             circuit = self.p.breakers.circuits.get(name)
             if circuit is not None and not circuit.admit():
@@ -196,9 +195,8 @@ class Exchange:
 
         Started by the watchdog after at least one tick, so a short call costs no task."""
         assert self.watch is not None
-        self.follower = self.watch.task.get_loop().create_task(
-            _watch_disconnect(self.receive, self.client, self.watch.task)
-        )
+        task = self.watch.task
+        self.follower = task.get_loop().create_task(self.client.follow(self.receive, task))
 
     def _settle(self, canary: Try, baseline: Try) -> None:
         """A canary's 4xx is its error only when the baseline did what it would not."""
@@ -372,14 +370,9 @@ class Exchange:
         return True
 
     async def _headers(self, backend: Backend) -> Answer:
-        """The request sent and its answer's headers, within the backend's bound.
-
-        The bound ends just after the connect's, when that is not shorter, so a connect
-        that times out stays a ``ConnectTimeout`` (never sent, so retried) rather than a
-        ``ReadTimeout``."""
-        bound = backend.timeout_s
-        connect = connect_s(bound)
-        wait = bound if connect < bound else connect + _AFTER_CONNECT_S
+        """The request sent and its answer's headers, within the backend's bound
+        (``transport.headers_wait``)."""
+        wait = headers_wait(connect_s(backend.timeout_s), backend.timeout_s)
         return await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
 
     async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:
@@ -444,50 +437,3 @@ class Exchange:
         if not t.status and t.outcome in NO_VERDICT:
             t.status = 499  # nginx's "client closed request": no answer was given
         p.meter.call(self.route.name, name, t.status, p.clock() - t.since)
-
-    def access_fields(self, ms: float) -> dict[str, Any]:
-        """The access line's fields: a refusal has no route or backend."""
-        t = self.last
-        scope = self.scope
-        fields: dict[str, Any] = {
-            "request_id": self.client.request_id.decode(),
-            "method": scope["method"],
-            "path": scope["path"],
-            "ms": ms,
-            "route": self.route.name if self.route is not None else None,
-            "backend": t.backend.name if t is not None else None,
-            "status": t.status if t is not None else 0,
-            "outcome": t.outcome if t is not None else "ok",
-        }
-        if t is None and self.refusal is not None:
-            fields["status"], fields["outcome"] = self.refusal.status, self.refusal.code
-        if t is not None and t.tokens is not None:
-            fields["tokens_in"], fields["tokens_out"] = t.tokens
-        if self.first is not None:
-            fields["fallback"], fields["fallback_outcome"] = (
-                self.first.backend.name,
-                (self.first.outcome if self.first.kind != "rejected" else "rejected"),
-            )
-        return fields
-
-
-async def _watch_disconnect(receive: Receive, client: Client, task: asyncio.Task[Any]) -> None:
-    """Cancel the call as soon as the client goes away (the body has been read already)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-    if not client.done:
-        client.disconnected = True
-        task.cancel()
-
-
-def _sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body) -> str | None:
-    sticky = route.sticky
-    if sticky is None:
-        return None
-    if sticky.source == "header":
-        return header(hdrs, sticky.name) or None
-    parsed = body.json()
-    value = parsed.get(sticky.name) if parsed is not None else None
-    return str(value) if value not in (None, "") else None

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 from canary.config.model import Route
+from canary.proxy.body import Body
+from canary.proxy.headers import header
 
 BUCKETS = 10_000
 
@@ -45,6 +47,18 @@ def match_route(
                 continue
         return route
     return None
+
+
+def sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body) -> str | None:
+    """The call's sticky key: its ``sticky`` header, or that field of its JSON body."""
+    sticky = route.sticky
+    if sticky is None:
+        return None
+    if sticky.source == "header":
+        return header(hdrs, sticky.name) or None
+    parsed = body.json()
+    value = parsed.get(sticky.name) if parsed is not None else None
+    return str(value) if value not in (None, "") else None
 
 
 def pick(weights: Mapping[str, float], key: str | None, rng: random.Random) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from canary.observe import logs
 
@@ -69,3 +71,37 @@ def test_without_json_lines_the_line_goes_through_structlog() -> None:
     with structlog.testing.capture_logs() as captured:
         logs.line_writer("proxy.request", "canary.proxy")({"status": 200})
     assert captured == [{"event": "proxy.request", "status": 200, "log_level": "info"}]
+
+
+SECRET = "configured-secret-1"
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    before=st.text(max_size=40),
+    after=st.text(max_size=40),
+    request_id=st.text(max_size=40),
+)
+def test_any_client_path_renders_one_json_line_with_keys_masked(
+    json_lines: io.BytesIO, before: str, after: str, request_id: str
+) -> None:
+    """The client's path and request id may hold anything: the line is one valid JSON
+    object, its values as given, a configured secret in them never written."""
+    kept = logs.redactor.secrets
+    logs.redactor.update([SECRET])
+    try:
+        start = len(json_lines.getvalue())
+        path = before + SECRET + after
+        logs.line_writer("proxy.request", "canary.proxy")({"path": path, "request_id": request_id})
+        assert logs._json_sink is not None
+        logs._json_sink.flush()
+        written = json_lines.getvalue()[start:]
+        expected = logs.redactor.scrub(path)
+    finally:
+        logs.redactor.secrets = kept
+    assert written.count(b"\n") == 1 and SECRET.encode() not in written
+    line = orjson.loads(written)
+    assert line["path"] == expected
+    assert SECRET not in line["path"] and SECRET not in line["request_id"]

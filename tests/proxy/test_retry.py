@@ -6,6 +6,8 @@ import random
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.proxy.retry import MAX_RETRY_AFTER_S, MIN_RETRIES, RetryBudget, delay_s, retryable_error
 
@@ -93,3 +95,24 @@ def test_unsafe_retries_are_the_operators_choice() -> None:
     assert retryable_error(httpx.ReadTimeout("read"), unsafe=True)
     assert retryable_error(httpx.RemoteProtocolError("closed"), unsafe=True)
     assert not retryable_error(httpx.LocalProtocolError("bad header"), unsafe=True)
+
+
+_NAMES = st.sampled_from([b"retry-after", b"Retry-After", b"RETRY-AFTER-MS", b"retry-after-ms"])
+_VALUES = st.sampled_from([b"nan", b"inf", b"-inf", b"-1", b"1e400", b" 2 ", b"0.02", b"\xff"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(st.one_of(_NAMES, st.binary(max_size=20)), st.one_of(_VALUES, st.binary())),
+        max_size=6,
+    ),
+    attempt=st.integers(1, 4),
+)
+def test_any_upstream_retry_after_gives_a_bounded_wait_or_none(
+    headers: list[tuple[bytes, bytes]], attempt: int
+) -> None:
+    """Whatever an upstream sends in its headers (any bytes, any case, repeats), the
+    wait is None (asked too much) or between 0 and the larger of backoff and its ask."""
+    wait = delay_s(attempt, 0.5, headers, random.Random(0))
+    assert wait is None or 0.0 <= wait <= max(0.5 * 2 ** (attempt - 1), MAX_RETRY_AFTER_S)

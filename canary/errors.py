@@ -3,7 +3,8 @@
     CanaryError
     ├── ConfigError       file, line and key path of every problem in routes.yaml
     ├── RouterError       a response the router makes itself (400, 401, 404, 413, 502, 503, 504)
-    │   └── RateLimited   429 with Retry-After: one of canary's own limits, not a backend error
+    │   ├── RateLimited   429 with Retry-After: one of canary's own limits, not a backend error
+    │   └── BodyRefused   408/413: the client's body is not taken; the connection is closed
     ├── StateUnavailable  Redis unreachable or slower than its call timeout: use in-process state
     ├── Unavailable       ``canary status``/``report``: a router's /status could not be read
     ├── NoCost            ``canary report``: that /status has no cost section (an older router)
@@ -72,6 +73,15 @@ class RouterError(CanaryError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return []
+
+
+class BodyRefused(RouterError):
+    """The client's body is not taken whole (too large, or stalled past
+    ``server.client_timeout_s``): answered, then the connection is closed, since what is
+    left of the body was never read (nginx's 408 and 413)."""
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"connection", b"close")]
 
 
 class RateLimited(RouterError):

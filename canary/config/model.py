@@ -18,6 +18,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 DEFAULT_MAX_BODY_BYTES = 10 << 20
+DEFAULT_MAX_UPLOAD_BYTES = 512 << 20  # OpenAI's Files limit
+DEFAULT_HOLD_ANSWER_BYTES = 4 << 20
 DEFAULT_STEPS = (1.0, 5.0, 25.0, 50.0, 100.0)  # a rollout's steps, in percent
 
 
@@ -175,10 +177,26 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """Browser callers (SPEC §3a): off while ``allow_origins`` is empty."""
+
+    allow_origins: tuple[str, ...] = ()  # exact origins, or "*" for any
+    allow_headers: tuple[str, ...] = ()  # beyond the SDKs' own (authorization, content-type, ...)
+    max_age_s: int = 600  # how long a browser may cache a preflight's answer
+
+    def allows(self, origin: bytes) -> bool:
+        return "*" in self.allow_origins or origin.decode("latin-1") in self.allow_origins
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a JSON body, read whole
     queue_timeout_s: float = 5.0  # how long a call over a backend's limit waits for a slot
     drain_timeout_s: float = 30.0  # after SIGTERM: how long calls in flight may still run
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # a non-JSON body, streamed (512 MiB)
+    hold_answer_bytes: int = DEFAULT_HOLD_ANSWER_BYTES  # non-stream JSON answers read whole
+    client_timeout_s: float = 30.0  # the longest wait for the next bytes of a client's body
+    cors: Cors = field(default_factory=Cors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from canary.config.model import (
     Auth,
     Backend,
     Config,
+    Cors,
     Match,
     Price,
     Readiness,
@@ -42,6 +43,8 @@ from canary.errors import ConfigProblem
 T = TypeVar("T")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]{1,253}$")  # scheme://host[:port]
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP header name
 
 # What each number (or flag) of a section must be, in the order problems are reported.
 # Defaults are not here: they live on the dataclass each table builds.
@@ -70,7 +73,11 @@ _SERVER: dict[str, Rule] = {
     "max_body_bytes": Num(minimum=1, maximum=1 << 30, integer=True),
     "queue_timeout_s": Num(maximum=600),
     "drain_timeout_s": Num(maximum=3600),
+    "max_upload_bytes": Num(minimum=1, maximum=1 << 40, integer=True),
+    "hold_answer_bytes": Num(maximum=1 << 30, integer=True),
+    "client_timeout_s": Num(strict_min=True, maximum=3600),
 }
+_CORS: dict[str, Rule] = {"max_age_s": Num(maximum=86400, integer=True)}
 _BACKEND_LIMITS: dict[str, Rule] = {
     "max_concurrency": Num(minimum=1, integer=True),
     "max_qps": Num(strict_min=True),
@@ -129,7 +136,7 @@ def validate(tree: Tree) -> Config:
     state = _state(r, top.get("state"))
     auth = _auth(r, r.mapping(top.get("auth"), "auth", {"api_keys", "admin_token"}))
     pricing = _pricing(r, top.get("pricing"), set(backends))
-    server = _section(r, top.get("server"), "server", Server, _SERVER)
+    server = _server(r, top.get("server"))
     rollout = rollout_block(r, top.get("rollout"), backends, routes)
     if problems.items:
         raise problems.error()
@@ -155,6 +162,34 @@ def _section(
 ) -> T:
     """A section of numbers and flags: the keys given, checked; the dataclass fills the rest."""
     return build(**r.values(r.mapping(value, path, rules.keys()), path, rules))
+
+
+def _server(r: Reader, value: Any) -> Server:
+    """The numbers of ``server`` and its ``cors`` block."""
+    given = r.mapping(value, "server", {*_SERVER, "cors"})
+    numbers = r.values(given, "server", _SERVER)
+    if "cors" not in given:
+        return Server(**numbers)
+    c = r.mapping(given["cors"], "server.cors", {"allow_origins", "allow_headers", *_CORS})
+    origins = _strings_or_none(r, c.get("allow_origins"), "server.cors.allow_origins")
+    for i, origin in enumerate(origins):
+        if origin != "*" and not _ORIGIN.match(origin):
+            r.p.add(f"server.cors.allow_origins[{i}]", 'must be "*" or scheme://host[:port]')
+    headers = _strings_or_none(r, c.get("allow_headers"), "server.cors.allow_headers")
+    for i, name in enumerate(headers):
+        if not _TOKEN.match(name):
+            r.p.add(f"server.cors.allow_headers[{i}]", "must be a header name")
+    cors = Cors(
+        allow_origins=tuple(origins),
+        allow_headers=tuple(h.lower() for h in headers),
+        **r.values(c, "server.cors", _CORS),
+    )
+    return Server(**numbers, cors=cors)
+
+
+def _strings_or_none(r: Reader, value: Any, path: str) -> list[str]:
+    """A list of strings where an empty list means "none" (``allow_origins: []`` is off)."""
+    return [] if value == [] else r.strings(value, path) or []
 
 
 def _backends(r: Reader, value: Any) -> dict[str, Backend]:

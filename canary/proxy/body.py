@@ -21,7 +21,7 @@ import orjson
 from starlette.types import Receive
 
 from canary.config.model import Backend
-from canary.errors import RouterError
+from canary.errors import BodyRefused, RouterError
 from canary.proxy.usage import WBITS  # the codings canary can inflate, one table
 
 _MODEL_SPAN = 4096
@@ -32,6 +32,14 @@ class Body:
     """The raw bytes, their decoded JSON (when asked for), and the model named in them."""
 
     __slots__ = ("_json", "_parsed", "encoding", "limit", "raw")
+
+    # What an ``Upload`` (canary.proxy.upload) has and a body read whole never does.
+    streamed = False
+    sent = 0
+    waiting = False
+    declared: bytes | None = None
+    timeout_s = 0.0
+    refusal: RouterError | None = None
 
     def __init__(self, raw: bytes, encoding: bytes, limit: int) -> None:
         self.raw = raw
@@ -141,8 +149,9 @@ async def read_body(receive: Receive, declared: bytes | None, encoding: bytes, l
     return Body(b"".join(parts), encoding, limit)
 
 
-def too_large(limit: int) -> RouterError:
-    return RouterError(
+def too_large(limit: int) -> BodyRefused:
+    """413: the rest of the body is not read, so the connection closes after the answer."""
+    return BodyRefused(
         f"The request body is larger than the limit of {limit} bytes.",
         code="request_too_large",
         status=413,

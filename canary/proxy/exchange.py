@@ -24,6 +24,12 @@ What an answer means for the backend (SPEC §4):
 Transport failures count as ``timeout``/``connect``, a stream without its end mark as
 ``stream_cut``. A client that left, a slow client and a request the router could not
 write give no verdict on the backend.
+
+The body (SPEC §3a): JSON is read whole before the route is chosen (``canary.proxy.body``);
+any other body is an ``Upload`` streamed to the backend as it arrives
+(``canary.proxy.upload``), which cannot be replayed: no retry, and a fallback only while
+none of it has left. Every wait for the client's bytes is bounded by
+``server.client_timeout_s`` on the call's watch, which exists from the first step.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from canary.proxy.retry import (
 )
 from canary.proxy.router import match_route, pick, sticky_key
 from canary.proxy.transport import Answer, Outgoing, headers_wait
+from canary.proxy.upload import Upload, stalled, streams
 from canary.proxy.watchdog import Watch
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
@@ -72,8 +79,16 @@ _OUTCOME_KIND = {
 }
 # Outcomes that give no verdict on the backend: its circuit neither passes nor fails them.
 NO_VERDICT = frozenset(
-    {"client_disconnected", "cancelled", "slow_client", "bad_request", "internal_error"}
+    {
+        "client_disconnected",
+        "cancelled",
+        "slow_client",
+        "client_timeout",
+        "bad_request",
+        "internal_error",
+    }
 )
+_REFUSED_OUTCOME = {408: "client_timeout", 499: "client_disconnected"}  # else bad_request
 
 
 def fault_kind(status: int) -> str | None:
@@ -112,7 +127,7 @@ class Exchange:
         self.cfg: Config | None = plane.store.config  # a reload mid-request does not touch it
         self.dialect = dialect_of(scope["path"])
         self.route: Route | None = None
-        self.body: Body | None = None
+        self.body: Body | Upload | None = None
         self.first: Try | None = None  # the try that failed before a fallback
         self.last: Try | None = None  # the try whose answer the client got
         self.refusal: RouterError | None = None
@@ -120,14 +135,19 @@ class Exchange:
         self.follower: asyncio.Task[None] | None = None  # listens for a disconnect
 
     async def run(self) -> None:
+        dog = self.p.watchdog
+        watch = self.watch = dog.watch()
         try:
-            backend = await self._choose()
-        except RouterError as exc:
-            self.refusal = exc
-            await self.client.error(exc)
-            self.p.meter.call("", "", exc.status, self.p.clock() - self.started)
-            return
-        await self._forward(backend)
+            try:
+                backend = await self._choose()
+            except RouterError as exc:
+                self.refusal = exc
+                await self.client.error(exc)
+                self.p.meter.call("", "", exc.status, self.p.clock() - self.started)
+                return
+            await self._forward(backend)
+        finally:
+            dog.release(watch)
 
     async def _choose(self) -> Backend:
         cfg, hdrs = self.cfg, self.hdrs
@@ -141,11 +161,7 @@ class Exchange:
             check_client_key(cfg, hdrs)
         path: str = self.scope["path"]
         check_path(path, self.scope.get("raw_path"))
-        encoding = hdrs.get(b"content-encoding", b"").strip().lower()
-        limit = cfg.server.max_body_bytes
-        body = self.body = await read_body(
-            self.receive, hdrs.get(b"content-length"), encoding, limit
-        )
+        body = self.body = await self._read(cfg)
         route = match_route(cfg.routes, path, lambda name: header(hdrs, name), body.model)
         if route is None:
             raise RouterError(f"No route matches {path}.", code="no_route", status=404)
@@ -161,14 +177,38 @@ class Exchange:
                 name = route.baseline  # rolled back: the baseline takes this call
         return cfg.backends[name]
 
+    async def _read(self, cfg: Config) -> Body | Upload:
+        """The body: an upload to stream, or JSON read whole within the client's bound."""
+        hdrs, server, watch = self.hdrs, cfg.server, self.watch
+        assert watch is not None
+        if streams(hdrs.get(b"content-type")):
+            limit, wait = server.max_upload_bytes, server.client_timeout_s
+            return Upload(self.receive, hdrs.get(b"content-length"), limit, wait, watch)
+        encoding = hdrs.get(b"content-encoding", b"").strip().lower()
+        watch.deadline = watch.task.get_loop().time() + server.client_timeout_s
+        try:
+            body = await read_body(
+                self.receive, hdrs.get(b"content-length"), encoding, server.max_body_bytes
+            )
+        except asyncio.CancelledError:
+            if watch.cancelled_here():
+                raise stalled(server.client_timeout_s) from None
+            raise
+        finally:
+            watch.deadline = math.inf
+        watch.on_long = self._follow_client  # the body is in: listen for a disconnect
+        return body
+
     async def _forward(self, backend: Backend) -> None:
         """The chosen backend; on an early failure, the baseline once."""
-        assert self.cfg is not None and self.route is not None
+        assert self.cfg is not None and self.route is not None and self.body is not None
         route = self.route
         baseline = self.cfg.backends[route.baseline] if route.fallback else None
-        dog = self.p.watchdog
-        watch = self.watch = dog.watch(on_long=self._follow_client)
-        copy = self.p.shadows.start(self, backend) if route.shadow is not None else None
+        watch = self.watch
+        assert watch is not None
+        copy = None
+        if route.shadow is not None and not self.body.streamed:
+            copy = self.p.shadows.start(self, backend)
         try:
             t = await self._call(backend, None, baseline not in (None, backend))
             if t.fall_back and baseline is not None:
@@ -184,7 +224,6 @@ class Exchange:
                 raise
             watch.task.uncancel()  # the client left: not a backend failure, nothing to answer
         finally:
-            dog.release(watch)
             if self.follower is not None:
                 self.follower.cancel()
             if copy is not None:
@@ -207,6 +246,7 @@ class Exchange:
 
     async def _call(self, backend: Backend, origin: str | None, can_fall_back: bool) -> Try:
         """One call to one backend, its retries included; accounted when it ends."""
+        assert self.body is not None
         billed = self.dialect.billed and self.scope["method"] == "POST"
         t = self.last = Try(backend, origin, billed)
         t.since = self.p.clock()
@@ -220,6 +260,7 @@ class Exchange:
             response = await self._send(t)
             t.status = response.status
             t.kind = fault_kind(t.status)
+            can_fall_back = can_fall_back and not self.body.sent  # an upload is not replayed
             if can_fall_back and (t.kind is not None or 400 <= t.status < 500):
                 t.fall_back = True
                 t.deferred = t.kind is None  # judged once the baseline has answered
@@ -266,6 +307,15 @@ class Exchange:
 
     async def _failed(self, t: Try, exc: Exception, can_fall_back: bool) -> None:
         """The call failed in transport: fall back, or answer 502/504 (400 if ours)."""
+        assert self.body is not None
+        refused = self.body.refusal
+        if refused is not None:  # the client's upload was refused mid-way: not the backend's
+            t.outcome = _REFUSED_OUTCOME.get(refused.status, "bad_request")
+            t.status = refused.status
+            if refused.status != 499:
+                t.status = await self.client.error(refused, t.backend.name, t.origin)
+            return
+        can_fall_back = can_fall_back and not self.body.sent  # an upload is not replayed
         if isinstance(exc, httpx.LocalProtocolError):
             # The request cannot be written (a header that is not UTF-8): the client's
             # fault, not the backend's. Nothing reached the upstream.
@@ -293,7 +343,7 @@ class Exchange:
 
         Each failed try is counted before the next; ``t.began`` is the start of the try
         still open, None while waiting between tries."""
-        assert self.cfg is not None
+        assert self.cfg is not None and self.body is not None
         rules, backend, p = self.cfg.retry, t.backend, self.p
         window = p.stats.window(backend.name)
         attempt = 1
@@ -307,8 +357,8 @@ class Exchange:
             try:
                 response = await self._headers(backend)
             except httpx.TransportError as exc:
-                if not retryable_error(exc, unsafe=rules.unsafe):
-                    raise
+                if self.body.streamed or not retryable_error(exc, unsafe=rules.unsafe):
+                    raise  # an upload is not replayed
                 wait, failure = backoff(attempt, rules.backoff_s, p.rng), exc
                 after, kind = type(exc).__name__, _OUTCOME_KIND[outcome_of(exc)]
             else:
@@ -343,11 +393,12 @@ class Exchange:
 
     def _may_retry(self, attempt: int, backend: Backend) -> bool:
         """Another try: attempts and budget left, and the backend's circuit still closed."""
-        assert self.cfg is not None
+        assert self.cfg is not None and self.body is not None
         rules, p = self.cfg.retry, self.p
         circuit = p.breakers.circuits.get(backend.name)
         return (
-            attempt < rules.max_attempts
+            not self.body.streamed  # an upload is not replayed
+            and attempt < rules.max_attempts
             and (circuit is None or circuit.state == CLOSED)  # a tripped backend gets no more
             and p.budget.try_spend(backend.name, rules.budget)
         )
@@ -373,7 +424,11 @@ class Exchange:
         """The request sent and its answer's headers, within the backend's bound
         (``transport.headers_wait``)."""
         wait = headers_wait(connect_s(backend.timeout_s), backend.timeout_s)
-        return await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
+        answer = await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
+        if self.body is not None and self.body.streamed:
+            assert self.watch is not None
+            self.watch.on_long = self._follow_client  # the upload is over: it may listen now
+        return answer
 
     async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:
         """``step`` bounded by the call's watch (no timer of its own): ``ReadTimeout`` when
@@ -385,17 +440,25 @@ class Exchange:
             return await step
         except asyncio.CancelledError:
             if watch.cancelled_here():
+                body = self.body
+                if body is not None and body.waiting:  # an upload's client fell silent
+                    body.refusal = stalled(body.timeout_s)
+                    raise httpx.ReadError("the client's upload stalled") from None
                 raise httpx.ReadTimeout(f"no answer within {backend.timeout_s:g} s") from None
             raise
         finally:
             watch.deadline = math.inf
 
     def _request(self, backend: Backend) -> Outgoing:
-        assert self.body is not None
-        content, rewritten = self.body.for_backend(backend)
-        return self.p.upstream_request(
+        body = self.body
+        assert body is not None
+        content, rewritten = body.for_backend(backend)
+        out = self.p.upstream_request(
             self.scope, backend, content, self.client.request_id, rewritten
         )
+        if body.streamed and body.declared is not None:  # as declared: not sent chunked
+            out.headers.append((b"content-length", body.declared))
+        return out
 
     def _count(self, name: str, began: float, kind: str | None, verdict: bool = True) -> None:
         """A try ended: its window, its circuit and its failure kind move here, and only here."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.types import Scope
@@ -58,7 +59,12 @@ class Plane:
         self.shadows = Shadows(self.meter, self, self.rng)
 
     def upstream_request(
-        self, scope: Scope, backend: Backend, content: bytes, rid: bytes, rewritten: bool
+        self,
+        scope: Scope,
+        backend: Backend,
+        content: bytes | AsyncIterator[bytes],
+        rid: bytes,
+        rewritten: bool,
     ) -> Outgoing:
         """The client's request as ``backend`` gets it (``canary.proxy.headers``).
 

@@ -24,6 +24,7 @@ from functools import lru_cache
 from canary.config.model import Route
 from canary.proxy.body import Body
 from canary.proxy.headers import header
+from canary.proxy.upload import Upload
 
 BUCKETS = 10_000
 
@@ -49,7 +50,7 @@ def match_route(
     return None
 
 
-def sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body) -> str | None:
+def sticky_key(route: Route, hdrs: dict[bytes, bytes], body: Body | Upload) -> str | None:
     """The call's sticky key: its ``sticky`` header, or that field of its JSON body."""
     sticky = route.sticky
     if sticky is None:

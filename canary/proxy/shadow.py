@@ -33,6 +33,7 @@ from canary.proxy.body import Body
 from canary.proxy.facts import TAP_BYTES, Tap, answer_facts
 from canary.proxy.relay import Try
 from canary.proxy.transport import RAW_ERRORS, Outgoing, Upstream
+from canary.proxy.upload import Upload
 from canary.safety.equivalence import Ask, Facts, compare
 
 log = structlog.get_logger("canary.proxy")
@@ -54,7 +55,7 @@ class Call(Protocol):
     cfg: Config | None
     route: Route | None
     scope: Scope
-    body: Body | None
+    body: Body | Upload | None  # never an upload: a streamed body gets no copy
     client: Client
 
 
@@ -112,7 +113,7 @@ class Shadows:
         """A copy of ``call`` for its route's shadow backend, or None (not sampled, or
         skipped and counted, or ``answering`` is the shadow backend itself)."""
         route, cfg, body = call.route, call.cfg, call.body
-        assert route is not None and cfg is not None and body is not None
+        assert route is not None and cfg is not None and isinstance(body, Body)
         shadow = route.shadow
         if shadow is None or answering.name == shadow.backend:
             return None
@@ -135,7 +136,7 @@ class Shadows:
 
     async def _copy(self, call: Call, backend: Backend, copy: Copy) -> None:
         route, cfg, body = copy.route, call.cfg, call.body
-        assert cfg is not None and body is not None
+        assert cfg is not None and isinstance(body, Body)
         try:
             facts, head = await self._send(call, backend, copy)
         except Exception as exc:  # a shadow never fails anything but itself
@@ -167,7 +168,7 @@ class Shadows:
     async def _send(self, call: Call, backend: Backend, copy: Copy) -> tuple[Facts, bytes | None]:
         """The copy sent and read to its end; its facts and its first bytes."""
         body = call.body
-        assert body is not None
+        assert isinstance(body, Body)
         content, rewritten = body.for_backend(backend)
         loop = asyncio.get_running_loop()
         rid = b"shadow-" + os.urandom(8).hex().encode()  # its own: no primary's metadata

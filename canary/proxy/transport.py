@@ -147,7 +147,7 @@ class Outgoing:
     method: str
     url: str
     headers: list[tuple[bytes, bytes]]
-    body: bytes
+    body: bytes | AsyncIterator[bytes]  # an iterator streams an upload (canary.proxy.upload)
     connect_s: float | None = None
 
 
@@ -293,6 +293,17 @@ class _HttpxAnswer(_PlainAnswer):
         await self._response.aclose()
 
 
+class _Streamed(httpx.AsyncByteStream):
+    """An upload's chunks as httpx's request stream."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
+
+
 class HttpxUpstream:
     """Any httpx transport as an ``Upstream``: the request built as httpx's, the headers
     as given (httpx adds Host), the connect bound in its timeout extension."""
@@ -302,11 +313,13 @@ class HttpxUpstream:
 
     async def send(self, request: Outgoing) -> Answer:
         connect = request.connect_s
+        body = request.body
         built = httpx.Request(
             request.method,
             request.url,
             headers=request.headers,
-            stream=httpx.ByteStream(request.body),  # final: no re-encoding, no length added
+            # final: no re-encoding, no length added
+            stream=httpx.ByteStream(body) if isinstance(body, bytes) else _Streamed(body),
             extensions={"timeout": {"connect": connect, "read": None, "write": None, "pool": None}},
         )
         return _HttpxAnswer(await self.transport.handle_async_request(built))

@@ -246,7 +246,7 @@ class Exchange:
 
     async def _call(self, backend: Backend, origin: str | None, can_fall_back: bool) -> Try:
         """One call to one backend, its retries included; accounted when it ends."""
-        assert self.body is not None
+        assert self.body is not None and self.cfg is not None
         billed = self.dialect.billed and self.scope["method"] == "POST"
         t = self.last = Try(backend, origin, billed)
         t.since = self.p.clock()
@@ -267,7 +267,8 @@ class Exchange:
                 t.outcome = f"upstream_{t.status}"
                 return t
             assert self.watch is not None
-            await relay(self.client, response, t, self.dialect, self.watch)
+            hold = self.cfg.server.hold_answer_bytes
+            await relay(self.client, response, t, self.dialect, self.watch, hold)
         except (EarlyFailure, httpx.TransportError) as exc:
             await self._failed(t, exc, can_fall_back)
         except asyncio.CancelledError:

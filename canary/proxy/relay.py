@@ -7,6 +7,13 @@ SSE stream ends in its dialect's error event (each SDK raises on its own), any o
 body is cut so the client sees an incomplete response. A stream that ends without its
 dialect's end mark, decided on whole events (``canary.proxy.sse``), is cut too.
 
+Whole answers or none (SPEC §3a): a non-stream JSON answer of up to ``hold`` bytes
+(``server.hold_answer_bytes``) is read whole before its status line goes out, and sent
+with its ``content-length`` in one message. A body cut short or stalled is then an
+``EarlyFailure``, which the baseline may still answer; a larger one streams from the
+moment it passes ``hold``. Any other answer (SSE, file content, speech) passes through
+as it arrives.
+
 Bounded waits without a timer per stream or chunk: the call's watch (one per call, checked
 by the process's one watchdog, ``canary.proxy.watchdog``, every 0.5 s) gets a deadline
 ``timeout_s`` + 0.5 s after the last chunk relayed, which bounds both a silent upstream
@@ -26,6 +33,7 @@ from canary.config.model import Backend
 from canary.observe.logs import redactor
 from canary.proxy.answers import Client, outcome_of
 from canary.proxy.dialects import Dialect
+from canary.proxy.facts import Tap
 from canary.proxy.headers import DROP_RESPONSE, without
 from canary.proxy.sse import Frames
 from canary.proxy.transport import RAW_ERRORS, Answer
@@ -84,9 +92,13 @@ class EarlyFailure(Exception):
         self.cause = cause
 
 
-async def relay(client: Client, response: Answer, t: Try, dialect: Dialect, watch: Watch) -> None:
-    """Stream ``response`` to the client; set ``t.outcome`` and ``t.tokens``."""
-    start, sse, encoding = _start(client, response, t)
+async def relay(
+    client: Client, response: Answer, t: Try, dialect: Dialect, watch: Watch, hold: int
+) -> None:
+    """Stream ``response`` to the client; set ``t.outcome`` and ``t.tokens``.
+
+    A JSON answer up to ``hold`` bytes is read whole first (see the module docstring)."""
+    start, sse, encoding, held = _start(client, response, t, hold)
     status = t.status
     check_end = sse and status < 400 and not encoding and bool(dialect.end_marks)
     metered = t.metered and status < 300
@@ -94,7 +106,7 @@ async def relay(client: Client, response: Answer, t: Try, dialect: Dialect, watc
     scanner = UsageScanner() if metered and frames is None else None
     if scanner is not None and encoding and not scanner.encoded(encoding):
         scanner = None  # an encoding it cannot read: the call counts as unmetered
-    pump = _Pump(client, response, t.backend.timeout_s + GRACE_S)
+    pump = _Pump(client, response, t.backend.timeout_s + GRACE_S, held)
     try:
         # The model audit reads the first (plain) read.
         await pump.run(
@@ -105,10 +117,13 @@ async def relay(client: Client, response: Answer, t: Try, dialect: Dialect, watc
             t if metered and not encoding else None,
             t if sse else None,
         )
-        if not client.started:
-            client.started = True
-            await client.send(start)
-        await _finish(client, t, dialect, frames if check_end else None)
+        if client.done:  # held and sent whole
+            t.outcome = "ok"
+        else:
+            if not client.started:
+                client.started = True
+                await client.send(start)
+            await _finish(client, t, dialect, frames if check_end else None)
         if metered:
             t.tokens = _usage(dialect, frames, scanner)
             if frames is not None and frames.first is not None:
@@ -133,14 +148,16 @@ class _Pump:
     relayed (a plain store per chunk), and bounds both an upstream that falls silent
     (``reading``) and a client that stops reading, so neither holds an upstream slot
     much past ``timeout_s``. The body is read straight from the upstream's ``readany``
-    (aiohttp's, with canary's transport)."""
+    (aiohttp's, with canary's transport). With ``hold``, nothing goes out before the end
+    of the body or its ``hold``-th byte."""
 
-    __slots__ = ("budget", "client", "reading", "response")
+    __slots__ = ("budget", "client", "hold", "reading", "response")
 
-    def __init__(self, client: Client, response: Answer, budget: float) -> None:
+    def __init__(self, client: Client, response: Answer, budget: float, hold: int) -> None:
         self.client = client
         self.response = response
         self.budget = budget
+        self.hold = hold  # bytes to read before the first goes out; 0: stream at once
         self.reading = True
 
     async def run(
@@ -157,6 +174,8 @@ class _Pump:
         read = response.readany
         time = asyncio.get_running_loop().time
         watch.deadline = time() + budget
+        held: list[bytes] | None = [] if self.hold else None
+        size = 0
         try:
             while True:
                 self.reading = True
@@ -165,8 +184,21 @@ class _Pump:
                 except RAW_ERRORS as exc:
                     raise response.failed(exc) from exc
                 if not chunk:
+                    if held is not None:
+                        await self._whole(start, b"".join(held), peek)
                     return
                 self.reading = False
+                fed = held is not None
+                if held is not None:
+                    held.append(chunk)
+                    size += len(chunk)
+                    now = time()
+                    _feed(chunk, now, tap, frames, scanner)
+                    watch.deadline = now + budget
+                    if size <= self.hold:
+                        continue
+                    # Too large to hold (it declared no length): it streams from here.
+                    chunk, held = b"".join(held), None
                 if not client.started:
                     client.started = True
                     await send(start)
@@ -176,12 +208,8 @@ class _Pump:
                         sse.first_byte = time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 now = time()
-                if tap is not None:  # a shadow copy compares with what the client got
-                    tap.feed(chunk, now)
-                if frames is not None:
-                    frames.feed(chunk)
-                elif scanner is not None:
-                    scanner.feed(chunk)
+                if not fed:
+                    _feed(chunk, now, tap, frames, scanner)
                 watch.deadline = now + budget
         except asyncio.CancelledError:
             if watch.cancelled_here():
@@ -189,6 +217,32 @@ class _Pump:
             raise
         finally:
             watch.deadline = math.inf
+
+    async def _whole(self, start: dict[str, object], body: bytes, peek: Try | None) -> None:
+        """A held answer, complete: its status line, length and body in one go."""
+        client = self.client
+        headers = start["headers"]
+        assert isinstance(headers, list)
+        if not any(k == b"content-length" for k, _ in headers):
+            headers.append((b"content-length", str(len(body)).encode()))
+        client.started = True
+        await client.send(start)
+        if peek is not None:
+            peek.head = body
+        client.done = True
+        await client.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _feed(
+    chunk: bytes, now: float, tap: Tap | None, frames: Frames | None, scanner: UsageScanner | None
+) -> None:
+    """What reads a chunk on its way: a shadow's comparison, the usage's readers."""
+    if tap is not None:  # a shadow copy compares with what the client got
+        tap.feed(chunk, now)
+    if frames is not None:
+        frames.feed(chunk)
+    elif scanner is not None:
+        scanner.feed(chunk)
 
 
 async def _broken(
@@ -208,11 +262,15 @@ async def _broken(
     t.outcome = "upstream_timeout" if outcome_of(exc) == "upstream_timeout" else "stream_cut"
 
 
-def _start(client: Client, response: Answer, t: Try) -> tuple[dict[str, object], bool, bytes]:
-    """The client's response start, whether the body is SSE, and its Content-Encoding."""
+def _start(
+    client: Client, response: Answer, t: Try, hold: int
+) -> tuple[dict[str, object], bool, bytes, int]:
+    """The client's response start, whether the body is SSE, its Content-Encoding, and
+    how much of it to hold before the first byte goes out (0: none)."""
     raw = [(k.lower(), v) for k, v in response.headers]
     drop = DROP_RESPONSE
     content_type = encoding = b""
+    length: bytes | None = None
     for k, v in raw:
         if k == b"connection":
             drop = without(DROP_RESPONSE, v)
@@ -220,14 +278,36 @@ def _start(client: Client, response: Answer, t: Try) -> tuple[dict[str, object],
             content_type = v
         elif k == b"content-encoding":
             encoding = v
+        elif k == b"content-length":
+            length = v
     sse = content_type.startswith(b"text/event-stream")
-    if sse or t.status < 200 or t.status in (204, 304):
+    bodiless = t.status < 200 or t.status in (204, 304)
+    if sse or bodiless:
         # An SSE body may get an error event appended; a bodiless status has no length.
         drop = drop | {b"content-length"}
     headers = [(k, v) for k, v in raw if k not in drop]
     client.stamp(headers, t.backend.name, t.origin)
     client.sse = sse
-    return {"type": "http.response.start", "status": t.status, "headers": headers}, sse, encoding
+    if bodiless or not _is_json(content_type) or (length is not None and _over(length, hold)):
+        hold = 0
+    return (
+        {"type": "http.response.start", "status": t.status, "headers": headers},
+        sse,
+        encoding,
+        hold,
+    )
+
+
+def _is_json(content_type: bytes) -> bool:
+    if content_type.startswith(b"application/json"):
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+def _over(length: bytes, hold: int) -> bool:
+    """A declared length past ``hold`` (or unreadable: not held either)."""
+    return not length.strip().isdigit() or int(length) > hold
 
 
 async def _finish(client: Client, t: Try, dialect: Dialect, frames: Frames | None) -> None:

@@ -25,7 +25,7 @@ import httpx
 
 from canary.proxy.transport import Answer, WholeAnswer, may_have_reached, read_all
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504, 529})  # 529: Anthropic's overloaded_error
 MAX_RETRY_AFTER_S = 10.0
 SPAN_S = 10
 MIN_RETRIES = 3

@@ -22,6 +22,7 @@ from canary.errors import RouterError
 from canary.observe.document import StatusDocument
 from canary.observe.meter import Meter
 from canary.observe.status import status_document
+from canary.proxy.cors import CorsMiddleware
 from canary.serve.control import ControlPlane, error_response
 from canary.serve.core import AppOptionFields, AppOptions, Core
 from canary.serve.lifespan import Running, running
@@ -66,7 +67,7 @@ class Canary:
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         async with running(self.core, self.options) as live:
-            self.live, self.proxy = live, live.proxy
+            self.live, self.proxy = live, CorsMiddleware(live.proxy, self.store)
             try:
                 yield
             finally:

@@ -58,6 +58,7 @@ def stack_factory(sims: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
                     "chunk_delay_ms": 0,
                     "error_rate": 0,
                     "cut_after": None,
+                    "truncate_rate": 0.0,
                     "hang": False,
                     "echo_model": None,
                     "prompt_token_factor": 1.0,

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
 from canary.errors import StreamCut
@@ -40,6 +41,7 @@ from canary.tools.simulate.asgi import (
     until_disconnect,
 )
 from canary.tools.simulate.faults import Faults
+from canary.tools.simulate.files import Files
 from canary.tools.simulate.stats import Stats
 from canary.types import Clock, Sleep
 
@@ -82,6 +84,7 @@ class Simulator:
         self._ids = itertools.count(1)
         self._released = asyncio.Event()
         self._name_header = (b"x-sim-name", name.encode())
+        self.files = Files(clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -90,7 +93,8 @@ class Simulator:
         if scope["type"] != "http":
             return  # no websockets here
         path: str = scope["path"]
-        body = await read_body(receive)
+        # An upload is counted as it streams (canary.tools.simulate.files), never held.
+        body = b"" if _streamed(scope) else await read_body(receive)
         try:
             if path.startswith("/v1/"):
                 await self._provider(scope, body, receive, send)
@@ -111,17 +115,40 @@ class Simulator:
             if self._api_key is not None and not carries_key(scope["headers"], self._api_key):
                 self.stats.unauthorized += 1
                 raise Refused(401, "Incorrect API key provided (simulated).", "invalid_api_key")
-            handler = self._handler(scope)
-            if await self._inject_faults(receive):
+            handler = self._handler(scope, receive)
+            if not await self._inject_faults(receive):
+                return
+            if _streamed(scope):  # the handler reads the body: nobody else may receive
+                await handler(scope, body, send)
+            else:
                 await self._until_done_or_gone(handler(scope, body, send), receive)
         finally:
             self.stats.in_flight -= 1  # also on refusal, disconnect, cut and cancellation
 
-    def _handler(self, scope: Scope) -> Handler:
+    def _handler(self, scope: Scope, receive: Receive) -> Handler:
         path: str = scope["path"]
         handler: Handler
+        files, named = self.files, [self._name_header]
         if path == "/v1/models" or path.startswith("/v1/models/"):
             method, handler = "GET", self._model_list
+        elif path == "/v1/files":
+            method = "POST"
+
+            async def handler(scope: Scope, body: bytes, send: Send) -> None:
+                await files.upload(scope, receive, send, named)
+
+        elif path.startswith("/v1/files/") and path.endswith("/content"):
+            method = "GET"
+
+            async def handler(scope: Scope, body: bytes, send: Send) -> None:
+                await files.content(scope, send, named)
+
+        elif path == "/v1/audio/speech":
+            method = "POST"
+
+            async def handler(scope: Scope, body: bytes, send: Send) -> None:
+                await files.speech(body, send, named)
+
         elif path in BUILDERS:
             method, handler = "POST", functools.partial(self._answer, BUILDERS[path])
         else:
@@ -205,6 +232,9 @@ class Simulator:
         call = self._call(payload, model)
         reply = build(call)
         if reply.events is None:
+            truncate = self.faults.truncate_rate
+            if truncate and self._rng.random() < truncate:
+                await self._truncated(send, reply.body)
             await self._json(send, 200, reply.body)
         else:
             await self._stream(send, reply.events)
@@ -254,6 +284,21 @@ class Simulator:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _truncated(self, send: Send, payload: object) -> None:
+        """Declare the whole answer's length, send a fifth of it, drop the connection."""
+        body = orjson.dumps(payload)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            self._name_header,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": body[: len(body) // 5], "more_body": True}
+        )
+        self.stats.cut += 1
+        raise StreamCut(f"{self.name}: answer cut after {len(body) // 5} of {len(body)} bytes")
+
     async def _json(self, send: Send, status: int, payload: object, headers: Headers = ()) -> None:
         await send_json(send, status, payload, [self._name_header, *headers])
 
@@ -278,6 +323,10 @@ class Simulator:
             await self._json(send, 200, self.stats.snapshot())
         else:
             raise Refused(404, f"Unknown control endpoint {action}", "not_found")
+
+
+def _streamed(scope: Scope) -> bool:
+    return bool(scope["method"] == "POST" and scope["path"] == "/v1/files")
 
 
 def _error_body(path: str, refusal: Refused) -> dict[str, Any]:

@@ -35,6 +35,12 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rate-limit-rate", type=float, default=0.0, help="share of requests answered 429")
     add("--retry-after", type=float, default=1.0, dest="retry_after_s", metavar="SECONDS")
     add("--cut-after", type=int, default=None, help="drop streams after N SSE events")
+    add(
+        "--truncate-rate",
+        type=float,
+        default=0.0,
+        help="share of JSON answers cut short of their content-length",
+    )
     add("--hang", action="store_true", help="accept requests and never answer")
     add("--echo-model", default=None, help="name this model in every answer (a substitution)")
     add("--prompt-token-factor", type=float, default=1.0, help="bill prompt tokens times this")

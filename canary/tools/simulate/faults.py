@@ -22,6 +22,7 @@ class Faults:
     rate_limit_rate: float = 0.0
     retry_after_s: float = 1.0
     cut_after: int | None = None
+    truncate_rate: float = 0.0  # share of JSON answers cut short of their content-length
     hang: bool = False
     # A dishonest relay (SPEC §9): what it names, bills and says.
     echo_model: str | None = None  # answers name this model, whatever was asked
@@ -48,6 +49,7 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     "rate_limit_rate": (float, 0, 1),
     "retry_after_s": (float, 0, 86_400),
     "cut_after": (int, 0, math.inf),
+    "truncate_rate": (float, 0, 1),
     "hang": (bool, 0, 1),
     "echo_model": (str, 1, 128),
     "prompt_token_factor": (float, 0.01, 100),

@@ -2,7 +2,11 @@
 and every answer the router makes itself is JSON in OpenAI's error shape, never a 5xx.
 
 Route shapes (chosen by an ``x-shape`` header): a backend with ``model_map``; a
-``models`` match; a ``body:`` sticky key; a ``header:`` sticky key; a plain route.
+``models`` match; a ``body:`` sticky key; a ``header:`` sticky key; a plain route. Bodies
+of any content type (JSON read whole, uploads streamed) and origins with CORS on.
+
+And whole answers or none: a relay's JSON answer cut at any points reaches the client
+whole, or not at all (the baseline's instead).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Upstream, no_sleep, serving
+from tests.helpers import Chunks, Upstream, no_sleep, serving
 
 T = TypeVar("T")
 
@@ -47,10 +51,45 @@ routes:
     match: {headers: {x-shape: header}}
     weights: {legacy: 50, relay: 50}
     sticky: header:x-user-id
+  - name: held
+    match: {headers: {x-shape: held}}
+    weights: {legacy: 0, relay: 100}
+    baseline: legacy
+    fallback: true
   - name: plain
     weights: {legacy: 100}
-server: {max_body_bytes: 4096}
+rollback: {min_requests: 1000000}  # no circuit trips across examples: each stands alone
+server:
+  max_body_bytes: 4096
+  max_upload_bytes: 4096
+  hold_answer_bytes: 4096
+  cors: {allow_origins: ["http://app.test"]}
 """
+ANSWER = orjson.dumps(
+    {
+        "id": "x",
+        "model": "gpt-4.1",
+        "choices": [{"message": {"content": "hi " * 40}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 40},
+    }
+)
+
+
+def _answer(request: httpx.Request) -> httpx.Response:
+    """The provider: on the relay, ANSWER in pieces at ``x-cuts``, cut short with
+    ``x-fail``; anywhere else, the recording upstream's plain answer."""
+    cuts = request.headers.get("x-cuts")
+    if cuts is None or request.url.host != "relay.test":
+        return Upstream.ok(request)
+    ends = [*sorted({int(c) % len(ANSWER) for c in cuts.split(",") if c}), len(ANSWER)]
+    pieces = [ANSWER[a:b] for a, b in zip([0, *ends], ends, strict=False) if b > a]
+    fail = request.headers.get("x-fail") == "1"
+    if fail:
+        pieces = pieces[:-1]  # the last piece never comes
+    headers = {"content-type": "application/json", "content-length": str(len(ANSWER))}
+    cut = httpx.RemoteProtocolError("peer closed connection") if fail else None
+    return httpx.Response(200, headers=headers, stream=Chunks(pieces, cut))
+
 
 Run = Callable[[Coroutine[Any, Any, T]], T]
 
@@ -71,7 +110,9 @@ def app() -> Iterator[tuple[httpx.AsyncClient, Run[Any]]]:
     def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(10)
 
-    cm = serving(str(path), transport=httpx.MockTransport(Upstream()), sleep=no_sleep, watch=False)
+    upstream = Upstream()
+    upstream.handler = _answer
+    cm = serving(str(path), transport=httpx.MockTransport(upstream), sleep=no_sleep, watch=False)
     client = run(cm.__aenter__())
     try:
         yield client, run
@@ -116,7 +157,25 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
     if encoding:
         headers["content-encoding"] = encoding
     headers["x-shape"] = draw(st.sampled_from(["mapped", "models", "body", "header", "none"]))
-    headers["content-type"] = draw(st.sampled_from(["application/json", "text/plain", "", "x/y"]))
+    headers["content-type"] = draw(
+        st.sampled_from(
+            [
+                "application/json",
+                "text/plain",
+                "",
+                "x/y",
+                "multipart/form-data; boundary=x",
+                "application/octet-stream",
+                "audio/wav",
+                "application/vnd.api+json",
+            ]
+        )
+    )
+    if draw(st.booleans()):
+        headers["origin"] = draw(st.sampled_from(["http://app.test", "http://evil.test", "null"]))
+        if draw(st.booleans()):
+            headers["access-control-request-method"] = "POST"
+            headers["access-control-request-headers"] = draw(header_value)
     for name in ("x-user-id", "authorization", "x-api-key", "x-request-id"):
         if draw(st.booleans()):
             headers[name] = draw(header_value)
@@ -130,7 +189,7 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
             ),
         )
     )
-    method = draw(st.sampled_from(["POST", "GET", "PUT", "DELETE"]))
+    method = draw(st.sampled_from(["POST", "GET", "PUT", "DELETE", "OPTIONS"]))
     return {"method": method, "url": path, "content": body, "headers": headers}
 
 
@@ -149,6 +208,14 @@ def test_every_router_made_answer_is_an_openai_error_and_never_a_5xx(
         r = run(client.request(**request))
     except httpx.InvalidURL:
         return  # the client library refuses to send it: nothing reached the router
+    allowed = request["headers"].get("origin") == "http://app.test"
+    if allowed and r.request.url.path.startswith("/v1/"):
+        assert r.headers["access-control-allow-origin"] == "http://app.test"
+    else:
+        assert "access-control-allow-origin" not in r.headers
+    if r.status_code == 204:  # an allowed origin's preflight, answered by canary itself
+        assert allowed and request["method"] == "OPTIONS", r.headers
+        return
     if r.headers.get("x-up") == "1":
         return  # the (fake) provider's own answer, passed through
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
@@ -157,6 +224,29 @@ def test_every_router_made_answer_is_an_openai_error_and_never_a_5xx(
     assert r.headers["content-type"] == "application/json"
     if r.request.url.path.startswith("/v1/"):  # httpx may normalise "/v1/." to "/v1"
         assert r.headers["x-canary-request-id"]
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cuts=st.lists(st.integers(0, 10_000), max_size=6), fail=st.booleans())
+def test_a_json_answer_reaches_the_client_whole_or_not_at_all(
+    app: tuple[httpx.AsyncClient, Run[Any]], cuts: list[int], fail: bool
+) -> None:
+    """Cut at any points, a relay's JSON answer is never passed on in part: the client gets
+    the relay's whole answer, or (cut short) the baseline's, with its exact length."""
+    client, run = app
+    headers = {"x-shape": "held", "x-cuts": ",".join(map(str, cuts)), "x-fail": str(int(fail))}
+    r = run(client.post("/v1/chat/completions", json={"model": "gpt-4.1"}, headers=headers))
+    assert r.status_code == 200
+    if fail:
+        assert r.headers["x-canary-backend"] == "legacy" and r.headers["x-up"] == "1"
+        assert r.headers["x-canary-fallback"] == "relay"
+    else:
+        assert r.content == ANSWER and r.headers["content-length"] == str(len(ANSWER))
+        assert r.headers["x-canary-backend"] == "relay"
 
 
 def test_the_router_is_still_up_after_the_examples(

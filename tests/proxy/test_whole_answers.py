@@ -1,0 +1,78 @@
+"""Whole answers or none (SPEC §3a): an answer past the hold streams; a streamed upload
+reaches the backend byte for byte and is never replayed; Anthropic's 529 is retried like a
+503. (A JSON answer cut anywhere: the property test in ``test_properties``.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import Chunks, Upstream, no_sleep, serving
+
+ROUTES = """
+backends:
+  legacy: {base_url: "http://legacy.test/v1", timeout_s: 5}
+  relay: {base_url: "http://relay.test/v1", timeout_s: 5}
+routes:
+  - name: chat
+    weights: {legacy: 0, relay: 100}
+    baseline: legacy
+    fallback: true
+retry: {max_attempts: 2, backoff_s: 0}
+server: {hold_answer_bytes: 4096}
+"""
+
+
+def _config(tmp_path: Path, text: str = ROUTES) -> str:
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+async def test_an_answer_over_the_hold_streams_and_a_529_is_retried(tmp_path: Path) -> None:
+    """Past ``hold_answer_bytes`` an answer streams as it comes; a 529 is tried again."""
+    big = b'{"data": "' + b"x" * 10_000 + b'"}'
+    upstream, seen = Upstream(), []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if len(seen) == 1:
+            return httpx.Response(
+                529, json={"type": "error", "error": {"type": "overloaded_error"}}
+            )
+        return httpx.Response(
+            200,
+            headers={"content-type": "application/json"},
+            stream=Chunks([big[:5000], big[5000:]]),
+        )
+
+    upstream.handler = answer
+    async with serving(
+        _config(tmp_path), transport=httpx.MockTransport(upstream), sleep=no_sleep
+    ) as c:
+        r = await c.post("/v1/chat/completions", json={"model": "gpt-4.1"})
+    assert r.status_code == 200 and r.content == big
+    assert seen == ["relay.test", "relay.test"]  # retried on the same backend, no fallback
+    assert "content-length" not in r.headers  # streamed: its length was never known
+
+
+async def test_an_upload_streams_once_and_is_never_replayed(tmp_path: Path) -> None:
+    """A multipart body reaches the backend whole, with the length the client declared; when
+    the relay then fails, nothing is sent again (no retry, no fallback after bytes left)."""
+    upstream, got = Upstream(), []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        got.append((request.url.host, request.headers.get("content-length"), await request.aread()))
+        return httpx.Response(503, json={"error": {"message": "busy"}})
+
+    upstream.handler = answer
+    body = b"--x\r\n" + bytes(range(256)) * 400 + b"\r\n--x--\r\n"
+    async with serving(
+        _config(tmp_path), transport=httpx.MockTransport(upstream), sleep=no_sleep
+    ) as c:
+        r = await c.post(
+            "/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+    assert r.status_code == 503  # the relay's own answer, passed through
+    assert got == [("relay.test", str(len(body)), body)]

@@ -1003,6 +1003,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--chunk-delay-ms", type=float, default=5.0, metavar="MS", help="between events (5)")
     add("--stream-rounds", type=_count, default=2, metavar="N", help="rows 5a/5b runs each (2)")
     add("--only-streams", action="store_true", help="rows 5 only: canary vs a bare forwarder")
+    add("--only-uploads", action="store_true", help="rows 6 only: a 200 MB upload, the same pair")
+    add("--upload-rounds", type=_count, default=3, metavar="N", help="rows 6 uploads each (3)")
     add("--output", type=Path, default=RESULTS, metavar="PATH", help="raw JSON (bench/results/)")
     add("--loadgen", metavar="SPEC", help=argparse.SUPPRESS)  # internal: one load run
     return parser.parse_args(argv)
@@ -1050,13 +1052,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children on SIGTERM as on Ctrl-C
     started = time.monotonic()
     import streams  # bench/streams.py: rows 5, canary vs a bare forwarder
+    import uploads  # bench/uploads.py: rows 6, a 200 MB upload through the same pair
 
     rows: list[Row] = []
+    figures: dict[str, Any] = {}
+    upload_figures: dict[str, Any] = {}
     try:
         with fleet_in_tempdir() as fleet:
-            if not args.only_streams:
+            if not (args.only_streams or args.only_uploads):
                 rows = run_all(settings, fleet)
-            figures = streams.measure(fleet, args.stream_rounds, args.quick)
+            if not args.only_uploads:
+                figures = streams.measure(fleet, args.stream_rounds, args.quick)
+            if not args.only_streams:
+                upload_figures = uploads.measure(fleet, args.upload_rounds)
     except KeyboardInterrupt:
         print("bench: interrupted; all processes stopped", file=sys.stderr)
         return 130
@@ -1066,7 +1074,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     if rows:
         print(render(rows, info, settings))
-    print("\n" + streams.render(figures))
+    if figures:
+        print("\n" + streams.render(figures))
+    if upload_figures:
+        print("\n" + uploads.render(upload_figures))
     report = {
         "machine": info,
         "settings": asdict(settings),
@@ -1081,6 +1092,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "rows": [row.as_json() for row in rows],
         "streams": figures,
+        "uploads": upload_figures,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -135,21 +135,22 @@ def _load(fleet: bench.Fleet, spec: StreamSpec) -> dict[str, Any]:
     return result
 
 
-def _start(fleet: bench.Fleet, sim_port: int) -> dict[str, bench.Router]:
+def start_pair(fleet: bench.Fleet, sim_port: int, label: str) -> dict[str, bench.Router]:
     """The forwarder and a 1-worker canary, both in front of the simulator."""
     base = f"http://127.0.0.1:{sim_port}/v1"
     port = bench.free_port()
     args = [bench.PYTHON, str(Path(__file__).with_name("forwarder.py")), "--port", str(port)]
-    proc = fleet.start("forwarder", [*args, "--upstream", base])
+    proc = fleet.start(f"forwarder-{label}", [*args, "--upstream", base])
     url = f"http://127.0.0.1:{port}/healthz"
-    bench.wait_ready(proc, "forwarder", url, fleet.log_path("forwarder"), lambda: True)
+    bench.wait_ready(proc, "forwarder", url, fleet.log_path(f"forwarder-{label}"), lambda: True)
     forwarder = bench.Router("forwarder", proc, port, [proc.pid])
-    routes = fleet.workdir / "streams.yaml"
+    routes = fleet.workdir / f"{label}.yaml"
     routes.write_text(
         f'backends:\n  up: {{base_url: "{base}"}}\n'
         "routes:\n  - name: all\n    weights: {up: 100}\n"
     )
-    return {"forwarder": forwarder, "canary": bench.start_router(fleet, "canary-streams", routes)}
+    canary = bench.start_router(fleet, f"canary-{label}", routes)
+    return {"forwarder": forwarder, "canary": canary}
 
 
 def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
                                       str(port := bench.free_port()), "--name", words])  # fmt: skip
     stats = f"http://127.0.0.1:{port}/_sim/stats"
     bench.wait_ready(sim, "simulator", stats, fleet.log_path("sim-streams"), lambda: True)
-    targets = _start(fleet, port)
+    targets = start_pair(fleet, port, "streams")
     out: dict[str, Any] = {name: {"chunk_us": [], "call_ms": []} for name in targets}
     duration = 1.5 if quick else 3.0
     for n in range(rounds):

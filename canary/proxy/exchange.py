@@ -47,9 +47,10 @@ from canary.config.model import Backend, Config, Route
 from canary.errors import RouterError
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
-from canary.proxy.body import Body, read_body
+from canary.proxy.body import Body
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
+from canary.proxy.intake import take_body
 from canary.proxy.plane import Plane, connect_s
 from canary.proxy.relay import EarlyFailure, Try, log_failure, relay
 from canary.proxy.retry import (
@@ -62,7 +63,7 @@ from canary.proxy.retry import (
 )
 from canary.proxy.router import match_route, pick, sticky_key
 from canary.proxy.transport import Answer, Outgoing, headers_wait
-from canary.proxy.upload import Upload, stalled, streams
+from canary.proxy.upload import Upload, stalled
 from canary.proxy.watchdog import Watch
 from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
@@ -161,7 +162,10 @@ class Exchange:
             check_client_key(cfg, hdrs)
         path: str = self.scope["path"]
         check_path(path, self.scope.get("raw_path"))
-        body = self.body = await self._read(cfg)
+        assert self.watch is not None
+        body = self.body = await take_body(self.receive, hdrs, cfg.server, self.watch)
+        if not body.streamed:  # the body is in: listen for a disconnect if the call runs long
+            self.watch.on_long = self._follow_client
         route = match_route(cfg.routes, path, lambda name: header(hdrs, name), body.model)
         if route is None:
             raise RouterError(f"No route matches {path}.", code="no_route", status=404)
@@ -176,28 +180,6 @@ class Exchange:
             if circuit is not None and not circuit.admit():
                 name = route.baseline  # rolled back: the baseline takes this call
         return cfg.backends[name]
-
-    async def _read(self, cfg: Config) -> Body | Upload:
-        """The body: an upload to stream, or JSON read whole within the client's bound."""
-        hdrs, server, watch = self.hdrs, cfg.server, self.watch
-        assert watch is not None
-        if streams(hdrs.get(b"content-type")):
-            limit, wait = server.max_upload_bytes, server.client_timeout_s
-            return Upload(self.receive, hdrs.get(b"content-length"), limit, wait, watch)
-        encoding = hdrs.get(b"content-encoding", b"").strip().lower()
-        watch.deadline = watch.task.get_loop().time() + server.client_timeout_s
-        try:
-            body = await read_body(
-                self.receive, hdrs.get(b"content-length"), encoding, server.max_body_bytes
-            )
-        except asyncio.CancelledError:
-            if watch.cancelled_here():
-                raise stalled(server.client_timeout_s) from None
-            raise
-        finally:
-            watch.deadline = math.inf
-        watch.on_long = self._follow_client  # the body is in: listen for a disconnect
-        return body
 
     async def _forward(self, backend: Backend) -> None:
         """The chosen backend; on an early failure, the baseline once."""

@@ -4,10 +4,15 @@ reaches the backend byte for byte and is never replayed; Anthropic's 529 is retr
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+from asgi_lifespan import LifespanManager
 
+from canary.serve.app import create_app
 from tests.helpers import Chunks, Upstream, no_sleep, serving
 
 ROUTES = """
@@ -76,3 +81,51 @@ async def test_an_upload_streams_once_and_is_never_replayed(tmp_path: Path) -> N
         )
     assert r.status_code == 503  # the relay's own answer, passed through
     assert got == [("relay.test", str(len(body)), body)]
+
+
+async def test_a_download_passes_through_as_it_arrives(tmp_path: Path) -> None:
+    """An answer that is not JSON (file content, speech) reaches the client chunk by chunk:
+    its first bytes go out while the upstream still holds the rest. (Driven over raw ASGI:
+    httpx's ASGI transport would wait for the whole answer.)"""
+    gate = asyncio.Event()
+
+    class Gated(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"first"
+            await gate.wait()
+            yield b"rest"
+
+    upstream = Upstream()
+    upstream.handler = lambda request: httpx.Response(
+        200, headers={"content-type": "audio/mpeg"}, stream=Gated()
+    )
+    sent: list[dict[str, Any]] = []
+    first = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message.get("body") == b"first":
+            first.set()
+
+    async def receive() -> dict[str, Any]:
+        if not sent:
+            return {"type": "http.request", "body": b'{"input": "hi"}', "more_body": False}
+        await asyncio.Event().wait()  # no disconnect
+        raise AssertionError
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/audio/speech",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1",
+    }
+    app = create_app(_config(tmp_path), transport=httpx.MockTransport(upstream), sleep=no_sleep)
+    async with LifespanManager(app) as m:
+        call = asyncio.create_task(m.app(scope, receive, send))
+        await asyncio.wait_for(first.wait(), 5)
+        assert not call.done() and sent[0]["status"] == 200
+        gate.set()
+        await asyncio.wait_for(call, 5)
+    assert b"".join(m.get("body", b"") for m in sent) == b"firstrest"

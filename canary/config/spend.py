@@ -53,7 +53,7 @@ def readiness_nulls(r: Reader, value: Any, readiness: Readiness) -> Readiness:
     """``readiness`` with the bars written as ``null`` turned off (None)."""
     if not isinstance(value, dict):
         return readiness
-    off = {key: None for key in _NULLABLE if key in value and value[key] is None}
+    off: dict[str, Any] = {key: None for key in _NULLABLE if key in value and value[key] is None}
     return dataclasses.replace(readiness, **off) if off else readiness
 
 

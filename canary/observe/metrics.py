@@ -83,7 +83,8 @@ def _call_families(meter: Meter) -> Iterator[Metric]:
     yield _counter(
         "canary_upstream_failures",
         "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut, 401 (key "
-        "refused), 402 (credit spent), 403 (account barred), rejected (a 4xx the baseline "
+        "refused), 402, 403 (account barred), credit_spent (a code in the error body "
+        "or a 402: insufficient_quota, insufficient_user_quota...), rejected (a 4xx the baseline "
         "then served).",
         ["backend", "kind"],
         meter.failures.items(),

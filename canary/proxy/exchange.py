@@ -17,6 +17,9 @@ What an answer means for the backend (SPEC §4):
     429, 5xx      yes (429 / 5xx)            yes                           429/502/503/504
     401/402/403   yes (key refused, credit   yes                           no
                   spent, account barred)
+    credit spent  yes (``credit_spent``: a   yes                           no
+                  code in the error body,
+                  ``canary.proxy.credit``)
     other 4xx     only when the baseline     yes, once; the client gets    no
                   then answers 2xx           the baseline's answer
                   (``rejected``)
@@ -42,6 +45,7 @@ from canary.errors import RouterError
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body, read_body
+from canary.proxy.credit import credit_spent, screened, spent_kind
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
 from canary.proxy.plane import Plane, connect_s
@@ -219,7 +223,7 @@ class Exchange:
         try:
             response = await self._send(t)
             t.status = response.status
-            t.kind = fault_kind(t.status)
+            t.kind = spent_kind(response, self.p.meter, backend.name) or fault_kind(t.status)
             if can_fall_back and (t.kind is not None or 400 <= t.status < 500):
                 t.fall_back = True
                 t.deferred = t.kind is None  # judged once the baseline has answered
@@ -314,7 +318,7 @@ class Exchange:
             else:
                 status = response.status
                 asked = None
-                if status in RETRY_STATUSES:
+                if status in RETRY_STATUSES and credit_spent(response) is None:
                     asked = delay_s(attempt, rules.backoff_s, response.headers, p.rng)
                 if asked is None:
                     return response
@@ -373,7 +377,8 @@ class Exchange:
         """The request sent and its answer's headers, within the backend's bound
         (``transport.headers_wait``)."""
         wait = headers_wait(connect_s(backend.timeout_s), backend.timeout_s)
-        return await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
+        sending = self.p.upstream.send(self._request(backend))
+        return await self._within(wait, backend, screened(sending))  # credit spent?
 
     async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:
         """``step`` bounded by the call's watch (no timer of its own): ``ReadTimeout`` when

@@ -215,6 +215,8 @@ def _readiness_bars(cfg: Config) -> ReadinessDoc:
         "max_model_mismatch_rate": bar.max_model_mismatch_rate,
         "min_prompt_token_match": bar.min_prompt_token_match,
         "max_latency_ratio_p95": bar.max_latency_ratio_p95,
+        "max_billing_ratio": bar.max_billing_ratio,
+        "min_runway_h": bar.min_runway_h,
     }
 
 

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canary.errors import RouterError
+from canary.observe.billing import apply_billing
 from canary.observe.document import StatusDocument
 from canary.observe.meter import Meter
 from canary.observe.status import status_document
@@ -81,6 +82,7 @@ class Canary:
         doc = status_document(
             core.store, core.stats, core.breakers, merged, state, fleet, core.rollouts
         )
+        apply_billing(doc, core.billing, core.store.config)
         doc["draining"] = core.traffic.draining  # SIGTERM received: finishing what is in flight
         return doc, merged
 

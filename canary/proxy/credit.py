@@ -12,7 +12,7 @@ cannot buy credit), counted against the backend, and fallen back from.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 
 import httpx
 import orjson
@@ -78,11 +78,6 @@ def spent_kind(answer: Answer, meter: Meter, backend: str) -> str | None:
         return None
     meter.credit(backend, code)
     return KIND
-
-
-async def screened(sending: Awaitable[Answer]) -> Answer:
-    """The answer ``sending`` gets, screened (``screen``)."""
-    return await screen(await sending)
 
 
 async def screen(answer: Answer) -> Answer:

@@ -45,7 +45,7 @@ from canary.errors import RouterError
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body, read_body
-from canary.proxy.credit import credit_spent, screened, spent_kind
+from canary.proxy.credit import CREDIT_STATUSES, credit_spent, screen, spent_kind
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
 from canary.proxy.plane import Plane, connect_s
@@ -377,8 +377,10 @@ class Exchange:
         """The request sent and its answer's headers, within the backend's bound
         (``transport.headers_wait``)."""
         wait = headers_wait(connect_s(backend.timeout_s), backend.timeout_s)
-        sending = self.p.upstream.send(self._request(backend))
-        return await self._within(wait, backend, screened(sending))  # credit spent?
+        answer = await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
+        if answer.status in CREDIT_STATUSES:  # spent credit? its small body says
+            answer = await self._within(backend.timeout_s, backend, screen(answer))
+        return answer
 
     async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:
         """``step`` bounded by the call's watch (no timer of its own): ``ReadTimeout`` when

@@ -52,9 +52,9 @@ class Canary:
         self.breakers = core.breakers
         self.live: Running | None = None  # what the lifespan opened, while it runs
         self.proxy: ASGIApp = _not_started
-        self.control = ControlPlane(core.store, core.traffic, self.document, core.rollouts).app(
-            self.lifespan
-        )
+        self.control = ControlPlane(
+            core.store, core.traffic, self.document, core.rollouts, core.meter
+        ).app(self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -5,6 +5,7 @@ openai client as the caller, and a small local HTTP server receiving the alert w
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,16 +14,24 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import Stack, free_port, prometheus_samples, sample, simulator, wait_until
+from tests.helpers import (
+    Stack,
+    canary,
+    free_port,
+    prometheus_samples,
+    sample,
+    simulator,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
 # $1000 per million tokens on both sides: a few calls are worth cents, enough for a ratio.
 ROUTES = """
 backends:
-  legacy: {base_url: "${LEGACY_BASE_URL}", timeout_s: 10}
+  legacy: {base_url: "LEGACY/v1", timeout_s: 10}
   relay:
-    base_url: "${RELAY_BASE_URL}"
+    base_url: "RELAY/v1"
     api_key: sk-relay-billing-SECRET-55
     timeout_s: 10
     billing: {api: new-api, poll_s: 1}
@@ -37,7 +46,9 @@ pricing:
   relay: {gpt-4.1: {input: 1000, output: 1000}}
   legacy: {gpt-4.1: {input: 1000, output: 1000}}
 alerts: {webhooks: ["HOOK"], min_runway_h: 24}
+auth: {admin_token: "TOKEN"}
 """
+TOKEN = "adm-billing-SECRET-66"
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +99,12 @@ def test_a_relay_billing_more_than_it_serves_is_caught(
     stack_factory: Any, sims: tuple[str, str], hooks: tuple[str, list[dict[str, Any]]]
 ) -> None:
     """Ratio ~1.3, not ready in words, balance and runway read, alerts told once; then spent
-    credit is credit_spent: one try, the client served by the baseline."""
+    credit is credit_spent: one try, the client served by the baseline; then verify's probes
+    are metered too."""
     url, received = hooks
-    stack: Stack = stack_factory(ROUTES.replace("HOOK", url))
     relay_sim = sims[1]
+    text = ROUTES.replace("HOOK", url).replace("LEGACY", sims[0]).replace("RELAY", relay_sim)
+    stack: Stack = stack_factory(text.replace("TOKEN", TOKEN))
     client = stack.client()
     for _ in range(8):
         r = client.chat.completions.with_raw_response.create(
@@ -143,5 +156,23 @@ def test_a_relay_billing_more_than_it_serves_is_caught(
     assert received[2]["alert"] == "credit_spent" and received[2]["state"] == "firing"
     assert "insufficient_user_quota" in received[2]["reason"]
     assert len(received) == 3  # each told once, not once per poll
+
+    # A top-up, then ``canary verify``: its probes to the relay are metered too.
+    httpx.post(f"{relay_sim}/_sim/billing", json={"balance_usd": 5}).raise_for_status()
+    args = ("-c", str(stack.config), "--url", stack.url, "--token", TOKEN, "--max-usd", "50")
+    done = canary("verify", *args)
+    said = re.search(r"relay \$([0-9.]+); metered by the router", done.stderr)
+    assert said is not None, done.stderr
+    live = _status(stack)["backends"]["relay"]["cost_usd"]
+    wait_until(
+        lambda: (
+            _status(stack)["billing"]["relay"]["metered_usd"]
+            == pytest.approx(live + float(said[1]), abs=1e-4)
+        ),
+        10,
+        "verify's probes in the relay's metered cost",
+    )
+    assert 1.2 <= _status(stack)["billing"]["relay"]["ratio"] <= 1.4  # they were billed too
     text = json.dumps(_status(stack)) + httpx.get(f"{stack.url}/metrics").text
+    text += done.stdout + done.stderr
     assert "SECRET" not in text and "token=x" not in text

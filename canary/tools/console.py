@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from canary.errors import NoCost
+from canary.tools.spend_view import billing_data, billing_lines
 
 EVENTS_SHOWN = 10
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
@@ -278,6 +279,7 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
             route: {key: s.get(key) for key in _SHADOW_KEYS}
             for route, s in (doc.get("shadow") or {}).items()
         },
+        "billing": billing_data(doc),  # SPEC §11: billed against metered
     }
 
 
@@ -288,6 +290,7 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
     """The ROI table: per backend and model, totals, and what 100% either way would cost;
     then each route's shadow spend and how its pairs compare (SPEC §9)."""
     lines = _what_ifs(data) + [_shadow_line(r, s) for r, s in (data.get("shadow") or {}).items()]
+    lines += billing_lines(data.get("billing") or {})
     return Group(_cost_table(data), Text("\n".join(lines)))
 
 

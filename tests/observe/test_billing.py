@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canary.config.model import Backend, Billing
+from canary.config.model import Backend, Billing, Config
 from canary.errors import BillingError
-from canary.observe.billing import Ledger
+from canary.observe.billing import Billing as BillingLedgers
+from canary.observe.billing import Ledger, Totals
 from canary.observe.billing_api import ENDPOINTS, Reading, parse
 from canary.serve.billing import fetch
 
@@ -160,3 +161,44 @@ def test_any_answer_gives_a_reading_or_a_billing_error(
     ledger = Ledger(api)
     ledger.record(0.0, reading, 0.0)
     ledger.doc()
+
+
+def test_alerts_are_told_once_per_crossing_and_once_when_they_clear() -> None:
+    """Runway, ratio and spent credit: one alert when each begins, one when it ends, none
+    while it holds, whatever the number of polls."""
+    cfg = _config()
+    billing = BillingLedgers(lambda: 1_000.0)
+    told: list[tuple[str, str, bool]] = []
+    billing.alerts.listeners.append(lambda a: told.append((a.backend, a.kind, a.firing)))
+    ledger = billing.ledger("relay", "new-api")
+    ledger.record(0.0, Reading(0.0, 10.0), 0.0)
+    for minute in range(1, 4):  # $1.30 billed for $1.00 metered a minute: 1.3x, 7 min left
+        ledger.record(60.0 * minute, Reading(1.3 * minute, 10.0 - 1.3 * minute), 1.0 * minute)
+        billing.judge(cfg, "relay")
+    assert told == [("relay", "runway", True), ("relay", "billing_ratio", True)]
+    ledger.record(240.0, Reading(1.3 * 3, 1000.0), 4.0 * 3)  # a top-up; the bill back in line
+    billing.judge(cfg, "relay")
+    assert told[2:] == [("relay", "runway", False), ("relay", "billing_ratio", False)]
+    assert {e.event()["to"] for e in billing.alerts.events} == {"runway", "billing_ratio", "ok"}
+
+    del told[:]
+    billing.judge_credit({"relay": Totals(0.0, 0, 5)}, {})
+    billing.judge_credit({"relay": Totals(0.0, 2, 5)}, {"relay": "insufficient_quota"})
+    billing.judge_credit({"relay": Totals(0.0, 3, 5)}, {"relay": "insufficient_quota"})
+    billing.judge_credit({"relay": Totals(0.0, 3, 6)}, {})  # answering again
+    assert told == [("relay", "credit_spent", True), ("relay", "credit_spent", False)]
+    assert billing.alerts.events[-2].reason == "relay: credit spent (insufficient_quota)"
+
+
+def _config() -> Config:
+    from canary.config.validate import Tree, validate
+
+    data = {
+        "backends": {
+            "legacy": {"base_url": "http://legacy.test/v1"},
+            "relay": {"base_url": "http://relay.test/v1", "billing": {"api": "new-api"}},
+        },
+        "routes": [{"name": "chat", "weights": {"legacy": 50, "relay": 50}}],
+        "alerts": {"min_runway_h": 1},
+    }
+    return validate(Tree("routes.yaml", "v", data, {}, {}, ()))

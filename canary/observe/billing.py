@@ -245,15 +245,20 @@ def ratio_words(name: str, ledger: Ledger, bar: float | None) -> str | None:
     if bar is None or ratio is None or ratio <= bar:
         return None
     billed, metered, _ = ledger.hour()
-    return f"{name}: billed ${billed:,.2f} for calls metered at ${metered:,.2f} ({ratio:.2f}x)"
+    return f"{name}: billed {money(billed)} for calls metered at {money(metered)} ({ratio:.2f}x)"
+
+
+def money(usd: float) -> str:
+    """``$1.32``; under a dollar, to the hundredth of a cent (``$0.0338``), so it reads."""
+    return f"${usd:,.2f}" if abs(usd) >= 1 else f"${usd:.4f}"
 
 
 def runway_words(name: str, ledger: Ledger) -> str:
     runway = ledger.runway_h()
-    balance = ledger.balance or 0.0
+    balance = money(ledger.balance or 0.0)
     if runway is None:
-        return f"{name}: balance ${balance:,.2f}, no burn over the last hour"
-    return f"{name}: balance ${balance:,.2f} lasts {runway:,.1f} h at the last hour's burn"
+        return f"{name}: balance {balance}, no burn over the last hour"
+    return f"{name}: balance {balance} lasts {runway:,.1f} h at the last hour's burn"
 
 
 def apply_billing(doc: StatusDocument, billing: Billing, cfg: Config | None) -> None:

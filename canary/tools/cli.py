@@ -338,6 +338,8 @@ def _simulators(config_path: str | None) -> Iterator[dict[str, str]]:
                 "--name",
                 b.name,
             ]
+            if b.billing is not None:  # a relay that bills, so the spend audit shows
+                cmd += ["--billing", b.billing.api]
             procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
             started[b.name] = b.base_url
         deadline = time.monotonic() + 15

@@ -392,7 +392,6 @@ class Meter:
             for backend, usd in data.get(name, {}).items():
                 mine[backend] = mine.get(backend, 0.0) + usd
         self.credit_codes.update(data.get("credit_codes", {}))
-        self.shadow_usd[backend] = self.shadow_usd.get(backend, 0.0) + usd
         for route, kept in data.get("pairs", {}).items():
             for t, fields in kept:
                 self.pair_at(route, float(t), Pair(*fields))

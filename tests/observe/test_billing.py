@@ -202,3 +202,20 @@ def _config() -> Config:
         "alerts": {"min_runway_h": 1},
     }
     return validate(Tree("routes.yaml", "v", data, {}, {}, ()))
+
+
+def test_metered_cost_covers_shadow_and_verify_and_survives_the_workers_merge() -> None:
+    """Live calls, shadow copies and verify probes, per backend; a worker's export adds up."""
+    from canary.observe.meter import Meter
+
+    one = Meter(lambda: 0.0)
+    one.usage("chat", "relay", "gpt-4.1", (1000, 1000), (1.0, 1.0))  # $0.002
+    one.shadow_call("chat", "relay", True, (500, 500), 0.001)
+    one.verified("relay", 0.5)
+    one.credit("relay", "insufficient_quota")
+    assert one.metered_usd() == {"relay": pytest.approx(0.503)}
+    merged = Meter(lambda: 0.0)
+    merged.absorb(orjson.loads(orjson.dumps(one.export())))
+    merged.absorb(orjson.loads(orjson.dumps(one.export())))
+    assert merged.metered_usd() == {"relay": pytest.approx(1.006)}
+    assert merged.credit_codes == {"relay": "insufficient_quota"}

@@ -1,10 +1,11 @@
 """The billing poller (SPEC §11): a task beside the proxy, never on the request path.
 
-Every ``TICK_S`` it asks the fleet's ``Share`` (``canary.fleet.billing_shared``) whether this
-process decides. The decider judges spent-credit alerts on the fleet's totals, starts a
-poll of each backend whose ``billing.poll_s`` is due (each next one ``poll_s`` later, +-10%
-jitter, so replicas and backends do not poll in step), and publishes the state; the others
-adopt it, so every ``/status`` shows the same figures. A poll calls the backend's billing
+Every ``TICK_S`` it adds this process's figures to the fleet's (``Share.totals``, in
+``canary.fleet.billing_shared``) and asks whether this process decides. The decider judges
+spent-credit alerts on the fleet's totals, starts a poll of each backend whose
+``billing.poll_s`` is due (each next one ``poll_s`` later, +-10% jitter, so replicas and
+backends do not poll in step), and publishes the state; the others adopt it, so every
+``/status`` shows the same figures. A poll calls the backend's billing
 API with the backend's own key (in the header that backend takes), is bounded as a whole
 (``bound_s``: a slower one is dropped, as a failure), reads at most ``MAX_BODY`` per answer,
 and on failure only sets the ledger's ``error``: it never raises, never counts against the
@@ -91,6 +92,7 @@ class Poller(AsyncResource):
         if cfg is None:
             return
         if not await self.share.lead():
+            await self.totals()  # this replica's figures join the fleet's all the same
             raw = await self.share.read()
             if raw is not None:
                 self.ledgers.adopt(orjson.loads(raw))

@@ -3,6 +3,8 @@ shown as errors (never a crash or a false alarm), and the ledger's spans, ratio 
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -219,3 +221,43 @@ def test_metered_cost_covers_shadow_and_verify_and_survives_the_workers_merge() 
     merged.absorb(orjson.loads(orjson.dumps(one.export())))
     assert merged.metered_usd() == {"relay": pytest.approx(1.006)}
     assert merged.credit_codes == {"relay": "insufficient_quota"}
+
+
+async def test_a_slow_or_failing_poll_only_sets_error(tmp_path: Path) -> None:
+    """A poll past its bound is dropped; an HTML answer is an error in words; neither
+    raises, neither shows the key, and the figures stay the last good ones."""
+    from canary.config.store import ConfigStore
+    from canary.fleet.billing_shared import Alone
+    from canary.observe.meter import Meter
+    from canary.serve.billing import Poller
+
+    hang = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if hang.is_set():
+            await asyncio.Event().wait()  # never answers
+        return httpx.Response(200, content=b"<html>" + KEY.encode())
+
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "backends:\n  legacy: {base_url: 'http://legacy.test/v1'}\n"
+        f"  relay: {{base_url: 'http://relay.test/v1', api_key: {KEY},"
+        " billing: {api: openrouter, poll_s: 1}}\n"
+        "routes: [{name: chat, weights: {legacy: 1, relay: 1}}]\n"
+    )
+    store = ConfigStore(str(path))
+    store.load_initial()
+    ledgers = BillingLedgers(lambda: 0.0)
+    meter = Meter(lambda: 0.0)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        poller = Poller(store, ledgers, Alone(), lambda: meter, client)
+        await poller.tick()
+        await asyncio.gather(*poller.polls.values())
+        assert ledgers.ledgers["relay"].error == "/api/v1/key answered HTML"
+        hang.set()
+        poller.due.clear()
+        await poller.tick()
+        await asyncio.gather(*poller.polls.values())
+        await poller.aclose()
+    ledger = ledgers.ledgers["relay"]
+    assert ledger.error == "no answer within 1 s" and ledger.polled_at is None

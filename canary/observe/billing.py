@@ -180,8 +180,13 @@ class Billing:
         self.alerts.judge(
             backend, "runway", low, words if low else f"{words} (back over {bar:g} h)"
         )
-        over = ratio_words(backend, ledger, cfg.readiness.max_billing_ratio)
-        back = f"{backend}: billed within {cfg.readiness.max_billing_ratio or 0:g}x of its meter"
+        bar_ratio = cfg.readiness.max_billing_ratio
+        over = ratio_words(backend, ledger, bar_ratio)
+        back = f"{backend}: " + (
+            "the billing ratio is not checked (max_billing_ratio: null)"
+            if bar_ratio is None
+            else f"billed within {bar_ratio:g}x of its meter"
+        )
         self.alerts.judge(backend, "billing_ratio", over is not None, over or back)
 
     def judge_credit(self, totals: Mapping[str, Totals], codes: Mapping[str, str]) -> None:

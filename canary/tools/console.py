@@ -158,6 +158,7 @@ def render_status(doc: Mapping[str, Any]) -> RenderableType:
         )
     )
     parts.append(Text.assemble(("projected monthly savings: ", "bold"), savings_reason(doc)))
+    parts += [Text(line) for line in billing_lines(billing_data(doc))]  # SPEC §11
     events = list(doc.get("events") or ())[:EVENTS_SHOWN]  # /status lists the newest first
     lines = [
         f"{clock_time(e.get('at'))}  {e.get('backend')} {e.get('from')} -> {e.get('to')}: "

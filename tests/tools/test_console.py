@@ -314,6 +314,7 @@ def test_report_holds_each_bill_against_its_meter() -> None:
         "balance $4.7400, runway 3.2 h" in out
     )
     assert "bill legacy (openrouter): not read yet: /api/v1/key answered HTTP 401" in out
+    assert "bill relay (new-api): billed $0.2600" in text(render_status(doc))  # status too
 
 
 def test_report_without_a_base_prints_the_basis_instead_of_money() -> None:

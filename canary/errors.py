@@ -8,6 +8,7 @@
     ├── StateUnavailable  Redis unreachable or slower than its call timeout: use in-process state
     ├── Unavailable       ``canary status``/``report``: a router's /status could not be read
     ├── NoCost            ``canary report``: that /status has no cost section (an older router)
+    ├── BillingError      a relay's billing API answered nothing usable (shown, never fatal)
     └── StreamCut         ``canary simulate``: a stream dropped mid-body on purpose
 
 Upstream failures stay httpx exceptions (mapped exactly by ``canary.proxy.transport``); the
@@ -117,6 +118,10 @@ class Unavailable(CanaryError):
 
 class NoCost(CanaryError):
     """The router's ``/status`` has no ``cost`` section (a router from before pricing)."""
+
+
+class BillingError(CanaryError):
+    """A billing poll that gave no reading; the message is what ``/status`` shows in words."""
 
 
 class StreamCut(CanaryError):

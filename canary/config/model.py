@@ -27,6 +27,18 @@ def _secret(value: str) -> str:
     return "'***'" if value else "''"
 
 
+BILLING_APIS = ("new-api", "one-api", "openrouter", "sub2api")  # SPEC §11
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """Where canary reads the bill of a backend's key (SPEC §11), polled off the request path."""
+
+    api: Literal["new-api", "one-api", "openrouter", "sub2api"]
+    url: str  # the billing API's origin; omitted in the file: the origin of ``base_url``
+    poll_s: float = 60.0  # seconds between polls (with jitter)
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """One upstream provider; ``api_key`` goes upstream in ``api_key_header``
@@ -41,6 +53,7 @@ class Backend:
     timeout_s: float = 120.0
     model_map: Mapping[str, str] = field(default_factory=dict)
     api_key_header: str | None = None
+    billing: Billing | None = None  # read this key's bill (SPEC §11); None: not read
 
     def __repr__(self) -> str:
         return (
@@ -111,6 +124,18 @@ class Readiness:
     max_model_mismatch_rate: float = 0.0  # answers naming another model than asked (SPEC §9)
     min_prompt_token_match: float = 0.95  # shadow pairs with equal prompt tokens
     max_latency_ratio_p95: float = 2.0  # canary p95 / baseline p95 over the window
+    # A backend's bill / its metered cost at ``pricing`` over the last hour (SPEC §11).
+    max_billing_ratio: float | None = 1.10  # None: not checked
+    min_runway_h: float | None = None  # hours of balance left at the last hour's burn; None: off
+
+
+@dataclass(frozen=True, slots=True)
+class Alerts:
+    """Told once per crossing and once when it clears (SPEC §11): a JSON POST to each
+    webhook, an event and a warning log line."""
+
+    webhooks: tuple[str, ...] = field(default=(), repr=False)  # a URL may carry a token
+    min_runway_h: float = 24.0  # a backend's balance runs out sooner than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +241,7 @@ class Config:
     pricing: Mapping[str, Mapping[str, Price]]
     server: Server
     rollout: Rollout | None = None
+    alerts: Alerts = field(default_factory=Alerts)
 
     def secrets(self) -> frozenset[str]:
         """Every secret string this config holds, for log and error redaction."""

@@ -38,6 +38,7 @@ from canary.config.model import (
     digest,
 )
 from canary.config.rollout import rollout_block
+from canary.config.spend import alerts_block, billing_block, readiness_nulls
 from canary.errors import ConfigProblem
 
 T = TypeVar("T")
@@ -62,6 +63,8 @@ _READINESS: dict[str, Rule] = {
     "max_model_mismatch_rate": Num(maximum=1),
     "min_prompt_token_match": Num(maximum=1),
     "max_latency_ratio_p95": Num(strict_min=True, maximum=1000),
+    "max_billing_ratio": Num(strict_min=True, maximum=1000),  # null (off): readiness_nulls
+    "min_runway_h": Num(maximum=1e6),
 }
 _RETRY: dict[str, Rule] = {
     "max_attempts": Num(minimum=1, maximum=20, integer=True),
@@ -97,8 +100,9 @@ _TOP = {
     "pricing",
     "server",
     "rollout",
+    "alerts",
 }
-_BACKEND = {"base_url", "api_key", "api_key_header", "model_map", *_BACKEND_LIMITS}
+_BACKEND = {"base_url", "api_key", "api_key_header", "model_map", "billing", *_BACKEND_LIMITS}
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # where a backend's key may go
 _ROUTE = {"name", "match", "weights", "baseline", "sticky", "shadow", *_ROUTE_FLAGS}
 _SHADOW: dict[str, Rule] = {
@@ -132,12 +136,14 @@ def validate(tree: Tree) -> Config:
     routes = _routes(r, top.get("routes"), set(backends))
     rollback = _section(r, top.get("rollback"), "rollback", Rollback, _ROLLBACK)
     readiness = _section(r, top.get("readiness"), "readiness", Readiness, _READINESS)
+    readiness = readiness_nulls(r, top.get("readiness"), readiness)
     retry = _section(r, top.get("retry"), "retry", Retry, _RETRY)
     state = _state(r, top.get("state"))
     auth = _auth(r, r.mapping(top.get("auth"), "auth", {"api_keys", "admin_token"}))
     pricing = _pricing(r, top.get("pricing"), set(backends))
     server = _server(r, top.get("server"))
     rollout = rollout_block(r, top.get("rollout"), backends, routes)
+    alerts = alerts_block(r, top.get("alerts"))
     if problems.items:
         raise problems.error()
     return Config(
@@ -154,6 +160,7 @@ def validate(tree: Tree) -> Config:
         pricing=pricing,
         server=server,
         rollout=rollout,
+        alerts=alerts,
     )
 
 
@@ -230,6 +237,7 @@ def _backend(r: Reader, name: str, spec: Any) -> Backend:
         api_key=api_key,
         model_map=model_map,
         api_key_header=key_header,
+        billing=billing_block(r, b.get("billing"), path, base_url),
         **r.values(b, path, _BACKEND_LIMITS),
     )
 

@@ -174,6 +174,8 @@ class ReadinessDoc(TypedDict):
     max_model_mismatch_rate: float
     min_prompt_token_match: float
     max_latency_ratio_p95: float
+    max_billing_ratio: float | None
+    min_runway_h: float | None
 
 
 class AuditCountsDoc(TypedDict):
@@ -228,6 +230,28 @@ class RolloutDoc(TypedDict):
     saved: str  # where its state is kept (a file, Redis), or why nowhere
 
 
+class LastHourDoc(TypedDict):
+    billed_usd: float
+    metered_usd: float
+    span_s: float  # the samples the ratio rests on: up to an hour
+
+
+class BillingDoc(TypedDict):
+    """A backend's bill against its meter (SPEC §11)."""
+
+    api: str  # new-api | one-api | openrouter | sub2api
+    balance_usd: float | None  # None: unlimited, or the API does not say
+    billed_usd: float | None  # the spend counter's rise since polling began (this span)
+    metered_usd: float | None  # canary's cost at ``pricing`` of what it sent, same span
+    ratio: float | None  # billed / metered over the last hour; None below $0.01 metered
+    runway_h: float | None  # balance / the last hour's burn; None: no burn or no balance
+    polled_at: str | None  # the last good poll
+    error: str | None  # why the last poll gave nothing (the figures are the last good ones)
+    since: str | None  # when this span began (polling began, or a counter went back)
+    last_hour: LastHourDoc
+    restarts: int  # spans begun again: a top-up, a reset counter, a restarted fleet
+
+
 class StatusDocument(TypedDict):
     config: ConfigDoc
     state: str  # memory | redis | degraded
@@ -242,4 +266,5 @@ class StatusDocument(TypedDict):
     audit: NotRequired[dict[str, dict[str, AuditCountsDoc]]]  # backend -> asked model -> counts
     shadow: NotRequired[dict[str, dict[str, Any]]]  # route -> shadow figures and compare
     rollout: NotRequired[RolloutDoc | None]  # None: no rollout block
+    billing: NotRequired[dict[str, BillingDoc]]  # backends with ``billing`` (SPEC §11)
     draining: NotRequired[bool]  # set by the app: SIGTERM received, finishing what is in flight

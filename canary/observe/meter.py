@@ -78,6 +78,10 @@ class Meter:
         self.shadow_spent: dict[str, float] = {}  # route -> USD, lifetime
         self.shadow_day: dict[str, tuple[int, float]] = {}  # route -> (day, USD that day)
         self.pairs: dict[str, deque[tuple[float, Pair]]] = {}  # route -> (clock, pair)
+        # Spend audit (SPEC §11): what was sent beside the live calls, priced, per backend.
+        self.shadow_usd: dict[str, float] = {}  # backend -> USD of its shadow copies
+        self.verify_usd: dict[str, float] = {}  # backend -> USD of ``canary verify`` probes
+        self.credit_codes: dict[str, str] = {}  # backend -> the code of its last spent credit
         self._wall = wall
         self._models: set[str] = set()
 
@@ -142,6 +146,25 @@ class Meter:
         pair[0] += tokens[0]
         pair[1] += tokens[1]
 
+    def credit(self, backend: str, code: str) -> None:
+        """A call refused for spent credit; ``code`` is the provider's (``insufficient_quota``)."""
+        self.credit_codes[backend] = code
+
+    def verified(self, backend: str, usd: float) -> None:
+        """``canary verify`` reported its probes' cost to ``backend`` (SPEC §11)."""
+        self.verify_usd[backend] = self.verify_usd.get(backend, 0.0) + usd
+
+    def metered_usd(self) -> dict[str, float]:
+        """Per backend, the cost at ``pricing`` of every call sent to it: client calls (their
+        retries included), shadow copies and ``verify`` probes (SPEC §11)."""
+        out: dict[str, float] = {}
+        for (backend, _), usd in self.spent.items():
+            out[backend] = out.get(backend, 0.0) + usd
+        for extra in (self.shadow_usd, self.verify_usd):
+            for backend, usd in extra.items():
+                out[backend] = out.get(backend, 0.0) + usd
+        return out
+
     def no_usage(self, backend: str) -> None:
         """An answered call whose usage could not be read (a stream without include_usage)."""
         self.unmetered[backend] = self.unmetered.get(backend, 0) + 1
@@ -196,6 +219,7 @@ class Meter:
             kept[0] += tokens[0]
             kept[1] += tokens[1]
         self.shadow_spent[route] = self.shadow_spent.get(route, 0.0) + usd
+        self.shadow_usd[backend] = self.shadow_usd.get(backend, 0.0) + usd
         today = int(self._wall() // 86_400)
         self.shadow_day[route] = (today, self.shadow_spent_today(route) + usd)
 
@@ -293,6 +317,9 @@ class Meter:
             "shadow_tokens": flat(self.shadow_tokens),
             "shadow_spent": self.shadow_spent,
             "pairs": {r: [[t, list(p)] for t, p in kept] for r, kept in self.pairs.items()},
+            "shadow_usd": self.shadow_usd,
+            "verify_usd": self.verify_usd,
+            "credit_codes": self.credit_codes,
         }
 
     def absorb(self, data: dict[str, Any]) -> None:
@@ -360,6 +387,11 @@ class Meter:
             self.shadow_skipped[key] = self.shadow_skipped.get(key, 0) + n
         for route, usd in data.get("shadow_spent", {}).items():
             self.shadow_spent[route] = self.shadow_spent.get(route, 0.0) + usd
+        for name in ("shadow_usd", "verify_usd"):
+            mine = getattr(self, name)
+            for backend, usd in data.get(name, {}).items():
+                mine[backend] = mine.get(backend, 0.0) + usd
+        self.credit_codes.update(data.get("credit_codes", {}))
         for route, kept in data.get("pairs", {}).items():
             for t, fields in kept:
                 self.pair_at(route, float(t), Pair(*fields))

@@ -55,6 +55,22 @@ def families(doc: StatusDocument, meter: Meter) -> Iterator[Metric]:
     yield from _route_families(doc["routes"])
     yield from _state_families(doc)
     yield from _rollout_families(doc)
+    yield from _billing_families(doc.get("billing") or {})
+
+
+def _billing_families(billing: Mapping[str, Any]) -> Iterator[Metric]:
+    """The spend audit (SPEC §11): a backend is left out of a gauge while its figure is null."""
+    gauges = (
+        ("canary_billing_ratio", "ratio", "A backend's bill / its metered cost, last hour."),
+        ("canary_balance_usd", "balance_usd", "A backend's balance left, as its billing API says."),
+        ("canary_runway_hours", "runway_h", "Hours the balance lasts at the last hour's burn."),
+    )
+    for name, key, doc in gauges:
+        gauge = GaugeMetricFamily(name, doc, labels=["backend"])
+        for backend, figures in sorted(billing.items()):
+            if figures.get(key) is not None:
+                gauge.add_metric([backend], figures[key])
+        yield gauge
 
 
 def _call_families(meter: Meter) -> Iterator[Metric]:
@@ -83,7 +99,8 @@ def _call_families(meter: Meter) -> Iterator[Metric]:
     yield _counter(
         "canary_upstream_failures",
         "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut, 401 (key "
-        "refused), 402 (credit spent), 403 (account barred), rejected (a 4xx the baseline "
+        "refused), 402, 403 (account barred), credit_spent (a code in the error body "
+        "or a 402: insufficient_quota, insufficient_user_quota...), rejected (a 4xx the baseline "
         "then served).",
         ["backend", "kind"],
         meter.failures.items(),

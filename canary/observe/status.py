@@ -86,6 +86,7 @@ def readiness(
     if not candidates:
         return False, "no canary backend has weight in routes.yaml"
     reasons = []
+    codes = evidence.meter.credit_codes if evidence is not None else {}
     for name in candidates:
         circuit = breakers.get(name)
         if circuit is None:
@@ -100,7 +101,8 @@ def readiness(
         if circuit.state != CLOSED:
             since = circuit.changed_at.astimezone().strftime("%H:%M:%S")
             state = circuit.state.replace("_", "-")
-            reasons.append(f"{name}: circuit {state} since {since}{_failures(circuit)}")
+            failures = _failures(circuit, codes.get(name))
+            reasons.append(f"{name}: circuit {state} since {since}{failures}")
         elif differs is not None:  # an answer in another model's name is not noise: say it first
             reasons.append(differs)
         elif requests < bar.min_requests:
@@ -109,7 +111,8 @@ def readiness(
             rate = errors / requests
             if rate >= bar.max_error_rate:
                 reasons.append(
-                    f"{name}: error rate {rate:.3f} >= {bar.max_error_rate:g}{_failures(circuit)}"
+                    f"{name}: error rate {rate:.3f} >= {bar.max_error_rate:g}"
+                    f"{_failures(circuit, codes.get(name))}"
                 )
     if reasons:
         return False, "; ".join(reasons)
@@ -134,12 +137,15 @@ _KIND_WORDS = {
 }
 
 
-def _failures(circuit: Circuit) -> str:
-    """How the backend mostly failed, in words: ``: key refused (401) on 40 of 40 calls``."""
+def _failures(circuit: Circuit, code: str | None = None) -> str:
+    """How the backend mostly failed, in words: ``: key refused (401) on 40 of 40 calls``;
+    spent credit names the provider's ``code``: ``credit spent (insufficient_quota)``."""
     if not circuit.since_kinds:
         return ""
     kind, count = max(circuit.since_kinds.items(), key=lambda item: item[1])
     words = _KIND_WORDS.get(kind, kind)
+    if kind == "credit_spent":
+        words = f"credit spent ({code or 'no code given'})"
     return f": {words} on {count} of {circuit.since_requests} calls"
 
 
@@ -209,6 +215,8 @@ def _readiness_bars(cfg: Config) -> ReadinessDoc:
         "max_model_mismatch_rate": bar.max_model_mismatch_rate,
         "min_prompt_token_match": bar.min_prompt_token_match,
         "max_latency_ratio_p95": bar.max_latency_ratio_p95,
+        "max_billing_ratio": bar.max_billing_ratio,
+        "min_runway_h": bar.min_runway_h,
     }
 
 

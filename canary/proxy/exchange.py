@@ -17,6 +17,9 @@ What an answer means for the backend (SPEC §4):
     429, 5xx      yes (429 / 5xx)            yes                           429/502/503/504
     401/402/403   yes (key refused, credit   yes                           no
                   spent, account barred)
+    credit spent  yes (``credit_spent``: a   yes                           no
+                  code in the error body,
+                  ``canary.proxy.credit``)
     other 4xx     only when the baseline     yes, once; the client gets    no
                   then answers 2xx           the baseline's answer
                   (``rejected``)
@@ -48,6 +51,7 @@ from canary.errors import RouterError
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body
+from canary.proxy.credit import CREDIT_STATUSES, credit_spent, screen, spent_kind
 from canary.proxy.dialects import dialect_of
 from canary.proxy.headers import check_client_key, check_path, header, request_id
 from canary.proxy.intake import take_body
@@ -241,7 +245,7 @@ class Exchange:
         try:
             response = await self._send(t)
             t.status = response.status
-            t.kind = fault_kind(t.status)
+            t.kind = spent_kind(response, self.p.meter, backend.name) or fault_kind(t.status)
             can_fall_back = can_fall_back and not self.body.sent  # an upload is not replayed
             if can_fall_back and (t.kind is not None or 400 <= t.status < 500):
                 t.fall_back = True
@@ -347,7 +351,7 @@ class Exchange:
             else:
                 status = response.status
                 asked = None
-                if status in RETRY_STATUSES:
+                if status in RETRY_STATUSES and credit_spent(response) is None:
                     asked = delay_s(attempt, rules.backoff_s, response.headers, p.rng)
                 if asked is None:
                     return response
@@ -411,6 +415,8 @@ class Exchange:
         if self.body is not None and self.body.streamed:
             assert self.watch is not None
             self.watch.on_long = self._follow_client  # the upload is over: it may listen now
+        if answer.status in CREDIT_STATUSES:  # spent credit? its small body says
+            answer = await self._within(backend.timeout_s, backend, screen(answer))
         return answer
 
     async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canary.errors import RouterError
+from canary.observe.billing import apply_billing
 from canary.observe.document import StatusDocument
 from canary.observe.meter import Meter
 from canary.observe.status import status_document
@@ -52,9 +53,9 @@ class Canary:
         self.breakers = core.breakers
         self.live: Running | None = None  # what the lifespan opened, while it runs
         self.proxy: ASGIApp = _not_started
-        self.control = ControlPlane(core.store, core.traffic, self.document, core.rollouts).app(
-            self.lifespan
-        )
+        self.control = ControlPlane(
+            core.store, core.traffic, self.document, core.rollouts, core.meter
+        ).app(self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,6 +83,7 @@ class Canary:
         doc = status_document(
             core.store, core.stats, core.breakers, merged, state, fleet, core.rollouts
         )
+        apply_billing(doc, core.billing, core.store.config)
         doc["draining"] = core.traffic.draining  # SIGTERM received: finishing what is in flight
         return doc, merged
 

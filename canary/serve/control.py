@@ -6,6 +6,7 @@
     GET  /readyz        200 once a valid config is loaded; 503 without one, or draining
     POST /admin/reload  reload routes.yaml; ``Authorization: Bearer <admin_token>``
     POST /admin/rollout/{promote,pause,resume,abort}  steer the rollout (same token)
+    POST /admin/billing/metered  ``canary verify`` adds what its probes cost (same token)
     GET  /dashboard     the page and its assets (``canary.observe.dashboard``)
 
 Anything else answers 404 (or 405) in OpenAI's error shape, like the proxy's own errors.
@@ -61,7 +62,9 @@ class ControlPlane:
         traffic: Traffic,
         document: Document,
         rollouts: Rollouts | None = None,
+        meter: Meter | None = None,
     ) -> None:
+        self.meter = meter
         self.store = store
         self.traffic = traffic
         self.document = document
@@ -82,6 +85,7 @@ class ControlPlane:
             Route("/readyz", self.readyz),
             Route("/admin/reload", self.admin_reload, methods=["POST"]),
             Route("/admin/rollout/{verb}", self.admin_rollout, methods=["POST"]),
+            Route("/admin/billing/metered", self.admin_metered, methods=["POST"]),
             *dashboard_routes(),
         ]
 
@@ -125,6 +129,18 @@ class ControlPlane:
             return error_response(RouterError(str(exc), code="rollout_refused", status=409))
         return _json({"transition": t.as_dict(), "state": t.to_state, "percent": t.percent})
 
+    async def admin_metered(self, request: Request) -> Response:
+        """``{"usd": {backend: USD}}``: calls sent to a backend outside the router (SPEC §11)."""
+        try:
+            _check_admin(self.store.config, request.headers.get("authorization"))
+            usd = _metered(self.store.config, await _small_body(request))
+        except RouterError as exc:
+            return error_response(exc)
+        if self.meter is not None:
+            for backend, amount in usd.items():
+                self.meter.verified(backend, amount)
+        return _json({"metered": usd})
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         code = "not_found" if status == 404 else "method_not_allowed"
@@ -135,6 +151,44 @@ class ControlPlane:
                 status=status,
             )
         )
+
+
+MAX_ADMIN_BODY = 64 << 10
+MAX_METERED_USD = 10_000.0  # one report; more is a mistake, not a verify run
+
+
+async def _small_body(request: Request) -> Any:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_ADMIN_BODY:
+            raise RouterError("Body too large.", code="body_too_large", status=413)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RouterError("Body is not JSON.", code="invalid_json", status=400) from None
+
+
+def _metered(cfg: Config | None, data: Any) -> dict[str, float]:
+    usd = data.get("usd") if isinstance(data, dict) else None
+    if not isinstance(usd, dict) or cfg is None:
+        raise RouterError(
+            'Expected {"usd": {"<backend>": <USD>}}.', code="invalid_body", status=400
+        )
+    for backend, amount in usd.items():
+        if backend not in cfg.backends:
+            raise RouterError(f"Unknown backend {backend!r}.", code="unknown_backend", status=400)
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not 0 <= amount <= MAX_METERED_USD
+        ):
+            raise RouterError(
+                f"usd.{backend}: must be a number of USD from 0 to {MAX_METERED_USD:g}.",
+                code="invalid_body",
+                status=400,
+            )
+    return {b: float(v) for b, v in usd.items()}
 
 
 def _check_admin(cfg: Config | None, authorization: str | None) -> None:

@@ -18,6 +18,7 @@ import httpx
 
 from canary.config.model import Config
 from canary.config.store import ConfigStore
+from canary.observe.billing import Billing
 from canary.observe.equivalence import prompt_mismatch_since
 from canary.observe.logs import redactor
 from canary.observe.meter import Meter
@@ -81,13 +82,15 @@ class Core:
     meter: Meter
     traffic: Traffic
     rollouts: Rollouts
+    billing: Billing  # the spend audit's ledgers and alerts (SPEC §11)
 
     @classmethod
     def build(cls, config_path: str, clock: Clock) -> Core:
         stats = Stats(window_s=60.0, clock=clock)
         breakers = Breakers(stats, clock)
         rollouts = Rollouts(stats, breakers, clock)
-        core = cls(ConfigStore(config_path), stats, breakers, Meter(clock), Traffic(), rollouts)
+        store, meter = ConfigStore(config_path), Meter(clock)
+        core = cls(store, stats, breakers, meter, Traffic(), rollouts, Billing(time.time))
         rollouts.audit = lambda backend: audit_totals(core.meter, backend)
         rollouts.shadow = lambda backend, since: prompt_mismatch_since(
             core.meter, core.store.config.routes if core.store.config else (), backend, since

@@ -10,7 +10,9 @@
                    (else: the workers of this host, through its state file)
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
-    rollout        the progressive rollout's tick, its webhooks; without Redis, its state file
+    rollout        the progressive rollout's tick; without Redis, its state file
+    webhooks       rollout transitions and spend alerts, POSTed from one sender
+    billing        the spend audit's poller: one process of the fleet polls (a lease)
     watcher        routes.yaml polled for changes
     SIGHUP         (serve) reload on the signal
 
@@ -24,24 +26,27 @@ import contextlib
 import os
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
 from redis.asyncio import Redis
 
+from canary.fleet.billing_shared import Alone, HostShare, RedisShare, Share
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import file_store
 from canary.fleet.rollout_shared import SharedRollout
 from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
+from canary.observe.meter import Meter
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
 from canary.proxy.transport import AiohttpTransport, as_upstream
 from canary.safety.failover import FailoverLimiter
 from canary.safety.limits import MemoryLimiter
 from canary.safety.redis_limiter import RedisLimiter
+from canary.serve.billing import TICK_S, polling
 from canary.serve.core import AppOptions, Core
 from canary.serve.signals import on_sighup
 from canary.serve.webhooks import webhooks
@@ -98,7 +103,17 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
         if not redis_url:  # the workers of this host share the rollout through its file
             store = file_store(core.store.path)
             await stack.enter_async_context(SharedRollout(store, core.rollouts, replica_id))
-        await stack.enter_async_context(webhooks(core.rollouts, options.transport, options.sleep))
+        await stack.enter_async_context(
+            webhooks(
+                core.store, core.rollouts, core.billing.alerts, options.transport, options.sleep
+            )
+        )
+        share, meter = _billing_share(limiter, fleet, options, replica_id)
+        await stack.enter_async_context(
+            polling(
+                core.store, core.billing, share, meter or (lambda: core.meter), options.transport
+            )
+        )
         await stack.enter_async_context(core.rollouts.ticking(options.rollout_tick_s))
         if options.watch:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))
@@ -131,6 +146,23 @@ async def _share_state(
         forget_on_failure=options.fleet_dir is None,
     )
     return await stack.enter_async_context(windows)
+
+
+def _billing_share(
+    limiter: MemoryLimiter | FailoverLimiter,
+    fleet: Fleet | None,
+    options: AppOptions,
+    replica_id: str,
+) -> tuple[Share, Callable[[], Meter] | None]:
+    """Who polls the bills, and whose meter they are held against (SPEC §11): with Redis,
+    one replica and every replica's own meter summed there; the workers of one host, one
+    of them and their merged meter; else this process."""
+    if isinstance(limiter, FailoverLimiter):
+        lease_ms = int(4 * TICK_S * 1000)
+        return RedisShare(limiter.redis.client, replica_id, lease_ms), None
+    if fleet is not None and options.fleet_dir is not None:
+        return HostShare(options.fleet_dir), fleet.merged_meter
+    return Alone(), None
 
 
 def _transport(options: AppOptions) -> httpx.AsyncBaseTransport:

@@ -1,23 +1,28 @@
-"""Rollout webhooks (SPEC §10): every transition POSTed as JSON to each ``rollout.webhooks``.
+"""Webhooks: one sender for rollout transitions (SPEC §10) and spend alerts (SPEC §11).
 
-The body is ``{rollout, from, to, step, percent, reason, at}`` plus ``text``, one line a
-Slack incoming webhook shows as is. Sent from a background task, never on the request
-path: a transition only queues it (a bounded queue; the oldest is dropped when full). Each
-POST is bounded (``TIMEOUT_S``) and tried ``TRIES`` times with a growing back-off. A URL
-is never logged, only its host: a webhook's path or query is often its secret.
+A rollout transition goes to ``rollout.webhooks`` and ``alerts.webhooks`` as
+``{rollout, from, to, step, percent, reason, at}``; an alert goes to ``alerts.webhooks``
+as ``{alert, backend, state, reason, at}`` (``canary.observe.alerts``). Both carry
+``text``, one line a Slack incoming webhook shows as is. Sent from a background task, never
+on the request path: telling only queues (a bounded queue; the oldest is dropped when full).
+Each POST is bounded (``TIMEOUT_S``) and tried ``TRIES`` times with a growing back-off: one
+retry policy for both. A URL is never logged, only its host: a webhook's path or query is
+often its secret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import structlog
 
+from canary.config.store import ConfigStore
+from canary.observe.alerts import Alert, AlertBook
 from canary.safety.rollout import Transition
 from canary.safety.rollouts import Rollouts
 from canary.types import Sleep
@@ -28,7 +33,7 @@ TIMEOUT_S, TRIES, BACKOFF_S, QUEUE = 5.0, 3, 0.5, 100
 
 
 def payload(t: Transition) -> dict[str, Any]:
-    """What a webhook receives for one transition."""
+    """What a webhook receives for one rollout transition."""
     text = (
         f"canary rollout of {t.backend}: {t.from_state} -> {t.to_state} "
         f"at step {t.step} ({t.percent:g}%): {t.reason}"
@@ -46,24 +51,23 @@ def payload(t: Transition) -> dict[str, Any]:
 
 
 class Webhooks:
-    """Queues each transition of ``rollouts`` and POSTs it to the block's webhooks."""
+    """A bounded queue of (urls, body) and the task that POSTs them."""
 
-    def __init__(self, rollouts: Rollouts, client: httpx.AsyncClient, sleep: Sleep) -> None:
-        self.rollouts = rollouts
+    def __init__(self, client: httpx.AsyncClient, sleep: Sleep) -> None:
         self.client = client
         self.sleep = sleep
         self.queue: asyncio.Queue[tuple[tuple[str, ...], dict[str, Any]]] = asyncio.Queue(QUEUE)
         self.sent = self.failed = 0
 
-    def on_transition(self, t: Transition) -> None:
-        m = self.rollouts.machine
-        urls = m.spec.webhooks if m is not None else ()
-        if not urls:
+    def tell(self, urls: Iterable[str], body: dict[str, Any]) -> None:
+        """Queue ``body`` for each of ``urls`` (each once); never waits."""
+        targets = tuple(dict.fromkeys(urls))
+        if not targets:
             return
         if self.queue.full():
             self.queue.get_nowait()
-            log.warning("rollout.webhook_dropped", reason="queue full")
-        self.queue.put_nowait((urls, payload(t)))
+            log.warning("webhook.dropped", reason="queue full")
+        self.queue.put_nowait((targets, body))
 
     async def run(self) -> None:
         while True:
@@ -85,22 +89,40 @@ class Webhooks:
             if attempt < TRIES:
                 await self.sleep(BACKOFF_S * 2 ** (attempt - 1))
         self.failed += 1
-        log.warning("rollout.webhook_failed", host=host, tries=TRIES, error=why)
+        log.warning("webhook.failed", host=host, tries=TRIES, error=why)
 
 
 @contextlib.asynccontextmanager
 async def webhooks(
-    rollouts: Rollouts, transport: httpx.AsyncBaseTransport | None, sleep: Sleep
+    store: ConfigStore,
+    rollouts: Rollouts,
+    alerts: AlertBook,
+    transport: httpx.AsyncBaseTransport | None,
+    sleep: Sleep,
 ) -> AsyncIterator[Webhooks]:
-    """Send the rollout's webhooks from a background task while serving."""
+    """Tell the webhooks of rollout transitions and spend alerts while serving."""
+
+    def alert_urls() -> tuple[str, ...]:
+        return store.config.alerts.webhooks if store.config is not None else ()
+
     async with httpx.AsyncClient(transport=transport) as client:
-        hooks = Webhooks(rollouts, client, sleep)
-        rollouts.listeners.append(hooks.on_transition)
+        hooks = Webhooks(client, sleep)
+
+        def on_transition(t: Transition) -> None:
+            m = rollouts.machine
+            hooks.tell([*(m.spec.webhooks if m is not None else ()), *alert_urls()], payload(t))
+
+        def on_alert(a: Alert) -> None:
+            hooks.tell(alert_urls(), a.payload())
+
+        rollouts.listeners.append(on_transition)
+        alerts.listeners.append(on_alert)
         task = asyncio.get_running_loop().create_task(hooks.run())
         try:
             yield hooks
         finally:
-            rollouts.listeners.remove(hooks.on_transition)
+            rollouts.listeners.remove(on_transition)
+            alerts.listeners.remove(on_alert)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -92,6 +92,10 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt-4.1", help="the model asked for (before model_map)")
     p.add_argument("--max-usd", type=float, default=0.50, help="refuse above this estimate")
     p.add_argument("--json", action="store_true", help="the comparison as JSON")
+    p.add_argument(
+        "--url", default=None, help="the router told what verify spent (default: $CANARY_URL)"
+    )
+    p.add_argument("--token", default=None, help="its admin token (default: $CANARY_ADMIN_TOKEN)")
 
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -334,6 +338,8 @@ def _simulators(config_path: str | None) -> Iterator[dict[str, str]]:
                 "--name",
                 b.name,
             ]
+            if b.billing is not None:  # a relay that bills, so the spend audit shows
+                cmd += ["--billing", b.billing.api]
             procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
             started[b.name] = b.base_url
         deadline = time.monotonic() + 15

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from canary.errors import NoCost
+from canary.tools.spend_view import billing_data, billing_lines
 
 EVENTS_SHOWN = 10
 CIRCUIT_STYLES = {"closed": "bold green", "open": "bold red", "half_open": "bold yellow"}
@@ -157,6 +158,7 @@ def render_status(doc: Mapping[str, Any]) -> RenderableType:
         )
     )
     parts.append(Text.assemble(("projected monthly savings: ", "bold"), savings_reason(doc)))
+    parts += [Text(line) for line in billing_lines(billing_data(doc))]  # SPEC §11
     events = list(doc.get("events") or ())[:EVENTS_SHOWN]  # /status lists the newest first
     lines = [
         f"{clock_time(e.get('at'))}  {e.get('backend')} {e.get('from')} -> {e.get('to')}: "
@@ -278,6 +280,7 @@ def report_data(doc: Mapping[str, Any]) -> dict[str, Any]:
             route: {key: s.get(key) for key in _SHADOW_KEYS}
             for route, s in (doc.get("shadow") or {}).items()
         },
+        "billing": billing_data(doc),  # SPEC §11: billed against metered
     }
 
 
@@ -288,6 +291,7 @@ def render_report(data: Mapping[str, Any]) -> RenderableType:
     """The ROI table: per backend and model, totals, and what 100% either way would cost;
     then each route's shadow spend and how its pairs compare (SPEC §9)."""
     lines = _what_ifs(data) + [_shadow_line(r, s) for r, s in (data.get("shadow") or {}).items()]
+    lines += billing_lines(data.get("billing") or {})
     return Group(_cost_table(data), Text("\n".join(lines)))
 
 

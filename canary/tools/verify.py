@@ -31,6 +31,7 @@ from rich.progress import Progress
 from canary.config.model import Backend, Config
 from canary.serve.equivalence import classify
 from canary.tools.console import literal, titled_table
+from canary.tools.verify_spend import report_spend
 
 VERIFY_TIMEOUT_S = 60.0
 MAX_TOKENS = 64
@@ -159,6 +160,7 @@ class Side:
     latency_ms: list[float] = field(default_factory=list)
     completion: list[int] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=lambda: [0, 0])  # (input, output) it reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,8 @@ async def _call(client: httpx.AsyncClient, side: Side, probe: Probe) -> None:
         side.seen.setdefault(probe.name, []).append(None)
         return
     side.latency_ms.append((time.perf_counter() - began) * 1000)
+    side.tokens[0] += _int(_usage(answer, "prompt_tokens"))
+    side.tokens[1] += _int(_usage(answer, "completion_tokens"))
     completion = _usage(answer, "completion_tokens")
     if probe.name == "echoed model" and isinstance(completion, int):
         side.completion.append(completion)
@@ -226,7 +230,8 @@ async def _streamed(
     client: httpx.AsyncClient, url: str, payload: dict[str, Any], backend: Backend
 ) -> dict[str, Any]:
     """A stream read to its end: whether a usage chunk came before ``[DONE]``."""
-    usage = done = False
+    usage: dict[str, Any] = {}
+    done = False
     async with client.stream("POST", url, json=payload, headers=_headers(backend)) as r:
         if r.status_code >= 400:
             raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
@@ -235,8 +240,8 @@ async def _streamed(
             if data == "[DONE]":
                 done = True
             elif line.startswith("data:") and data:
-                usage = usage or bool(json.loads(data).get("usage"))
-    return {"streamed_usage": usage and done}
+                usage = usage or json.loads(data).get("usage") or {}
+    return {"streamed_usage": bool(usage) and done, "usage": usage}
 
 
 def judge(probe: str, base: list[object], canary: list[object], asked: tuple[str, str]) -> Row:
@@ -272,9 +277,14 @@ def _ratio_rows(base: Side, canary: Side, bar: float) -> list[Row]:
 
 
 async def run_battery(
-    cfg: Config, names: tuple[str, str], model: str, on_call: Callable[[], None] | None = None
+    cfg: Config,
+    names: tuple[str, str],
+    model: str,
+    on_call: Callable[[], None] | None = None,
+    spent: dict[str, tuple[int, int]] | None = None,
 ) -> list[Row]:
-    """Every probe on both backends (one at a time per backend, the two side by side)."""
+    """Every probe on both backends (one at a time per backend, the two side by side);
+    ``spent`` gets each backend's (input, output) tokens, as the backends reported them."""
     sides = []
     for name in names:
         backend = cfg.backends[name]
@@ -287,6 +297,8 @@ async def run_battery(
                 if on_call is not None:
                     on_call()
     base, canary = sides
+    if spent is not None:
+        spent.update({side.backend.name: (side.tokens[0], side.tokens[1]) for side in sides})
     asked = (base.model, canary.model)
     rows = [
         judge(p.name, base.seen.get(p.name, []), canary.seen.get(p.name, []), asked) for p in PROBES
@@ -362,7 +374,9 @@ def run_verify(cfg: Config, args: Any, console: Console, progress: bool) -> int:
             f"canary verify: refused: {shown} is over --max-usd {args.max_usd:g}", file=sys.stderr
         )
         return 2  # nothing was sent: not a verdict on the relay
-    rows = _probe(cfg, names, args.model, progress)
+    spent: dict[str, tuple[int, int]] = {}
+    rows = _probe(cfg, names, args.model, progress, spent)
+    print(report_spend(cfg, args, spent), file=sys.stderr, flush=True)
     if args.json:
         print(scrub(report_json(rows, names, args.model, usd), cfg))
     else:
@@ -373,12 +387,19 @@ def run_verify(cfg: Config, args: Any, console: Console, progress: bool) -> int:
     return 1 if any(r.differs for r in rows) else 0
 
 
-def _probe(cfg: Config, names: tuple[str, str], model: str, progress: bool) -> list[Row]:
+def _probe(
+    cfg: Config,
+    names: tuple[str, str],
+    model: str,
+    progress: bool,
+    spent: dict[str, tuple[int, int]],
+) -> list[Row]:
     if not progress:
-        return asyncio.run(run_battery(cfg, names, model))
+        return asyncio.run(run_battery(cfg, names, model, spent=spent))
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("probing", total=calls_per_backend())
-        return asyncio.run(run_battery(cfg, names, model, lambda: bar.advance(task)))
+        advance = lambda: bar.advance(task)  # noqa: E731
+        return asyncio.run(run_battery(cfg, names, model, advance, spent))
 
 
 def _canary_of(cfg: Config) -> str:

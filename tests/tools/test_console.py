@@ -241,7 +241,7 @@ def test_report_data_is_stable_and_leaves_unknowns_null() -> None:
         "currency", "since", "rows", "totals", "at_100_baseline_usd", "at_100_canary_usd",
         "savings_so_far_usd", "savings_at_100_canary_usd", "projected_monthly_savings_usd",
         "projection_basis", "projection_pending", "token_rate_per_s", "unpriced",
-        "unmetered_requests", "shadow",
+        "unmetered_requests", "shadow", "billing",
     }  # fmt: skip
     assert (data["projection_basis"], data["projection_pending"]) == (
         "4,210 calls over 47 min",
@@ -292,6 +292,29 @@ def test_report_table_shows_prices_unpriced_and_unmetered() -> None:
     assert "the last 5 minutes, for 30 days; 4,210 calls over 47 min)" in out
     assert "* unpriced, so in no total (no price in routes.yaml pricing): relay/gpt-4o" in out
     assert "unmetered: 3 answered requests had no usage" in out
+
+
+def test_report_holds_each_bill_against_its_meter() -> None:
+    """``/status.billing`` in the report: billed against metered, balance and runway; a
+    failing poll says why, in the table and in ``--json``."""
+    doc = copy.deepcopy(NEW)
+    doc["billing"] = {
+        "relay": {"api": "new-api", "billed_usd": 0.26, "metered_usd": 0.2, "ratio": 1.3,
+                  "balance_usd": 4.74, "runway_h": 3.2, "since": "2026-01-01T00:00:00+00:00",
+                  "polled_at": "2026-01-01T00:10:00+00:00", "error": None},
+        "legacy": {"api": "openrouter", "polled_at": None,
+                   "error": "/api/v1/key answered HTTP 401"},
+    }  # fmt: skip
+    data = report_data(doc)
+    assert data["billing"]["relay"]["ratio"] == 1.3
+    assert data["billing"]["legacy"]["billed_usd"] is None
+    out = text(render_report(data))
+    assert (
+        "bill relay (new-api): billed $0.2600 for calls metered at $0.2000 (last hour 1.30x); "
+        "balance $4.7400, runway 3.2 h" in out
+    )
+    assert "bill legacy (openrouter): not read yet: /api/v1/key answered HTTP 401" in out
+    assert "bill relay (new-api): billed $0.2600" in text(render_status(doc))  # status too
 
 
 def test_report_without_a_base_prints_the_basis_instead_of_money() -> None:

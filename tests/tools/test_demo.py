@@ -33,6 +33,7 @@ from canary.tools.demo import (
     summarize,
     view_model,
 )
+from canary.tools.demo.overbilling import format_overbilling, summarize_overbilling, with_billing
 from canary.tools.demo.substitution import format_substitution, summarize_substitution
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -437,6 +438,22 @@ def test_substitution_summary_passes_only_when_the_audit_holds_the_verdict() -> 
     assert "result: PASS" in format_substitution(caught)
     fooled = {**status, "migration": {"ready_for_full_migration": True, "reason": "relay: ready"}}
     assert not summarize_substitution(records, fooled).ok
+
+
+def test_overbilling_summary_passes_only_when_the_bill_holds_the_verdict() -> None:
+    """The overbilling story passes when no call failed and the bill, read at ~1.3x the
+    meter, kept the verdict at "not ready"; its routes read the relay's bill."""
+    records = [Record(0.1 * i, 200, "relay" if i % 2 else "legacy") for i in range(10)]
+    reason = "relay: billed $0.0338 for calls metered at $0.0260 (1.30x) over the last hour"
+    status = {
+        "billing": {"relay": {"ratio": 1.3, "billed_usd": 0.0338, "metered_usd": 0.026}},
+        "migration": {"ready_for_full_migration": False, "reason": reason},
+    }
+    caught = summarize_overbilling(records, status)
+    assert caught.ok and "$0.0338 for $0.0260 metered (1.30x)" in format_overbilling(caught)
+    fooled = {**status, "migration": {"ready_for_full_migration": True, "reason": "ready"}}
+    assert not summarize_overbilling(records, fooled).ok
+    assert "billing: {api: new-api" in with_billing(routes_yaml(9101, 9102))
 
 
 @pytest.mark.e2e

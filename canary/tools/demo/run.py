@@ -23,6 +23,13 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
+from canary.tools.demo.overbilling import RELAY_ARGS as BILLING_ARGS
+from canary.tools.demo.overbilling import (
+    OverbillingSummary,
+    format_overbilling,
+    summarize_overbilling,
+    with_billing,
+)
 from canary.tools.demo.story import (
     BASELINE,
     CANARY,
@@ -45,6 +52,7 @@ from canary.tools.load import LoadOptions, run_load
 from canary.tools.tally import Outcome
 
 STARTUP_TIMEOUT_S = 20.0
+_Summaries = Summary | SubstitutionSummary | OverbillingSummary
 POLL_S = 0.25
 MAX_DURATION_S = 600
 
@@ -83,11 +91,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add("--open-s", type=float, default=8, help=argparse.SUPPRESS)  # rollback.open_s
     add(
         "--scenario",
-        choices=("rollback", "substitution", "rollout"),
+        choices=("rollback", "substitution", "rollout", "overbilling"),
         default="rollback",
         help="rollback: the relay fails and is rolled back; substitution: it never fails but "
         f"answers as {ANSWERED_AS}, and the verdict stays not ready; rollout: a progressive "
-        "rollout climbs to promoted, then a broken relay is rolled back mid-way",
+        "rollout climbs to promoted, then a broken relay is rolled back mid-way; "
+        "overbilling: it bills 1.3x what its usage says, and the spend audit holds the verdict",
     )
 
 
@@ -121,22 +130,28 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     if isinstance(summary, SubstitutionSummary):
         print(format_substitution(summary), flush=True)
+    elif isinstance(summary, OverbillingSummary):
+        print(format_overbilling(summary), flush=True)
     else:
         print(format_summary(summary), flush=True)
     return 0 if summary.ok else 1
 
 
-def _run(opts: Options, tmp: Path) -> Summary | SubstitutionSummary | None:
+def _run(opts: Options, tmp: Path) -> _Summaries | None:
     """Start two simulators and the router, wait until they answer, then drive the story."""
     port = {name: _free_port() for name in ("legacy", "relay", "router")}
     config = tmp / "routes.yaml"
-    config.write_text(routes_yaml(port["legacy"], port["relay"], open_s=opts.open_s))
+    routes = routes_yaml(port["legacy"], port["relay"], open_s=opts.open_s)
+    overbilling = opts.scenario == "overbilling"
+    config.write_text(with_billing(routes) if overbilling else routes)
     urls = {name: f"http://127.0.0.1:{p}" for name, p in port.items()}
     commands = {
         name: ["simulate", "--port", str(port[name]), "--name", name] for name in (BASELINE, CANARY)
     }
     if opts.scenario == "substitution":
         commands[CANARY] += RELAY_ARGS
+    if overbilling:
+        commands[CANARY] += BILLING_ARGS
     commands["router"] = ["serve", "-c", str(config), "--port", str(port["router"])]
     commands["router"] += ["--no-watch", "--no-access-log"]
     ready = {"legacy": "/_sim/stats", "relay": "/_sim/stats", "router": "/readyz"}
@@ -155,6 +170,8 @@ def _run(opts: Options, tmp: Path) -> Summary | SubstitutionSummary | None:
         story = (
             f"the relay never fails but answers every call as {ANSWERED_AS}"
             if opts.scenario == "substitution"
+            else "the relay never fails but bills 1.3x what its usage says"
+            if overbilling
             else f"the relay fails {opts.error_rate:.0%} of calls from {opts.break_at:g} s, "
             f"heals at {opts.heal_at:g} s"
         )
@@ -215,7 +232,7 @@ class _Session:
         self.stop = asyncio.Event()
         self.start = self.wall_start = 0.0
 
-    async def run(self) -> Summary | SubstitutionSummary:
+    async def run(self) -> _Summaries:
         """Until the duration ends or SIGINT/SIGTERM arrives; then the summary."""
         loop = asyncio.get_running_loop()
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -245,6 +262,8 @@ class _Session:
                 signal.signal(sig, handler)
         if self.opts.scenario == "substitution":
             return summarize_substitution(self.records, self.status)
+        if self.opts.scenario == "overbilling":
+            return summarize_overbilling(self.records, self.status)
         return summarize(self.records, self.timeline, self.status)
 
     def elapsed(self) -> float:
@@ -252,7 +271,8 @@ class _Session:
 
     def view(self) -> View:
         now, o = self.elapsed(), self.opts
-        at = phase(now, o.break_at, o.heal_at) if o.scenario == "rollback" else "substituting"
+        quiet = {"substitution": "substituting", "overbilling": "overbilling"}
+        at = quiet.get(o.scenario) or phase(now, o.break_at, o.heal_at)
         return view_model(
             self.status,
             self.records,

@@ -40,6 +40,7 @@ from canary.tools.simulate.asgi import (
     send_json,
     until_disconnect,
 )
+from canary.tools.simulate.billing import SimBilling
 from canary.tools.simulate.faults import Faults
 from canary.tools.simulate.files import Files
 from canary.tools.simulate.stats import Stats
@@ -73,8 +74,10 @@ class Simulator:
         clock: Clock,
         sleep: Sleep,
         api_key: str | None = None,
+        billing: SimBilling | None = None,
     ) -> None:
         self.faults = faults
+        self.billing = billing  # a relay that bills (``canary.tools.simulate.billing``)
         self.name = name
         self._api_key = None if api_key is None else api_key.encode()
         self.stats = Stats(clock)
@@ -96,7 +99,9 @@ class Simulator:
         # An upload is counted as it streams (canary.tools.simulate.files), never held.
         body = b"" if _streamed(scope) else await read_body(receive)
         try:
-            if path.startswith("/v1/"):
+            if self.billing is not None and scope["method"] == "GET" and self._bill(scope):
+                await self._json(send, 200, self.billing.answer(path))
+            elif path.startswith("/v1/"):
                 await self._provider(scope, body, receive, send)
             elif path.startswith("/_sim/"):
                 await self._control(scope, body, send)
@@ -104,6 +109,15 @@ class Simulator:
                 raise Refused(404, f"Unknown path {path}", "not_found")
         except Refused as refusal:
             await self._json(send, refusal.status, _error_body(path, refusal), refusal.headers)
+
+    def _bill(self, scope: Scope) -> bool:
+        """A billing endpoint of this relay (key checked), not a provider call."""
+        assert self.billing is not None
+        if self.billing.answer(scope["path"]) is None:
+            return False
+        if self._api_key is not None and not carries_key(scope["headers"], self._api_key):
+            raise Refused(401, "Incorrect API key provided (simulated).", "invalid_api_key")
+        return True
 
     def release_hung(self) -> None:
         """Answer every hung request (and any new one) with 503: the server is stopping."""
@@ -116,9 +130,12 @@ class Simulator:
                 self.stats.unauthorized += 1
                 raise Refused(401, "Incorrect API key provided (simulated).", "invalid_api_key")
             handler = self._handler(scope, receive)
-            if not await self._inject_faults(receive):
+            refusal = self.billing.spent() if self.billing is not None else None
+            if refusal is not None and scope["method"] == "POST":
+                await self._json(send, *refusal)  # credit spent, the provider's way
+            elif not await self._inject_faults(receive):
                 return
-            if _streamed(scope):  # the handler reads the body: nobody else may receive
+            elif _streamed(scope):  # the handler reads the body: nobody else may receive
                 await handler(scope, body, send)
             else:
                 await self._until_done_or_gone(handler(scope, body, send), receive)
@@ -239,6 +256,8 @@ class Simulator:
         else:
             await self._stream(send, reply.events)
         self.stats.billed(reply.prompt_tokens, reply.completion_tokens)
+        if self.billing is not None:
+            self.billing.charge(reply.prompt_tokens, reply.completion_tokens)
 
     def _call(self, payload: dict[str, Any], model: str) -> Call:
         """The call as its builder sees it, with what a dishonest relay changes."""
@@ -314,6 +333,14 @@ class Simulator:
             except ValueError as exc:
                 raise Refused(400, str(exc), "invalid_fault") from None
             await self._json(send, 200, asdict(self.faults))
+        elif action in ("GET /_sim/billing", "POST /_sim/billing"):
+            if self.billing is None:
+                raise Refused(404, "This simulator does not bill (--billing)", "not_found")
+            try:
+                self.billing.update(json_object(body) if scope["method"] == "POST" else {})
+            except ValueError as exc:
+                raise Refused(400, str(exc), "invalid_billing") from None
+            await self._json(send, 200, asdict(self.billing))
         elif action == "GET /_sim/stats":
             await self._json(send, 200, self.stats.snapshot())
         elif action == "POST /_sim/reset":
@@ -344,10 +371,17 @@ def create_sim_app(
     clock: Clock = time.time,
     sleep: Sleep = asyncio.sleep,
     api_key: str | None = None,
+    billing: SimBilling | None = None,
 ) -> Simulator:
     """Build a simulator; ``rng``, ``clock`` and ``sleep`` are seams for deterministic tests.
     With ``api_key``, ``/v1`` calls without that key are answered 401."""
     rng = rng or random.Random()
     return Simulator(
-        faults or Faults(), name=name, rng=rng, clock=clock, sleep=sleep, api_key=api_key
+        faults or Faults(),
+        name=name,
+        rng=rng,
+        clock=clock,
+        sleep=sleep,
+        api_key=api_key,
+        billing=billing,
     )

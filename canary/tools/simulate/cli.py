@@ -19,6 +19,7 @@ import uvicorn
 from canary.errors import StreamCut
 from canary.serve.signals import stop_signals_return
 from canary.tools.simulate.app import Simulator, create_sim_app
+from canary.tools.simulate.billing import APIS, SimBilling
 from canary.tools.simulate.faults import Faults
 
 
@@ -47,11 +48,27 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reply-scale", type=float, default=1.0, help="make the reply this many times as long")
     add("--reply-text", default=None, help="answer with this text instead (another style)")
     add("--seed", type=int, default=None, help="seed for the fault dice")
+    add("--billing", choices=APIS, default=None, help="bill calls and serve that billing API")
+    add("--balance-usd", type=float, default=100.0, help="the key's starting balance (--billing)")
+    add("--bill-factor", type=float, default=1.0, help="bill this many times what usage says")
+    add("--price", type=float, default=1.10, help="USD per million tokens billed (--billing)")
     add(
         "--api-key",
         default=None,
         metavar="KEY",
         help="answer 401 to /v1 calls without this key (Bearer, x-api-key or api-key)",
+    )
+
+
+def _billing(args: argparse.Namespace) -> SimBilling | None:
+    if args.billing is None:
+        return None
+    return SimBilling(
+        api=args.billing,
+        balance_usd=args.balance_usd,
+        bill_factor=args.bill_factor,
+        price_input=args.price,
+        price_output=args.price,
     )
 
 
@@ -76,11 +93,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Serve the simulator until SIGINT/SIGTERM, then return 0; 2 if a fault is invalid."""
     try:
         faults = Faults(**{field.name: getattr(args, field.name) for field in fields(Faults)})
+        billing = _billing(args)
     except ValueError as exc:
         print(f"canary simulate: {exc}", file=sys.stderr)
         return 2
     simulator = create_sim_app(
-        faults, name=args.name, rng=random.Random(args.seed), api_key=args.api_key or None
+        faults,
+        name=args.name,
+        rng=random.Random(args.seed),
+        api_key=args.api_key or None,
+        billing=billing,
     )
     config = uvicorn.Config(
         simulator,

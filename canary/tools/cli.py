@@ -92,6 +92,16 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt-4.1", help="the model asked for (before model_map)")
     p.add_argument("--max-usd", type=float, default=0.50, help="refuse above this estimate")
     p.add_argument("--json", action="store_true", help="the comparison as JSON")
+    same = p.add_argument_group("the same-model test (--distribution)")
+    same.add_argument(
+        "--distribution",
+        action="store_true",
+        help="sample both backends at temperature 1 and test whether one model answers",
+    )
+    same.add_argument("--prompts", type=int, default=None, help="K prompts (default 10)")
+    same.add_argument("--samples", type=int, default=None, help="N answers per prompt (default 20)")
+    same.add_argument("--alpha", type=float, default=None, help="differs below this p (0.01)")
+    same.add_argument("--concurrency", type=int, default=None, help="calls in flight per backend")
 
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -240,6 +250,19 @@ def _verify(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
+    if args.distribution:
+        from canary.tools import distribution as same
+
+        defaults = {
+            "prompts": same.DEFAULT_PROMPTS,
+            "samples": same.DEFAULT_SAMPLES,
+            "alpha": same.ALPHA,
+            "concurrency": same.CONCURRENCY,
+        }
+        for key, value in defaults.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        return same.run_distribution(cfg, args, output_console(), progress=sys.stderr.isatty())
     return run_verify(cfg, args, output_console(), progress=sys.stderr.isatty())
 
 

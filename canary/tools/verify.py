@@ -341,13 +341,11 @@ def scrub(text: str, cfg: Config) -> str:
 
 def run_verify(cfg: Config, args: Any, console: Console, progress: bool) -> int:
     """The verb: estimate, refuse over budget (2), probe, print; 0 equivalent, 1 diverges."""
-    canary = args.backend or _canary_of(cfg)
-    baseline = args.against or _baseline_of(cfg, canary)
-    for name in (canary, baseline):
-        if name not in cfg.backends:
-            print(f"canary verify: unknown backend {name!r}", file=sys.stderr)
-            return 2
-    names = (baseline, canary)
+    names = pick_backends(cfg, args)
+    if isinstance(names, str):
+        print(f"canary verify: {names}", file=sys.stderr)
+        return 2
+    baseline, canary = names
     usd = estimate_usd(cfg, args.model, names)
     calls = calls_per_backend()
     shown = "unknown (no price in routes.yaml)" if usd is None else f"${usd:.4f}"
@@ -379,6 +377,16 @@ def _probe(cfg: Config, names: tuple[str, str], model: str, progress: bool) -> l
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("probing", total=calls_per_backend())
         return asyncio.run(run_battery(cfg, names, model, lambda: bar.advance(task)))
+
+
+def pick_backends(cfg: Config, args: Any) -> tuple[str, str] | str:
+    """(baseline, canary) from ``--against`` and ``--backend`` or the routes; or the problem."""
+    canary = args.backend or _canary_of(cfg)
+    baseline = args.against or _baseline_of(cfg, canary)
+    for name in (canary, baseline):
+        if name not in cfg.backends:
+            return f"unknown backend {name!r}"
+    return baseline, canary
 
 
 def _canary_of(cfg: Config) -> str:

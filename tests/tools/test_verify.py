@@ -19,7 +19,7 @@ backends:
     base_url: "{relay}/v1"
     api_key: sk-relay-verify-SECRET-2
     api_key_header: x-api-key
-    model_map: {{gpt-4.1: relay-4.1}}
+    model_map: {{gpt-4.1: gpt-4.1-2025-04-14}}
 routes:
   - name: chat
     weights: {{legacy: 90, relay: 10}}
@@ -63,7 +63,7 @@ def test_a_substituting_relay_diverges_as_json(routes: Path, sims: tuple[str, st
     sent = httpx.get(sims[1] + "/_sim/stats").json()["last_request"]
     relay_key = "sha256:" + hashlib.sha256(b"sk-relay-verify-SECRET-2").hexdigest()[:12]
     assert sent["headers"]["x-api-key"] == relay_key  # its key in its own header
-    assert sent["body"]["model"] == "relay-4.1"  # its model_map
+    assert sent["body"]["model"] == "gpt-4.1-2025-04-14"  # its model_map
 
 
 def test_over_budget_refuses_before_sending_anything(routes: Path, sims: tuple[str, str]) -> None:

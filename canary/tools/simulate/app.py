@@ -41,7 +41,7 @@ from canary.tools.simulate.asgi import (
     until_disconnect,
 )
 from canary.tools.simulate.faults import Faults
-from canary.tools.simulate.sampling import distribution, temperature_of
+from canary.tools.simulate.sampling import distribution, family, temperature_of
 from canary.tools.simulate.stats import Stats
 from canary.types import Clock, Sleep
 
@@ -233,7 +233,7 @@ class Simulator:
         f, prompt = self.faults, _prompt_of(payload)
         if f.substitute_model is not None and self._rng.random() < f.substitute_rate:
             model = f.substitute_model
-        return distribution(model, prompt).sample(temperature, self._rng)
+        return distribution(family(model), prompt).sample(temperature, self._rng)
 
     async def _model_list(self, scope: Scope, body: bytes, send: Send) -> None:
         """``GET /v1/models`` (the defaults and every model asked for) and ``/v1/models/ID``."""

@@ -21,6 +21,7 @@ import bisect
 import functools
 import math
 import random
+import re
 from dataclasses import dataclass
 
 _WORDS = (
@@ -37,6 +38,8 @@ ZIPF = 1.1  # how fast a position's weights fall with rank
 SPREAD = 1.0  # sigma of a model's log-normal perturbation of the prompt's weights
 LENGTHS = (7, 12)  # a model's typical answer length, in words, lies in this range
 JITTER = 2  # a sampled answer is up to this many words shorter or longer than typical
+# A dated or versioned name is the same model: gpt-4.1-2025-04-14 samples as gpt-4.1.
+_VERSION = re.compile(r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{3,8}|v\d+(?:\.\d+)*|latest))+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,11 @@ def distribution(model: str, prompt: str) -> Distribution:
     low, high = LENGTHS
     typical = random.Random(f"length\0{model}").randint(low, high)
     return Distribution(tuple(positions), typical)
+
+
+def family(model: str) -> str:
+    """The model a name samples as: its date or version suffix aside, case aside."""
+    return _VERSION.sub("", model.strip().lower()) or model
 
 
 def _draw(weights: tuple[float, ...], temperature: float, rng: random.Random) -> str:

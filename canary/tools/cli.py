@@ -102,6 +102,7 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     same.add_argument("--samples", type=int, default=None, help="N answers per prompt (default 20)")
     same.add_argument("--alpha", type=float, default=None, help="differs below this p (0.01)")
     same.add_argument("--concurrency", type=int, default=None, help="calls in flight per backend")
+    same.add_argument("--seed", type=int, default=None, help="seed of the relabelling draws")
 
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:

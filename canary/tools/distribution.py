@@ -310,7 +310,9 @@ def run_distribution(
     sides = _sample(cfg, plan, progress and not args.json, seams or Seams())
     try:
         outcome = mmd_test(
-            *(s.answers for s in sides), rng=random.Random(), permutations=PERMUTATIONS
+            *(s.answers for s in sides),
+            rng=random.Random(getattr(args, "seed", None)),
+            permutations=PERMUTATIONS,
         )
     except ValueError:
         outcome = None

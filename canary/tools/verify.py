@@ -9,8 +9,10 @@ estimated from ``pricing`` (every prompt at its length, every answer at its ``ma
 and the run refuses above ``--max-usd``.
 
 What it cannot see: it catches the sloppy cases (another model echoed, another tokenizer,
-inflated counts, another latency profile), not a careful forgery that echoes the right
-name and bills the right counts (Cai et al., 2025). Nothing printed comes from a key.
+inflated counts, another latency profile, temperature-0 answers unlike the baseline's), not
+a careful forgery that echoes the right name and bills the right counts (Cai et al., 2025):
+that takes the answers' distribution, ``--distribution`` (``canary.tools.distribution``).
+Nothing printed comes from a key.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Probe:
     payload: dict[str, Any]
     observe: Callable[[dict[str, Any]], object]
     calls: int = 1  # sent this many times (repeatability)
+    across: bool = False  # one of the temperature-0 prompts compared across the backends
 
 
 def _message(answer: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +149,23 @@ PROBES: tuple[Probe, ...] = (
         lambda a: _text(a),
         calls=2,
     ),
+)
+
+
+# Temperature-0 answers compared across the two backends: one model gives the same text
+# (a provider's batching may change a token now and then, hence a share, not all).
+AGREEMENT_PROMPTS = (
+    "Complete: The capital of France is",
+    "Name a famous painter.",
+    "Write one word that rhymes with 'light'.",
+    "Give the name of a fruit.",
+    "Say a number between 1 and 100.",
+    "Name a planet of the solar system.",
+)
+MIN_AGREEMENT = 2 / 3  # of those prompts answered alike, or the row differs
+PROBES += tuple(
+    Probe(f"temperature-0 answer {i}", _user(text, max_tokens=16), _text, across=True)
+    for i, text in enumerate(AGREEMENT_PROMPTS, 1)
 )
 
 
@@ -289,9 +309,28 @@ async def run_battery(
     base, canary = sides
     asked = (base.model, canary.model)
     rows = [
-        judge(p.name, base.seen.get(p.name, []), canary.seen.get(p.name, []), asked) for p in PROBES
+        judge(p.name, base.seen.get(p.name, []), canary.seen.get(p.name, []), asked)
+        for p in PROBES
+        if not p.across
     ]
-    return rows + _ratio_rows(base, canary, cfg.readiness.max_latency_ratio_p95)
+    bar = cfg.readiness.max_latency_ratio_p95
+    return [*rows, agreement_row(base, canary), *_ratio_rows(base, canary, bar)]
+
+
+def agreement_row(base: Side, canary: Side) -> Row:
+    """The share of temperature-0 prompts both backends answered with the same text."""
+    name = "temperature-0 answers (across)"
+    pairs = [
+        (base.seen.get(p.name, [None])[-1], canary.seen.get(p.name, [None])[-1])
+        for p in PROBES
+        if p.across
+    ]
+    known = [(b, c) for b, c in pairs if b is not None and c is not None]
+    if not known:
+        return Row(name, "no answer", "no answer", "both lack")
+    same = sum(b == c for b, c in known)
+    verdict = "agree" if same / len(known) >= MIN_AGREEMENT else "differs"
+    return Row(name, f"{len(known)} prompts", f"{same} the same", verdict)
 
 
 def calls_per_backend() -> int:

@@ -109,6 +109,9 @@ class Readiness:
     max_model_mismatch_rate: float = 0.0  # answers naming another model than asked (SPEC §9)
     min_prompt_token_match: float = 0.95  # shadow pairs with equal prompt tokens
     max_latency_ratio_p95: float = 2.0  # canary p95 / baseline p95 over the window
+    # The shadow pairs' same-model p-value (SPEC §9) below which the canary is not ready;
+    # None: not checked.
+    min_same_model_p: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ _READINESS: dict[str, Rule] = {
     "max_model_mismatch_rate": Num(maximum=1),
     "min_prompt_token_match": Num(maximum=1),
     "max_latency_ratio_p95": Num(strict_min=True, maximum=1000),
+    "min_same_model_p": Num(strict_min=True, maximum=0.5),  # null (the default): off
 }
 _RETRY: dict[str, Rule] = {
     "max_attempts": Num(minimum=1, maximum=20, integer=True),

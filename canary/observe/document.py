@@ -174,6 +174,7 @@ class ReadinessDoc(TypedDict):
     max_model_mismatch_rate: float
     min_prompt_token_match: float
     max_latency_ratio_p95: float
+    min_same_model_p: float | None  # None: the shadow pairs' same-model test is not a bar
 
 
 class AuditCountsDoc(TypedDict):

@@ -201,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config, probe=args.probe)
     if args.verb == "verify":
         return _verify(args)
+    if args.verb == "demo" and args.scenario == "forgery":
+        from canary.tools.demo.forgery import run_forgery_demo
+
+        return run_forgery_demo()
     if args.verb == "demo" and args.scenario == "rollout":
         from canary.tools.demo.rollout import run_rollout_demo
 

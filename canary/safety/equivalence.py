@@ -27,7 +27,7 @@ could have come from either side), so the difference of any per-answer statistic
 symmetric about 0, whatever the prompt. The statistic is the answer's length in characters
 (a cheaper model rarely writes as long as the one it replaces); the test is Wilcoxon's
 signed rank, two-sided, zero differences dropped, ties given mid-ranks, its p-value from
-the normal approximation with the tie correction, once ``MIN_SAME_MODEL_PAIRS`` pairs have
+the normal approximation with the tie and continuity corrections, once ``MIN_SAME_MODEL_PAIRS`` pairs have
 two texts (at 30, the approximation's error is small beside the bars one sets). It sees a
 substitute whose lengths differ, not one that matches them: ``canary verify
 --distribution`` compares the answers themselves.
@@ -234,7 +234,8 @@ def same_model_p(pairs: Sequence[Pair]) -> float | None:
 
 
 def signed_rank_p(differences: Sequence[float]) -> float:
-    """Wilcoxon's signed-rank test, two-sided, normal approximation with the tie correction;
+    """Wilcoxon's signed-rank test, two-sided, normal approximation with the tie and
+    continuity corrections;
     zero differences are dropped, and none left means no evidence (1.0)."""
     nonzero = sorted((abs(d), d > 0) for d in differences if d != 0)
     n = len(nonzero)
@@ -254,5 +255,5 @@ def signed_rank_p(differences: Sequence[float]) -> float:
     variance = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
     if variance <= 0:
         return 1.0
-    z = abs(positive - mean) / math.sqrt(variance)
+    z = max(0.0, abs(positive - mean) - 0.5) / math.sqrt(variance)  # continuity corrected
     return min(1.0, math.erfc(z / math.sqrt(2)))

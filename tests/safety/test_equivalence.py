@@ -132,9 +132,9 @@ def _pair(primary: str | None, shadow: str | None) -> Pair:
 
 
 def test_signed_rank_known_answer_and_edges() -> None:
-    """Ten positive differences 1..10: W+ = 55, z = 27.5 / sqrt(96.25), p = 0.00506;
-    no nonzero difference is no evidence (1.0)."""
-    assert signed_rank_p([float(d) for d in range(1, 11)]) == pytest.approx(0.005056, abs=1e-5)
+    """Ten positive differences 1..10: W+ = 55 against a mean of 27.5, z = (27.5 - 0.5) /
+    sqrt(96.25), p = 0.00592; no nonzero difference is no evidence (1.0)."""
+    assert signed_rank_p([float(d) for d in range(1, 11)]) == pytest.approx(0.005922, abs=1e-5)
     assert signed_rank_p([0.0, 0.0]) == 1.0 == signed_rank_p([])
     assert signed_rank_p([1.0, -1.0] * 10) == pytest.approx(1.0)  # ties at mid-rank, balanced
 

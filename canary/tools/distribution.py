@@ -132,6 +132,24 @@ class Seams:
     on_call: Callable[[], None] | None = None
 
 
+def read_answer(answer: object) -> tuple[str, int, int] | None:
+    """A chat completion's text and (prompt, completion) tokens; None when the body is not
+    one (a provider's JSON is outside input: any shape is read without raising)."""
+    if not isinstance(answer, dict):
+        return None
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    usage = answer.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    counts = [t if isinstance(t, int) and not isinstance(t, bool) and t >= 0 else 0 for t in tokens]
+    return (content if isinstance(content, str) else ""), counts[0], counts[1]
+
+
 async def _one(
     client: httpx.AsyncClient, url: str, body: dict[str, Any], pacer: Pacer, side: Sampled
 ) -> str | None:
@@ -140,15 +158,13 @@ async def _one(
         async with pacer:
             try:
                 r = await client.post(url, json=body)
-                answer = r.json() if r.status_code < 400 else None
+                read = read_answer(r.json()) if r.status_code < 400 else None
             except (httpx.HTTPError, ValueError):
-                answer = None
-        if isinstance(answer, dict):
-            choice = (answer.get("choices") or [{}])[0]
-            usage = answer.get("usage") or {}
-            for i, key in enumerate(("prompt_tokens", "completion_tokens")):
-                side.tokens[i] += usage.get(key, 0) if isinstance(usage.get(key), int) else 0
-            return str((choice.get("message") or {}).get("content") or "")
+                read = None
+        if read is not None:
+            side.tokens[0] += read[1]
+            side.tokens[1] += read[2]
+            return read[0]
     side.failed += 1
     return None
 

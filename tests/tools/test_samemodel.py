@@ -227,3 +227,59 @@ def test_default_plan_costs_under_ten_cents_at_example_prices(tmp_path: Path) ->
     )
     usd = same.estimate_usd(load_config(str(config)), plan)
     assert usd is not None and usd < 0.10
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+answers = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "message": json_values
+                    | st.fixed_dictionaries({}, optional={"content": json_values})
+                },
+            )
+            | json_values,
+            max_size=2,
+        )
+        | json_values,
+        "usage": st.fixed_dictionaries(
+            {}, optional={"prompt_tokens": json_values, "completion_tokens": json_values}
+        )
+        | json_values,
+    },
+)
+
+
+@given(answers | json_values)
+def test_read_answer_takes_any_provider_json(answer: Any) -> None:
+    """Whatever JSON a provider sends, the reader returns a text and counts, or None."""
+    read = same.read_answer(answer)
+    if read is not None:
+        text, prompt, completion = read
+        assert isinstance(text, str) and prompt >= 0 and completion >= 0
+
+
+@given(json_values, st.integers(0, 2**16))
+def test_the_simulator_samples_at_any_temperature(temperature: Any, seed: int) -> None:
+    """Any ``temperature`` a client sends: the fixed reply (not a number) or an answer of
+    vocabulary words, the mode at 0 and below, never an overflow at a tiny one."""
+    from canary.tools.simulate.sampling import POSITIONS, VOCAB, temperature_of
+
+    value = temperature_of({"temperature": temperature})
+    if value is None:
+        return
+    dist = distribution("gpt-4.1", "a prompt")
+    words = dist.sample(value, random.Random(seed))
+    assert 1 <= len(words) <= POSITIONS and set(words) <= set(VOCAB)
+    if value <= 0:
+        assert words == dist.mode
+    tiny = dist.sample(1e-300, random.Random(seed))  # the likeliest word at each position
+    likeliest = [VOCAB[max(range(len(w)), key=w.__getitem__)] for w in dist.weights]
+    assert list(tiny) == likeliest[: len(tiny)]

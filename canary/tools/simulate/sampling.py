@@ -89,9 +89,12 @@ def family(model: str) -> str:
 def _draw(weights: tuple[float, ...], temperature: float, rng: random.Random) -> str:
     if temperature == 1.0:
         return rng.choices(VOCAB, weights)[0]
+    # w ** (1 / t) in log space, scaled by the largest: no overflow at a tiny temperature
+    logs = [math.log(w) / temperature for w in weights]
+    top = max(logs)
     cumulative, total = [], 0.0
-    for w in weights:
-        total += w ** (1.0 / temperature)
+    for value in logs:
+        total += math.exp(value - top)
         cumulative.append(total)
     return VOCAB[min(len(VOCAB) - 1, bisect.bisect(cumulative, rng.random() * total))]
 

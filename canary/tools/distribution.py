@@ -324,40 +324,34 @@ def run_distribution(
         )
         return 2  # nothing was sent: not a verdict on the relay
     sides = _sample(cfg, plan, progress and not args.json, seams or Seams())
-    try:
-        outcome = mmd_test(
-            *(s.answers for s in sides),
-            rng=random.Random(getattr(args, "seed", None)),
-            permutations=PERMUTATIONS,
-        )
-    except ValueError:
-        outcome = None
-    failed = sum(s.failed for s in sides)
-    if outcome is None or outcome.prompts * 2 <= len(plan.prompts):
+    outcome, failed = _test(plan, sides, getattr(args, "seed", None))
+    if outcome is None:
         print(f"canary verify: no verdict: {failed} of {plan.calls} calls failed", file=sys.stderr)
         return 2
     doc = document(plan, outcome, args.alpha, cost_usd(cfg, plan, sides))
     if args.json:
-        print(
-            scrub(
-                json.dumps(
-                    {
-                        "baseline": plan.names[0],
-                        "canary": plan.names[1],
-                        "model": plan.model,
-                        "distribution": doc,
-                    },
-                    indent=2,
-                ),
-                cfg,
-            )
-        )
+        names = {"baseline": plan.names[0], "canary": plan.names[1], "model": plan.model}
+        print(scrub(json.dumps({**names, "distribution": doc}, indent=2), cfg))
     else:
         render(console, plan, doc)
     if failed:
         print(f"canary verify: {failed} of {plan.calls} calls failed (left out)", file=sys.stderr)
     write_record(cfg, args.config, plan, doc)
     return 1 if doc["verdict"] == "differs" else 0
+
+
+def _test(
+    plan: Plan, sides: tuple[Sampled, Sampled], seed: int | None
+) -> tuple[Outcome | None, int]:
+    """The test on what came back, and the calls that failed; no outcome when more than
+    half of the prompts lack 2 answers on a side."""
+    failed = sum(s.failed for s in sides)
+    rng = random.Random(seed)
+    try:
+        outcome = mmd_test(*(s.answers for s in sides), rng=rng, permutations=PERMUTATIONS)
+    except ValueError:
+        return None, failed
+    return (None if outcome.prompts * 2 < len(plan.prompts) else outcome), failed
 
 
 def _sample(cfg: Config, plan: Plan, progress: bool, seams: Seams) -> tuple[Sampled, Sampled]:

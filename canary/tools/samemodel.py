@@ -21,11 +21,22 @@ because the within-halves sums add up to the (fixed) total minus 2C. The p-value
 independent of the order of prompts, of answers and of the two samples by putting each
 prompt's pooled answers, and the prompts, in a canonical order before relabelling.
 
-The feature spans three modules: this one (prompts, statistic, p-value; pure), and
-``canary.tools.distribution`` (the verb: budget, sampling within the backends' limits,
-progress, output, the record the dashboard reads). The shadow comparison's paired test
-(``compare.same_model_p``) is a different test, in ``canary.safety.equivalence``. The
-figures behind the defaults come from ``bench/samemodel_power.py``.
+Where the feature lives (issue #21):
+
+- here: the prompts, the statistic and its p-value (pure, no I/O);
+- ``canary.tools.distribution``: the verb, ``canary verify --distribution`` (budget,
+  sampling within the backends' limits, progress, output, and ``<config>.verify.json``,
+  the record the dashboard reads);
+- ``canary.tools.verify``: the temperature-0 answers compared across the backends (a row);
+- ``canary.safety.equivalence``: the shadow pairs' paired test (``same_model_p``: signed
+  rank on answer lengths, a different test, cheap enough for ``/status``), and
+  ``canary.observe.equivalence``: its readiness bar, ``min_same_model_p``, in words;
+- ``canary.tools.simulate.sampling``: the simulator's per-(model, prompt) answers and the
+  forging relay; ``canary.tools.demo.forgery``: the demo;
+- ``bench/samemodel_power.py``: the measured false-alarm rate and power behind the
+  defaults (docs/same-model.md).
+
+Nothing here is imported by the router.
 """
 
 from __future__ import annotations

@@ -218,6 +218,15 @@ def test_over_budget_refuses_and_sends_nothing(
     assert not (tmp_path / "routes.yaml.verify.json").exists()
 
 
+def test_too_few_answers_is_no_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every call failing: each tried ATTEMPTS times, then exit 2, no verdict, no record."""
+    upstream = Upstream(fail_first=10_000)
+    code, out, err = _run(tmp_path, upstream, capsys)
+    assert code == 2 and out == "" and "no verdict: 48 of 48 calls failed" in err
+    assert upstream.calls == 48 * same.ATTEMPTS
+    assert not (tmp_path / "routes.yaml.verify.json").exists()
+
+
 def test_default_plan_costs_under_ten_cents_at_example_prices(tmp_path: Path) -> None:
     """The defaults (K, N, MAX_TOKENS) stay under $0.10 at the example prices."""
     config = tmp_path / "routes.yaml"

@@ -138,6 +138,7 @@ class Upstream:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.calls = 0
+        self.paced_s = 0.0
         self.in_flight: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.fail_first = fail_first
@@ -177,18 +178,21 @@ def _run(
 
     seams = same.Seams(httpx.MockTransport(upstream), lambda: clock[0], sleep)
     code = same.run_distribution(cfg, _args(config, **over), Console(), False, seams)
+    upstream.paced_s = clock[0]  # how far the pacing moved the fake clock
     out, err = capsys.readouterr()
     return code, out, err
 
 
 def test_calls_are_bounded_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """2 x K x N calls, never more in flight per backend than its max_concurrency (or
-    --concurrency); the JSON carries every field; the record lands beside the config."""
+    --concurrency), starts paced to max_qps; the JSON carries every field; the record
+    lands beside the config."""
     upstream = Upstream(fail_first=2)  # two failures, tried again
     code, out, _ = _run(tmp_path, upstream, capsys, concurrency=5)
     assert code == 0
     assert upstream.calls == 2 * 4 * 6 + 2
     assert (upstream.peak["legacy.test"], upstream.peak["relay.test"]) == (3, 5)
+    assert upstream.paced_s >= (24 - 1) / 50  # the relay's 24+ starts, 1/50 s apart
     doc = json.loads(out)["distribution"]
     assert set(doc) >= {
         "test",

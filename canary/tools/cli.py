@@ -255,6 +255,14 @@ def _verify(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
+    options = ("prompts", "samples", "alpha", "concurrency", "seed")
+    if not args.distribution and any(getattr(args, key) is not None for key in options):
+        print(
+            "canary verify: --prompts, --samples, --alpha, --concurrency and --seed "
+            "need --distribution",
+            file=sys.stderr,
+        )
+        return 2
     if args.distribution:
         from canary.tools import distribution as same
 

@@ -127,6 +127,9 @@ class Readiness:
     # A backend's bill / its metered cost at ``pricing`` over the last hour (SPEC §11).
     max_billing_ratio: float | None = 1.10  # None: not checked
     min_runway_h: float | None = None  # hours of balance left at the last hour's burn; None: off
+    # The shadow pairs' same-model p-value (SPEC §9) below which the canary is not ready;
+    # None: not checked.
+    min_same_model_p: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

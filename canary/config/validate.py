@@ -65,6 +65,7 @@ _READINESS: dict[str, Rule] = {
     "max_latency_ratio_p95": Num(strict_min=True, maximum=1000),
     "max_billing_ratio": Num(strict_min=True, maximum=1000),  # null (off): readiness_nulls
     "min_runway_h": Num(maximum=1e6),
+    "min_same_model_p": Num(strict_min=True, maximum=0.5),  # null (the default): off
 }
 _RETRY: dict[str, Rule] = {
     "max_attempts": Num(minimum=1, maximum=20, integer=True),

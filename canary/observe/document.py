@@ -176,6 +176,7 @@ class ReadinessDoc(TypedDict):
     max_latency_ratio_p95: float
     max_billing_ratio: float | None
     min_runway_h: float | None
+    min_same_model_p: float | None  # None: the shadow pairs' same-model test is not a bar
 
 
 class AuditCountsDoc(TypedDict):

@@ -2,9 +2,10 @@
 
 ``Evidence`` gathers what the router knows about a canary against its baseline: the model
 audit (``Meter.audits``), the p95 latency of both over the window, and the shadow pairs'
-prompt-token agreement when there are pairs. ``equivalence_reason`` turns a miss into the
-words of ``migration.reason``; the minimum counts behind each verdict, and why, are in
-``canary.safety.equivalence``. ``audit_section`` is ``/status``'s ``audit``.
+prompt-token agreement and same-model p-value (computed here, when ``/status`` is
+rendered, never on the request path) when there are pairs. ``equivalence_reason`` turns
+a miss into the words of ``migration.reason``; the minimum counts behind each verdict,
+and why, are in ``canary.safety.equivalence``. ``audit_section`` is ``/status``'s ``audit``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from canary.safety.equivalence import (
     MIN_LATENCY_SAMPLES,
     MIN_PAIRS,
     Pair,
+    same_model_p,
     summarize,
 )
 from canary.safety.windows import Stats
@@ -45,6 +47,7 @@ class Evidence:
     stats: Stats
     peers: Callable[[str], Sequence[dict[str, Any]]] | None = None  # workers' windows
     prompt_match: Callable[[str], tuple[int, float] | None] | None = None  # (pairs, share)
+    same_model: Callable[[str], tuple[int, float] | None] | None = None  # (pairs, p-value)
 
     def mismatch(self, backend: str, since: float = 0.0) -> Mismatch | None:
         """The asked model with the most mismatches on ``backend``, if one came after
@@ -93,7 +96,21 @@ def equivalence_reason(
             f"{name}: prompt tokens differ from {baseline}'s on {1 - pairs[1]:.0%} of "
             f"{pairs[0]} shadow pairs (needs {bar.min_prompt_token_match:.0%} equal)"
         )
-    return None
+    return _same_model_reason(name, baseline, bar, ev)
+
+
+def _same_model_reason(name: str, baseline: str, bar: Readiness, ev: Evidence) -> str | None:
+    """Off unless ``min_same_model_p`` is set; the p-value waits for its minimum pairs."""
+    if bar.min_same_model_p is None or ev.same_model is None:
+        return None
+    found = ev.same_model(name)
+    if found is None or found[1] >= bar.min_same_model_p:
+        return None
+    return (
+        f"{name}: its shadow answers' lengths are not drawn like {baseline}'s (same-model "
+        f"p {found[1]:.2g} over {found[0]} pairs, needs {bar.min_same_model_p:g}): "
+        f"another model may be answering"
+    )
 
 
 def _over(miss: Mismatch, bar: float) -> bool:
@@ -151,6 +168,24 @@ def prompt_match(cfg: Config, meter: Meter) -> Callable[[str], tuple[int, float]
         return (len(known), sum(known) / len(known)) if known else None
 
     return share
+
+
+def same_model(cfg: Config, meter: Meter) -> Callable[[str], tuple[int, float] | None]:
+    """``Evidence.same_model``: (pairs, p-value) of a shadow backend's pairs over the window,
+    on each route that copies to it; the lowest p (the route where it differs most)."""
+
+    def lowest(backend: str) -> tuple[int, float] | None:
+        found: list[tuple[float, int]] = []
+        for route in cfg.routes:
+            if route.shadow is None or route.shadow.backend != backend:
+                continue
+            pairs = window_pairs(meter, route.name, cfg.rollback.window_s)
+            p = same_model_p(pairs)
+            if p is not None:
+                found.append((p, sum(pair.lengths is not None for pair in pairs)))
+        return None if not found else (min(found)[1], min(found)[0])
+
+    return lowest
 
 
 def shadow_section(cfg: Config, meter: Meter) -> dict[str, dict[str, Any]]:

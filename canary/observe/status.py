@@ -36,6 +36,7 @@ from canary.observe.equivalence import (
     audit_section,
     equivalence_reason,
     prompt_match,
+    same_model,
     shadow_section,
 )
 from canary.observe.meter import Meter
@@ -176,7 +177,7 @@ def status_document(
     if fleet is not None:
         doc["workers"] = _workers(fleet)
     peers = fleet.window_peers if fleet else None
-    evidence = Evidence(meter, stats, peers, prompt_match(cfg, meter))
+    evidence = Evidence(meter, stats, peers, prompt_match(cfg, meter), same_model(cfg, meter))
     ready, reason = readiness(cfg, breakers, fleet.since_counts if fleet else None, evidence)
     cost = cost_section(meter, cfg)
     doc["migration"] = {
@@ -217,6 +218,7 @@ def _readiness_bars(cfg: Config) -> ReadinessDoc:
         "max_latency_ratio_p95": bar.max_latency_ratio_p95,
         "max_billing_ratio": bar.max_billing_ratio,
         "min_runway_h": bar.min_runway_h,
+        "min_same_model_p": bar.min_same_model_p,
     }
 
 

@@ -96,6 +96,17 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
         "--url", default=None, help="the router told what verify spent (default: $CANARY_URL)"
     )
     p.add_argument("--token", default=None, help="its admin token (default: $CANARY_ADMIN_TOKEN)")
+    same = p.add_argument_group("the same-model test (--distribution)")
+    same.add_argument(
+        "--distribution",
+        action="store_true",
+        help="sample both backends at temperature 1 and test whether one model answers",
+    )
+    same.add_argument("--prompts", type=int, default=None, help="K prompts (default 10)")
+    same.add_argument("--samples", type=int, default=None, help="N answers per prompt (default 20)")
+    same.add_argument("--alpha", type=float, default=None, help="differs below this p (0.01)")
+    same.add_argument("--concurrency", type=int, default=None, help="calls in flight per backend")
+    same.add_argument("--seed", type=int, default=None, help="seed of the relabelling draws")
 
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -194,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config, probe=args.probe)
     if args.verb == "verify":
         return _verify(args)
+    if args.verb == "demo" and args.scenario == "forgery":
+        from canary.tools.demo.forgery import run_forgery_demo
+
+        return run_forgery_demo()
     if args.verb == "demo" and args.scenario == "rollout":
         from canary.tools.demo.rollout import run_rollout_demo
 
@@ -244,6 +259,27 @@ def _verify(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
+    options = ("prompts", "samples", "alpha", "concurrency", "seed")
+    if not args.distribution and any(getattr(args, key) is not None for key in options):
+        print(
+            "canary verify: --prompts, --samples, --alpha, --concurrency and --seed "
+            "need --distribution",
+            file=sys.stderr,
+        )
+        return 2
+    if args.distribution:
+        from canary.tools import distribution as same
+
+        defaults = {
+            "prompts": same.DEFAULT_PROMPTS,
+            "samples": same.DEFAULT_SAMPLES,
+            "alpha": same.ALPHA,
+            "concurrency": same.CONCURRENCY,
+        }
+        for key, value in defaults.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        return same.run_distribution(cfg, args, output_console(), progress=sys.stderr.isatty())
     return run_verify(cfg, args, output_console(), progress=sys.stderr.isatty())
 
 

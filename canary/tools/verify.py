@@ -9,8 +9,10 @@ estimated from ``pricing`` (every prompt at its length, every answer at its ``ma
 and the run refuses above ``--max-usd``.
 
 What it cannot see: it catches the sloppy cases (another model echoed, another tokenizer,
-inflated counts, another latency profile), not a careful forgery that echoes the right
-name and bills the right counts (Cai et al., 2025). Nothing printed comes from a key.
+inflated counts, another latency profile, temperature-0 answers unlike the baseline's), not
+a careful forgery that echoes the right name and bills the right counts (Cai et al., 2025):
+that takes the answers' distribution, ``--distribution`` (``canary.tools.distribution``).
+Nothing printed comes from a key.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Probe:
     payload: dict[str, Any]
     observe: Callable[[dict[str, Any]], object]
     calls: int = 1  # sent this many times (repeatability)
+    across: bool = False  # one of the temperature-0 prompts compared across the backends
 
 
 def _message(answer: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +150,23 @@ PROBES: tuple[Probe, ...] = (
         lambda a: _text(a),
         calls=2,
     ),
+)
+
+
+# Temperature-0 answers compared across the two backends: one model gives the same text
+# (a provider's batching may change a token now and then, hence a share, not all).
+AGREEMENT_PROMPTS = (
+    "Complete: The capital of France is",
+    "Name a famous painter.",
+    "Write one word that rhymes with 'light'.",
+    "Give the name of a fruit.",
+    "Say a number between 1 and 100.",
+    "Name a planet of the solar system.",
+)
+MIN_AGREEMENT = 2 / 3  # of those prompts answered alike, or the row differs
+PROBES += tuple(
+    Probe(f"temperature-0 answer {i}", _user(text, max_tokens=16), _text, across=True)
+    for i, text in enumerate(AGREEMENT_PROMPTS, 1)
 )
 
 
@@ -301,9 +321,28 @@ async def run_battery(
         spent.update({side.backend.name: (side.tokens[0], side.tokens[1]) for side in sides})
     asked = (base.model, canary.model)
     rows = [
-        judge(p.name, base.seen.get(p.name, []), canary.seen.get(p.name, []), asked) for p in PROBES
+        judge(p.name, base.seen.get(p.name, []), canary.seen.get(p.name, []), asked)
+        for p in PROBES
+        if not p.across
     ]
-    return rows + _ratio_rows(base, canary, cfg.readiness.max_latency_ratio_p95)
+    bar = cfg.readiness.max_latency_ratio_p95
+    return [*rows, agreement_row(base, canary), *_ratio_rows(base, canary, bar)]
+
+
+def agreement_row(base: Side, canary: Side) -> Row:
+    """The share of temperature-0 prompts both backends answered with the same text."""
+    name = "temperature-0 answers (across)"
+    pairs = [
+        (base.seen.get(p.name, [None])[-1], canary.seen.get(p.name, [None])[-1])
+        for p in PROBES
+        if p.across
+    ]
+    known = [(b, c) for b, c in pairs if b is not None and c is not None]
+    if not known:
+        return Row(name, "no answer", "no answer", "both lack")
+    same = sum(b == c for b, c in known)
+    verdict = "agree" if same / len(known) >= MIN_AGREEMENT else "differs"
+    return Row(name, f"{len(known)} prompts", f"{same} the same", verdict)
 
 
 def calls_per_backend() -> int:
@@ -353,13 +392,11 @@ def scrub(text: str, cfg: Config) -> str:
 
 def run_verify(cfg: Config, args: Any, console: Console, progress: bool) -> int:
     """The verb: estimate, refuse over budget (2), probe, print; 0 equivalent, 1 diverges."""
-    canary = args.backend or _canary_of(cfg)
-    baseline = args.against or _baseline_of(cfg, canary)
-    for name in (canary, baseline):
-        if name not in cfg.backends:
-            print(f"canary verify: unknown backend {name!r}", file=sys.stderr)
-            return 2
-    names = (baseline, canary)
+    names = pick_backends(cfg, args)
+    if isinstance(names, str):
+        print(f"canary verify: {names}", file=sys.stderr)
+        return 2
+    baseline, canary = names
     usd = estimate_usd(cfg, args.model, names)
     calls = calls_per_backend()
     shown = "unknown (no price in routes.yaml)" if usd is None else f"${usd:.4f}"
@@ -400,6 +437,16 @@ def _probe(
         task = bar.add_task("probing", total=calls_per_backend())
         advance = lambda: bar.advance(task)  # noqa: E731
         return asyncio.run(run_battery(cfg, names, model, advance, spent))
+
+
+def pick_backends(cfg: Config, args: Any) -> tuple[str, str] | str:
+    """(baseline, canary) from ``--against`` and ``--backend`` or the routes; or the problem."""
+    canary = args.backend or _canary_of(cfg)
+    baseline = args.against or _baseline_of(cfg, canary)
+    for name in (canary, baseline):
+        if name not in cfg.backends:
+            return f"unknown backend {name!r}"
+    return baseline, canary
 
 
 def _canary_of(cfg: Config) -> str:

@@ -175,3 +175,20 @@ def test_prompt_token_agreement_waits_for_twenty_pairs() -> None:
     assert equivalence_reason("relay", "legacy", Readiness(), Figures(quiet, (20, 0.5))) == (
         "relay: prompt tokens differ from legacy's on 50% of 20 shadow pairs (needs 95% equal)"
     )
+
+
+def test_the_same_model_bar_is_off_by_default_and_blocks_in_words_when_set() -> None:
+    """min_same_model_p null: never a reason; set, a p under it blocks with the pair count."""
+    quiet = {"relay": (0, 0.0), "legacy": (0, 0.0)}
+    ev = Figures(quiet)
+    ev.same_model = lambda _: (64, 0.0004)
+    assert equivalence_reason("relay", "legacy", Readiness(), ev) is None
+    bar = Readiness(min_same_model_p=0.01)
+    assert equivalence_reason("relay", "legacy", bar, ev) == (
+        "relay: its shadow answers' lengths are not drawn like legacy's (same-model p 0.0004 "
+        "over 64 pairs, needs 0.01): another model may be answering"
+    )
+    ev.same_model = lambda _: (64, 0.2)
+    assert equivalence_reason("relay", "legacy", bar, ev) is None
+    ev.same_model = lambda _: None  # too few pairs yet
+    assert equivalence_reason("relay", "legacy", bar, ev) is None

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from canary.safety.equivalence import (
+    MIN_SAME_MODEL_PAIRS,
     PEEK_BYTES,
     Ask,
     Facts,
+    Pair,
     classify,
     compare,
     echoed_model,
+    same_model_p,
+    signed_rank_p,
     summarize,
 )
 
@@ -115,3 +121,61 @@ def test_summarize_gives_shares_and_medians_over_the_pairs() -> None:
     assert summary["latency_ratio_p50"] == 3.0 and summary["ttfb_ratio_p50"] == 2.0
     assert summary["prompt_tokens_match"] == 1.0 and summary["exact_match"] is None
     assert summarize([])["status_agreement"] is None
+
+
+# --- the same-model paired test -------------------------------------------------------------
+
+
+def _pair(primary: str | None, shadow: str | None) -> Pair:
+    facts = [Facts(200, True, 0.1, text=text) for text in (primary, shadow)]
+    return compare(facts[0], facts[1], Ask("m", deterministic=False, json=False, tools=False))
+
+
+def test_signed_rank_known_answer_and_edges() -> None:
+    """Ten positive differences 1..10: W+ = 55 against a mean of 27.5, z = (27.5 - 0.5) /
+    sqrt(96.25), p = 0.00592; no nonzero difference is no evidence (1.0)."""
+    assert signed_rank_p([float(d) for d in range(1, 11)]) == pytest.approx(0.005922, abs=1e-5)
+    assert signed_rank_p([0.0, 0.0]) == 1.0 == signed_rank_p([])
+    assert signed_rank_p([1.0, -1.0] * 10) == pytest.approx(1.0)  # ties at mid-rank, balanced
+
+
+def test_same_model_p_waits_for_its_pairs_and_reads_lengths() -> None:
+    """None under MIN_SAME_MODEL_PAIRS pairs with both texts; then the lengths' test."""
+    assert _pair("abc", "abcde").lengths == (3, 5)
+    assert _pair("abc", None).lengths is None
+    few = [_pair("a" * 10, "a" * 5)] * (MIN_SAME_MODEL_PAIRS - 1) + [_pair("x", None)] * 5
+    assert same_model_p(few) is None and summarize(few)["same_model_p"] is None
+    shorter = [_pair("a" * (10 + i % 7), "a" * (6 + i % 5)) for i in range(MIN_SAME_MODEL_PAIRS)]
+    p = same_model_p(shorter)
+    assert p is not None and p < 0.001
+
+
+def test_the_signed_rank_test_keeps_its_false_alarm_rate() -> None:
+    """Seeded: pairs of one model (the two lengths drawn alike) are flagged at p < 0.05 in
+    about 5% of 400 windows of 40 pairs; a length shift of a quarter is caught in most."""
+    rng = random.Random(5)
+
+    def window(shift: float) -> list[float]:
+        out = []
+        for _ in range(40):
+            typical = rng.randint(20, 400)  # each prompt its own length
+            a = rng.gauss(typical, typical * 0.3)
+            b = rng.gauss(typical * (1 - shift), typical * 0.3)
+            out.append(round(b) - round(a))
+        return out
+
+    alarms = sum(signed_rank_p(window(0.0)) < 0.05 for _ in range(400))
+    assert 8 <= alarms <= 32  # 2% .. 8%: the nominal 5% within sampling error
+    caught = sum(signed_rank_p(window(0.25)) < 0.05 for _ in range(100))
+    assert caught >= 80
+
+
+@given(st.lists(st.integers(-50, 50), max_size=60), st.randoms(use_true_random=False))
+def test_signed_rank_p_properties(differences: list[int], shuffle: random.Random) -> None:
+    """p in [0, 1]; the same whatever the pairs' order and whichever side is called first."""
+    values = [float(d) for d in differences]
+    p = signed_rank_p(values)
+    assert 0.0 <= p <= 1.0
+    shuffle.shuffle(values)
+    assert signed_rank_p(values) == pytest.approx(p)
+    assert signed_rank_p([-v for v in values]) == pytest.approx(p)

@@ -19,7 +19,7 @@ backends:
     base_url: "{relay}/v1"
     api_key: sk-relay-verify-SECRET-2
     api_key_header: x-api-key
-    model_map: {{gpt-4.1: relay-4.1}}
+    model_map: {{gpt-4.1: gpt-4.1-2025-04-14}}
 routes:
   - name: chat
     weights: {{legacy: 90, relay: 10}}
@@ -34,7 +34,7 @@ pricing:
 def routes(sims: tuple[str, str], tmp_path: Path) -> Path:
     for base in sims:
         httpx.post(base + "/_sim/reset").raise_for_status()
-        faults = {"echo_model": None, "prompt_token_factor": 1.0}
+        faults = {"echo_model": None, "prompt_token_factor": 1.0, "substitute_model": None}
         httpx.post(base + "/_sim/faults", json=faults).raise_for_status()
     path = tmp_path / "routes.yaml"
     path.write_text(ROUTES.format(legacy=sims[0], relay=sims[1]))
@@ -63,7 +63,22 @@ def test_a_substituting_relay_diverges_as_json(routes: Path, sims: tuple[str, st
     sent = httpx.get(sims[1] + "/_sim/stats").json()["last_request"]
     relay_key = "sha256:" + hashlib.sha256(b"sk-relay-verify-SECRET-2").hexdigest()[:12]
     assert sent["headers"]["x-api-key"] == relay_key  # its key in its own header
-    assert sent["body"]["model"] == "relay-4.1"  # its model_map
+    assert sent["body"]["model"] == "gpt-4.1-2025-04-14"  # its model_map
+
+
+def test_a_forging_relay_differs_only_in_its_temperature_0_answers(
+    routes: Path, sims: tuple[str, str]
+) -> None:
+    """Another model's answers under the asked name, honest counts: the one row that sees
+    it is the temperature-0 answers compared across the backends (issue #21)."""
+    faults = {"substitute_model": "gpt-4o-mini", "substitute_rate": 1.0}
+    httpx.post(sims[1] + "/_sim/faults", json=faults).raise_for_status()
+    done = canary("verify", "-c", str(routes), "--json")
+    assert done.returncode == 1, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["diverges"] == ["temperature-0 answers (across)"]
+    row = next(p for p in doc["probes"] if p["probe"] == "temperature-0 answers (across)")
+    assert (row["legacy"], row["relay"]) == ("6 prompts", "0 the same")
 
 
 def test_over_budget_refuses_before_sending_anything(routes: Path, sims: tuple[str, str]) -> None:

@@ -91,12 +91,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add("--open-s", type=float, default=8, help=argparse.SUPPRESS)  # rollback.open_s
     add(
         "--scenario",
-        choices=("rollback", "substitution", "rollout", "overbilling"),
+        choices=("rollback", "substitution", "rollout", "overbilling", "forgery"),
         default="rollback",
         help="rollback: the relay fails and is rolled back; substitution: it never fails but "
         f"answers as {ANSWERED_AS}, and the verdict stays not ready; rollout: a progressive "
         "rollout climbs to promoted, then a broken relay is rolled back mid-way; "
-        "overbilling: it bills 1.3x what its usage says, and the spend audit holds the verdict",
+        "overbilling: it bills 1.3x what its usage says, and the spend audit holds the "
+        "verdict; forgery: it names the asked model but answers from another half the time, "
+        "and only the same-model test sees it",
     )
 
 

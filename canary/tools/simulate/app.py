@@ -43,6 +43,7 @@ from canary.tools.simulate.asgi import (
 from canary.tools.simulate.billing import SimBilling
 from canary.tools.simulate.faults import Faults
 from canary.tools.simulate.files import Files
+from canary.tools.simulate.sampling import distribution, family, temperature_of
 from canary.tools.simulate.stats import Stats
 from canary.types import Clock, Sleep
 
@@ -261,7 +262,7 @@ class Simulator:
 
     def _call(self, payload: dict[str, Any], model: str) -> Call:
         """The call as its builder sees it, with what a dishonest relay changes."""
-        f, reply = self.faults, self._reply
+        f, reply = self.faults, self._sampled(payload, model)
         if f.reply_text is not None:
             reply = tuple(f.reply_text.split())
         if f.reply_scale != 1.0:
@@ -270,6 +271,17 @@ class Simulator:
         named = f.echo_model or model
         serial, now = next(self._ids), int(self._clock())
         return Call(payload, named, serial, now, reply, f.prompt_token_factor)
+
+    def _sampled(self, payload: dict[str, Any], model: str) -> tuple[str, ...]:
+        """The fixed reply, or with a temperature set, the (model, prompt) distribution's
+        answer; a forging relay draws from its substitute's instead in its share of calls."""
+        temperature = temperature_of(payload)
+        if temperature is None:
+            return self._reply
+        f, prompt = self.faults, _prompt_of(payload)
+        if f.substitute_model is not None and self._rng.random() < f.substitute_rate:
+            model = f.substitute_model
+        return distribution(family(model), prompt).sample(temperature, self._rng)
 
     async def _model_list(self, scope: Scope, body: bytes, send: Send) -> None:
         """``GET /v1/models`` (the defaults and every model asked for) and ``/v1/models/ID``."""
@@ -354,6 +366,12 @@ class Simulator:
 
 def _streamed(scope: Scope) -> bool:
     return bool(scope["method"] == "POST" and scope["path"] == "/v1/files")
+
+
+def _prompt_of(payload: dict[str, Any]) -> str:
+    """What seeds a call's distribution: its messages, prompt or input, whatever the dialect."""
+    asked = {key: payload.get(key) for key in ("system", "messages", "prompt", "input")}
+    return orjson.dumps(asked, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _error_body(path: str, refusal: Refused) -> dict[str, Any]:

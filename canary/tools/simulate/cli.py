@@ -47,6 +47,17 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     add("--prompt-token-factor", type=float, default=1.0, help="bill prompt tokens times this")
     add("--reply-scale", type=float, default=1.0, help="make the reply this many times as long")
     add("--reply-text", default=None, help="answer with this text instead (another style)")
+    add(
+        "--substitute-model",
+        default=None,
+        help="answer calls that set a temperature from this model's distribution (a forgery)",
+    )
+    add(
+        "--substitute-rate",
+        type=float,
+        default=1.0,
+        help="share of those calls answered by --substitute-model (default: 1)",
+    )
     add("--seed", type=int, default=None, help="seed for the fault dice")
     add("--billing", choices=APIS, default=None, help="bill calls and serve that billing API")
     add("--balance-usd", type=float, default=100.0, help="the key's starting balance (--billing)")

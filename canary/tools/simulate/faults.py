@@ -29,6 +29,11 @@ class Faults:
     prompt_token_factor: float = 1.0  # prompt tokens billed, times this
     reply_scale: float = 1.0  # the reply's length, times this
     reply_text: str | None = None  # another reply (another model's style)
+    # A forging relay: answers drawn from this model's distribution (``sampling``) in
+    # ``substitute_rate`` of the calls that set a temperature, still naming the asked model
+    # and billing its answers' words as an honest one would.
+    substitute_model: str | None = None
+    substitute_rate: float = 1.0
 
     def __post_init__(self) -> None:
         self.update(asdict(self))
@@ -55,6 +60,8 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     "prompt_token_factor": (float, 0.01, 100),
     "reply_scale": (float, 0.01, 100),
     "reply_text": (str, 1, 4096),
+    "substitute_model": (str, 1, 128),
+    "substitute_rate": (float, 0, 1),
 }
 
 
@@ -62,7 +69,7 @@ def _check(key: str, value: object) -> object:
     if key not in _LIMITS:
         raise ValueError(f"unknown fault {key!r}; known: {', '.join(_LIMITS)}")
     kind, low, high = _LIMITS[key]
-    if key in ("cut_after", "echo_model", "reply_text") and value is None:
+    if key in ("cut_after", "echo_model", "reply_text", "substitute_model") and value is None:
         return None
     if kind is str:
         if isinstance(value, str) and low <= len(value) <= high and value.strip():

@@ -179,6 +179,7 @@ class Server:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     queue_timeout_s: float = 5.0  # how long a call over a backend's limit waits for a slot
     drain_timeout_s: float = 30.0  # after SIGTERM: how long calls in flight may still run
+    session_max_s: float = 3600.0  # a WebSocket session's longest life; then closed with 1001
 
 
 @dataclass(frozen=True, slots=True)

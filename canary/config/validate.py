@@ -70,6 +70,7 @@ _SERVER: dict[str, Rule] = {
     "max_body_bytes": Num(minimum=1, maximum=1 << 30, integer=True),
     "queue_timeout_s": Num(maximum=600),
     "drain_timeout_s": Num(maximum=3600),
+    "session_max_s": Num(strict_min=True, maximum=7 * 86_400),
 }
 _BACKEND_LIMITS: dict[str, Rule] = {
     "max_concurrency": Num(minimum=1, integer=True),

@@ -28,6 +28,9 @@ class Faults:
     prompt_token_factor: float = 1.0  # prompt tokens billed, times this
     reply_scale: float = 1.0  # the reply's length, times this
     reply_text: str | None = None  # another reply (another model's style)
+    # WebSocket sessions (canary.tools.simulate.sessions)
+    session_refuse_status: int | None = None  # refuse every handshake with this status
+    session_cut_after: int | None = None  # drop a session, no close frame, after N frames
 
     def __post_init__(self) -> None:
         self.update(asdict(self))
@@ -53,14 +56,19 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     "prompt_token_factor": (float, 0.01, 100),
     "reply_scale": (float, 0.01, 100),
     "reply_text": (str, 1, 4096),
+    "session_refuse_status": (int, 400, 599),
+    "session_cut_after": (int, 0, math.inf),
 }
+_NULLABLE = frozenset(
+    {"cut_after", "echo_model", "reply_text", "session_refuse_status", "session_cut_after"}
+)
 
 
 def _check(key: str, value: object) -> object:
     if key not in _LIMITS:
         raise ValueError(f"unknown fault {key!r}; known: {', '.join(_LIMITS)}")
     kind, low, high = _LIMITS[key]
-    if key in ("cut_after", "echo_model", "reply_text") and value is None:
+    if key in _NULLABLE and value is None:
         return None
     if kind is str:
         if isinstance(value, str) and low <= len(value) <= high and value.strip():

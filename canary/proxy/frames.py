@@ -164,7 +164,8 @@ async def relay(
             await _close_client(send, ending.code, "upstream failed")
         else:
             await _stop(up)
-            await _close_upstream(upstream, sendable(ending.code, GOING_AWAY), "")
+            code = 1000 if ending.code == 1005 else sendable(ending.code, GOING_AWAY)
+            await _close_upstream(upstream, code, "")
             await _bounded(down)
     else:
         ending = Ending("limit", GOING_AWAY)

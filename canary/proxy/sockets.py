@@ -112,7 +112,9 @@ async def _keep_refusal(_: aiohttp.ClientSession, __: SimpleNamespace, params: A
 class AiohttpSockets(AsyncResource):
     """Upstream WebSockets on the proxy's pool (its connector: DNS cache, TLS, limits)."""
 
-    def __init__(self, connector: aiohttp.BaseConnector | None) -> None:
+    def __init__(
+        self, connector: aiohttp.BaseConnector | None, close_timeout_s: float = CLOSE_TIMEOUT_S
+    ) -> None:
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(_keep_refusal)
         self._session = aiohttp.ClientSession(
@@ -123,7 +125,7 @@ class AiohttpSockets(AsyncResource):
             trace_configs=[trace],
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        self._timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT_S)
+        self._timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=close_timeout_s)
 
     async def connect(self, handshake: Handshake) -> UpstreamSocket:
         kept = _Refusal()

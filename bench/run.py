@@ -1050,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children on SIGTERM as on Ctrl-C
     started = time.monotonic()
     import streams  # bench/streams.py: rows 5, canary vs a bare forwarder
+    import ws  # bench/ws.py: row 5e, canary's sessions vs a bare WebSocket relay
 
     rows: list[Row] = []
     try:
@@ -1057,6 +1058,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.only_streams:
                 rows = run_all(settings, fleet)
             figures = streams.measure(fleet, args.stream_rounds, args.quick)
+            figures["ws"] = ws.measure(fleet, args.stream_rounds, args.quick)
     except KeyboardInterrupt:
         print("bench: interrupted; all processes stopped", file=sys.stderr)
         return 130
@@ -1067,6 +1069,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows:
         print(render(rows, info, settings))
     print("\n" + streams.render(figures))
+    print("\n" + ws.render(figures["ws"]))
     report = {
         "machine": info,
         "settings": asdict(settings),

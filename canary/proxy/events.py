@@ -34,6 +34,8 @@ _SERVER = frozenset(
     }
 )
 
+_AFTER = ("c", "d")  # response.created / .completed / .done (and .content_part: parsed no further)
+
 
 def event_type(text: str) -> str | None:
     """The ``type`` of a JSON event when it is named near the start, else None."""
@@ -92,7 +94,16 @@ class Scan:
             self.asked = model
 
     def server(self, text: str) -> None:
-        """A server event: meter its usage, audit the first model it names."""
+        """A server event: meter its usage, audit the first model it names.
+
+        On every frame: compact JSON (``"type":"``, as the providers send it) is told
+        apart by two characters of its type (``s``ession., ``r``esponse.``c``/``d``...),
+        so deltas cost one ``find`` and two compares."""
+        at = text.find('"type":"', 0, HEAD)
+        if at >= 0:
+            first = text[at + 8 : at + 9]
+            if first != "s" and (first != "r" or text[at + 17 : at + 18] not in _AFTER):
+                return
         kind = event_type(text)
         if kind is None or kind not in _SERVER:
             return

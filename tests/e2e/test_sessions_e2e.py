@@ -7,8 +7,10 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,7 @@ from tests.helpers import (
     CLIENT_KEY,
     LEGACY_KEY,
     RELAY_KEY,
+    ROOT,
     SECRETS,
     Stack,
     free_port,
@@ -169,6 +172,45 @@ def test_openai_sdk_sessions_split_metered_and_sent_with_the_backends_keys(
     assert metered == sum(a + b for a, b in usages) > 0
     lines = [line for line in stack.output().splitlines() if '"proxy.session"' in line]
     assert len(lines) == len(USERS) and all('"frames_out"' in line for line in lines)
+    _no_secret_in(stack)
+
+
+def _node_sdk() -> str:
+    """A directory with the openai Node SDK (and ``ws``) installed, cached under .venv."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed: the Node SDK check needs them")
+    cache = ROOT / ".venv" / "node-sdk"
+    if not (cache / "node_modules" / "openai" / "package.json").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "package.json").write_text('{"name": "canary-e2e-node", "private": true}')
+        install = ["npm", "install", "--no-audit", "--no-fund", "openai", "ws"]
+        done = subprocess.run(install, cwd=cache, capture_output=True, timeout=300, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"npm install openai ws failed (offline?): {done.stderr[-300:]!r}")
+    shutil.copy(ROOT / "tests" / "e2e" / "node" / "sessions.mjs", cache / "sessions.mjs")
+    return str(cache)
+
+
+def test_openai_node_sdk_sessions_split_and_metered(stack_factory: Any) -> None:
+    """The openai Node SDK's Responses WebSocket client through canary at 50/50: both
+    backends serve sessions with their own keys, and /status meters what they billed."""
+    directory = _node_sdk()
+    stack = _start(stack_factory)
+    args = ["node", "sessions.mjs", f"{stack.url}/v1", CLIENT_KEY, "8"]
+    done = subprocess.run(args, cwd=directory, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    usages = json.loads(done.stdout.strip().splitlines()[-1])
+    wait_until(lambda: all(s["open"] == 0 for s in _sessions(stack).values()), what="closed")
+    doc = stack.status()
+    total = 0
+    for which, key in (("legacy", LEGACY_KEY), ("relay", RELAY_KEY)):
+        stats = stack.sim(which, "/_sim/stats")
+        assert stats["sessions"]["accepted"] == doc["backends"][which]["sessions"]["total"] > 0
+        assert stats["last_request"]["headers"]["authorization"] == f"Bearer {fingerprint(key)}"
+        tokens = doc["backends"][which]["tokens"]
+        assert tokens["output"] == stats["tokens"]["completion"]
+        total += tokens["input"] + tokens["output"]
+    assert total == sum(a + b for a, b in usages) > 0
     _no_secret_in(stack)
 
 

@@ -212,11 +212,17 @@ class Session:
         """The upstream handshake; None when it failed (fallen back, or the client told)."""
         p, backend = self.p, t.backend
         assert p.sockets is not None
-        p.stats.window(backend.name).start()
-        t.began = p.clock()
         wait = connect_s(backend.timeout_s) + backend.timeout_s
         try:
-            upstream = await p.sockets.connect(handshake(self.scope, backend, self.answer, wait))
+            request = handshake(self.scope, backend, self.answer, wait)
+        except RouterError as bad:  # a header that is not UTF-8: nothing reached the upstream
+            t.outcome = "bad_request"
+            t.status = await self.answer.deny(bad, backend.name, t.origin)
+            return None
+        p.stats.window(backend.name).start()
+        t.began = p.clock()
+        try:
+            upstream = await p.sockets.connect(request)
         except Refused as refused:
             t.status, t.kind = refused.status, fault_kind(refused.status)
             t.outcome = f"upstream_{refused.status}"
@@ -224,12 +230,6 @@ class Session:
                 t.fall_back, t.deferred = True, t.kind is None
                 return None
             await self.answer.relay_refusal(refused, backend.name, t.origin)
-            return None
-        except httpx.LocalProtocolError:
-            t.outcome, t.began = "bad_request", None  # nothing reached the upstream
-            p.stats.window(backend.name).finish(0.0, error=False)
-            bad = RouterError("A header could not be forwarded.", code="invalid_header", status=400)
-            t.status = await self.answer.deny(bad, backend.name, t.origin)
             return None
         except httpx.TransportError as exc:
             t.outcome = outcome_of(exc)

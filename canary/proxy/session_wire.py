@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import Message, Scope, Send
 
@@ -58,15 +58,37 @@ def handshake(scope: Scope, backend: Backend, answer: Answer, wait_s: float) -> 
     """The session's upstream handshake on ``backend`` (see the module docstring)."""
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     target = ws_url(backend.base_url) + raw_path[3:].decode("latin-1")
-    if scope["query_string"]:
-        target += "?" + scope["query_string"].decode("latin-1")
+    query: bytes = scope["query_string"]
+    if query:
+        target += "?" + _mapped(query, backend).decode("latin-1")
     headers = [
         (k, v)
         for k, v in upstream_headers(scope["headers"], backend, answer.request_id, False)
         if not k.startswith(b"sec-websocket-")
     ]
+    try:
+        for k, v in headers:
+            k.decode(), v.decode()
+    except UnicodeDecodeError:  # aiohttp writes UTF-8; the bytes never show (they may be a key)
+        raise RouterError(
+            "A request header could not be forwarded (not UTF-8).",
+            code="invalid_header",
+            status=400,
+        ) from None
     protocols = tuple(p for p in scope.get("subprotocols", ()) if not p.startswith(KEY_PROTOCOL))
     return Handshake(target, headers, protocols, wait_s)
+
+
+def _mapped(query: bytes, backend: Backend) -> bytes:
+    """The query with ``?model=`` rewritten by the backend's ``model_map``."""
+    model = model_of(query) if backend.model_map else None
+    if model is None or model not in backend.model_map:
+        return query
+    pairs = [
+        (name, backend.model_map[model] if name == "model" else value)
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    ]
+    return urlencode(pairs).encode("latin-1")
 
 
 class Answer:

@@ -86,3 +86,39 @@ def test_a_subprotocol_key_is_checked_as_a_bearer_key() -> None:
     assert client_key_headers({b"authorization": b"Bearer a"}, ["x"]) == {
         b"authorization": b"Bearer a"
     }
+
+
+def test_the_upstream_handshake_carries_the_backends_key_only() -> None:
+    """Upstream: ws scheme, the client's keys, Sec-WebSocket-* and the subprotocol key
+    dropped, the backend's key added, OpenAI-Beta kept, ``?model=`` through model_map."""
+    from starlette.types import Scope
+
+    from canary.config.model import Backend
+    from canary.proxy.session_wire import Answer, handshake
+
+    scope: Scope = {
+        "type": "websocket",
+        "path": "/v1/realtime",
+        "raw_path": b"/v1/realtime",
+        "query_string": b"model=gpt-realtime&x=1",
+        "headers": [
+            (b"authorization", b"Bearer client"),
+            (b"x-api-key", b"client"),
+            (b"sec-websocket-key", b"abc"),
+            (b"sec-websocket-protocol", b"realtime, openai-insecure-api-key.client"),
+            (b"openai-beta", b"realtime=v1"),
+        ],
+        "subprotocols": ["realtime", "openai-insecure-api-key.client"],
+    }
+    backend = Backend("relay", "https://r.example/v1", "sk-relay", model_map={"gpt-realtime": "rt"})
+
+    async def send(_: object) -> None: ...
+
+    out = handshake(scope, backend, Answer(send, b"rid", scope), 5.0)
+    assert out.url == "wss://r.example/v1/realtime?model=rt&x=1"
+    assert out.protocols == ("realtime",)
+    headers = dict(out.headers)
+    assert b"client" not in b"".join(v for _, v in out.headers)
+    assert headers[b"x-api-key"] == b"sk-relay"  # the scheme the client used
+    assert headers[b"openai-beta"] == b"realtime=v1"
+    assert not any(k.startswith(b"sec-websocket-") for k in headers)

@@ -105,28 +105,39 @@ async def _upward(receive: Receive, upstream: UpstreamSocket, tally: Tally, scan
 
 
 async def _downward(upstream: UpstreamSocket, send: Send, tally: Tally, scan: Scan) -> Ending:
-    """The upstream's frames to the client until the upstream ends (or the client is gone)."""
-    receive = upstream.receive
-    while True:
-        msg = await receive()
-        kind = msg.type
-        try:
+    """The upstream's frames to the client until the upstream ends (or the client is gone).
+
+    The hot loop of a session: locals only, one message dict per kind reused (the server
+    encodes a message before ``send`` returns), the tally written once at the end."""
+    receive, server = upstream.receive, scan.server
+    text_out: dict[str, Any] = {"type": "websocket.send", "text": ""}
+    bytes_out: dict[str, Any] = {"type": "websocket.send", "bytes": b""}
+    frames = size = 0
+    try:
+        while True:
+            msg = await receive()
+            kind = msg.type
             if kind is _TEXT:
                 text: str = msg.data
-                scan.server(text)
-                await send({"type": "websocket.send", "text": text})
-                tally.bytes_out += len(text)
+                server(text)
+                text_out["text"] = text
+                await send(text_out)
+                size += len(text)
             elif kind is _BINARY:
-                await send({"type": "websocket.send", "bytes": msg.data})
-                tally.bytes_out += len(msg.data)
+                bytes_out["bytes"] = msg.data
+                await send(bytes_out)
+                size += len(msg.data)
             else:
-                return _upstream_end(msg, upstream)
-        except OSError:  # uvicorn's ClientDisconnected: the client went away mid-write
-            return Ending("client", 1006)
-        tally.frames_out += 1
+                return _upstream_end(msg)
+            frames += 1
+    except OSError:  # uvicorn's ClientDisconnected: the client went away mid-write
+        return Ending("client", 1006)
+    finally:
+        tally.frames_out += frames
+        tally.bytes_out += size
 
 
-def _upstream_end(msg: aiohttp.WSMessage, upstream: UpstreamSocket) -> Ending:
+def _upstream_end(msg: aiohttp.WSMessage) -> Ending:
     """What a message that is not a frame says about the upstream's end."""
     if msg.type is _CLOSE:
         code = sendable(msg.data or 1005, 1000)

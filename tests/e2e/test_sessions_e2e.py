@@ -170,8 +170,12 @@ def test_openai_sdk_sessions_split_metered_and_sent_with_the_backends_keys(
         assert doc["backends"][which]["cost_usd"] > 0
     metered = sum(b["tokens"]["input"] + b["tokens"]["output"] for b in doc["backends"].values())
     assert metered == sum(a + b for a, b in usages) > 0
-    lines = [line for line in stack.output().splitlines() if '"proxy.session"' in line]
-    assert len(lines) == len(USERS) and all('"frames_out"' in line for line in lines)
+
+    def lines() -> list[str]:  # the access log is buffered: it may come a moment later
+        return [line for line in stack.output().splitlines() if '"proxy.session"' in line]
+
+    wait_until(lambda: len(lines()) == len(USERS), what="one access line per session")
+    assert all('"frames_out"' in line and '"close_code"' in line for line in lines())
     _no_secret_in(stack)
 
 

@@ -168,6 +168,9 @@ def test_openai_sdk_sessions_split_metered_and_sent_with_the_backends_keys(
             stats["tokens"]["completion"],
         )
         assert doc["backends"][which]["cost_usd"] > 0
+    audits = [counts for models in doc["audit"].values() for counts in models.values()]
+    assert sum(c["match"] for c in audits) == len(USERS)  # session.model / response.model
+    assert sum(c["mismatch"] + c["absent"] for c in audits) == 0
     metered = sum(b["tokens"]["input"] + b["tokens"]["output"] for b in doc["backends"].values())
     assert metered == sum(a + b for a, b in usages) > 0
 

@@ -61,12 +61,14 @@ class Sockets:
     """relay refuses every handshake with ``status``; legacy accepts."""
 
     def __init__(self, status: int) -> None:
-        self.status = status
+        self.status = status  # 0: the connect fails
         self.seen: list[Handshake] = []
 
     async def connect(self, handshake: Handshake) -> UpstreamSocket:
         self.seen.append(handshake)
         if "relay.test" in handshake.url:
+            if not self.status:
+                raise httpx.ConnectError("GET ws://relay.test/v1/realtime: refused")
             raise Refused(self.status, "application/json", b'{"error": {"message": "no"}}')
         return Upstream()
 
@@ -121,6 +123,13 @@ async def test_a_canary_4xx_handshake_is_answered_by_the_baseline(tmp_path: Path
         "ws://relay.test/v1/realtime?model=m",
         "ws://legacy.test/v1/realtime?model=m",
     ]
+
+
+async def test_a_failed_connect_is_the_canarys_error_and_falls_back(tmp_path: Path) -> None:
+    """A canary that cannot be reached: counted as ``connect``, the baseline serves."""
+    sent, plane, _ = await _session(tmp_path, True, 0)
+    assert dict(sent[0]["headers"])[b"x-canary-backend"] == b"legacy"
+    assert plane.meter.failures == {("relay", "connect"): 1}
 
 
 async def test_without_fallback_the_upstreams_refusal_goes_to_the_client(tmp_path: Path) -> None:

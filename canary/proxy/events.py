@@ -34,7 +34,11 @@ _SERVER = frozenset(
     }
 )
 
-_AFTER = ("c", "d")  # response.created / .completed / .done (and .content_part: parsed no further)
+# The relay's filter on every frame, two C-level ``startswith``: compact JSON with its type
+# first (how the providers send events) is read only when it is one of ``_SERVER``; any
+# other shape is left to ``Scan.server``'s own search.
+COMPACT = '{"type":"'
+WANTED = tuple(COMPACT + kind + '"' for kind in sorted(_SERVER))
 
 
 def event_type(text: str) -> str | None:
@@ -94,16 +98,8 @@ class Scan:
             self.asked = model
 
     def server(self, text: str) -> None:
-        """A server event: meter its usage, audit the first model it names.
-
-        On every frame: compact JSON (``"type":"``, as the providers send it) is told
-        apart by two characters of its type (``s``ession., ``r``esponse.``c``/``d``...),
-        so deltas cost one ``find`` and two compares."""
-        at = text.find('"type":"', 0, HEAD)
-        if at >= 0:
-            first = text[at + 8 : at + 9]
-            if first != "s" and (first != "r" or text[at + 17 : at + 18] not in _AFTER):
-                return
+        """A server event: meter its usage, audit the first model it names. The relay
+        calls it only for a frame ``worth_reading`` (``canary.proxy.frames``)."""
         kind = event_type(text)
         if kind is None or kind not in _SERVER:
             return

@@ -23,7 +23,7 @@ How a session ends, and what the other side gets:
 
 Every close waits at most ``CLOSE_TIMEOUT_S`` for the peer's answer (aiohttp's close
 timeout upstream, uvicorn's towards the client), so nothing stays open. Server events
-are scanned (``canary.proxy.events``) only when their type could matter.
+are read (``canary.proxy.events``) only when their type could matter.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 from starlette.types import Receive, Send
 
-from canary.proxy.events import Scan
+from canary.proxy.events import COMPACT, WANTED, Scan
 from canary.proxy.sockets import CLOSE_TIMEOUT_S, UpstreamSocket
 
 _TEXT, _BINARY, _CLOSE, _CLOSING = (
@@ -119,7 +119,8 @@ async def _downward(upstream: UpstreamSocket, send: Send, tally: Tally, scan: Sc
             kind = msg.type
             if kind is _TEXT:
                 text: str = msg.data
-                server(text)
+                if text.startswith(WANTED) or not text.startswith(COMPACT):
+                    server(text)  # deltas, the bulk of a session, never get here
                 text_out["text"] = text
                 await send(text_out)
                 size += len(text)

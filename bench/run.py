@@ -1053,6 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     import streams  # bench/streams.py: rows 5, canary vs a bare forwarder
     import uploads  # bench/uploads.py: rows 6, a 200 MB upload through the same pair
+    import ws  # bench/ws.py: row 5e, canary's sessions vs a bare WebSocket relay
 
     rows: list[Row] = []
     figures: dict[str, Any] = {}
@@ -1063,6 +1064,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows = run_all(settings, fleet)
             if not args.only_uploads:
                 figures = streams.measure(fleet, args.stream_rounds, args.quick)
+                figures["ws"] = ws.measure(fleet, args.stream_rounds, args.quick)
             if not args.only_streams:
                 upload_figures = uploads.measure(fleet, args.upload_rounds)
     except KeyboardInterrupt:
@@ -1076,6 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(rows, info, settings))
     if figures:
         print("\n" + streams.render(figures))
+        print("\n" + ws.render(figures["ws"]))
     if upload_figures:
         print("\n" + uploads.render(upload_figures))
     report = {

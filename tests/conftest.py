@@ -64,6 +64,8 @@ def stack_factory(sims: tuple[str, str], tmp_path: Path) -> Iterator[Any]:
                     "prompt_token_factor": 1.0,
                     "reply_scale": 1.0,
                     "reply_text": None,
+                    "session_refuse_status": None,
+                    "session_cut_after": None,
                 },
             ).raise_for_status()
         config = tmp_path / f"routes{len(started)}.yaml"

@@ -225,6 +225,7 @@ class Server:
     hold_answer_bytes: int = DEFAULT_HOLD_ANSWER_BYTES  # non-stream JSON answers read whole
     client_timeout_s: float = 30.0  # the longest wait for the next bytes of a client's body
     cors: Cors = field(default_factory=Cors)
+    session_max_s: float = 3600.0  # a WebSocket session's longest life; then closed with 1001
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ _SERVER: dict[str, Rule] = {
     "max_upload_bytes": Num(minimum=1, maximum=1 << 40, integer=True),
     "hold_answer_bytes": Num(maximum=1 << 30, integer=True),
     "client_timeout_s": Num(strict_min=True, maximum=3600),
+    "session_max_s": Num(strict_min=True, maximum=7 * 86_400),
 }
 _CORS: dict[str, Rule] = {"max_age_s": Num(maximum=86400, integer=True)}
 _BACKEND_LIMITS: dict[str, Rule] = {

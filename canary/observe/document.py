@@ -62,6 +62,18 @@ class BackendCostDoc(TypedDict):
     unmetered_requests: int  # answered calls whose usage could not be read
 
 
+class SessionsDoc(TypedDict):
+    """A backend's WebSocket sessions (SPEC §3a), lifetime; ``in`` is client -> upstream."""
+
+    open: int
+    total: int
+    cut: int  # ended abnormally by the upstream (session_cut)
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+
+
 class BackendDoc(BackendCostDoc):
     """One backend: window figures (``window_s``), lifetime totals, limits and cost."""
 
@@ -80,6 +92,7 @@ class BackendDoc(BackendCostDoc):
     total_requests: int
     total_errors: int
     limits: LimitsDoc
+    sessions: SessionsDoc
     since_change: NotRequired[SinceChangeDoc]  # canaries only
 
 

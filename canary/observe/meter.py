@@ -65,6 +65,9 @@ class Meter:
         self.unmetered: dict[str, int] = {}  # answered calls without a usage object
         self.rate: dict[int, dict[tuple[str, str], list[int]]] = {}  # slot -> (route, model)
         self.internal_errors = 0  # faults of the router itself, answered as 500
+        # WebSocket sessions (SPEC §3a): backend -> [open, total, cut, frames_in,
+        # frames_out, bytes_in, bytes_out] ("in": client -> upstream)
+        self.sessions: dict[str, list[int]] = {}
         self.first_usage_at: float | None = None  # on ``clock``: when metered traffic began
         # Model audit (SPEC §9): (backend, asked model) -> [match, variant, mismatch, absent]
         self.audits: dict[tuple[str, str], list[int]] = {}
@@ -164,6 +167,22 @@ class Meter:
             for backend, usd in extra.items():
                 out[backend] = out.get(backend, 0.0) + usd
         return out
+
+    def session_opened(self, backend: str) -> None:
+        """A WebSocket session to ``backend`` was accepted upstream."""
+        row = self.sessions.get(backend)
+        if row is None:
+            row = self.sessions[backend] = [0] * 7
+        row[0] += 1
+        row[1] += 1
+
+    def session_closed(self, backend: str, cut: bool, tally: tuple[int, int, int, int]) -> None:
+        """An open session ended; ``tally``: frames in, frames out, bytes in, bytes out."""
+        row = self.sessions.setdefault(backend, [0] * 7)
+        row[0] -= 1
+        row[2] += cut
+        for i, n in enumerate(tally, 3):
+            row[i] += n
 
     def no_usage(self, backend: str) -> None:
         """An answered call whose usage could not be read (a stream without include_usage)."""
@@ -307,6 +326,7 @@ class Meter:
             "unmetered": self.unmetered,
             "rate": {str(s): flat(r) for s, r in self.rate.items()},
             "internal_errors": self.internal_errors,
+            "sessions": self.sessions,
             "first_usage_at": self.first_usage_at,
             "audits": flat(self.audits),
             "last_mismatch": flat(self.last_mismatch),
@@ -351,6 +371,10 @@ class Meter:
             if not any(e[1:] == (backend, asked, echoed) for e in self.audit_events):
                 self.audit_events.append((at, backend, asked, echoed))
         self._absorb_shadow(data)
+        for k, counts in data.get("sessions", {}).items():
+            row = self.sessions.setdefault(k, [0] * 7)
+            for i, n in enumerate(counts):
+                row[i] += n
         for k, v in data["unmetered"].items():
             self.unmetered[k] = self.unmetered.get(k, 0) + v
         for backend, hist in data["latency"].items():

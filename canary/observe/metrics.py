@@ -39,6 +39,7 @@ def families(doc: StatusDocument, meter: Meter) -> Iterator[Metric]:
     yield from _call_families(meter)
     yield from _limiter_families(meter)
     yield from _token_families(meter)
+    yield from _session_families(meter)
     yield _counter(
         "canary_model_audit",
         "Answers by the model they named against the one asked (after model_map): match, "
@@ -98,10 +99,10 @@ def _call_families(meter: Meter) -> Iterator[Metric]:
 
     yield _counter(
         "canary_upstream_failures",
-        "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut, 401 (key "
-        "refused), 402, 403 (account barred), credit_spent (a code in the error body "
-        "or a 402: insufficient_quota, insufficient_user_quota...), rejected (a 4xx the baseline "
-        "then served).",
+        "Failed upstream tries by kind: timeout, connect, 5xx, 429, stream_cut, session_cut, "
+        "401 (key refused), 402, 403 (account barred), credit_spent (a code in the error body "
+        "or a 402: insufficient_quota, insufficient_user_quota...), rejected (a 4xx the "
+        "baseline then served).",
         ["backend", "kind"],
         meter.failures.items(),
     )
@@ -159,6 +160,41 @@ def _token_families(meter: Meter) -> Iterator[Metric]:
         ["backend"],
         _one(meter.unmetered),
     )
+
+
+def _session_families(meter: Meter) -> Iterator[Metric]:
+    """WebSocket sessions (SPEC §3a): open now, opened, cut, frames and bytes each way."""
+    rows = sorted(meter.sessions.items())
+    open_now = GaugeMetricFamily(
+        "canary_sessions_open", "WebSocket sessions open now.", labels=["backend"]
+    )
+    for name, row in rows:
+        open_now.add_metric([name], row[0])
+    yield open_now
+    yield _counter(
+        "canary_sessions", "WebSocket sessions accepted upstream.", ["backend"], _col(rows, 1)
+    )
+    yield _counter(
+        "canary_sessions_cut",
+        "WebSocket sessions the upstream ended abnormally (1006, 1011, no close frame).",
+        ["backend"],
+        _col(rows, 2),
+    )
+    for unit, first in (("frames", 3), ("bytes", 5)):
+        yield _counter(
+            f"canary_session_{unit}",
+            f"WebSocket {unit} relayed; direction in: client to upstream, out: back.",
+            ["backend", "direction"],
+            [
+                ((name, d), row[first + i])
+                for name, row in rows
+                for i, d in enumerate(("in", "out"))
+            ],
+        )
+
+
+def _col(rows: list[tuple[str, list[int]]], index: int) -> list[tuple[tuple[str], int]]:
+    return [((name,), row[index]) for name, row in rows]
 
 
 def _backend_families(backends: Mapping[str, BackendDoc]) -> Iterator[Metric]:

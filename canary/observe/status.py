@@ -27,6 +27,7 @@ from canary.observe.document import (
     ReadinessDoc,
     RollbackDoc,
     RouteDoc,
+    SessionsDoc,
     StatusDocument,
     Weights,
     WorkersDoc,
@@ -135,6 +136,7 @@ _KIND_WORDS = {
     "timeout": "timeouts",
     "connect": "connection failures",
     "stream_cut": "streams cut",
+    "session_cut": "sessions cut",
 }
 
 
@@ -205,7 +207,23 @@ def status_document(
         name: _backend(name, backend, stats, breakers, costs[name], fleet)
         for name, backend in cfg.backends.items()
     }
+    for name, b in doc["backends"].items():
+        b["sessions"] = _sessions(meter.sessions.get(name))
     return doc
+
+
+def _sessions(row: list[int] | None) -> SessionsDoc:
+    """A backend's WebSocket sessions from the meter's row (every worker's, merged)."""
+    n = row or [0] * 7
+    return {
+        "open": n[0],
+        "total": n[1],
+        "cut": n[2],
+        "frames_in": n[3],
+        "frames_out": n[4],
+        "bytes_in": n[5],
+        "bytes_out": n[6],
+    }
 
 
 def _readiness_bars(cfg: Config) -> ReadinessDoc:
@@ -328,6 +346,7 @@ def _backend(
         "total_requests": s.total_requests,
         "total_errors": s.total_errors,
         "limits": {"max_concurrency": backend.max_concurrency, "max_qps": backend.max_qps},
+        "sessions": _sessions(None),  # filled from the meter by the caller
         "tokens": cost["tokens"],
         "cost_usd": cost["cost_usd"],
         "unpriced_tokens": cost["unpriced_tokens"],

@@ -22,6 +22,7 @@ from canary.observe.logs import line_writer
 from canary.proxy.answers import INTERNAL
 from canary.proxy.exchange import Exchange
 from canary.proxy.plane import Plane
+from canary.proxy.session import Sessions
 from canary.types import ANSWER
 
 log = structlog.get_logger("canary.proxy")
@@ -33,8 +34,12 @@ class Proxy:
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
         self._line = line_writer("proxy.request", "canary.proxy")
+        self.sessions = Sessions(plane)  # WebSocket sessions (canary.proxy.session)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.sessions(scope, receive, send)
+            return
         exchange = Exchange(self.plane, scope, receive, send)
         scope[ANSWER] = exchange.client  # for the drain, should it have to cut this call
         try:

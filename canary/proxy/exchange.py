@@ -65,7 +65,7 @@ from canary.proxy.retry import (
     kept,
     retryable_error,
 )
-from canary.proxy.router import match_route, pick, sticky_key
+from canary.proxy.router import match_route, sticky_key
 from canary.proxy.transport import Answer, Outgoing, headers_wait
 from canary.proxy.upload import Upload, stalled
 from canary.proxy.watchdog import Watch
@@ -177,13 +177,7 @@ class Exchange:
         self.client.route = route.name.encode()
         if any(cfg.backends[n].model_map for n in route.weights):
             body.json()  # refused the same way whichever backend the draw picks
-        weights = self.p.weights.get(route.name, route.weights)  # a rollout's, if any
-        name = pick(weights, sticky_key(route, hdrs, body), self.p.rng)
-        if name != route.baseline:
-            circuit = self.p.breakers.circuits.get(name)
-            if circuit is not None and not circuit.admit():
-                name = route.baseline  # rolled back: the baseline takes this call
-        return cfg.backends[name]
+        return cfg.backends[self.p.choose(route, sticky_key(route, hdrs, body))]
 
     async def _forward(self, backend: Backend) -> None:
         """The chosen backend; on an early failure, the baseline once."""
@@ -450,17 +444,8 @@ class Exchange:
         return out
 
     def _count(self, name: str, began: float, kind: str | None, verdict: bool = True) -> None:
-        """A try ended: its window, its circuit and its failure kind move here, and only here."""
-        p = self.p
-        p.stats.window(name).finish(p.clock() - began, error=kind is not None)
-        circuit = p.breakers.circuits.get(name)
-        if circuit is not None:
-            if verdict:
-                circuit.record(error=kind is not None, kind=kind)
-            else:
-                circuit.abandon()
-        if kind is not None:
-            p.meter.failure(name, kind)
+        """A try ended: counted by the plane (``Plane.count``, shared with sessions)."""
+        self.p.count(name, self.p.clock() - began, kind, verdict)
 
     def _account(self, t: Try) -> None:
         """A call ended: its open try counted, its tokens and its status metered."""

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
-from canary.config.model import Backend
+from canary.config.model import Backend, Route
 from canary.config.store import ConfigStore
 from canary.observe.meter import Meter
 from canary.proxy.headers import upstream_headers
 from canary.proxy.retry import RetryBudget
+from canary.proxy.router import pick
 from canary.proxy.shadow import Shadows
+from canary.proxy.sockets import Sockets
 from canary.proxy.transport import Outgoing, Upstream
 from canary.proxy.watchdog import Watchdog
 from canary.safety.breaker import Breakers
@@ -48,6 +50,7 @@ class Plane:
     rng: random.Random
     sleep: Sleep = asyncio.sleep
     access_log: bool = True
+    sockets: Sockets | None = None  # upstream WebSockets (sessions); None: none can open
     # route name -> the weights a progressive rollout wants there (canary.safety.rollouts)
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
     budget: RetryBudget = field(init=False)
@@ -57,6 +60,28 @@ class Plane:
     def __post_init__(self) -> None:
         self.budget = RetryBudget(self.clock)
         self.shadows = Shadows(self.meter, self, self.rng)
+
+    def choose(self, route: Route, key: str | None) -> str:
+        """The backend for one call (or session) on ``route``: a rollout's weights if any,
+        by ``key`` when sticky; a canary whose circuit is not closed gives it to the baseline."""
+        name = pick(self.weights.get(route.name, route.weights), key, self.rng)
+        if name != route.baseline:
+            circuit = self.breakers.circuits.get(name)
+            if circuit is not None and not circuit.admit():
+                name = route.baseline  # rolled back: the baseline takes this call
+        return name
+
+    def count(self, name: str, seconds: float, kind: str | None, verdict: bool = True) -> None:
+        """A try ended: its window, its circuit and its failure kind move here, and only here."""
+        self.stats.window(name).finish(seconds, error=kind is not None)
+        circuit = self.breakers.circuits.get(name)
+        if circuit is not None:
+            if verdict:
+                circuit.record(error=kind is not None, kind=kind)
+            else:
+                circuit.abandon()
+        if kind is not None:
+            self.meter.failure(name, kind)
 
     def upstream_request(
         self,

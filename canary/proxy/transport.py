@@ -381,6 +381,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = session
         return session
 
+    def pool(self) -> aiohttp.ClientSession:
+        """The pooled session, opened on first use (WebSocket sessions share its connector)."""
+        return self._session if self._session is not None else self._open()
+
     def _timeout(self, connect: float | None) -> aiohttp.ClientTimeout:
         """aiohttp's bound on the connect only (one per value, shared)."""
         timeout = self._timeouts.get(connect)

@@ -39,6 +39,18 @@ async def _not_started(scope: Scope, receive: Receive, send: Send) -> None:
     await error_response(_NOT_STARTED)(scope, receive, send)
 
 
+_NO_WEBSOCKET = RouterError(
+    "WebSocket sessions are served under /v1/ only.", code="not_found", status=404
+)
+
+
+async def _no_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    """A WebSocket handshake outside ``/v1/``: a 404 in OpenAI's shape (starlette sends
+    the denial response when the server offers it, else closes)."""
+    await receive()  # websocket.connect
+    await error_response(_NO_WEBSOCKET)(scope, receive, send)
+
+
 class Canary:
     """The ASGI app: ``/v1/*`` to the proxy, the rest to the control plane.
 
@@ -58,7 +70,11 @@ class Canary:
         ).app(self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind == "websocket":  # a session (canary.proxy.session), only under /v1/
+            app = self.proxy if scope["path"].startswith("/v1/") else _no_websocket
+            await self.traffic.run(app, scope, receive, send)
+        elif kind != "http":
             await self.control(scope, receive, send)  # the lifespan
         elif scope["path"].startswith("/v1/"):
             await self.traffic.run(self.proxy, scope, receive, send)

@@ -7,7 +7,8 @@
                flight run to their end
             -> at the drain timeout (server.drain_timeout_s or --drain-timeout-s, counted
                from SIGTERM, grace included) what still runs is cut cleanly: a call not
-               answered yet gets a 503 in OpenAI's shape, an SSE stream an error event
+               answered yet gets a 503 in OpenAI's shape, an SSE stream an error event,
+               an open WebSocket session close code 1001 (both ways)
             -> the lifespan shuts down and the process exits 0
 
 ``Traffic`` sits in front of the app and knows every call in flight; ``DrainingServer``
@@ -65,6 +66,9 @@ class _Call:
             status=503,
         )
         answer: Answer | None = self._scope.get(ANSWER)
+        if self._scope["type"] == "websocket":
+            await self._end_session(answer, error)
+            return
         # An app that left no Answer (the control plane's short JSON) is taken as not
         # started; if it had, the server refuses the second start and the body stays cut.
         with contextlib.suppress(RuntimeError):  # the server's word: it had completed
@@ -79,6 +83,18 @@ class _Call:
                 await self._send({"type": "http.response.body", "body": b""})
         # Any other body under way stays incomplete: uvicorn closes the connection, so the
         # client sees a broken response rather than a short "complete" one.
+
+    async def _end_session(self, answer: Answer | None, error: RouterError) -> None:
+        """A WebSocket session: closed with 1001 (the session closed its upstream itself,
+        ``canary.proxy.frames``), or denied with the 503 before its handshake was answered."""
+        with contextlib.suppress(RuntimeError, OSError):  # closed already, or gone
+            if answer is None or not answer.started:
+                headers = [(b"content-type", b"application/json")]
+                start = {"type": "websocket.http.response.start", "status": 503}
+                await self._send({**start, "headers": headers})
+                await self._send({"type": "websocket.http.response.body", "body": error.body()})
+            else:
+                await self._send({"type": "websocket.close", "code": 1001, "reason": _CUT})
 
 
 class Traffic:
@@ -118,6 +134,11 @@ class Traffic:
             self._cutting.add(task)
             task.cancel(_CUT)
         return len(self._calls)
+
+
+def _is_session(connection: object) -> bool:
+    """A WebSocket connection (uvicorn would close it with 1012 at once, not at the timeout)."""
+    return "websockets" in type(connection).__module__
 
 
 def default_grace_s(host: str) -> float:
@@ -195,7 +216,8 @@ class DrainingServer(uvicorn.Server):
         for sock in sockets or []:
             sock.close()
         for connection in list(self.server_state.connections):
-            connection.shutdown()  # idle ones close now, busy ones after their response
+            if not _is_session(connection):  # open sessions run on until the drain timeout
+                connection.shutdown()  # idle ones close now, busy ones after their response
         try:
             async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
                 await self._settled(drain=True)

@@ -42,6 +42,7 @@ from canary.fleet.workers import Fleet
 from canary.observe.meter import Meter
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
+from canary.proxy.sockets import AiohttpSockets
 from canary.proxy.transport import AiohttpTransport, as_upstream
 from canary.safety.failover import FailoverLimiter
 from canary.safety.limits import MemoryLimiter
@@ -119,7 +120,10 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))
         if options.signals:
             await stack.enter_async_context(on_sighup(lambda: core.store.reload(reason="SIGHUP")))
-        proxy = _proxy(core, options, limiter, transport)
+        sockets = None
+        if isinstance(transport, AiohttpTransport):  # sessions need a real pool
+            sockets = await stack.enter_async_context(AiohttpSockets(transport.pool().connector))
+        proxy = _proxy(core, options, limiter, transport, sockets)
         stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
         yield Running(proxy, limiter, fleet)
 
@@ -191,6 +195,7 @@ def _proxy(
     options: AppOptions,
     limiter: MemoryLimiter | FailoverLimiter,
     transport: httpx.AsyncBaseTransport,
+    sockets: AiohttpSockets | None,
 ) -> Proxy:
     plane = Plane(
         core.store,
@@ -203,6 +208,7 @@ def _proxy(
         rng=options.rng or random.Random(),
         sleep=options.sleep,
         access_log=options.access_log,
+        sockets=sockets,
         weights=core.rollouts.overrides,
     )
     return Proxy(plane)

@@ -453,3 +453,17 @@ def test_readable_encodings_drop_only_what_canary_cannot_read() -> None:
     assert readable_encodings(b"gzip, deflate, br, zstd") == b"gzip, deflate"
     assert readable_encodings(b"br;q=1.0, gzip;q=0.8") == b"gzip;q=0.8"
     assert readable_encodings(b"br") == b"identity"
+
+
+def test_sessions_are_counted_and_summed_across_workers() -> None:
+    """WebSocket sessions: open while open, cut when cut, frames and bytes each way; a
+    worker's export adds into another's view as every other counter does."""
+    one, two = Meter(lambda: 0.0), Meter(lambda: 0.0)
+    one.session_opened("relay")
+    one.session_opened("relay")
+    one.session_closed("relay", True, (1, 5, 10, 50))
+    two.session_opened("relay")
+    merged = Meter(lambda: 0.0)
+    for meter in (one, two):
+        merged.absorb(orjson.loads(orjson.dumps(meter.export())))
+    assert merged.sessions["relay"] == [2, 3, 1, 1, 5, 10, 50]

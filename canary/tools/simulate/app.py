@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -44,6 +45,13 @@ from canary.tools.simulate.billing import SimBilling
 from canary.tools.simulate.faults import Faults
 from canary.tools.simulate.files import Files
 from canary.tools.simulate.sampling import distribution, family, temperature_of
+from canary.tools.simulate.sessions import (
+    Cut,
+    Link,
+    RealtimeState,
+    ResponsesState,
+    converse,
+)
 from canary.tools.simulate.stats import Stats
 from canary.types import Clock, Sleep
 
@@ -94,8 +102,11 @@ class Simulator:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._session(scope, receive, send)
+            return
         if scope["type"] != "http":
-            return  # no websockets here
+            return
         path: str = scope["path"]
         # An upload is counted as it streams (canary.tools.simulate.files), never held.
         body = b"" if _streamed(scope) else await read_body(receive)
@@ -332,6 +343,59 @@ class Simulator:
 
     async def _json(self, send: Send, status: int, payload: object, headers: Headers = ()) -> None:
         await send_json(send, status, payload, [self._name_header, *headers])
+
+    # --- WebSocket sessions (canary.tools.simulate.sessions) ---------------------------
+
+    async def _session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One WebSocket session: refused as the faults say, else answered until it ends."""
+        await receive()  # websocket.connect
+        self.stats.started({**scope, "method": "GET"}, b"")
+        try:
+            try:
+                state = self._session_state(scope)
+            except Refused as refused:
+                self.stats.sessions_refused += 1
+                body = orjson.dumps(_error_body(scope["path"], refused))
+                headers = [(b"content-type", b"application/json"), self._name_header]
+                start = {"type": "websocket.http.response.start", "status": refused.status}
+                await send({**start, "headers": headers})
+                await send({"type": "websocket.http.response.body", "body": body})
+                return
+            offered = scope.get("subprotocols") or []
+            accept = {"type": "websocket.accept", "subprotocol": offered[0] if offered else None}
+            await send({**accept, "headers": [self._name_header]})
+            self.stats.sessions += 1
+            delay = self.faults.chunk_delay_ms / 1000
+            link = Link(send, self.faults.session_cut_after, delay, self._sleep)
+            try:
+                await converse(state, receive, link, self._billed)
+            except Cut:
+                self.stats.sessions_cut += 1  # returning without a close frame drops it
+        finally:
+            self.stats.in_flight -= 1
+
+    def _session_state(self, scope: Scope) -> RealtimeState | ResponsesState:
+        if self._api_key is not None and not carries_key(scope["headers"], self._api_key):
+            self.stats.unauthorized += 1
+            raise Refused(401, "Incorrect API key provided (simulated).", "invalid_api_key")
+        status = self.faults.session_refuse_status
+        if status is not None:
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            raise Refused(status, f"Simulated refusal {status} from {self.name}", "simulated", kind)
+        if scope["path"] == "/v1/responses":
+            return ResponsesState(self._call)
+        if scope["path"] != "/v1/realtime":
+            raise Refused(404, f"No WebSocket endpoint at {scope['path']}", "not_found")
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        model = query.get("model")
+        if not model:
+            raise Refused(400, "'model' is required in the query", "invalid_request")
+        self._models[model] = None
+        call = self._call({}, model)
+        return RealtimeState(call.model, call.reply)
+
+    async def _billed(self, prompt: int, completion: int) -> None:
+        self.stats.billed(prompt, completion)
 
     # --- /_sim control plane ------------------------------------------------------------
 

@@ -43,6 +43,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of JSON answers cut short of their content-length",
     )
     add("--hang", action="store_true", help="accept requests and never answer")
+    add("--session-refuse-status", type=int, default=None, help="refuse WebSocket handshakes")
+    add("--session-cut-after", type=int, default=None, help="drop sessions after N frames")
     add("--echo-model", default=None, help="name this model in every answer (a substitution)")
     add("--prompt-token-factor", type=float, default=1.0, help="bill prompt tokens times this")
     add("--reply-scale", type=float, default=1.0, help="make the reply this many times as long")

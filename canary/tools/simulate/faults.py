@@ -34,6 +34,9 @@ class Faults:
     # and billing its answers' words as an honest one would.
     substitute_model: str | None = None
     substitute_rate: float = 1.0
+    # WebSocket sessions (canary.tools.simulate.sessions)
+    session_refuse_status: int | None = None  # refuse every handshake with this status
+    session_cut_after: int | None = None  # drop a session, no close frame, after N frames
 
     def __post_init__(self) -> None:
         self.update(asdict(self))
@@ -62,14 +65,26 @@ _LIMITS: dict[str, tuple[type, float, float]] = {
     "reply_text": (str, 1, 4096),
     "substitute_model": (str, 1, 128),
     "substitute_rate": (float, 0, 1),
+    "session_refuse_status": (int, 400, 599),
+    "session_cut_after": (int, 0, math.inf),
 }
+_NULLABLE = frozenset(
+    {
+        "cut_after",
+        "echo_model",
+        "reply_text",
+        "substitute_model",
+        "session_refuse_status",
+        "session_cut_after",
+    }
+)
 
 
 def _check(key: str, value: object) -> object:
     if key not in _LIMITS:
         raise ValueError(f"unknown fault {key!r}; known: {', '.join(_LIMITS)}")
     kind, low, high = _LIMITS[key]
-    if key in ("cut_after", "echo_model", "reply_text", "substitute_model") and value is None:
+    if key in _NULLABLE and value is None:
         return None
     if kind is str:
         if isinstance(value, str) and low <= len(value) <= high and value.strip():

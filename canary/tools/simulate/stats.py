@@ -33,6 +33,7 @@ class Stats:
         self.requests = self.in_flight = self.peak_in_flight = 0
         self.errors_injected = self.rate_limited = self.cut = self.hung = self.unauthorized = 0
         self.prompt_tokens = self.completion_tokens = 0
+        self.sessions = self.sessions_refused = self.sessions_cut = 0  # WebSocket sessions
         self.by_path: Counter[str] = Counter()
         self.starts: dict[int, int] = {}
         self.recent: deque[float] = deque()  # starts in the last second, for the peak
@@ -74,6 +75,11 @@ class Stats:
             "cut": self.cut,
             "hung": self.hung,
             "unauthorized": self.unauthorized,
+            "sessions": {
+                "accepted": self.sessions,
+                "refused": self.sessions_refused,
+                "cut": self.sessions_cut,
+            },
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "starts_per_second": {str(s): n for s, n in self.starts.items() if s > horizon},
             "peak_starts_1s": self.peak_starts_1s,

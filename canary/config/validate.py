@@ -34,9 +34,10 @@ from canary.config.model import (
     Shadow,
     State,
     Sticky,
+    Telemetry,
     digest,
 )
-from canary.config.rollout import rollout_block
+from canary.config.rollout import ROLLOUT_RULES, rollout_block
 from canary.errors import ConfigProblem
 
 T = TypeVar("T")
@@ -90,6 +91,7 @@ _TOP = {
     "pricing",
     "server",
     "rollout",
+    "telemetry",
 }
 _BACKEND = {"base_url", "api_key", "api_key_header", "model_map", *_BACKEND_LIMITS}
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # where a backend's key may go
@@ -100,6 +102,27 @@ _SHADOW: dict[str, Rule] = {
     "max_usd_per_day": ANY,
 }
 _MATCH = {"paths", "models", "headers"}
+NAME_PATTERN = _NAME.pattern  # backend and route names
+TRACES = ("auto", "on", "off")  # telemetry.traces; YAML 1.1 reads a bare on/off as a boolean
+
+# Every rule table by the dataclass it builds: validation reads them above, and the JSON
+# Schema and the configuration reference (``canary.config.schema``) read them here.
+RULES: dict[type, Mapping[str, Rule]] = {
+    Backend: _BACKEND_LIMITS,
+    Route: _ROUTE_FLAGS,
+    Shadow: _SHADOW,
+    Rollback: _ROLLBACK,
+    Readiness: _READINESS,
+    Retry: _RETRY,
+    Price: _PRICE,
+    Server: _SERVER,
+    **ROLLOUT_RULES,
+}
+# Keys whose value is one of a few strings, by the dataclass that holds them.
+CHOICES: dict[type, Mapping[str, Sequence[str]]] = {
+    Backend: {"api_key_header": KEY_HEADERS},
+    Telemetry: {"traces": TRACES},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +154,7 @@ def validate(tree: Tree) -> Config:
     pricing = _pricing(r, top.get("pricing"), set(backends))
     server = _section(r, top.get("server"), "server", Server, _SERVER)
     rollout = rollout_block(r, top.get("rollout"), backends, routes)
+    telemetry = _telemetry(r, top.get("telemetry"))
     if problems.items:
         raise problems.error()
     return Config(
@@ -147,6 +171,7 @@ def validate(tree: Tree) -> Config:
         pricing=pricing,
         server=server,
         rollout=rollout,
+        telemetry=telemetry,
     )
 
 
@@ -367,6 +392,19 @@ def _price(r: Reader, value: Any, path: str) -> Price:
         if key not in p and isinstance(value, dict):
             r.p.add(path, f"missing {key!r} (USD per million tokens)")
     return Price(**r.values(p, path, _PRICE))
+
+
+def _telemetry(r: Reader, value: Any) -> Telemetry:
+    t = r.mapping(value, "telemetry", {"traces"})
+    traces = t.get("traces")
+    if traces is None:
+        return Telemetry()
+    if isinstance(traces, bool):  # an unquoted on/off
+        return Telemetry(traces="on" if traces else "off")
+    if traces == "auto" or traces == "on" or traces == "off":
+        return Telemetry(traces=traces)
+    r.p.add("telemetry.traces", f"must be one of {', '.join(TRACES)}")
+    return Telemetry()
 
 
 def _key_problem(key: str) -> str | None:

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from canary.config.model import Backend, Config, Route
 from canary.errors import RouterError
+from canary.observe.tracing import NO_TRACE, Trace
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body, read_body
@@ -99,6 +100,7 @@ class Exchange:
         "route",
         "scope",
         "started",
+        "trace",
         "watch",
     )
 
@@ -118,6 +120,7 @@ class Exchange:
         self.refusal: RouterError | None = None
         self.watch: Watch | None = None  # the call's deadlines (canary.proxy.watchdog)
         self.follower: asyncio.Task[None] | None = None  # listens for a disconnect
+        self.trace: Trace = NO_TRACE  # its spans, when tracing is on (canary.observe.tracing)
 
     async def run(self) -> None:
         try:
@@ -169,6 +172,7 @@ class Exchange:
         dog = self.p.watchdog
         watch = self.watch = dog.watch(on_long=self._follow_client)
         copy = self.p.shadows.start(self, backend) if route.shadow is not None else None
+        trace = self.trace = self.p.tracing.begin(self)
         try:
             t = await self._call(backend, None, baseline not in (None, backend))
             if t.fall_back and baseline is not None:
@@ -184,6 +188,7 @@ class Exchange:
                 raise
             watch.task.uncancel()  # the client left: not a backend failure, nothing to answer
         finally:
+            trace.ended(self)
             dog.release(watch)
             if self.follower is not None:
                 self.follower.cancel()
@@ -209,6 +214,7 @@ class Exchange:
         """One call to one backend, its retries included; accounted when it ends."""
         billed = self.dialect.billed and self.scope["method"] == "POST"
         t = self.last = Try(backend, origin, billed)
+        self.trace.try_began(t)
         t.since = self.p.clock()
         lease = await self._admit(t)
         if lease is None:
@@ -393,9 +399,11 @@ class Exchange:
     def _request(self, backend: Backend) -> Outgoing:
         assert self.body is not None
         content, rewritten = self.body.for_backend(backend)
-        return self.p.upstream_request(
+        out = self.p.upstream_request(
             self.scope, backend, content, self.client.request_id, rewritten
         )
+        self.trace.outgoing(out.headers)  # the try's own traceparent, when tracing is on
+        return out
 
     def _count(self, name: str, began: float, kind: str | None, verdict: bool = True) -> None:
         """A try ended: its window, its circuit and its failure kind move here, and only here."""
@@ -437,3 +445,4 @@ class Exchange:
         if not t.status and t.outcome in NO_VERDICT:
             t.status = 499  # nginx's "client closed request": no answer was given
         p.meter.call(self.route.name, name, t.status, p.clock() - t.since)
+        self.trace.try_ended(t)

@@ -17,6 +17,7 @@ from starlette.types import Scope
 from canary.config.model import Backend
 from canary.config.store import ConfigStore
 from canary.observe.meter import Meter
+from canary.observe.tracing import OFF, Tracing
 from canary.proxy.headers import upstream_headers
 from canary.proxy.retry import RetryBudget
 from canary.proxy.shadow import Shadows
@@ -49,6 +50,7 @@ class Plane:
     access_log: bool = True
     # route name -> the weights a progressive rollout wants there (canary.safety.rollouts)
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    tracing: Tracing = OFF  # OpenTelemetry spans of each call; OFF: no-ops (SPEC §12)
     budget: RetryBudget = field(init=False)
     shadows: Shadows = field(init=False)  # routes' shadow copies (SPEC §9)
     watchdog: Watchdog = field(init=False, default_factory=Watchdog)  # every stream's deadline

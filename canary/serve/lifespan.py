@@ -11,6 +11,7 @@
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
     rollout        the progressive rollout's tick, its webhooks; without Redis, its state file
+    tracing        (telemetry.traces, OTEL_*) OpenTelemetry spans; a last flush on the way out
     watcher        routes.yaml polled for changes
     SIGHUP         (serve) reload on the signal
 
@@ -30,12 +31,14 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
+from canary.config.model import Telemetry
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import file_store
 from canary.fleet.rollout_shared import SharedRollout
 from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
+from canary.observe.tracing import Tracing, build_tracing
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
 from canary.proxy.transport import AiohttpTransport, as_upstream
@@ -104,7 +107,11 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))
         if options.signals:
             await stack.enter_async_context(on_sighup(lambda: core.store.reload(reason="SIGHUP")))
-        proxy = _proxy(core, options, limiter, transport)
+        tracing = options.tracing or build_tracing(
+            cfg.telemetry if cfg is not None else Telemetry(), os.environ
+        )
+        stack.push_async_callback(tracing.aclose)
+        proxy = _proxy(core, options, limiter, transport, tracing)
         stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
         yield Running(proxy, limiter, fleet)
 
@@ -159,6 +166,7 @@ def _proxy(
     options: AppOptions,
     limiter: MemoryLimiter | FailoverLimiter,
     transport: httpx.AsyncBaseTransport,
+    tracing: Tracing,
 ) -> Proxy:
     plane = Plane(
         core.store,
@@ -172,5 +180,6 @@ def _proxy(
         sleep=options.sleep,
         access_log=options.access_log,
         weights=core.rollouts.overrides,
+        tracing=tracing,
     )
     return Proxy(plane)

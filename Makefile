@@ -42,7 +42,7 @@ bench: venv  ## direct vs through canary: rps, latency, router CPU per request
 docs: venv  ## the docs site into site/ (mkdocs --strict), after regenerating the config reference
 	$(BIN)/canary config schema > schema/routes.schema.json
 	$(BIN)/canary config reference > docs/configuration.md
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 fmt: venv
 	$(BIN)/ruff format .

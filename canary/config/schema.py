@@ -231,23 +231,36 @@ def _field(cls: type, name: str, hint: Any) -> Json:
         schema = {"enum": list(choices)}
     elif get_origin(inner) is Literal:
         schema = {"enum": list(get_args(inner))}
-    elif inner is str:
-        schema = _TEXT
-    elif inner in (int, float):
-        schema = _number(Num(integer=inner is int), "")
-    elif isinstance(inner, type) and dataclasses.is_dataclass(inner):
-        schema = {"$ref": f"#/$defs/{inner.__name__}"} if inner in _DEFS else _object(inner)
-    elif get_origin(inner) in (tuple, frozenset):
-        schema = _STRINGS
-    elif get_origin(inner) is Mapping:
-        schema = {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}}
     else:
-        raise TypeError(f"{cls.__name__}.{name}: no schema for {hint!r}")
+        schema = _value(cls, name, inner)
     if required and cls is not Price:  # a price written as null is 0
         return schema
     if nullable or not dataclasses.is_dataclass(inner):
         return {"anyOf": [*_branches(schema), {"type": "null"}]}
     return schema
+
+
+def _value(cls: type, name: str, hint: Any) -> Json:
+    """A value by its type alone: a section, a list or a mapping of values."""
+    args = get_args(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return {"$ref": f"#/$defs/{hint.__name__}"} if hint in _DEFS else _object(hint)
+    if hint in (tuple[str, ...], frozenset[str]):
+        return _STRINGS  # one string or a list (``Reader.strings``)
+    if get_origin(hint) in (tuple, frozenset, list) and args:
+        return {"type": "array", "items": _value(cls, name, args[0])}
+    if get_origin(hint) is Mapping and len(args) == 2:
+        item = {"type": "string", "minLength": 1} if args[1] is str else None
+        return {"type": "object", "additionalProperties": item or _value(cls, name, args[1])}
+    if hint is str:
+        return _TEXT
+    if hint in (int, float):
+        return _number(Num(integer=hint is int), "")
+    if hint is bool:
+        return {"anyOf": [{"type": "boolean"}, _env()]}
+    if get_origin(hint) is Literal:
+        return {"enum": list(args)}
+    raise TypeError(f"{cls.__name__}.{name}: no schema for {hint!r}: add one to _SHAPES")
 
 
 def _number(rule: Num, description: str) -> Json:

@@ -8,13 +8,13 @@ Traces span three modules, one per layer:
   ``try_ended`` per call to a backend, ``ended`` once. Off, ``OFF`` hands out ``NO_TRACE``,
   whose methods do nothing: a few no-op calls per request, and opentelemetry is not even
   imported;
-- ``canary.observe.otel``: the real thing, imported by ``build_tracing`` only when tracing
+- ``canary.observe.otel``: the real thing, imported (by the lifespan) only when tracing
   is on: one SERVER span per call named per the GenAI conventions (``chat gpt-4.1``), one
   CLIENT span per try under it, the client's ``traceparent`` continued, each upstream call
   given its own; exported over OTLP/HTTP by the SDK's batch processor, in its own thread,
   so an exporter that fails or hangs never reaches a client;
-- ``canary.serve.lifespan`` builds it with the other process resources and shuts it down
-  (a last flush, bounded) when the server stops.
+- ``canary.serve.lifespan`` (``_tracing``) builds it with the other process resources and
+  shuts it down (a last flush, bounded) when the server stops.
 """
 
 from __future__ import annotations
@@ -115,12 +115,3 @@ def traces_on(telemetry: Telemetry, environ: Mapping[str, str]) -> bool:
     if telemetry.traces == "auto":
         return any(environ.get(name, "").strip() for name in ENDPOINT_VARS)
     return telemetry.traces == "on"
-
-
-def build_tracing(telemetry: Telemetry, environ: Mapping[str, str]) -> Tracing:
-    """``OFF``, or the OTLP tracer (``canary.observe.otel``, imported only then)."""
-    if not traces_on(telemetry, environ):
-        return OFF
-    from canary.observe.otel import otlp_tracing
-
-    return otlp_tracing(environ)

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
-from canary.config.model import Telemetry
+from canary.config.model import Config, Telemetry
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import file_store
 from canary.fleet.rollout_shared import SharedRollout
 from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
-from canary.observe.tracing import Tracing, build_tracing
+from canary.observe.tracing import OFF, Tracing, traces_on
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
 from canary.proxy.transport import AiohttpTransport, as_upstream
@@ -107,9 +107,7 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             await stack.enter_async_context(core.store.watching(options.watch_interval_s))
         if options.signals:
             await stack.enter_async_context(on_sighup(lambda: core.store.reload(reason="SIGHUP")))
-        tracing = options.tracing or build_tracing(
-            cfg.telemetry if cfg is not None else Telemetry(), os.environ
-        )
+        tracing = options.tracing or _tracing(cfg)
         stack.push_async_callback(tracing.aclose)
         proxy = _proxy(core, options, limiter, transport, tracing)
         stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
@@ -138,6 +136,15 @@ async def _share_state(
         forget_on_failure=options.fleet_dir is None,
     )
     return await stack.enter_async_context(windows)
+
+
+def _tracing(cfg: Config | None) -> Tracing:
+    """``OFF``, or spans over OTLP: opentelemetry is imported only then (SPEC §12)."""
+    if not traces_on(cfg.telemetry if cfg is not None else Telemetry(), os.environ):
+        return OFF
+    from canary.observe.otel import otlp_tracing
+
+    return otlp_tracing(os.environ)
 
 
 def _transport(options: AppOptions) -> httpx.AsyncBaseTransport:

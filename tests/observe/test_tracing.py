@@ -3,6 +3,7 @@ upstream call carries; off, nothing of opentelemetry is loaded."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,20 +58,44 @@ def test_traces_follow_the_setting_and_the_standard_variables(
     assert traces_on(Telemetry(traces=traces), env) is on  # type: ignore[arg-type]
 
 
-def test_off_loads_no_tracer_sdk_or_exporter() -> None:
-    """Off, neither canary's tracer nor the SDK's tracing or exporter is imported.
+OFF_CALL = """
+import asyncio, sys
+import httpx
+from asgi_lifespan import LifespanManager
+from canary.serve.app import create_app
 
-    (redis-py 8 itself imports the OpenTelemetry API and metrics SDK when installed.)"""
-    code = (
-        "import sys, canary.serve.app, canary.tools.cli\n"
-        "from canary.config.model import Telemetry\n"
-        "from canary.observe.tracing import OFF, NO_TRACE, build_tracing\n"
-        "assert build_tracing(Telemetry(), {}) is OFF and OFF.begin(None) is NO_TRACE\n"
-        "loaded = ('canary.observe.otel', 'opentelemetry.sdk.trace', 'opentelemetry.exporter')\n"
-        "print(sorted(m for m in sys.modules if m.startswith(loaded)))\n"
+async def main() -> None:
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": True}))
+    app = create_app(sys.argv[1], transport=upstream, watch=False)
+    async with LifespanManager(app) as m, httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=m.app), base_url="http://c"
+    ) as c:
+        r = await c.post("/v1/chat/completions", json={"model": "gpt-4.1"},
+                         headers={"traceparent": sys.argv[2]})
+        assert r.status_code == 200, r.text
+        assert app.live.proxy.plane.tracing.enabled is False
+    loaded = ("canary.observe.otel", "opentelemetry.sdk.trace", "opentelemetry.exporter")
+    print(sorted(m for m in sys.modules if m.startswith(loaded)))
+
+asyncio.run(main())
+"""
+
+
+def test_off_a_call_loads_no_tracer_sdk_or_exporter(tmp_path: Path) -> None:
+    """Off, a call through the router imports neither canary's tracer nor the SDK's tracing
+    or exporter (redis-py 8 itself imports the OpenTelemetry API and metrics SDK)."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", OFF_CALL, str(config), f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"  # after the router's log lines
     assert OFF.enabled is False
 
 

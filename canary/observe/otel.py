@@ -174,27 +174,32 @@ class _Trace(Trace):
         self.tries.clear()
         last, span = exchange.last, self.span
         if last is not None:
-            span.set_attribute("canary.backend", last.backend.name)
-            span.set_attribute("canary.fallback", exchange.first is not None)
-            span.set_attribute("server.address", _server(last.backend.base_url)[0])
-            _answer(span, last)
+            more = {
+                "canary.backend": last.backend.name,
+                "canary.fallback": exchange.first is not None,
+                "server.address": _server(last.backend.base_url)[0],
+            }
+            _answer(span, last, more)
         span.end()
 
 
-def _answer(span: Span, t: TryView) -> None:
-    """What a try's answer said, on its span (or on the call's, for the one the client got)."""
-    span.set_attribute("canary.outcome", t.outcome)
+def _answer(span: Span, t: TryView, more: dict[str, Any] | None = None) -> None:
+    """What a try's answer said, on its span (or on the call's, for the one the client got);
+    set at once: each ``set_attribute`` takes the span's lock."""
+    attributes: dict[str, Any] = more or {}
+    attributes["canary.outcome"] = t.outcome
     if t.status:
-        span.set_attribute("http.response.status_code", t.status)
+        attributes["http.response.status_code"] = t.status
     if t.head is not None and (model := echoed_model(t.head)) is not None:
-        span.set_attribute("gen_ai.response.model", model)
+        attributes["gen_ai.response.model"] = model
     if t.tokens is not None:
-        span.set_attribute("gen_ai.usage.input_tokens", t.tokens[0])
-        span.set_attribute("gen_ai.usage.output_tokens", t.tokens[1])
+        attributes["gen_ai.usage.input_tokens"] = t.tokens[0]
+        attributes["gen_ai.usage.output_tokens"] = t.tokens[1]
     error = _error_type(t)
     if error is not None:
-        span.set_attribute("error.type", error)
+        attributes["error.type"] = error
         span.set_status(Status(StatusCode.ERROR, error))
+    span.set_attributes(attributes)
 
 
 def _error_type(t: TryView) -> str | None:

@@ -214,7 +214,7 @@ def _documents(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_documents())
 def test_canary_check_and_the_schema_agree_on_random_documents(data: dict[str, Any]) -> None:
     """Whatever one accepts the other accepts, and what one refuses the other refuses."""

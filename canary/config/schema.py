@@ -107,6 +107,7 @@ _SHAPES: dict[tuple[type, str], Json] = {
         "description": "backend -> client model (before model_map) -> price, for cost and ROI.",
     },
     (Config, "auth"): {
+        "description": "Who may call: client keys and the admin token.",
         "type": ["object", "null"],
         "additionalProperties": False,
         "properties": {
@@ -202,8 +203,9 @@ def _object(cls: type) -> Json:
         if f.name in _HIDDEN.get(cls, ()):
             continue
         schema = dict(_SHAPES.get((cls, f.name)) or _field(cls, f.name, hints[f.name]))
-        if docs.get(f.name) and "description" not in schema:
-            schema["description"] = docs[f.name]
+        text = docs.get(f.name) or _branches(schema)[0].get("description")
+        if text and "description" not in schema:
+            schema["description"] = text
         default = _default(f)
         if default is not None and "default" not in schema and "properties" not in schema:
             schema["default"] = default

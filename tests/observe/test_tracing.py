@@ -4,18 +4,21 @@ upstream call carries; off, nothing of opentelemetry is loaded."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from canary.config.model import Telemetry
+from canary.config.model import Backend, Match, Route, Telemetry
 from canary.observe.otel import tracing_with
 from canary.observe.tracing import OFF, traces_on
 
@@ -179,3 +182,97 @@ async def test_a_call_is_one_trace_continuing_the_clients_with_a_span_per_try(
         tp = f"00-{CLIENT_TRACE}-{format(span.context.span_id, '016x')}-01"
         assert sent[host] == [tp], host
     assert "sk-legacy-SECRET" not in repr([s.to_json() for s in spans.values()])
+
+
+class _Try:
+    """The fields of a try a trace reads."""
+
+    def __init__(self) -> None:
+        self.backend = Backend(name="relay", base_url="http://relay.test/v1")
+        self.origin: str | None = None
+        self.status, self.outcome, self.kind = 200, "ok", None
+        self.tokens: tuple[int, int] | None = (3, 4)
+        self.head: bytes | None = b'{"model": "gpt-4.1"}'
+
+
+class _Call:
+    """The fields of an exchange a trace reads, with the client's headers as given."""
+
+    def __init__(self, hdrs: dict[bytes, bytes]) -> None:
+        self.scope = {"path": "/v1/chat/completions", "method": "POST"}
+        self.hdrs = hdrs
+        self.route = Route(name="chat", match=Match(), weights={"relay": 1.0}, baseline="relay",
+                           sticky=None)  # fmt: skip
+        self.body = None
+        self.first: _Try | None = None
+        self.last: _Try | None = None
+
+
+TRACEPARENT = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_HEADER = st.one_of(
+    st.binary(max_size=80),
+    st.builds(
+        lambda v, t, s, f: f"{v}-{t}-{s}-{f}".encode(),
+        st.sampled_from(["00", "01", "ff", "0"]),
+        st.text("0123456789abcdefABCDEF", min_size=0, max_size=34),
+        st.text("0123456789abcdef", min_size=0, max_size=17),
+        st.sampled_from(["00", "01", "zz", ""]),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(traceparent=_HEADER, tracestate=st.one_of(st.none(), st.binary(max_size=60)))
+def test_any_client_trace_headers_give_a_well_formed_traceparent_upstream(
+    traceparent: bytes, tracestate: bytes | None
+) -> None:
+    """Whatever the client sends as trace context, its call is traced, and the request
+    upstream carries one well-formed traceparent of canary's try: the client's trace is
+    continued when its header was valid, and never forwarded as it came."""
+    exporter = InMemorySpanExporter()
+    tracing = tracing_with(SimpleSpanProcessor(exporter), {})
+    hdrs = {b"traceparent": traceparent}
+    if tracestate is not None:
+        hdrs[b"tracestate"] = tracestate
+    call, t = _Call(hdrs), _Try()
+    trace = tracing.begin(call)  # type: ignore[arg-type]
+    trace.try_began(t)
+    out = [(b"traceparent", traceparent), (b"x-request-id", b"r1")]
+    trace.outgoing(out)
+    trace.try_ended(t)
+    call.last = t
+    trace.ended(call)  # type: ignore[arg-type]
+
+    sent = [v for k, v in out if k == b"traceparent"]
+    assert len(sent) == 1 and TRACEPARENT.fullmatch(sent[0]), out
+    assert (b"x-request-id", b"r1") in out
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 2
+    trace_id = format(spans[0].context.trace_id, "032x")
+    assert sent[0].split(b"-")[1].decode() == trace_id
+    given_id = traceparent.split(b"-")[1] if traceparent.count(b"-") == 3 else b""
+    if trace_id.encode() != given_id.lower():  # a new trace: the client's was not valid
+        assert spans[1].parent is None
+
+
+async def test_a_collector_that_is_down_never_reaches_the_client(tmp_path: Path) -> None:
+    """Spans exported to a port where nothing listens: the call is answered as usual, and
+    the server still stops within its bound."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES)
+    upstream = Upstream()
+    upstream.handler = _answer
+    dead = OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", timeout=0.5)
+    options = {
+        "transport": httpx.MockTransport(upstream),
+        "watch": False,
+        "sleep": no_sleep,
+        "tracing": tracing_with(BatchSpanProcessor(dead, schedule_delay_millis=10), {}),
+    }
+    async with serving(str(config), **options) as client:  # type: ignore[arg-type]
+        for _ in range(3):
+            r = await client.post("/v1/chat/completions", json={"model": "gpt-4.1"})
+            assert r.status_code == 200

@@ -154,6 +154,8 @@ _SHAPES: dict[tuple[type, str], Json] = {
         "type": ["object", "null"],
         "additionalProperties": {"type": ["string", "number"]},
     },
+    (Match, "models"): {"anyOf": [*_STRINGS["anyOf"], {"type": "null"}]},
+    (Rollout, "routes"): {"anyOf": [*_STRINGS["anyOf"], {"type": "null"}]},
     (Rollout, "steps"): {"anyOf": [_steps(1), {"type": "null"}]},
     (Rollout, "gates"): {"anyOf": [_steps(0), {"type": "null"}]},
     (Rollout, "webhooks"): {
@@ -247,8 +249,8 @@ def _value(cls: type, name: str, hint: Any) -> Json:
     args = get_args(hint)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return {"$ref": f"#/$defs/{hint.__name__}"} if hint in _DEFS else _object(hint)
-    if hint in (tuple[str, ...], frozenset[str]):
-        return _STRINGS  # one string or a list (``Reader.strings``)
+    if hint in (tuple[str, ...], frozenset[str]):  # one string or a list of them
+        return {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
     if get_origin(hint) in (tuple, frozenset, list) and args:
         return {"type": "array", "items": _value(cls, name, args[0])}
     if get_origin(hint) is Mapping and len(args) == 2:

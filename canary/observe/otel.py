@@ -1,8 +1,9 @@
 """The OpenTelemetry side of ``canary.observe.tracing``: imported only when tracing is on.
 
 A call is one SERVER span named per the GenAI semantic conventions (``chat gpt-4.1``; a
-path without a GenAI operation: ``POST <route>``), continuing the client's trace when it
-sent a ``traceparent``. Each call to a backend (its retries included) is a CLIENT span
+path without a GenAI operation: ``POST <route>``; a call refused before routing: its
+operation or method, the refusal's code as ``error.type``), continuing the client's
+trace when it sent a ``traceparent``. Each call to a backend (its retries included) is a CLIENT span
 under it, and the request that leaves carries that span's context in place of the
 client's, so the provider's own spans hang under the try that called it.
 
@@ -59,6 +60,29 @@ class OtelTracing(Tracing):
     def begin(self, exchange: ExchangeView) -> Trace:
         return _Trace(self, exchange)
 
+    def refused(self, exchange: ExchangeView, status: int, code: str) -> None:
+        """One span, named by the operation (its model may not even have been read)."""
+        scope = exchange.scope
+        carrier = _carrier(exchange.hdrs, self.fields)
+        operation = OPERATIONS.get(scope["path"])
+        attributes: dict[str, Any] = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "http.response.status_code": status,
+            "error.type": code,
+            "canary.outcome": "refused",
+        }
+        if operation is not None:
+            attributes["gen_ai.operation.name"] = operation
+        span = self.tracer.start_span(
+            operation or scope["method"],
+            context=propagate.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        )
+        span.set_status(Status(StatusCode.ERROR, code))
+        span.end()
+
     async def aclose(self) -> None:
         """Flush and stop the exporter, in a thread: its last POST may be slow."""
         with contextlib.suppress(TimeoutError):
@@ -102,11 +126,7 @@ class _Trace(Trace):
     def __init__(self, tracing: OtelTracing, exchange: ExchangeView) -> None:
         self.tracing = tracing
         scope, route = exchange.scope, exchange.route
-        carrier = {
-            k.decode("latin-1"): v.decode("latin-1")
-            for k, v in exchange.hdrs.items()
-            if k in tracing.fields
-        }
+        carrier = _carrier(exchange.hdrs, tracing.fields)
         parent = propagate.extract(carrier) if carrier else None
         self.operation = OPERATIONS.get(scope["path"])
         self.model = exchange.body.accounted_model() if exchange.body is not None else None
@@ -200,6 +220,11 @@ def _answer(span: Span, t: TryView, more: dict[str, Any] | None = None) -> None:
         attributes["error.type"] = error
         span.set_status(Status(StatusCode.ERROR, error))
     span.set_attributes(attributes)
+
+
+def _carrier(hdrs: dict[bytes, bytes], fields: frozenset[bytes]) -> dict[str, str]:
+    """The client's trace context headers (``traceparent``, ``tracestate``...), as text."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in hdrs.items() if k in fields}
 
 
 def _error_type(t: TryView) -> str | None:

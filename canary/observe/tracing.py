@@ -5,7 +5,8 @@ Traces span three modules, one per layer:
 - ``canary.config.model.Telemetry``: ``telemetry.traces`` (auto | on | off), read at start-up;
 - this module: the hook. ``Tracing.begin(exchange)`` gives each call a ``Trace``, which the
   exchange (``canary.proxy.exchange``) tells of each step: ``try_began`` / ``outgoing`` /
-  ``try_ended`` per call to a backend, ``ended`` once. Off, ``OFF`` hands out ``NO_TRACE``,
+  ``try_ended`` per call to a backend, ``ended`` once (``Tracing.refused`` for a call
+  refused before routing). Off, ``OFF`` hands out ``NO_TRACE``,
   whose methods do nothing: a few no-op calls per request, and opentelemetry is not even
   imported;
 - ``canary.observe.otel``: the real thing, imported (by the lifespan) only when tracing
@@ -97,6 +98,9 @@ class Tracing:
 
     def begin(self, exchange: ExchangeView) -> Trace:
         return NO_TRACE
+
+    def refused(self, exchange: ExchangeView, status: int, code: str) -> None:
+        """A call the router answered itself before choosing a backend (bad key, no route)."""
 
     async def aclose(self) -> None:
         """Export what is still buffered; bounded."""

@@ -276,3 +276,31 @@ async def test_a_collector_that_is_down_never_reaches_the_client(tmp_path: Path)
         for _ in range(3):
             r = await client.post("/v1/chat/completions", json={"model": "gpt-4.1"})
             assert r.status_code == 200
+
+
+async def test_a_call_refused_before_routing_is_one_span(tmp_path: Path) -> None:
+    """A bad client key is answered by canary itself: one span, in the client's trace,
+    with the refusal's code as its error type, and no upstream call."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(ROUTES + "auth: {api_keys: ck-good-SECRET}\n")
+    exporter = InMemorySpanExporter()
+    upstream = Upstream()
+    options = {
+        "transport": httpx.MockTransport(upstream),
+        "watch": False,
+        "tracing": tracing_with(SimpleSpanProcessor(exporter), {}),
+    }
+    async with serving(str(config), **options) as client:  # type: ignore[arg-type]
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4.1"},
+            headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01", "x-api-key": "bad"},
+        )
+    assert r.status_code == 401 and upstream.requests == []
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat" and span.kind is SpanKind.SERVER
+    assert format(span.context.trace_id, "032x") == CLIENT_TRACE
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "invalid_api_key"
+    assert span.attributes["http.response.status_code"] == 401
+    assert span.status.status_code is StatusCode.ERROR

@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test check bench demo fmt clean venv
+.PHONY: run test check bench demo docs fmt clean venv
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "canary needs Python 3.11+")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,docs]'
 	@touch $(STAMP)
 
 run: venv  ## the router in front of built-in simulated providers (or your real ones)
@@ -39,9 +39,14 @@ demo: venv  ## watch a canary rolled back live (about a minute)
 bench: venv  ## direct vs through canary: rps, latency, router CPU per request
 	$(BIN)/python bench/run.py
 
+docs: venv  ## the docs site into site/ (mkdocs --strict), after regenerating the config reference
+	$(BIN)/canary config schema > schema/routes.schema.json
+	$(BIN)/canary config reference > docs/configuration.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 fmt: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf $(VENV) site *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -12,6 +12,8 @@ canary / forwarder. Both sit in front of one ``canary simulate`` whose reply is
      first event; (RSS with them open - RSS before) / ``BURST``. ``kept`` is the RSS not
      returned 2 s after they closed, per stream.
   5d first byte at ``BURST`` streams opened at once: p50 / p99 from send to first chunk.
+  5e CPU per plain call with traces on (``OTEL_EXPORTER_OTLP_ENDPOINT`` at a sink in this
+     process; the SDK's batch processor, OTLP/HTTP) against the same canary with them off.
 
 The load generator is this file with ``--loadgen SPEC`` in its own process.
 """
@@ -19,12 +21,17 @@ The load generator is this file with ``--loadgen SPEC`` in its own process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +142,49 @@ def _load(fleet: bench.Fleet, spec: StreamSpec) -> dict[str, Any]:
     return result
 
 
-def start_pair(fleet: bench.Fleet, sim_port: int, label: str) -> dict[str, bench.Router]:
-    """The forwarder and a 1-worker canary, both in front of the simulator."""
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """A sink on a free port, for as long as the block runs; yields its endpoint."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _traced(fleet: bench.Fleet, routes: Path, endpoint: str) -> bench.Router:
+    """A canary started with the OTLP endpoint in its environment: tracing on."""
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    try:
+        return bench.start_router(fleet, "canary-traced", routes)
+    finally:
+        del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+
+
+def start_pair(
+    fleet: bench.Fleet, sim_port: int, label: str, sink: str | None = None
+) -> dict[str, bench.Router]:
+    """The forwarder and a 1-worker canary before the simulator; with ``sink``, the same
+    canary with traces on too."""
     base = f"http://127.0.0.1:{sim_port}/v1"
     port = bench.free_port()
     args = [bench.PYTHON, str(Path(__file__).with_name("forwarder.py")), "--port", str(port)]
@@ -149,8 +197,10 @@ def start_pair(fleet: bench.Fleet, sim_port: int, label: str) -> dict[str, bench
         f'backends:\n  up: {{base_url: "{base}"}}\n'
         "routes:\n  - name: all\n    weights: {up: 100}\n"
     )
-    canary = bench.start_router(fleet, f"canary-{label}", routes)
-    return {"forwarder": forwarder, "canary": canary}
+    pair = {"forwarder": forwarder, "canary": bench.start_router(fleet, f"canary-{label}", routes)}
+    if sink is not None:
+        pair["canary-traced"] = _traced(fleet, routes, sink)
+    return pair
 
 
 def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
@@ -160,20 +210,24 @@ def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
                                       str(port := bench.free_port()), "--name", words])  # fmt: skip
     stats = f"http://127.0.0.1:{port}/_sim/stats"
     bench.wait_ready(sim, "simulator", stats, fleet.log_path("sim-streams"), lambda: True)
-    targets = start_pair(fleet, port, "streams")
+    sink = contextlib.ExitStack()
+    targets = start_pair(fleet, port, "streams", sink.enter_context(otlp_sink()))
     out: dict[str, Any] = {name: {"chunk_us": [], "call_ms": []} for name in targets}
     duration = 1.5 if quick else 3.0
     for n in range(rounds):
         for name, router in targets.items():
             pids = {"router": router.pids, "upstream": [sim.pid]}
-            bench.progress(f"5a/5b round {n + 1}/{rounds}: {name}")
-            bench.set_faults(port, chunk_delay_ms=CHUNK_DELAY_MS)
-            spec = StreamSpec(router.url, "paced", duration_s=duration, cpu_pids=pids)
-            r = _load(fleet, spec)
-            out[name]["chunk_us"].append(r["cpu_ms"]["router"] * 1000 / max(1, r["events"]))
+            bench.progress(f"5a/5b/5e round {n + 1}/{rounds}: {name}")
+            if name != "canary-traced":
+                bench.set_faults(port, chunk_delay_ms=CHUNK_DELAY_MS)
+                spec = StreamSpec(router.url, "paced", duration_s=duration, cpu_pids=pids)
+                r = _load(fleet, spec)
+                out[name]["chunk_us"].append(r["cpu_ms"]["router"] * 1000 / max(1, r["events"]))
             bench.set_faults(port, chunk_delay_ms=0)
             plain = bench.LoadSpec(router.url, "closed", 1.0, duration, 32, cpu_pids=pids)
             out[name]["call_ms"].append(bench.run_load(fleet, plain)["cpu_ms_per_req"]["router"])
+    fleet.stop(targets.pop("canary-traced").proc)
+    sink.close()
     bench.set_faults(port, chunk_delay_ms=IDLE_DELAY_MS)
     for name, router in targets.items():
         bench.progress(f"5c/5d {BURST} streams at once: {name}")
@@ -187,7 +241,7 @@ def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
 
 def render(figures: dict[str, Any]) -> str:
     """Rows 5 as a markdown table: forwarder, canary, canary / forwarder, target."""
-    fwd, can = figures["forwarder"], figures["canary"]
+    fwd, can, traced = figures["forwarder"], figures["canary"], figures.get("canary-traced")
 
     def per_stream(f: dict[str, Any], key: str) -> float:
         rss = f["burst"]["rss_kb"]
@@ -215,6 +269,14 @@ def render(figures: dict[str, Any]) -> str:
         ratio = c / f if f > 0 else float("nan")
         goal = "-" if target is None else f"<= {target:g}x {'ok' if ratio <= target else 'MISSED'}"
         lines.append(f"| {key} | {what} | {f:.3f} | {c:.3f} | {ratio:.2f}x | {goal} |")
+    if traced is not None:  # against canary with traces off, not against the forwarder
+        off, on = statistics.median(can["call_ms"]), statistics.median(traced["call_ms"])
+        ratio = on / off if off > 0 else float("nan")
+        goal = f"<= 1.1x {'ok' if ratio <= 1.1 else 'MISSED'}"
+        lines.append(
+            f"| 5e | CPU ms per plain call, traces on (off -> on) | {off:.3f} | {on:.3f} "
+            f"| {ratio:.2f}x | {goal} |"
+        )
     runs = len(fwd["chunk_us"])
     lines.append(f"\n- rows 5a/5b: medians of {runs} alternating runs each.")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ ALLOWED = {
     "fleet": {"config", "safety", "observe.meter"},
     "observe": {"config", "safety"},  # sibling workers through observe.status.Peers
     # The data plane never imports the renderers, the server or the tools.
-    "proxy": {"config", "safety", "observe.meter", "observe.logs"},
+    "proxy": {"config", "safety", "observe.meter", "observe.logs", "observe.tracing"},
     "serve": {"config", "safety", "fleet", "observe", "proxy"},
     # Tools reach a router over HTTP or through the composition root.
     "tools": {"config", "serve", "canary"},

@@ -34,7 +34,7 @@ BILLING_APIS = ("new-api", "one-api", "openrouter", "sub2api")  # SPEC §11
 class Billing:
     """Where canary reads the bill of a backend's key (SPEC §11), polled off the request path."""
 
-    api: Literal["new-api", "one-api", "openrouter", "sub2api"]
+    api: Literal["new-api", "one-api", "openrouter", "sub2api"]  # whose billing API it speaks
     url: str  # the billing API's origin; omitted in the file: the origin of ``base_url``
     poll_s: float = 60.0  # seconds between polls (with jitter)
 
@@ -46,13 +46,13 @@ class Backend:
     scheme the client used)."""
 
     name: str
-    base_url: str
-    api_key: str = field(default="", repr=False)
-    max_concurrency: int | None = None  # None: no limit
-    max_qps: float | None = None
-    timeout_s: float = 120.0
-    model_map: Mapping[str, str] = field(default_factory=dict)
-    api_key_header: str | None = None
+    base_url: str  # http(s) URL the request path is appended to (``https://api.openai.com/v1``)
+    api_key: str = field(default="", repr=False)  # sent upstream; never logged
+    max_concurrency: int | None = None  # in-flight requests to this backend; None: no limit
+    max_qps: float | None = None  # request starts in any one-second window; None: no limit
+    timeout_s: float = 120.0  # wait for the response headers, and for each next stream chunk
+    model_map: Mapping[str, str] = field(default_factory=dict)  # client model -> upstream model
+    api_key_header: str | None = None  # where the key goes; None: the scheme the client used
     billing: Billing | None = None  # read this key's bill (SPEC §11); None: not read
 
     def __repr__(self) -> str:
@@ -77,12 +77,14 @@ class Sticky:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """Route predicates; ``None`` means "any". Globs are compiled once, here."""
+    """What a call must be for its route to take it; an omitted predicate holds for any.
 
-    paths: frozenset[str] | None = None  # exact paths; with ``prefixes``, None means "any"
+    Globs are compiled once, here."""
+
+    paths: frozenset[str] | None = None  # exact paths, or a prefix ending in ``*``; omitted: any
     prefixes: tuple[str, ...] = ()  # from paths written with a trailing ``*``
-    models: tuple[str, ...] | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    models: tuple[str, ...] | None = None  # globs on the body's ``model``; omitted: any
+    headers: tuple[tuple[str, str], ...] = ()  # request headers that must all match
     model_pattern: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
 
@@ -90,7 +92,7 @@ class Match:
 class Shadow:
     """Copies of a route's calls to ``backend``, compared with the answer and discarded."""
 
-    backend: str
+    backend: str  # where the copies go
     sample: float = 0.1  # share of the calls answered by another backend
     max_concurrency: int = 8  # shadow calls in flight; over it a copy is skipped
     max_usd_per_day: float = 5.0  # shadow spend cap (at ``pricing``); over it, copies stop
@@ -98,29 +100,35 @@ class Shadow:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    name: str
-    match: Match
-    weights: Mapping[str, float]
-    baseline: str
-    sticky: Sticky | None
-    fallback: bool = False
-    shadow: Shadow | None = None
+    """One routing rule; the first route whose ``match`` holds takes the call."""
+
+    name: str  # shown in /status, metrics and x-canary-route; omitted: ``route<i>``
+    match: Match  # omitted: every call
+    weights: Mapping[str, float]  # backend -> relative weight (any sum > 0)
+    baseline: str  # where rollback and fallback send traffic; omitted: first in weights
+    sticky: Sticky | None  # ``header:NAME`` or ``body:FIELD``; omitted: per request
+    fallback: bool = False  # retry a canary call that failed early, once, on the baseline
+    shadow: Shadow | None = None  # copy calls to a backend, compare, discard (SPEC §9)
 
 
 @dataclass(frozen=True, slots=True)
 class Rollback:
-    window_s: float = 60.0
-    min_requests: int = 100
-    max_error_rate: float = 0.05
-    open_s: float = 300.0
-    probe_requests: int = 10
-    auto_resume: bool = True
+    """When a canary's circuit opens (its traffic goes to the baseline) and closes again."""
+
+    window_s: float = 60.0  # sliding window for error rates
+    min_requests: int = 100  # no verdict below this many calls in the window
+    max_error_rate: float = 0.05  # trip when a non-baseline backend's rate exceeds it
+    open_s: float = 300.0  # stay rolled back this long before probing
+    probe_requests: int = 10  # calls let through half-open before closing again
+    auto_resume: bool = True  # false: stay rolled back until routes.yaml changes
 
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
-    min_requests: int = 500
-    max_error_rate: float = 0.05
+    """What "ready for full migration" on /status needs of every canary."""
+
+    min_requests: int = 500  # calls since its circuit last closed or its config changed
+    max_error_rate: float = 0.05  # its error rate over the window stays below this
     max_model_mismatch_rate: float = 0.0  # answers naming another model than asked (SPEC §9)
     min_prompt_token_match: float = 0.95  # shadow pairs with equal prompt tokens
     max_latency_ratio_p95: float = 2.0  # canary p95 / baseline p95 over the window
@@ -145,10 +153,10 @@ class Alerts:
 class Analysis:
     """Canary against baseline over a rollout step; a ``None`` bar is not checked."""
 
-    max_error_rate: float | None = 0.02
-    max_latency_ratio_p95: float | None = 1.5
-    max_ttfb_ratio_p95: float | None = None
-    max_model_mismatch_rate: float | None = None
+    max_error_rate: float | None = 0.02  # the canary's error rate over the step
+    max_latency_ratio_p95: float | None = 1.5  # canary p95 / baseline p95 over the step
+    max_ttfb_ratio_p95: float | None = None  # the same for streams' time to first byte
+    max_model_mismatch_rate: float | None = None  # answers naming another model (model audit)
     # Shadow pairs (SPEC §9) whose prompt tokens differ, when the routes copy to the backend.
     max_shadow_prompt_mismatch: float | None = None
 
@@ -157,27 +165,31 @@ class Analysis:
 class Rollout:
     """A progressive rollout (SPEC §10): ``backend``'s share of ``routes`` through ``steps``."""
 
-    backend: str
-    routes: tuple[str, ...]  # resolved: never empty
-    steps: tuple[float, ...] = DEFAULT_STEPS
-    step_s: float = 600.0
-    step_min_requests: int = 200
-    gates: tuple[float, ...] = ()
-    analysis: Analysis = field(default_factory=Analysis)
-    webhooks: tuple[str, ...] = field(default=(), repr=False)  # a URL may carry a token
+    backend: str  # the backend rolled out
+    routes: tuple[str, ...]  # omitted: every route with the backend in its weights
+    steps: tuple[float, ...] = DEFAULT_STEPS  # the backend's share of those routes, in percent
+    step_s: float = 600.0  # each step lasts at least this long...
+    step_min_requests: int = 200  # ...and carries at least this many calls to the backend
+    gates: tuple[float, ...] = ()  # before these steps, wait for ``canary rollout promote``
+    analysis: Analysis = field(default_factory=Analysis)  # any miss fails the step
+    webhooks: tuple[str, ...] = field(default=(), repr=False)  # told of each step (JSON POST)
 
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    max_attempts: int = 3
-    backoff_s: float = 0.5
-    budget: float = 0.2
+    """Tries again on the same backend: 429/502/503/504 and connections that never opened."""
+
+    max_attempts: int = 3  # tries per backend, the first included
+    backoff_s: float = 0.5  # exponential with full jitter; Retry-After is honoured
+    budget: float = 0.2  # retries may add at most this share of a backend's calls
     unsafe: bool = False  # also resend calls that may have reached the provider (billed twice)
 
 
 @dataclass(frozen=True, slots=True)
 class State:
-    redis_url: str = field(default="", repr=False)
+    """Where limits, windows and circuits are shared; read at start-up."""
+
+    redis_url: str = field(default="", repr=False)  # empty: in-process; set: shared by replicas
 
     def __repr__(self) -> str:
         return f"State(redis_url={redact_url(self.redis_url)!r})"
@@ -185,7 +197,10 @@ class State:
 
 @dataclass(frozen=True, slots=True)
 class Auth:
-    """Client keys and the admin token, kept as SHA-256 digests: the raw keys are not needed."""
+    """Client keys and the admin token, kept as SHA-256 digests: the raw keys are not needed.
+
+    In routes.yaml: ``api_keys`` (comma-separated, or a list; empty: open) and
+    ``admin_token`` (enables ``POST /admin/*``)."""
 
     api_key_digests: tuple[bytes, ...] = field(default=(), repr=False)
     admin_token_digest: bytes | None = field(default=None, repr=False)
@@ -200,8 +215,8 @@ class Auth:
 class Price:
     """USD per million tokens."""
 
-    input: float = 0.0
-    output: float = 0.0
+    input: float = 0.0  # USD per million input tokens
+    output: float = 0.0  # USD per million output tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +233,9 @@ class Cors:
 
 @dataclass(frozen=True, slots=True)
 class Server:
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a JSON body, read whole
+    """Bounds of the HTTP server."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # a JSON body (read whole); larger gets 413
     queue_timeout_s: float = 5.0  # how long a call over a backend's limit waits for a slot
     drain_timeout_s: float = 30.0  # after SIGTERM: how long calls in flight may still run
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # a non-JSON body, streamed (512 MiB)
@@ -226,6 +243,15 @@ class Server:
     client_timeout_s: float = 30.0  # the longest wait for the next bytes of a client's body
     cors: Cors = field(default_factory=Cors)
     session_max_s: float = 3600.0  # a WebSocket session's longest life; then closed with 1001
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """OpenTelemetry traces (SPEC §12); the standard ``OTEL_*`` variables configure the
+    exporter. Read at start-up."""
+
+    # auto: on when OTEL_EXPORTER_OTLP_ENDPOINT (or its _TRACES_ variant) is set.
+    traces: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +272,7 @@ class Config:
     server: Server
     rollout: Rollout | None = None
     alerts: Alerts = field(default_factory=Alerts)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def secrets(self) -> frozenset[str]:
         """Every secret string this config holds, for log and error redaction."""

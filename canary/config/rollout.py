@@ -34,6 +34,13 @@ _ANALYSIS: dict[str, Num] = {
     "max_model_mismatch_rate": Num(maximum=1),
     "max_shadow_prompt_mismatch": Num(maximum=1),
 }
+_ROLLOUT: dict[str, Num] = {
+    "step_s": Num(strict_min=True, maximum=86400 * 7),
+    "step_min_requests": Num(integer=True),
+}
+STEP = _STEP  # each of ``steps`` and ``gates``
+# The rule tables of this block by the dataclass they build (``validate.RULES`` holds them).
+ROLLOUT_RULES: dict[type, Mapping[str, Num]] = {Rollout: _ROLLOUT, Analysis: _ANALYSIS}
 
 
 def rollout_block(
@@ -58,11 +65,7 @@ def rollout_block(
     for i, gate in enumerate(gates):
         if gate not in (steps or DEFAULT_STEPS):
             r.p.add(f"rollout.gates[{i}]", f"{gate:g} is not one of the steps")
-    rules = {
-        "step_s": Num(strict_min=True, maximum=86400 * 7),
-        "step_min_requests": Num(integer=True),
-    }
-    given = r.values(b, "rollout", rules)
+    given = r.values(b, "rollout", _ROLLOUT)
     extra: dict[str, Any] = {"steps": steps} if steps is not None else {}
     return Rollout(
         backend=backend,

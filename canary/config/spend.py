@@ -8,10 +8,11 @@ routing. Problems are located like every other (``backends.relay.billing.api: ..
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from canary.config.checks import Num, Reader
+from canary.config.checks import Num, Reader, Rule
 from canary.config.model import BILLING_APIS, Alerts, Billing, Readiness
 
 _BILLING_KEYS = {"api", "url", "poll_s"}
@@ -21,6 +22,11 @@ _NULLABLE = {
     "min_runway_h": Num(maximum=1e6),
 }
 _ALERTS = {"webhooks", "min_runway_h"}
+_ALERT_RULES = {"min_runway_h": Num(maximum=1e6)}
+# The bounds and choices of this module's blocks, for the schema (canary.config.schema).
+SPEND_RULES: dict[type, Mapping[str, Rule]] = {Billing: {"poll_s": _POLL}, Alerts: _ALERT_RULES}
+SPEND_CHOICES: dict[type, Mapping[str, Sequence[str]]] = {Billing: {"api": BILLING_APIS}}
+READINESS_NULLABLE: Mapping[str, Rule] = _NULLABLE  # readiness bars that take null (off)
 ApiName = Literal["new-api", "one-api", "openrouter", "sub2api"]
 
 
@@ -66,5 +72,5 @@ def alerts_block(r: Reader, value: Any) -> Alerts:
     for i, url in enumerate(urls):
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             r.p.add(f"alerts.webhooks[{i}]", "must be an http:// or https:// URL")
-    given = r.values(a, "alerts", {"min_runway_h": Num(maximum=1e6)})
+    given = r.values(a, "alerts", _ALERT_RULES)
     return Alerts(webhooks=tuple(urls), **given)

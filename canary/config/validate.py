@@ -35,10 +35,18 @@ from canary.config.model import (
     Shadow,
     State,
     Sticky,
+    Telemetry,
     digest,
 )
-from canary.config.rollout import rollout_block
-from canary.config.spend import alerts_block, billing_block, readiness_nulls
+from canary.config.rollout import ROLLOUT_RULES, rollout_block
+from canary.config.spend import (
+    READINESS_NULLABLE,
+    SPEND_CHOICES,
+    SPEND_RULES,
+    alerts_block,
+    billing_block,
+    readiness_nulls,
+)
 from canary.errors import ConfigProblem
 
 T = TypeVar("T")
@@ -103,6 +111,7 @@ _TOP = {
     "server",
     "rollout",
     "alerts",
+    "telemetry",
 }
 _BACKEND = {"base_url", "api_key", "api_key_header", "model_map", "billing", *_BACKEND_LIMITS}
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # where a backend's key may go
@@ -113,6 +122,30 @@ _SHADOW: dict[str, Rule] = {
     "max_usd_per_day": ANY,
 }
 _MATCH = {"paths", "models", "headers"}
+NAME_PATTERN = _NAME.pattern  # backend and route names
+TRACES = ("auto", "on", "off")  # telemetry.traces; YAML 1.1 reads a bare on/off as a boolean
+
+# Every rule table by the dataclass it builds: validation reads them above, and the JSON
+# Schema and the configuration reference (``canary.config.schema``) read them here.
+RULES: dict[type, Mapping[str, Rule]] = {
+    Backend: _BACKEND_LIMITS,
+    Route: _ROUTE_FLAGS,
+    Shadow: _SHADOW,
+    Rollback: _ROLLBACK,
+    Readiness: {**_READINESS, **READINESS_NULLABLE},
+    Retry: _RETRY,
+    Price: _PRICE,
+    Server: _SERVER,
+    Cors: _CORS,
+    **ROLLOUT_RULES,
+    **SPEND_RULES,
+}
+# Keys whose value is one of a few strings, by the dataclass that holds them.
+CHOICES: dict[type, Mapping[str, Sequence[str]]] = {
+    Backend: {"api_key_header": KEY_HEADERS},
+    Telemetry: {"traces": TRACES},
+    **SPEND_CHOICES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +179,7 @@ def validate(tree: Tree) -> Config:
     server = _server(r, top.get("server"))
     rollout = rollout_block(r, top.get("rollout"), backends, routes)
     alerts = alerts_block(r, top.get("alerts"))
+    telemetry = _telemetry(r, top.get("telemetry"))
     if problems.items:
         raise problems.error()
     return Config(
@@ -163,6 +197,7 @@ def validate(tree: Tree) -> Config:
         server=server,
         rollout=rollout,
         alerts=alerts,
+        telemetry=telemetry,
     )
 
 
@@ -412,6 +447,19 @@ def _price(r: Reader, value: Any, path: str) -> Price:
         if key not in p and isinstance(value, dict):
             r.p.add(path, f"missing {key!r} (USD per million tokens)")
     return Price(**r.values(p, path, _PRICE))
+
+
+def _telemetry(r: Reader, value: Any) -> Telemetry:
+    t = r.mapping(value, "telemetry", {"traces"})
+    traces = t.get("traces")
+    if traces is None:
+        return Telemetry()
+    if isinstance(traces, bool):  # an unquoted on/off
+        return Telemetry(traces="on" if traces else "off")
+    if traces == "auto" or traces == "on" or traces == "off":
+        return Telemetry(traces=traces)
+    r.p.add("telemetry.traces", f"must be one of {', '.join(TRACES)}")
+    return Telemetry()
 
 
 def _key_problem(key: str) -> str | None:

@@ -19,6 +19,7 @@ import structlog
 from starlette.types import Receive, Scope, Send
 
 from canary.observe.logs import line_writer
+from canary.observe.tracing import NO_TRACE
 from canary.proxy.answers import INTERNAL
 from canary.proxy.exchange import Exchange
 from canary.proxy.plane import Plane
@@ -47,6 +48,9 @@ class Proxy:
         except Exception:
             await self._fault(exchange)
         finally:
+            if exchange.refusal is not None and exchange.trace is NO_TRACE:
+                # Answered before a backend was chosen: no trace began (a no-op when off).
+                self.plane.tracing.refused(exchange, exchange.refusal.status, exchange.refusal.code)
             if self.plane.access_log:
                 self._access(exchange)
 

@@ -48,6 +48,7 @@ from starlette.types import Receive, Scope, Send
 
 from canary.config.model import Backend, Config, Route
 from canary.errors import RouterError
+from canary.observe.tracing import NO_TRACE, Trace
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body
@@ -119,6 +120,7 @@ class Exchange:
         "route",
         "scope",
         "started",
+        "trace",
         "watch",
     )
 
@@ -138,6 +140,7 @@ class Exchange:
         self.refusal: RouterError | None = None
         self.watch: Watch | None = None  # the call's deadlines (canary.proxy.watchdog)
         self.follower: asyncio.Task[None] | None = None  # listens for a disconnect
+        self.trace: Trace = NO_TRACE  # its spans, when tracing is on (canary.observe.tracing)
 
     async def run(self) -> None:
         dog = self.p.watchdog
@@ -189,6 +192,7 @@ class Exchange:
         copy = None
         if route.shadow is not None and not self.body.streamed:
             copy = self.p.shadows.start(self, backend)
+        trace = self.trace = self.p.tracing.begin(self)
         try:
             t = await self._call(backend, None, baseline not in (None, backend))
             if t.fall_back and baseline is not None:
@@ -204,6 +208,7 @@ class Exchange:
                 raise
             watch.task.uncancel()  # the client left: not a backend failure, nothing to answer
         finally:
+            trace.ended(self)
             if self.follower is not None:
                 self.follower.cancel()
             if copy is not None:
@@ -229,6 +234,7 @@ class Exchange:
         assert self.body is not None and self.cfg is not None
         billed = self.dialect.billed and self.scope["method"] == "POST"
         t = self.last = Try(backend, origin, billed)
+        self.trace.try_began(t)
         t.since = self.p.clock()
         lease = await self._admit(t)
         if lease is None:
@@ -441,6 +447,7 @@ class Exchange:
         )
         if body.streamed and body.declared is not None:  # as declared: not sent chunked
             out.headers.append((b"content-length", body.declared))
+        self.trace.outgoing(out.headers)  # the try's own traceparent, when tracing is on
         return out
 
     def _count(self, name: str, began: float, kind: str | None, verdict: bool = True) -> None:
@@ -474,3 +481,4 @@ class Exchange:
         if not t.status and t.outcome in NO_VERDICT:
             t.status = 499  # nginx's "client closed request": no answer was given
         p.meter.call(self.route.name, name, t.status, p.clock() - t.since)
+        self.trace.try_ended(t)

@@ -18,6 +18,7 @@ from starlette.types import Scope
 from canary.config.model import Backend, Route
 from canary.config.store import ConfigStore
 from canary.observe.meter import Meter
+from canary.observe.tracing import OFF, Tracing
 from canary.proxy.headers import upstream_headers
 from canary.proxy.retry import RetryBudget
 from canary.proxy.router import pick
@@ -53,6 +54,7 @@ class Plane:
     sockets: Sockets | None = None  # upstream WebSockets (sessions); None: none can open
     # route name -> the weights a progressive rollout wants there (canary.safety.rollouts)
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    tracing: Tracing = OFF  # OpenTelemetry spans of each call; OFF: no-ops (SPEC §12)
     budget: RetryBudget = field(init=False)
     shadows: Shadows = field(init=False)  # routes' shadow copies (SPEC §9)
     watchdog: Watchdog = field(init=False, default_factory=Watchdog)  # every stream's deadline

@@ -22,6 +22,7 @@ from canary.observe.billing import Billing
 from canary.observe.equivalence import prompt_mismatch_since
 from canary.observe.logs import redactor
 from canary.observe.meter import Meter
+from canary.observe.tracing import Tracing
 from canary.safety.breaker import Breakers
 from canary.safety.rollouts import Rollouts
 from canary.safety.windows import Stats
@@ -48,6 +49,7 @@ class AppOptions:
     # figures (``canary.fleet.workers``).
     fleet_dir: str | None = None
     rollout_tick_s: float = 0.25  # how often a progressive rollout judges its step
+    tracing: Tracing | None = None  # spans of each call; None: per telemetry.traces and OTEL_*
 
 
 class AppOptionFields(TypedDict, total=False):
@@ -64,6 +66,7 @@ class AppOptionFields(TypedDict, total=False):
     limit_share: float
     fleet_dir: str | None
     rollout_tick_s: float
+    tracing: Tracing | None
 
 
 def audit_totals(meter: Meter, backend: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@
     rollout        the progressive rollout's tick; without Redis, its state file
     webhooks       rollout transitions and spend alerts, POSTed from one sender
     billing        the spend audit's poller: one process of the fleet polls (a lease)
+    tracing        (telemetry.traces, OTEL_*) OpenTelemetry spans; a last flush on the way out
     watcher        routes.yaml polled for changes
     SIGHUP         (serve) reload on the signal
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
+from canary.config.model import Config, Telemetry
 from canary.fleet.billing_shared import Alone, HostShare, RedisShare, Share
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import file_store
@@ -40,6 +42,7 @@ from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
 from canary.observe.meter import Meter
+from canary.observe.tracing import OFF, Tracing, traces_on
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
 from canary.proxy.sockets import AiohttpSockets
@@ -123,7 +126,9 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
         sockets = None
         if isinstance(transport, AiohttpTransport):  # sessions need a real pool
             sockets = await stack.enter_async_context(AiohttpSockets(transport.pool().connector))
-        proxy = _proxy(core, options, limiter, transport, sockets)
+        tracing = options.tracing or _tracing(cfg)
+        stack.push_async_callback(tracing.aclose)
+        proxy = _proxy(core, options, limiter, transport, sockets, tracing)
         stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
         yield Running(proxy, limiter, fleet)
 
@@ -169,6 +174,15 @@ def _billing_share(
     return Alone(), None
 
 
+def _tracing(cfg: Config | None) -> Tracing:
+    """``OFF``, or spans over OTLP: opentelemetry is imported only then (SPEC §12)."""
+    if not traces_on(cfg.telemetry if cfg is not None else Telemetry(), os.environ):
+        return OFF
+    from canary.observe.otel import otlp_tracing
+
+    return otlp_tracing(os.environ)
+
+
 def _transport(options: AppOptions) -> httpx.AsyncBaseTransport:
     return options.transport or AiohttpTransport(keepalive_s=POOL_KEEPALIVE_S)
 
@@ -196,6 +210,7 @@ def _proxy(
     limiter: MemoryLimiter | FailoverLimiter,
     transport: httpx.AsyncBaseTransport,
     sockets: AiohttpSockets | None,
+    tracing: Tracing,
 ) -> Proxy:
     plane = Plane(
         core.store,
@@ -210,5 +225,6 @@ def _proxy(
         access_log=options.access_log,
         sockets=sockets,
         weights=core.rollouts.overrides,
+        tracing=tracing,
     )
     return Proxy(plane)

@@ -109,6 +109,14 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     same.add_argument("--seed", type=int, default=None, help="seed of the relabelling draws")
 
 
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "what",
+        choices=("schema", "reference"),
+        help="schema: the JSON Schema of routes.yaml; reference: its reference page (markdown)",
+    )
+
+
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     from canary.tools.simulate import add_simulate_arguments
 
@@ -145,6 +153,7 @@ _VERBS = {
         "validate routes.yaml and print the routing table; --probe: call each backend",
         _check_arguments,
     ),
+    "config": ("print the JSON Schema (or reference page) of routes.yaml", _config_arguments),
     "status": ("render the router's /status for a person", _url_arguments),
     "rollout": (
         "watch and steer a progressive rollout (status|promote|pause|resume|abort)",
@@ -209,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from canary.tools.demo.forgery import run_forgery_demo
 
         return run_forgery_demo()
+    if args.verb == "config":
+        return _config(args.what)
     if args.verb == "demo" and args.scenario == "rollout":
         from canary.tools.demo.rollout import run_rollout_demo
 
@@ -234,6 +245,21 @@ def _load(path: str) -> Config | None:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
+
+
+def _config(what: str) -> int:
+    """Print what ``canary.config.schema`` generates from the config model."""
+    if what == "schema":
+        import json
+
+        from canary.config.schema import routes_schema
+
+        print(json.dumps(routes_schema(), indent=2, ensure_ascii=False))
+    else:
+        from canary.config.reference import reference
+
+        sys.stdout.write(reference())
+    return 0
 
 
 def _check(path: str, *, probe: bool = False) -> int:

@@ -67,6 +67,10 @@ class Alone:
         return None
 
 
+# Not ``*.json``: each worker's own file there is ``<worker>.json`` (canary.fleet.workers).
+_STATE = "billing.state"
+
+
 class HostShare(Alone):
     """The workers of one host, through their shared directory (see the module docstring)."""
 
@@ -90,11 +94,11 @@ class HostShare(Alone):
     async def publish(self, state: bytes) -> None:
         tmp = self.folder / f".billing.{os.getpid()}.tmp"
         tmp.write_bytes(state)
-        os.replace(tmp, self.folder / "billing.json")
+        os.replace(tmp, self.folder / _STATE)
 
     async def read(self) -> bytes | None:
         try:
-            return (self.folder / "billing.json").read_bytes()
+            return (self.folder / _STATE).read_bytes()
         except FileNotFoundError:
             return None
 

@@ -44,6 +44,9 @@ SYNC_S = 0.5
 READINESS_SKEW_S = 5.0  # workers start (and load the config) a few seconds apart at most
 
 
+_PEER_KEYS = frozenset({"worker", "sent_at", "meter", "windows", "circuits"})
+
+
 class Fleet(AsyncResource):
     """This worker's side of the exchange (see the module docstring)."""
 
@@ -124,7 +127,9 @@ class Fleet(AsyncResource):
             if path.stem == self.worker_id:
                 continue
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                peers.append(orjson.loads(path.read_bytes()))
+                peer = orjson.loads(path.read_bytes())
+                if isinstance(peer, dict) and _PEER_KEYS <= peer.keys():  # a worker's, whole
+                    peers.append(peer)
         return peers
 
     def fresh(self, now: float | None = None) -> list[dict[str, Any]]:

@@ -440,5 +440,5 @@ def test_a_relay_that_refuses_its_key_or_credit_is_rolled_back(
     assert reason.startswith("relay: circuit open since ")
     assert reason.endswith(f": {words} on {at_open} of {at_open} calls")
     metrics = httpx.get(f"{stack.url}/metrics").text
-    kind = str(status) if status != 404 else "rejected"
+    kind = {402: "credit_spent", 404: "rejected"}.get(status, str(status))  # SPEC §11: any 402
     assert f'canary_upstream_failures_total{{backend="relay",kind="{kind}"}} {at_open}.0' in metrics

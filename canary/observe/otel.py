@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from canary.observe.tracing import ExchangeView, Trace, Tracing, TryView
+from canary.observe.tracing import ExchangeView, SessionView, Trace, Tracing, TryView
 from canary.safety.equivalence import echoed_model
 
 SHUTDOWN_S = 5.0  # the last export when the server stops; the exporter's own timeout is 10 s
@@ -82,6 +83,46 @@ class OtelTracing(Tracing):
         )
         span.set_status(Status(StatusCode.ERROR, code))
         span.end()
+
+    def session(self, session: SessionView, seconds: float) -> None:
+        """One SERVER span for a whole WebSocket session, from its handshake to its close."""
+        scope, t = session.scope, session.last
+        operation = "realtime" if scope["path"].startswith("/v1/realtime") else "chat"
+        name = f"{operation} {session.model}" if session.model else operation
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "url.path": scope["path"],
+            "canary.route": session.route.name if session.route is not None else "",
+            "canary.fallback": session.first is not None,
+            "gen_ai.usage.input_tokens": session.tokens[0],
+            "gen_ai.usage.output_tokens": session.tokens[1],
+        }
+        if session.model:
+            attributes["gen_ai.request.model"] = session.model
+        if session.ending is not None:
+            attributes["canary.close_code"] = session.ending.code
+        error = None
+        if t is not None:
+            attributes["canary.backend"] = t.backend.name
+            attributes["canary.outcome"] = t.outcome
+            attributes["server.address"] = _server(t.backend.base_url)[0]
+            if t.status:
+                attributes["http.response.status_code"] = t.status
+            if t.outcome != "ok":
+                error = t.kind or t.outcome
+        end = time.time_ns()
+        carrier = _carrier(session.hdrs, self.fields)
+        span = self.tracer.start_span(
+            name,
+            context=propagate.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            start_time=end - int(seconds * 1e9),
+        )
+        if error is not None:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=end)
 
     async def aclose(self) -> None:
         """Flush and stop the exporter, in a thread: its last POST may be slow."""

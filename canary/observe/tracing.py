@@ -69,6 +69,45 @@ class ExchangeView(Protocol):
     def last(self) -> TryView | None: ...
 
 
+class SessionTryView(Protocol):
+    """What a trace reads of one backend's part of a session (``canary.proxy.session.Try``)."""
+
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def kind(self) -> str | None: ...
+
+
+class EndingView(Protocol):
+    @property
+    def code(self) -> int: ...
+
+
+class SessionView(Protocol):
+    """What a trace reads of one WebSocket session (``canary.proxy.session.Session``)."""
+
+    @property
+    def scope(self) -> Any: ...
+    @property
+    def hdrs(self) -> dict[bytes, bytes]: ...
+    @property
+    def route(self) -> Route | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def first(self) -> SessionTryView | None: ...
+    @property
+    def last(self) -> SessionTryView | None: ...
+    @property
+    def ending(self) -> EndingView | None: ...
+    @property
+    def tokens(self) -> list[int]: ...
+
+
 class Trace:
     """One call's trace; this base does nothing (tracing off)."""
 
@@ -101,6 +140,9 @@ class Tracing:
 
     def refused(self, exchange: ExchangeView, status: int, code: str) -> None:
         """A call the router answered itself before choosing a backend (bad key, no route)."""
+
+    def session(self, session: SessionView, seconds: float) -> None:
+        """A WebSocket session of ``seconds`` just ended: one span for all of it."""
 
     async def aclose(self) -> None:
         """Export what is still buffered; bounded."""

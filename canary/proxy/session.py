@@ -348,6 +348,7 @@ class Sessions:
             self.plane.meter.internal_error()
             await session.answer.fail()
         finally:
+            seconds = self.plane.clock() - session.started
+            self.plane.tracing.session(session, seconds)
             if self.plane.access_log:
-                ms = round((self.plane.clock() - session.started) * 1000, 2)
-                self._line(access_fields(session, ms))
+                self._line(access_fields(session, round(seconds * 1000, 2)))

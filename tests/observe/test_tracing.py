@@ -304,3 +304,38 @@ async def test_a_call_refused_before_routing_is_one_span(tmp_path: Path) -> None
     assert span.attributes["error.type"] == "invalid_api_key"
     assert span.attributes["http.response.status_code"] == 401
     assert span.status.status_code is StatusCode.ERROR
+
+
+def test_a_websocket_session_is_one_span_under_the_clients_trace() -> None:
+    """A session's span covers it from handshake to close: its model, tokens, backend,
+    fallback and close code, under the trace its handshake carried."""
+    from types import SimpleNamespace
+
+    exporter = InMemorySpanExporter()
+    tracing = tracing_with(SimpleSpanProcessor(exporter), {})
+    relay = Backend("relay", "http://relay.test:8443/v1")
+    legacy = Backend("legacy", "http://legacy.test/v1")
+    route = Route("realtime", Match(), {"legacy": 50, "relay": 50}, "legacy", None)
+    traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01".encode()
+    session = SimpleNamespace(
+        scope={"path": "/v1/realtime"},
+        hdrs={b"traceparent": traceparent},
+        route=route,
+        model="gpt-realtime",
+        first=SimpleNamespace(backend=relay, status=503, outcome="upstream_503", kind="5xx"),
+        last=SimpleNamespace(backend=legacy, status=101, outcome="ok", kind=None),
+        ending=SimpleNamespace(code=1000),
+        tokens=[12, 34],
+    )
+    tracing.session(session, 2.5)
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "realtime gpt-realtime" and span.kind is SpanKind.SERVER
+    assert span.context is not None and f"{span.context.trace_id:032x}" == CLIENT_TRACE
+    assert span.end_time is not None and span.start_time is not None
+    assert abs((span.end_time - span.start_time) / 1e9 - 2.5) < 0.01
+    attributes = dict(span.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 12
+    assert attributes["gen_ai.usage.output_tokens"] == 34
+    assert attributes["canary.backend"] == "legacy" and attributes["canary.fallback"] is True
+    assert attributes["canary.close_code"] == 1000 and "error.type" not in attributes
+    OFF.session(session, 1.0)  # off: nothing, and no error

@@ -1,0 +1,333 @@
+"""The last 15 minutes, one point a second per backend and route: what the dashboard draws
+on open, served as ``GET /status/history?since=<unix s>``.
+
+Design. Nothing is added per request: a lifespan task (``canary.serve.history``) calls
+``History.sample`` once a second, off the request path, and it reads what the calls already
+counted:
+
+- calls, errors, p50 and p99 of each complete second from the backend's rollback window,
+  whose one-second buckets keep exactly that (``Window.second``);
+- the circuit's state at the sample; WebSocket sessions (open now, opened, cut) through the
+  ``sessions`` seam, when the router counts them;
+- tokens, cost and each route's calls per backend (its traffic share) as the rise of the
+  meter's lifetime counters since the previous sample, put on the last complete second.
+
+The ring is columnar: one ``array('d')`` of ``KEEP_S`` slots per backend field and per
+(route, backend), and one of the wall second each slot holds, so its memory is fixed by the
+config's names, never by traffic: ``8 * KEEP_S * (1 + 11 * backends + route_backends)``
+bytes (``History.nbytes``; 3 backends on 2 routes: about 260 KB).
+
+Fleet. Each worker and each replica keeps its own ring; ``rows`` exports it JSON-ready,
+``canary.fleet.history`` carries the rows between workers (a file each) and replicas (a
+Redis list each), and ``merge`` adds them up per second: calls, errors, sessions, tokens and
+cost are summed, p50 is the calls-weighted mean of the p50s (an approximation: bins are not
+exchanged), p99 is the max of the p99s (a bound, never an understatement), the circuit is
+the worst state seen. ``document`` turns merged rows into the columnar answer.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from array import array
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypedDict
+
+from canary.config.store import ConfigStore
+from canary.observe.meter import Meter
+from canary.safety.breaker import Breakers
+from canary.safety.windows import Stats, percentile
+from canary.types import Clock
+
+KEEP_S = 900  # 15 minutes of one-second points
+SINCE_MAX_CHARS = 32
+FIELDS = (
+    "calls",
+    "errors",
+    "p50_ms",
+    "p99_ms",
+    "circuit",  # index into CIRCUITS: the worse state wins a merge
+    "sessions_open",  # WebSocket sessions open at the sample
+    "sessions_opened",  # sessions begun that second
+    "sessions_cut",  # sessions the upstream ended abnormally that second
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+)
+CIRCUITS = ("closed", "half_open", "open")
+_CALLS, _ERRORS, _P50, _P99, _CIRCUIT = 0, 1, 2, 3, 4
+_OPEN, _OPENED, _CUT, _TIN, _TOUT, _COST = 5, 6, 7, 8, 9, 10
+_SUMMED = (_CALLS, _ERRORS, _OPEN, _OPENED, _CUT, _TIN, _TOUT, _COST)
+_NAN = float("nan")
+
+# (open now, opened in total, cut in total) of one backend's WebSocket sessions, or None.
+SessionCounts = Callable[[str], tuple[int, int, int] | None]
+Row = dict[str, Any]  # {"t": s, "b": {backend: [FIELDS]}, "r": {route: {backend: calls}}}
+
+
+class HistoryDoc(TypedDict):
+    """``GET /status/history``: columns over ``t`` (unix seconds, each second at most once)."""
+
+    since: int
+    keep_s: int
+    t: list[int]
+    backends: dict[str, dict[str, list[Any]]]  # backend -> field -> one value per t
+    routes: dict[str, dict[str, dict[str, list[float | None]]]]  # route -> calls|share -> ...
+    sources: int  # rings merged: this process's, sibling workers', other replicas'
+
+
+def parse_since(raw: str | None, now: float, keep_s: int = KEEP_S) -> int:
+    """``?since=`` as a whole unix second; absent: the whole ring. ValueError says why not."""
+    if raw is None or raw == "":
+        return int(now) - keep_s
+    if len(raw) > SINCE_MAX_CHARS:
+        raise ValueError(f"since is longer than {SINCE_MAX_CHARS} characters")
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("since must be a number of unix seconds, e.g. since=1765100000") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("since must be a finite, non-negative number of unix seconds")
+    return max(int(value), int(now) - keep_s)
+
+
+class History:
+    """This process's ring of one-second points (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        stats: Stats,
+        breakers: Breakers,
+        meter: Meter,
+        *,
+        sessions: SessionCounts | None = None,
+        wall: Clock = time.time,
+        keep_s: int = KEEP_S,
+    ) -> None:
+        self.store, self.stats, self.breakers, self.meter = store, stats, breakers, meter
+        self.sessions = sessions
+        self.keep_s = keep_s
+        self.seconds = array("q", [-1] * keep_s)  # the wall second each slot holds
+        self.backends: dict[str, array[float]] = {}  # len(FIELDS) columns of keep_s slots
+        self.routes: dict[tuple[str, str], array[float]] = {}  # (route, backend) -> calls
+        self._offset = wall() - stats.clock()  # monotonic second -> wall second
+        self._last = -1  # the last monotonic second sampled
+        self._totals: dict[str, list[float]] = {}  # backend -> lifetime [opened, cut, in, out, $]
+        self._route_totals: dict[tuple[str, str], int] = {}
+
+    # -- sampling (once a second, off the request path) ----------------------------------
+
+    def sample(self) -> int:
+        """Write every complete second since the last sample; returns how many."""
+        cfg = self.store.config
+        if cfg is None:
+            return 0
+        current = int(self.stats.clock())
+        first = current if self._last < 0 else self._last + 1  # the first sample sets a start
+        first = max(first, current - int(self.stats.window_s))  # what the windows still hold
+        self._forget(set(cfg.backends), {(r.name, b) for r in cfg.routes for b in r.weights})
+        rises = self._rises(cfg.backends)
+        route_rises = self._route_rises(cfg.routes)
+        if first >= current:
+            self._last = current - 1
+            return 0
+        for second in range(first, current):
+            slot = self._slot(second)
+            last = second == current - 1  # the counters' rise lands on the last second
+            for name in cfg.backends:
+                self._write_backend(name, second, slot, rises[name] if last else None)
+            for key, column in self._route_columns(cfg.routes):
+                column[slot] = route_rises.get(key, 0) if last else 0
+        self._last = current - 1
+        return current - first
+
+    def _slot(self, second: int) -> int:
+        t = round(second + self._offset)
+        slot = t % self.keep_s
+        self.seconds[slot] = t
+        return slot
+
+    def _write_backend(self, name: str, second: int, slot: int, rise: list[float] | None) -> None:
+        column = self.backends.get(name)
+        if column is None:
+            column = self.backends[name] = array("d", [_NAN]) * (len(FIELDS) * self.keep_s)
+        base = slot * len(FIELDS)
+        window = self.stats.windows.get(name)
+        found = window.second(second) if window is not None else None
+        requests, errors, hist = found if found is not None else (0, 0, None)
+        circuit = self.breakers.get(name)
+        counts = self.sessions(name) if self.sessions is not None else None
+        column[base + _CALLS] = requests
+        column[base + _ERRORS] = errors
+        column[base + _P50] = percentile(hist, requests, 0.5) if hist and requests else _NAN
+        column[base + _P99] = percentile(hist, requests, 0.99) if hist and requests else _NAN
+        column[base + _CIRCUIT] = CIRCUITS.index(circuit.state) if circuit is not None else 0
+        column[base + _OPEN] = counts[0] if counts is not None else _NAN
+        for i, field in enumerate((_OPENED, _CUT, _TIN, _TOUT, _COST)):
+            column[base + field] = rise[i] if rise is not None else 0.0
+        if counts is None:
+            column[base + _OPENED] = column[base + _CUT] = _NAN
+
+    def _rises(self, backends: Iterable[str]) -> dict[str, list[float]]:
+        """Per backend, how far [opened, cut, tokens in, tokens out, USD] rose since last."""
+        now: dict[str, list[float]] = {name: [0.0] * 5 for name in backends}
+        for (_, backend, _), (_, tin, tout) in self.meter.tokens.items():
+            row = now.get(backend)
+            if row is not None:
+                row[2] += tin
+                row[3] += tout
+        for (backend, _), usd in self.meter.spent.items():
+            if backend in now:
+                now[backend][4] += usd
+        for name, row in now.items():
+            counts = self.sessions(name) if self.sessions is not None else None
+            if counts is not None:
+                row[0], row[1] = counts[1], counts[2]
+        rises = {}
+        for name, row in now.items():
+            before = self._totals.get(name, row if self._last < 0 else [0.0] * 5)
+            rises[name] = [max(0.0, a - b) for a, b in zip(row, before, strict=True)]
+            self._totals[name] = row
+        return rises
+
+    def _route_rises(self, routes: Iterable[Any]) -> dict[tuple[str, str], int]:
+        now: dict[tuple[str, str], int] = {}
+        for (route, backend, _), n in self.meter.requests.items():
+            if backend:  # "" is a refusal: no backend carried it
+                now[(route, backend)] = now.get((route, backend), 0) + n
+        rises = {}
+        for key, n in now.items():
+            before = self._route_totals.get(key, n if self._last < 0 else 0)
+            rises[key] = max(0, n - before)
+        self._route_totals = now
+        return rises
+
+    def _route_columns(self, routes: Iterable[Any]) -> Iterable[tuple[tuple[str, str], Any]]:
+        for route in routes:
+            for backend in route.weights:
+                key = (route.name, backend)
+                column = self.routes.get(key)
+                if column is None:
+                    column = self.routes[key] = array("d", [_NAN]) * self.keep_s
+                yield key, column
+
+    def _forget(self, backends: set[str], routes: set[tuple[str, str]]) -> None:
+        """Names gone from routes.yaml leave the ring: memory follows the config."""
+        for name in [n for n in self.backends if n not in backends]:
+            del self.backends[name]
+        for key in [k for k in self.routes if k not in routes]:
+            del self.routes[key]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def nbytes(self) -> int:
+        """Bytes held by the ring's arrays (fixed once every configured name was sampled)."""
+        arrays = [self.seconds, *self.backends.values(), *self.routes.values()]
+        return sum(sys.getsizeof(a) for a in arrays)
+
+    def rows(self, since: int) -> list[Row]:
+        """Points from ``since`` on, oldest first, JSON-ready for the other workers."""
+        held = sorted((t, slot) for slot, t in enumerate(self.seconds) if t >= since)
+        out: list[Row] = []
+        width = len(FIELDS)
+        for t, slot in held:
+            backends = {}
+            for name, column in self.backends.items():
+                values = column[slot * width : (slot + 1) * width]
+                if not math.isnan(values[_CALLS]):
+                    backends[name] = [None if math.isnan(v) else v for v in values]
+            routes: dict[str, dict[str, float]] = {}
+            for (route, backend), column in self.routes.items():
+                if not math.isnan(column[slot]):
+                    routes.setdefault(route, {})[backend] = column[slot]
+            out.append({"t": t, "b": backends, "r": routes})
+        return out
+
+
+def merge(parts: Iterable[Iterable[Row]]) -> list[Row]:
+    """Rings of several workers or replicas added up per second (module docstring)."""
+    by_t: dict[int, Row] = {}
+    for rows in parts:
+        for row in rows:
+            t = int(row["t"])
+            mine = by_t.get(t)
+            if mine is None:
+                by_t[t] = {"t": t, "b": {k: list(v) for k, v in row["b"].items()}, "r": {}}
+                _add_routes(by_t[t]["r"], row["r"])
+                continue
+            for name, values in row["b"].items():
+                own = mine["b"].get(name)
+                mine["b"][name] = list(values) if own is None else _merge_point(own, values)
+            _add_routes(mine["r"], row["r"])
+    return [by_t[t] for t in sorted(by_t)]
+
+
+def _add_routes(into: dict[str, dict[str, float]], more: Mapping[str, Mapping[str, float]]) -> None:
+    for route, calls in more.items():
+        own = into.setdefault(route, {})
+        for backend, n in calls.items():
+            own[backend] = own.get(backend, 0) + n
+
+
+def _merge_point(a: list[Any], b: list[Any]) -> list[Any]:
+    out = list(a)
+    for i in _SUMMED:
+        if a[i] is None or b[i] is None:
+            out[i] = b[i] if a[i] is None else a[i]
+        else:
+            out[i] = a[i] + b[i]
+    calls_a, calls_b = a[_CALLS] or 0, b[_CALLS] or 0
+    if a[_P50] is None or b[_P50] is None:
+        out[_P50] = b[_P50] if a[_P50] is None else a[_P50]
+    elif calls_a + calls_b:
+        out[_P50] = round((a[_P50] * calls_a + b[_P50] * calls_b) / (calls_a + calls_b), 3)
+    out[_P99] = max((v for v in (a[_P99], b[_P99]) if v is not None), default=None)
+    out[_CIRCUIT] = max(a[_CIRCUIT] or 0, b[_CIRCUIT] or 0)
+    return out
+
+
+def document(rows: list[Row], since: int, sources: int, keep_s: int = KEEP_S) -> HistoryDoc:
+    """Merged rows as columns over ``t``; a backend absent from a second reads null."""
+    t = [int(row["t"]) for row in rows]
+    names = sorted({name for row in rows for name in row["b"]})
+    backends: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        columns: dict[str, list[Any]] = {field: [] for field in FIELDS}
+        for row in rows:
+            values = row["b"].get(name) or [None] * len(FIELDS)
+            for field, value in zip(FIELDS, values, strict=True):
+                columns[field].append(value)
+        columns["circuit"] = [
+            CIRCUITS[int(v)] if v is not None and 0 <= v < len(CIRCUITS) else None
+            for v in columns["circuit"]
+        ]
+        backends[name] = columns
+    return {
+        "since": since,
+        "keep_s": keep_s,
+        "t": t,
+        "backends": backends,
+        "routes": _route_columns(rows),
+        "sources": sources,
+    }
+
+
+def _route_columns(rows: list[Row]) -> dict[str, dict[str, dict[str, list[float | None]]]]:
+    """Per route: each backend's calls and its share (% of the route's calls; null: none)."""
+    pairs = sorted({(route, b) for row in rows for route, c in row["r"].items() for b in c})
+    out: dict[str, dict[str, dict[str, list[float | None]]]] = {}
+    for route, backend in pairs:
+        entry = out.setdefault(route, {"calls": {}, "share": {}})
+        calls: list[float | None] = []
+        share: list[float | None] = []
+        for row in rows:
+            counts = row["r"].get(route, {})
+            n = counts.get(backend)
+            total = sum(counts.values())
+            calls.append(n)
+            share.append(round(100.0 * n / total, 2) if n is not None and total else None)
+        entry["calls"][backend] = calls
+        entry["share"][backend] = share
+    return out

@@ -247,28 +247,53 @@ class History:
 
 
 def merge(parts: Iterable[Iterable[Row]]) -> list[Row]:
-    """Rings of several workers or replicas added up per second (module docstring)."""
+    """Rings of several workers or replicas added up per second (module docstring).
+
+    Rows read from other processes are checked: a malformed one is skipped, never fatal."""
     by_t: dict[int, Row] = {}
     for rows in parts:
         for row in rows:
-            t = int(row["t"])
-            mine = by_t.get(t)
-            if mine is None:
-                by_t[t] = {"t": t, "b": {k: list(v) for k, v in row["b"].items()}, "r": {}}
-                _add_routes(by_t[t]["r"], row["r"])
+            checked = _checked(row)
+            if checked is None:
                 continue
-            for name, values in row["b"].items():
+            t, backends, routes = checked
+            mine = by_t.setdefault(t, {"t": t, "b": {}, "r": {}})
+            for name, values in backends.items():
                 own = mine["b"].get(name)
-                mine["b"][name] = list(values) if own is None else _merge_point(own, values)
-            _add_routes(mine["r"], row["r"])
+                mine["b"][name] = values if own is None else _merge_point(own, values)
+            for route, calls in routes.items():
+                into = mine["r"].setdefault(route, {})
+                for backend, n in calls.items():
+                    into[backend] = into.get(backend, 0) + n
     return [by_t[t] for t in sorted(by_t)]
 
 
-def _add_routes(into: dict[str, dict[str, float]], more: Mapping[str, Mapping[str, float]]) -> None:
-    for route, calls in more.items():
-        own = into.setdefault(route, {})
-        for backend, n in calls.items():
-            own[backend] = own.get(backend, 0) + n
+def _number(v: Any) -> bool:
+    return v is None or (type(v) in (int, float) and math.isfinite(v))
+
+
+def _checked(row: Any) -> tuple[int, dict[str, list[Any]], dict[str, dict[str, float]]] | None:
+    """(t, backends, routes) of a well-formed row, copied; None for anything else."""
+    if not isinstance(row, Mapping) or type(row.get("t")) is not int:
+        return None
+    b, r = row.get("b"), row.get("r")
+    if not isinstance(b, Mapping) or not isinstance(r, Mapping):
+        return None
+    backends = {}
+    for name, values in b.items():
+        if not isinstance(values, list) or len(values) != len(FIELDS):
+            return None
+        if not all(_number(v) for v in values):
+            return None
+        backends[str(name)] = list(values)
+    routes: dict[str, dict[str, float]] = {}
+    for route, calls in r.items():
+        if not isinstance(calls, Mapping):
+            return None
+        if not all(_number(n) and n is not None for n in calls.values()):
+            return None
+        routes[str(route)] = {str(k): n for k, n in calls.items()}
+    return row["t"], backends, routes
 
 
 def _merge_point(a: list[Any], b: list[Any]) -> list[Any]:

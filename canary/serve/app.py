@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from canary.errors import RouterError
 from canary.observe.document import StatusDocument
+from canary.observe.history import HistoryDoc, document
 from canary.observe.meter import Meter
 from canary.observe.status import status_document
 from canary.serve.control import ControlPlane, error_response
@@ -51,9 +52,9 @@ class Canary:
         self.breakers = core.breakers
         self.live: Running | None = None  # what the lifespan opened, while it runs
         self.proxy: ASGIApp = _not_started
-        self.control = ControlPlane(core.store, core.traffic, self.document, core.rollouts).app(
-            self.lifespan
-        )
+        self.control = ControlPlane(
+            core.store, core.traffic, self.document, core.rollouts, self.history
+        ).app(self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,6 +84,12 @@ class Canary:
         )
         doc["draining"] = core.traffic.draining  # SIGTERM received: finishing what is in flight
         return doc, merged
+
+    async def history(self, since: int) -> HistoryDoc:
+        """``/status/history``: every worker's and replica's last minutes, merged."""
+        if self.live is None:  # not serving: nothing sampled
+            return document([], since, 0)
+        return await self.live.history.read(since)
 
 
 def create_app(config_path: str, **options: Unpack[AppOptionFields]) -> Canary:

@@ -10,6 +10,8 @@
                    (else: the workers of this host, through its state file)
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
+    history        the one-second ring, sampled once a second; its rows to the workers'
+                   directory and to Redis (``canary.serve.history``)
     rollout        the progressive rollout's tick, its webhooks; without Redis, its state file
     watcher        routes.yaml polled for changes
     SIGHUP         (serve) reload on the signal
@@ -30,12 +32,14 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
+from canary.fleet.history import ReplicaRows, WorkerRows
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import file_store
 from canary.fleet.rollout_shared import SharedRollout
 from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
+from canary.observe.history import KEEP_S, History
 from canary.proxy.app import Proxy
 from canary.proxy.plane import Plane
 from canary.proxy.transport import AiohttpTransport, as_upstream
@@ -43,6 +47,7 @@ from canary.safety.failover import FailoverLimiter
 from canary.safety.limits import MemoryLimiter
 from canary.safety.redis_limiter import RedisLimiter
 from canary.serve.core import AppOptions, Core
+from canary.serve.history import Sampling
 from canary.serve.signals import on_sighup
 from canary.serve.webhooks import webhooks
 
@@ -59,6 +64,7 @@ class Running:
     proxy: Proxy
     limiter: MemoryLimiter | FailoverLimiter
     fleet: Fleet | None  # this worker's exchange with its siblings (serve --workers N)
+    history: Sampling  # the last 15 minutes, for /status/history
 
     @property
     def state(self) -> str:
@@ -95,6 +101,9 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             fleet = await stack.enter_async_context(
                 _fleet(core, options.fleet_dir, replica_id, windows)
             )
+        history = await stack.enter_async_context(
+            _history(core, options, replica_id, limiter if redis_url else None)
+        )
         if not redis_url:  # the workers of this host share the rollout through its file
             store = file_store(core.store.path)
             await stack.enter_async_context(SharedRollout(store, core.rollouts, replica_id))
@@ -106,7 +115,7 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             await stack.enter_async_context(on_sighup(lambda: core.store.reload(reason="SIGHUP")))
         proxy = _proxy(core, options, limiter, transport)
         stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
-        yield Running(proxy, limiter, fleet)
+        yield Running(proxy, limiter, fleet, history)
 
 
 async def _share_state(
@@ -131,6 +140,21 @@ async def _share_state(
         forget_on_failure=options.fleet_dir is None,
     )
     return await stack.enter_async_context(windows)
+
+
+def _history(
+    core: Core,
+    options: AppOptions,
+    replica_id: str,
+    limiter: MemoryLimiter | FailoverLimiter | None,
+) -> Sampling:
+    ring = History(core.store, core.stats, core.breakers, core.meter)
+    workers = replicas = None
+    if options.fleet_dir is not None:
+        workers = WorkerRows(options.fleet_dir, replica_id, KEEP_S)
+    if isinstance(limiter, FailoverLimiter):
+        replicas = ReplicaRows(limiter.redis.client, replica_id, KEEP_S)
+    return Sampling(ring, workers, replicas)
 
 
 def _transport(options: AppOptions) -> httpx.AsyncBaseTransport:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canary.observe.history import FIELDS, History, document, merge, parse_since
@@ -159,3 +159,25 @@ def test_since_takes_whole_and_decimal_seconds(value: int) -> None:
     """A unix second, as an int or with a fraction, reads as that second (or the ring's start)."""
     assert parse_since(str(value), WALL0) == max(value, int(WALL0) - 900)
     assert parse_since(f"{value}.75", WALL0) == max(value, int(WALL0) - 900)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(JSON | st.fixed_dictionaries({"t": st.integers(), "b": JSON, "r": JSON}), max_size=4)
+)
+def test_rows_from_other_processes_never_break_the_merge(rows: list[object]) -> None:
+    """Rows read back from files or Redis are outside input: malformed ones are skipped, and
+    the answer is still one column per field, as long as ``t``."""
+    good = {"t": 5, "b": {"relay": [1] + [None] * (len(FIELDS) - 1)}, "r": {"chat": {"relay": 1}}}
+    doc = document(merge([rows, [good]]), since=0, sources=2)  # type: ignore[list-item]
+    assert 5 in doc["t"] and doc["t"] == sorted(set(doc["t"]))
+    for columns in doc["backends"].values():
+        assert set(columns) == set(FIELDS)
+        assert all(len(v) == len(doc["t"]) for v in columns.values())

@@ -1,7 +1,9 @@
 """End to end in a real browser: Debian's headless chromium, driven by playwright, watches
 ``/dashboard`` of a real ``canary serve`` while the relay (a real ``canary simulate``)
 breaks and its circuit opens. The page must load without console errors, draw its charts,
-follow the traffic, show the rollback, and reload the config with the admin token."""
+follow the traffic, show the rollback, and reload the config with the admin token; a page
+opened after the traffic stopped draws the last minutes from the router's history. Its
+screenshot is docs/dashboard.png (``CANARY_UPDATE_DOCS=1`` writes it)."""
 
 from __future__ import annotations
 
@@ -206,6 +208,61 @@ def points(page: Any) -> int:
     return int(page.locator("#chart-traffic").get_attribute("data-points") or 0)
 
 
+def history(page: Any) -> dict[str, Any]:
+    """The page's per-second rows: ``t``, ``threshold`` and a dict of columns per backend."""
+    return dict(
+        page.evaluate(
+            """() => {
+                const h = window.canaryDashboard.history;
+                const b = Object.fromEntries([...h.backends].map(([k, v]) => [k, v]));
+                return {t: h.t, threshold: h.threshold, ...b};
+            }"""
+        )
+    )
+
+
+def series_with_numbers(page: Any, chart: str) -> int:
+    """How many of ``chart``'s series (time aside) hold at least one number."""
+    return int(
+        page.evaluate(
+            """(name) => window.canaryDashboard.charts[name].data.slice(1)
+                .filter((s) => s.some((v) => typeof v === 'number')).length""",
+            chart,
+        )
+    )
+
+
+def empty_badges(page: Any) -> list[str]:
+    """Badges drawn on the page (visible) with no text in them: their ids or classes."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('.badge')]
+                .filter((b) => b.getClientRects().length && !b.textContent.trim())
+                .map((b) => b.id || b.className)"""
+        )
+    )
+
+
+def seconds_with_calls(router: str) -> int:
+    """Seconds of the router's history in which any backend answered a call."""
+    doc = httpx.get(f"{router}/status/history").json()
+    columns = [b["calls"] for b in doc["backends"].values()]
+    return sum(1 for i in range(len(doc["t"])) if any(c[i] for c in columns))
+
+
+def keep_screenshot(shot: Path) -> None:
+    """The docs' picture is this screenshot, never edited: ``CANARY_UPDATE_DOCS=1`` writes
+    it to docs/dashboard.png; ``CANARY_SCREENSHOT_DIR`` keeps a copy (CI artifacts)."""
+    print(f"dashboard screenshot: {shot}")
+    if os.environ.get("CANARY_UPDATE_DOCS") == "1":
+        docs = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+        print(f"dashboard screenshot written to: {shutil.copy(shot, docs)}")
+    if target := os.environ.get("CANARY_SCREENSHOT_DIR"):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        copy = shutil.copy(shot, Path(target) / "dashboard.png")
+        print(f"dashboard screenshot copied to: {copy}")
+
+
 def test_the_dashboard_shows_a_rollback(
     browser: Any, router: str, sims: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -250,32 +307,20 @@ def test_the_dashboard_shows_a_rollback(
         assert "over" in (relay_row.locator("td.num").nth(2).get_attribute("class") or "")
         # Each poll is one row of every series: the first row that saw the relay open also
         # saw its error rate over the threshold (the trip happened inside that window).
-        rows = page.evaluate(
-            """() => {
-                const h = window.canaryDashboard.history;
-                const b = Object.fromEntries([...h.backends].map(([k, v]) => [k, v]));
-                return {t: h.t.length, threshold: h.threshold, relay: b.relay, legacy: b.legacy};
-            }"""
-        )
+        rows = history(page)
         for name in ("relay", "legacy"):
-            for column in ("total", "share", "err", "p50", "p99", "circuit"):
-                assert len(rows[name][column]) == rows["t"], (name, column)
+            for column in ("calls", "errors", "share", "err", "p50", "p99", "circuit"):
+                assert len(rows[name][column]) == len(rows["t"]), (name, column)
+        assert rows["t"] == sorted(set(rows["t"])), "each second once"
         first_open = rows["relay"]["circuit"].index("open")
-        assert rows["relay"]["err"][first_open] > rows["threshold"][first_open] == 20.0
         assert rows["relay"]["circuit"][first_open - 1] == "closed"
+        assert sum(e or 0 for e in rows["relay"]["errors"][: first_open + 1]) > 0
+        assert rows["relay"]["err"][first_open] > 0 and rows["threshold"][first_open] == 20.0
 
         # Let the charts show the traffic on legacy alone for a few seconds, then picture it.
         poll(lambda: points(page) >= opened_at + 6, 15, "six polls after the rollback")
         assert inked(page, "chart-traffic") != traffic_ink, "the traffic chart changed"
-        shot = tmp_path / "dashboard.png"
-        page.screenshot(path=str(shot), full_page=True)
         assert traffic.failed == [], "fallback answers every call"
-
-    print(f"dashboard screenshot: {shot}")
-    if target := os.environ.get("CANARY_SCREENSHOT_DIR"):
-        Path(target).mkdir(parents=True, exist_ok=True)
-        copy = shutil.copy(shot, Path(target) / "dashboard.png")
-        print(f"dashboard screenshot copied to: {copy}")
 
     # Reload config with the admin token: kept in sessionStorage, never in the URL.
     page.click("#reload-open")
@@ -303,6 +348,30 @@ def test_the_dashboard_shows_a_rollback(
     assert errors == [
         "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
     ]
+
+    # The traffic has stopped: a page opened now draws the last minutes from the router.
+    seen = seconds_with_calls(router)
+    fresh = browser.new_page(viewport={"width": 1440, "height": 1000})
+    fresh.on("pageerror", lambda e: errors.append(str(e)))
+    fresh.goto(f"{router}/dashboard")
+    poll(lambda: points(fresh) > 0, 10, "the first poll drawn")
+    assert points(fresh) >= seen >= 10, "the history is drawn on open, not polled since"
+    for chart in ("traffic", "errors", "latency"):
+        assert series_with_numbers(fresh, chart) >= 2, f"{chart}: a non-empty series on open"
+    for chart in ("chart-traffic", "chart-errors", "chart-latency", "chart-circuits"):
+        poll(lambda c=chart: inked(fresh, c) > 2000, 5, f"{chart} drawn on open")
+    labels = fresh.evaluate("window.canaryDashboard.charts.traffic.axes[0]._values")
+    assert len(labels) >= 2 and len(labels) == len(set(labels)), f"each second once: {labels}"
+    assert empty_badges(fresh) == [], "a badge with nothing to say is not drawn"
+    assert fresh.locator("#rollback-note").inner_text().startswith("Rolled back: relay is open")
+    assert fresh.locator("#verdict-title").inner_text() == "Not ready for full migration"
+    assert fresh.locator("#verdict-reason").inner_text().startswith("relay: circuit open since")
+    assert fresh.locator("#savings").inner_text() == "not yet"  # never a projection of seconds
+    assert fresh.locator("#capabilities").is_hidden(), "no panel without its fields"
+    shot = tmp_path / "dashboard.png"
+    fresh.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot)
+    assert errors[1:] == [], f"console errors: {errors}"
 
 
 def test_unknown_cost_is_shown_as_unknown_never_zero(browser: Any, router: str) -> None:

@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from canary.observe.history import FIELDS
 from tests.helpers import free_port, run_process
 
 pytestmark = pytest.mark.e2e
@@ -305,8 +306,9 @@ def test_the_dashboard_shows_a_rollback(
         weight = page.locator('#routes tr[data-route="chat"] .weight[data-backend="relay"]')
         assert weight.inner_text() == "relay 50 → 0"
         assert "over" in (relay_row.locator("td.num").nth(2).get_attribute("class") or "")
-        # Each poll is one row of every series: the first row that saw the relay open also
-        # saw its error rate over the threshold (the trip happened inside that window).
+        # One row a second in every series, from the router's history; the second in which
+        # the relay opened is sampled once it is over, and shows the errors that tripped it.
+        poll(lambda: "open" in history(page)["relay"]["circuit"], 5, "the opening in history")
         rows = history(page)
         for name in ("relay", "legacy"):
             for column in ("calls", "errors", "share", "err", "p50", "p99", "circuit"):
@@ -493,4 +495,60 @@ def test_the_equivalence_panel_shows_the_audit_and_the_pairs(browser: Any, route
     shadow = page.locator("#shadow tbody tr").inner_text()
     assert "chat → relay" in shadow and "25" in shadow and "$0.25" in shadow
     assert "0.50\u00d7" in shadow  # the latency ratio, shadow / primary
+    assert errors == [], f"console errors: {errors}"
+
+
+def test_capability_panels_are_drawn_only_with_their_fields(browser: Any, router: str) -> None:
+    """Sessions, the spend audit and the same-model result each get a panel once /status has
+    their fields (the router's own /status, filled in), and none before."""
+    doc = httpx.get(f"{router}/status").json()
+    points = httpx.get(f"{router}/status/history").json()
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    bodies = {"status": json.dumps(doc), "history": json.dumps(points)}
+    page.route(
+        "**/status", lambda r: r.fulfill(content_type="application/json", body=bodies["status"])
+    )
+    page.route(
+        "**/status/history*",
+        lambda r: r.fulfill(content_type="application/json", body=bodies["history"]),
+    )
+    page.goto(f"{router}/dashboard")
+    poll(lambda: page.locator('#backends tr[data-backend="relay"]').count() == 1, 10, "a poll")
+    assert page.locator("#capabilities").is_hidden()
+
+    doc["backends"]["relay"]["sessions"] = {"open": 3, "total": 41, "cut": 2}
+    doc["billing"] = {
+        "relay": {"api": "new-api", "balance_usd": 12.5, "billed_usd": 1.32, "metered_usd": 1.0,
+                  "ratio": 1.32, "runway_h": 7.5, "polled_at": doc["config"]["loaded_at"],
+                  "error": None},
+    }  # fmt: skip
+    doc["readiness"]["max_billing_ratio"] = 1.1
+    doc["same_model"] = {"test": "mmd", "p_value": 0.004, "alpha": 0.05, "verdict": "differs",
+                         "prompts": 10, "samples": 20, "calls": 400, "cost_usd": 0.12,
+                         "at": doc["config"]["loaded_at"], "config_version": "v"}  # fmt: skip
+    doc["shadow"] = {"chat": {"backend": "relay", "compare": {"pairs": 40, "same_model_p": 0.31}}}
+    relay: dict[str, list[Any]] = {field: [None] * 5 for field in FIELDS}
+    relay |= {"calls": [0] * 5, "circuit": ["closed"] * 5, "sessions_open": [1, 2, 3, 3, 3]}
+    now = int(time.time())  # seconds after any the page holds: appended, each once
+    points = {"since": now - 900, "keep_s": 900, "t": list(range(now + 1, now + 6)),
+              "backends": {"relay": relay}, "routes": {}, "sources": 1}  # fmt: skip
+    bodies.update(status=json.dumps(doc), history=json.dumps(points))
+
+    poll(lambda: page.locator("#sessions-panel").is_visible(), 10, "the sessions panel")
+    assert page.locator('#sessions tr[data-backend="relay"]').inner_text().split() == [
+        "relay", "3", "41", "2",
+    ]  # fmt: skip
+    poll(lambda: inked(page, "chart-sessions") > 500, 5, "sessions open, drawn from history")
+    billing = page.locator('#billing tr[data-backend="relay"]').inner_text()
+    assert "$12.50" in billing and "$1.32 / $1.00" in billing and "7.5 h" in billing
+    assert "over" in (page.locator("#billing td.num").nth(2).get_attribute("class") or "")
+    verdict = page.locator("#same-model-verdict").inner_text()
+    assert verdict == "Answers differ from the baseline's (p = 0.0040, alpha 0.05)"
+    assert "10 \u00d7 20" in page.locator("#same-model-facts").inner_text()
+    assert page.locator("#same-model-shadow tbody").inner_text().split() == [
+        "chat", "→", "relay", "0.31",
+    ]  # fmt: skip
+    assert empty_badges(page) == []
     assert errors == [], f"console errors: {errors}"

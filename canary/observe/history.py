@@ -112,7 +112,7 @@ class History:
         self.seconds = array("q", [-1] * keep_s)  # the wall second each slot holds
         self.backends: dict[str, array[float]] = {}  # len(FIELDS) columns of keep_s slots
         self.routes: dict[tuple[str, str], array[float]] = {}  # (route, backend) -> calls
-        self._offset = wall() - stats.clock()  # monotonic second -> wall second
+        self._wall = wall
         self._last = -1  # the last monotonic second sampled
         self._totals: dict[str, list[float]] = {}  # backend -> lifetime [opened, cut, in, out, $]
         self._route_totals: dict[tuple[str, str], int] = {}
@@ -133,8 +133,11 @@ class History:
         if first >= current:
             self._last = current - 1
             return 0
+        # A point is labelled with the wall's second, counted back from now: the windows'
+        # seconds are monotonic ones (a test may move that clock; the labels never jump).
+        wall = int(self._wall())
         for second in range(first, current):
-            slot = self._slot(second)
+            slot = self._slot(wall - (current - second))
             last = second == current - 1  # the counters' rise lands on the last second
             for name in cfg.backends:
                 self._write_backend(name, second, slot, rises[name] if last else None)
@@ -143,8 +146,7 @@ class History:
         self._last = current - 1
         return current - first
 
-    def _slot(self, second: int) -> int:
-        t = round(second + self._offset)
+    def _slot(self, t: int) -> int:
         slot = t % self.keep_s
         self.seconds[slot] = t
         return slot

@@ -370,6 +370,7 @@ def test_the_dashboard_shows_a_rollback(
     assert fresh.locator("#verdict-reason").inner_text().startswith("relay: circuit open since")
     assert fresh.locator("#savings").inner_text() == "not yet"  # never a projection of seconds
     assert fresh.locator("#capabilities").is_hidden(), "no panel without its fields"
+    assert fresh.locator("#shadow").is_hidden(), "no table without rows (no shadow here)"
     shot = tmp_path / "dashboard.png"
     fresh.screenshot(path=str(shot), full_page=True)
     keep_screenshot(shot)

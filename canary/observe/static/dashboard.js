@@ -769,6 +769,10 @@
       );
     });
     $("shadow").tBodies[0].replaceChildren(...pairs);
+    // A table with no rows says nothing: not drawn (a route without shadow has no pairs).
+    $("audit").hidden = audits.length === 0;
+    $("shadow").hidden = pairs.length === 0;
+    $("equivalence").hidden = audits.length === 0 && pairs.length === 0;
   }
 
   function render(doc) {

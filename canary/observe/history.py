@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from canary.config.store import ConfigStore
@@ -232,37 +232,44 @@ class History:
     def rows(self, since: int) -> list[Row]:
         """Points from ``since`` on, oldest first, JSON-ready for the other workers."""
         held = sorted((t, slot) for slot, t in enumerate(self.seconds) if t >= since)
-        out: list[Row] = []
+        if not held:
+            return []
         width = len(FIELDS)
+        # Many rows (a page opening): the arrays as lists once; a few (each second): as is.
+        whole = len(held) > 60
+        backends = [(n, c.tolist() if whole else c) for n, c in self.backends.items()]
+        routes = [(key, c.tolist() if whole else c) for key, c in self.routes.items()]
+        out: list[Row] = []
         for t, slot in held:
-            backends = {}
-            for name, column in self.backends.items():
-                values = column[slot * width : (slot + 1) * width]
-                if not math.isnan(values[_CALLS]):
-                    backends[name] = [None if math.isnan(v) else v for v in values]
-            routes: dict[str, dict[str, float]] = {}
-            for (route, backend), column in self.routes.items():
-                if not math.isnan(column[slot]):
-                    routes.setdefault(route, {})[backend] = column[slot]
-            out.append({"t": t, "b": backends, "r": routes})
+            base = slot * width
+            points = {}
+            for name, values in backends:
+                if values[base] == values[base]:  # NaN: the backend was not there then
+                    points[name] = [v if v == v else None for v in values[base : base + width]]
+            calls: dict[str, dict[str, float]] = {}
+            for (route, backend), values in routes:
+                if values[slot] == values[slot]:
+                    calls.setdefault(route, {})[backend] = values[slot]
+            out.append({"t": t, "b": points, "r": calls})
         return out
 
 
-def merge(parts: Iterable[Iterable[Row]]) -> list[Row]:
-    """Rings of several workers or replicas added up per second (module docstring).
-
-    Rows read from other processes are checked: a malformed one is skipped, never fatal."""
+def merge(own: list[Row], others: Sequence[Iterable[Any]] = ()) -> list[Row]:
+    """This process's rows and other workers' or replicas' added up per second (module
+    docstring). Rows read from other processes are checked: a malformed one is skipped."""
+    if not others:
+        return own
     by_t: dict[int, Row] = {}
-    for rows in parts:
+    for rows, trusted in ((own, True), *((rows, False) for rows in others)):
         for row in rows:
-            checked = _checked(row)
+            checked = (row["t"], row["b"], row["r"]) if trusted else _checked(row)
             if checked is None:
                 continue
             t, backends, routes = checked
             mine = by_t.setdefault(t, {"t": t, "b": {}, "r": {}})
             for name, values in backends.items():
-                own = mine["b"].get(name)
-                mine["b"][name] = values if own is None else _merge_point(own, values)
+                kept = mine["b"].get(name)
+                mine["b"][name] = list(values) if kept is None else _merge_point(kept, values)
             for route, calls in routes.items():
                 into = mine["r"].setdefault(route, {})
                 for backend, n in calls.items():
@@ -320,12 +327,10 @@ def document(rows: list[Row], since: int, sources: int, keep_s: int = KEEP_S) ->
     t = [int(row["t"]) for row in rows]
     names = sorted({name for row in rows for name in row["b"]})
     backends: dict[str, dict[str, list[Any]]] = {}
+    absent = [None] * len(FIELDS)
     for name in names:
-        columns: dict[str, list[Any]] = {field: [] for field in FIELDS}
-        for row in rows:
-            values = row["b"].get(name) or [None] * len(FIELDS)
-            for field, value in zip(FIELDS, values, strict=True):
-                columns[field].append(value)
+        points = [row["b"].get(name) or absent for row in rows]
+        columns = {f: list(c) for f, c in zip(FIELDS, zip(*points, strict=True), strict=True)}
         columns["circuit"] = [
             CIRCUITS[int(v)] if v is not None and 0 <= v < len(CIRCUITS) else None
             for v in columns["circuit"]

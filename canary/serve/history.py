@@ -77,7 +77,6 @@ class Sampling(AsyncResource):
 
     async def read(self, since: int) -> HistoryDoc:
         """``/status/history``: every process's rows from ``since`` on, merged per second."""
-        parts: list[list[Row]] = [self.history.rows(since)]
         others: list[list[Row]] | None = None
         if self.replicas is not None:
             try:
@@ -86,8 +85,9 @@ class Sampling(AsyncResource):
                 log.debug("history.read_failed", error=type(exc).__name__)
         if others is None and self.workers is not None:
             others = self.workers.read(since)
-        parts.extend(others or ())
-        return document(merge(parts), since, len(parts), self.history.keep_s)
+        own = self.history.rows(since)
+        others = others or []
+        return document(merge(own, others), since, 1 + len(others), self.history.keep_s)
 
     async def aclose(self) -> None:
         if self._task is not None:

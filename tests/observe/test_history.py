@@ -104,7 +104,7 @@ def test_two_workers_merge_per_second(tmp_path: Path) -> None:
     one_second(core_b, {"relay": (30, 3, 1.000)}, clock)
     core_b.breakers.get("relay").follow("open", "test")  # type: ignore[union-attr]
     a.sample(), b.sample()
-    merged = merge([a.rows(0), b.rows(0)])
+    merged = merge(a.rows(0), [b.rows(0)])
     assert len(merged) == 1
     doc = document(merged, since=0, sources=2)
     relay = doc["backends"]["relay"]
@@ -176,7 +176,7 @@ def test_rows_from_other_processes_never_break_the_merge(rows: list[object]) -> 
     """Rows read back from files or Redis are outside input: malformed ones are skipped, and
     the answer is still one column per field, as long as ``t``."""
     good = {"t": 5, "b": {"relay": [1] + [None] * (len(FIELDS) - 1)}, "r": {"chat": {"relay": 1}}}
-    doc = document(merge([rows, [good]]), since=0, sources=2)  # type: ignore[list-item]
+    doc = document(merge([good], [rows]), since=0, sources=2)
     assert 5 in doc["t"] and doc["t"] == sorted(set(doc["t"]))
     for columns in doc["backends"].values():
         assert set(columns) == set(FIELDS)

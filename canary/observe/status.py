@@ -40,7 +40,6 @@ from canary.observe.equivalence import (
 )
 from canary.observe.meter import Meter
 from canary.observe.rollout_view import rollout_events, rollout_section
-from canary.observe.same_model import same_model_section
 from canary.safety.breaker import CLOSED, Breakers, Circuit, CircuitEvent
 from canary.safety.rollouts import Rollouts
 from canary.safety.windows import Stats
@@ -194,9 +193,6 @@ def status_document(
         doc["events"] = sorted(
             doc["events"] + rollout_events(rollouts), key=lambda e: e["at"], reverse=True
         )
-    same = same_model_section(store.path, cfg.version)
-    if same is not None:
-        doc["same_model"] = same
     costs = backend_costs(meter, cfg)
     doc["backends"] = {
         name: _backend(name, backend, stats, breakers, costs[name], fleet)

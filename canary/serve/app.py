@@ -22,6 +22,7 @@ from canary.errors import RouterError
 from canary.observe.document import StatusDocument
 from canary.observe.history import HistoryDoc, document
 from canary.observe.meter import Meter
+from canary.observe.same_model import same_model_section
 from canary.observe.status import status_document
 from canary.serve.control import ControlPlane, error_response
 from canary.serve.core import AppOptionFields, AppOptions, Core
@@ -83,6 +84,10 @@ class Canary:
             core.store, core.stats, core.breakers, merged, state, fleet, core.rollouts
         )
         doc["draining"] = core.traffic.draining  # SIGTERM received: finishing what is in flight
+        cfg = core.store.config
+        same = same_model_section(core.store.path, cfg.version) if cfg is not None else None
+        if same is not None:  # the last verify --distribution, when it ran on this config
+            doc["same_model"] = same
         return doc, merged
 
     async def history(self, since: int) -> HistoryDoc:

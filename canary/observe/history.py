@@ -7,8 +7,8 @@ counted:
 
 - calls, errors, p50 and p99 of each complete second from the backend's rollback window,
   whose one-second buckets keep exactly that (``Window.second``);
-- the circuit's state at the sample; WebSocket sessions (open now, opened, cut) through the
-  ``sessions`` seam, when the router counts them;
+- the circuit's state at the sample; WebSocket sessions (open now, opened, cut) from the
+  meter's ``sessions`` rows (``meter_sessions``), when the router counts sessions;
 - tokens, cost and each route's calls per backend (its traffic share) as the rise of the
   meter's lifetime counters since the previous sample, put on the last complete second.
 
@@ -66,6 +66,20 @@ SessionCounts = Callable[[str], tuple[int, int, int] | None]
 Row = dict[str, Any]  # {"t": s, "b": {backend: [FIELDS]}, "r": {route: {backend: calls}}}
 
 
+def meter_sessions(meter: Meter) -> SessionCounts:
+    """(open, total, cut) from the meter's per-backend session row ``[open, total, cut, ...]``;
+    None while the meter counts no sessions at all (a router without WebSocket support)."""
+
+    def counts(backend: str) -> tuple[int, int, int] | None:
+        rows = getattr(meter, "sessions", None)  # a meter that counts sessions has them
+        if not isinstance(rows, dict):
+            return None
+        row = rows.get(backend)
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+    return counts
+
+
 class HistoryDoc(TypedDict):
     """``GET /status/history``: columns over ``t`` (unix seconds, each second at most once)."""
 
@@ -107,7 +121,7 @@ class History:
         keep_s: int = KEEP_S,
     ) -> None:
         self.store, self.stats, self.breakers, self.meter = store, stats, breakers, meter
-        self.sessions = sessions
+        self.sessions = sessions if sessions is not None else meter_sessions(meter)
         self.keep_s = keep_s
         self.seconds = array("q", [-1] * keep_s)  # the wall second each slot holds
         self.backends: dict[str, array[float]] = {}  # len(FIELDS) columns of keep_s slots
@@ -160,7 +174,7 @@ class History:
         found = window.second(second) if window is not None else None
         requests, errors, hist = found if found is not None else (0, 0, None)
         circuit = self.breakers.get(name)
-        counts = self.sessions(name) if self.sessions is not None else None
+        counts = self.sessions(name)
         column[base + _CALLS] = requests
         column[base + _ERRORS] = errors
         column[base + _P50] = percentile(hist, requests, 0.5) if hist and requests else _NAN
@@ -184,7 +198,7 @@ class History:
             if backend in now:
                 now[backend][4] += usd
         for name, row in now.items():
-            counts = self.sessions(name) if self.sessions is not None else None
+            counts = self.sessions(name)
             if counts is not None:
                 row[0], row[1] = counts[1], counts[2]
         rises = {}

@@ -87,6 +87,24 @@ def test_the_ring_keeps_the_last_keep_s_seconds_each_once(tmp_path: Path) -> Non
     assert history.sample() == 2
     assert [row["b"]["legacy"][0] for row in history.rows(0)[-2:]] == [3, 4]
     assert history.rows(rows[-1]["t"] + 1)[0]["t"] == rows[-1]["t"] + 1  # since: inclusive
+    assert rows[-1]["b"]["relay"][FIELDS.index("sessions_open")] is None  # none counted
+
+
+def test_sessions_open_now_and_opened_and_cut_each_second(tmp_path: Path) -> None:
+    """With the meter's WebSocket session rows [open, total, cut, ...]: open at the sample,
+    and how many opened and were cut in that second."""
+    clock = Clock()
+    core, history = ring(tmp_path, clock)
+    rows: dict[str, list[int]] = {"relay": [2, 5, 1, 0, 0, 0, 0]}
+    core.meter.sessions = rows  # type: ignore[attr-defined]
+    history.sample()
+    rows["relay"][:3] = [3, 9, 2]
+    clock.t += 1.0
+    history.sample()
+    (row,) = history.rows(0)
+    relay = dict(zip(FIELDS, row["b"]["relay"], strict=True))
+    assert (relay["sessions_open"], relay["sessions_opened"], relay["sessions_cut"]) == (3, 4, 1)
+    assert row["b"]["legacy"][FIELDS.index("sessions_open")] == 0  # counted, none open
 
 
 def test_two_workers_merge_per_second(tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ counted:
 - tokens, cost and each route's calls per backend (its traffic share) as the rise of the
   meter's lifetime counters since the previous sample, put on the last complete second.
 
-The ring is columnar: one ``array('d')`` of ``KEEP_S`` slots per backend field and per
-(route, backend), and one of the wall second each slot holds, so its memory is fixed by the
-config's names, never by traffic: ``8 * KEEP_S * (1 + 11 * backends + route_backends)``
-bytes (``History.nbytes``; 3 backends on 2 routes: about 260 KB).
+The ring is a few flat arrays of ``KEEP_S`` slots: per backend one ``array('d')`` of its 11
+fields a slot, per (route, backend) one of calls, and one of the wall second each slot holds
+(counted back from the wall's second at the sample). Its memory is fixed by the config's
+names, never by traffic: ``8 * KEEP_S * (1 + 11 * backends + route_backends)`` bytes
+(``History.nbytes``; 3 backends on 2 routes with 4 weighted pairs: 274,240 bytes).
 
 Fleet. Each worker and each replica keeps its own ring; ``rows`` exports it JSON-ready,
 ``canary.fleet.history`` carries the rows between workers (a file each) and replicas (a

@@ -524,6 +524,9 @@ def test_capability_panels_are_drawn_only_with_their_fields(browser: Any, router
         "relay": {"api": "new-api", "balance_usd": 12.5, "billed_usd": 1.32, "metered_usd": 1.0,
                   "ratio": 1.32, "runway_h": 7.5, "polled_at": doc["config"]["loaded_at"],
                   "error": None},
+        "legacy": {"api": "openrouter", "balance_usd": None, "billed_usd": None,
+                   "metered_usd": 0.5, "ratio": None, "runway_h": None, "polled_at": None,
+                   "error": "HTTP 401 from the billing API"},
     }  # fmt: skip
     doc["readiness"]["max_billing_ratio"] = 1.1
     doc["same_model"] = {"test": "mmd", "p_value": 0.004, "alpha": 0.05, "verdict": "differs",
@@ -543,8 +546,10 @@ def test_capability_panels_are_drawn_only_with_their_fields(browser: Any, router
     ]  # fmt: skip
     poll(lambda: inked(page, "chart-sessions") > 500, 5, "sessions open, drawn from history")
     billing = page.locator('#billing tr[data-backend="relay"]').inner_text()
-    assert "$12.50" in billing and "$1.32 / $1.00" in billing and "7.5 h" in billing
+    assert "$12.50 (7.5 h)" in billing and "$1.32 / $1.00" in billing
     assert "over" in (page.locator("#billing td.num").nth(2).get_attribute("class") or "")
+    failed = page.locator("#billing tr.bad")  # a failed poll is shown, under its backend
+    assert failed.inner_text() == "poll failed: HTTP 401 from the billing API"
     verdict = page.locator("#same-model-verdict").inner_text()
     assert verdict == "Answers differ from the baseline's (p = 0.0040, alpha 0.05)"
     assert "10 \u00d7 20" in page.locator("#same-model-facts").inner_text()

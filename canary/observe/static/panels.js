@@ -110,7 +110,15 @@
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(2, max || 0)] } },
         series: series,
         axes: [
-          Object.assign({ incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900] }, axis),
+          Object.assign(
+            {
+              incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900], // each second labelled once
+              space: 70,
+              values: (u, splits) =>
+                splits.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false })),
+            },
+            axis,
+          ),
           Object.assign({ label: "open", size: 44 }, axis),
         ],
       },
@@ -123,21 +131,28 @@
   // --- spend audit -----------------------------------------------------------------------
   function billing(doc) {
     const limit = doc.readiness ? doc.readiness.max_billing_ratio : undefined;
-    const rows = Object.entries(doc.billing || {}).map(([name, b]) => {
+    const rows = [];
+    for (const [name, b] of Object.entries(doc.billing || {})) {
       const ratio = isNum(b.ratio) ? b.ratio.toFixed(2) + "×" : "–";
       const over = isNum(b.ratio) && isNum(limit) && b.ratio > limit;
+      const runway = isNum(b.runway_h) ? " (" + dec.format(b.runway_h) + " h)" : "";
       const tr = row([
-        cell(name + (b.api ? " (" + b.api + ")" : "")),
-        cell(money(b.balance_usd), "num"),
+        cell(name),
+        cell(money(b.balance_usd) + runway, "num"),
         cell(money(b.billed_usd) + " / " + money(b.metered_usd), "num"),
         cell(ratio, "num" + (over ? " over" : "")),
-        cell(isNum(b.runway_h) ? dec.format(b.runway_h) + " h" : "–", "num"),
-        cell(b.error ? String(b.error) : b.polled_at ? "polled " + clock(b.polled_at) : "–"),
       ]);
       tr.dataset.backend = name;
-      if (b.error) tr.className = "bad";
-      return tr;
-    });
+      const api = b.api ? b.api + " billing API" : "billing API";
+      tr.title = api + (b.polled_at ? ", last polled " + clock(b.polled_at) : "");
+      rows.push(tr);
+      if (b.error) {
+        // A failed poll is shown, never fatal: a line of its own under the backend's.
+        const why = cell("poll failed: " + String(b.error));
+        why.colSpan = 4;
+        rows.push(row([why], "bad"));
+      }
+    }
     show("billing-panel", rows, "billing");
   }
 

@@ -128,7 +128,7 @@ class Fleet(AsyncResource):
                 continue
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
                 peer = orjson.loads(path.read_bytes())
-                if isinstance(peer, dict) and _PEER_KEYS <= peer.keys():  # a worker's, whole
+                if isinstance(peer, dict) and peer.keys() >= _PEER_KEYS:  # a worker's, whole
                     peers.append(peer)
         return peers
 

@@ -38,6 +38,7 @@ ASSETS = {
     "uPlot.min.css": "text/css; charset=utf-8",
     "rollout.js": "text/javascript; charset=utf-8",
     "rollout.css": "text/css; charset=utf-8",
+    "panels.js": "text/javascript; charset=utf-8",
 }
 
 

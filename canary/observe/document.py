@@ -266,6 +266,21 @@ class BillingDoc(TypedDict):
     restarts: int  # spans begun again: a top-up, a reset counter, a restarted fleet
 
 
+class SameModelDoc(TypedDict):
+    """The same-model test's last result (``canary verify --distribution``)."""
+
+    test: str  # the two-sample test run, e.g. "mmd"
+    p_value: float | None
+    alpha: float
+    verdict: str  # "differs" when p_value < alpha, else "same" (or the tool's word)
+    prompts: int
+    samples: int
+    calls: int
+    cost_usd: float | None
+    at: str  # when it ran, ISO 8601
+    config_version: str  # sha256 of the routes.yaml it ran against
+
+
 class StatusDocument(TypedDict):
     config: ConfigDoc
     state: str  # memory | redis | degraded
@@ -281,4 +296,6 @@ class StatusDocument(TypedDict):
     shadow: NotRequired[dict[str, dict[str, Any]]]  # route -> shadow figures and compare
     rollout: NotRequired[RolloutDoc | None]  # None: no rollout block
     billing: NotRequired[dict[str, BillingDoc]]  # backends with ``billing`` (SPEC §11)
+    # the last ``verify --distribution`` against the config serving (observe.same_model)
+    same_model: NotRequired[SameModelDoc]
     draining: NotRequired[bool]  # set by the app: SIGTERM received, finishing what is in flight

@@ -185,6 +185,14 @@ class Window:
         requests, errors = self.counts()
         return requests + self.remote_requests, errors + self.remote_errors
 
+    def second(self, second: int) -> tuple[int, int, list[int]] | None:
+        """(requests, errors, latency bins) of one past second still in the ring, else None.
+
+        Read once a second by the history sampler (``canary.observe.history``): the bins are
+        the live ones, to be read at once and never kept."""
+        b = self._ring[second % self._size]
+        return (b.requests, b.errors, b.hist) if b.second == second else None
+
     def export(self) -> dict[str, Any]:
         """This process's own figures, JSON-ready, for sibling workers' ``snapshot(peers)``.
 

@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from canary.errors import RouterError
 from canary.observe.billing import apply_billing
 from canary.observe.document import StatusDocument
+from canary.observe.history import HistoryDoc, document
 from canary.observe.meter import Meter
+from canary.observe.same_model import same_model_section
 from canary.observe.status import status_document
 from canary.proxy.cors import CorsMiddleware
 from canary.serve.control import ControlPlane, error_response
@@ -66,7 +68,12 @@ class Canary:
         self.live: Running | None = None  # what the lifespan opened, while it runs
         self.proxy: ASGIApp = _not_started
         self.control = ControlPlane(
-            core.store, core.traffic, self.document, core.rollouts, core.meter
+            core.store,
+            core.traffic,
+            self.document,
+            core.rollouts,
+            meter=core.meter,
+            history=self.history,
         ).app(self.lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,7 +108,17 @@ class Canary:
         )
         apply_billing(doc, core.billing, core.store.config)
         doc["draining"] = core.traffic.draining  # SIGTERM received: finishing what is in flight
+        cfg = core.store.config
+        same = same_model_section(core.store.path, cfg.version) if cfg is not None else None
+        if same is not None:  # the last verify --distribution, when it ran on this config
+            doc["same_model"] = same
         return doc, merged
+
+    async def history(self, since: int) -> HistoryDoc:
+        """``/status/history``: every worker's and replica's last minutes, merged."""
+        if self.live is None:  # not serving: nothing sampled
+            return document([], since, 0)
+        return await self.live.history.read(since)
 
 
 def create_app(config_path: str, **options: Unpack[AppOptionFields]) -> Canary:

@@ -1,6 +1,8 @@
 """The control plane: every path outside ``/v1/*``, as one Starlette app.
 
     GET  /status        the migration's state (``canary.observe.status``); always 200
+    GET  /status/history?since=<unix s>  the last 15 minutes, a point a second
+                        (``canary.observe.history``); a bad ``since`` answers 400
     GET  /metrics       Prometheus text from the same document
     GET  /healthz       200 while the process serves
     GET  /readyz        200 once a valid config is loaded; 503 without one, or draining
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -31,6 +34,7 @@ from canary.config.store import ConfigStore
 from canary.errors import RouterError
 from canary.observe.dashboard import dashboard_routes
 from canary.observe.document import StatusDocument
+from canary.observe.history import HistoryDoc, parse_since
 from canary.observe.meter import Meter
 from canary.observe.metrics import CONTENT_TYPE
 from canary.observe.metrics import render as render_metrics
@@ -40,6 +44,7 @@ from canary.serve.drain import Traffic
 
 Document = Callable[[], tuple[StatusDocument, Meter]]  # /status and the meter it was built on
 Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+HistoryReader = Callable[[int], Awaitable[HistoryDoc]]  # since (unix s) -> /status/history
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -63,12 +68,14 @@ class ControlPlane:
         document: Document,
         rollouts: Rollouts | None = None,
         meter: Meter | None = None,
+        history: HistoryReader | None = None,
     ) -> None:
         self.meter = meter
         self.store = store
         self.traffic = traffic
         self.document = document
         self.rollouts = rollouts
+        self.history = history
 
     def app(self, lifespan: Lifespan) -> Starlette:
         return Starlette(
@@ -80,6 +87,7 @@ class ControlPlane:
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/status", self.status),
+            Route("/status/history", self.status_history),
             Route("/metrics", self.metrics),
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
@@ -91,6 +99,17 @@ class ControlPlane:
 
     async def status(self, _: Request) -> Response:
         return _json(self.document()[0])
+
+    async def status_history(self, request: Request) -> Response:
+        try:
+            since = parse_since(request.query_params.get("since"), time.time())
+        except ValueError as exc:
+            return error_response(RouterError(f"{exc}.", code="invalid_since", status=400))
+        if self.history is None:
+            return error_response(
+                RouterError("History is not kept by this router.", code="no_history", status=404)
+            )
+        return _json(await self.history(since))
 
     async def metrics(self, _: Request) -> Response:
         return Response(render_metrics(*self.document()), media_type=CONTENT_TYPE)

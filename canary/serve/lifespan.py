@@ -10,6 +10,8 @@
                    (else: the workers of this host, through its state file)
     windows        (Redis) window counts exchanged
     fleet          (serve --workers N) the workers' exchange through a directory
+    history        the one-second ring, sampled once a second; its rows to the workers'
+                   directory and to Redis (``canary.serve.history``)
     rollout        the progressive rollout's tick; without Redis, its state file
     webhooks       rollout transitions and spend alerts, POSTed from one sender
     billing        the spend audit's poller: one process of the fleet polls (a lease)
@@ -35,12 +37,14 @@ from redis.asyncio import Redis
 
 from canary.config.model import Config, Telemetry
 from canary.fleet.billing_shared import Alone, HostShare, RedisShare, Share
+from canary.fleet.history import ReplicaRows, WorkerRows
 from canary.fleet.membership import Membership
 from canary.fleet.rollout_file import file_store
 from canary.fleet.rollout_shared import SharedRollout
 from canary.fleet.rollout_stores import RedisStore
 from canary.fleet.shared import SharedBreakers, SharedWindows
 from canary.fleet.workers import Fleet
+from canary.observe.history import KEEP_S, History
 from canary.observe.meter import Meter
 from canary.observe.tracing import OFF, Tracing, traces_on
 from canary.proxy.app import Proxy
@@ -52,6 +56,7 @@ from canary.safety.limits import MemoryLimiter
 from canary.safety.redis_limiter import RedisLimiter
 from canary.serve.billing import TICK_S, polling
 from canary.serve.core import AppOptions, Core
+from canary.serve.history import Sampling
 from canary.serve.signals import on_sighup
 from canary.serve.webhooks import webhooks
 
@@ -68,6 +73,7 @@ class Running:
     proxy: Proxy
     limiter: MemoryLimiter | FailoverLimiter
     fleet: Fleet | None  # this worker's exchange with its siblings (serve --workers N)
+    history: Sampling  # the last 15 minutes, for /status/history
 
     @property
     def state(self) -> str:
@@ -104,6 +110,9 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
             fleet = await stack.enter_async_context(
                 _fleet(core, options.fleet_dir, replica_id, windows)
             )
+        history = await stack.enter_async_context(
+            _history(core, options, replica_id, limiter if redis_url else None)
+        )
         if not redis_url:  # the workers of this host share the rollout through its file
             store = file_store(core.store.path)
             await stack.enter_async_context(SharedRollout(store, core.rollouts, replica_id))
@@ -130,7 +139,7 @@ async def running(core: Core, options: AppOptions) -> AsyncIterator[Running]:
         stack.push_async_callback(tracing.aclose)
         proxy = _proxy(core, options, limiter, transport, sockets, tracing)
         stack.push_async_callback(proxy.plane.shadows.aclose)  # copies end before the transport
-        yield Running(proxy, limiter, fleet)
+        yield Running(proxy, limiter, fleet, history)
 
 
 async def _share_state(
@@ -181,6 +190,21 @@ def _tracing(cfg: Config | None) -> Tracing:
     from canary.observe.otel import otlp_tracing
 
     return otlp_tracing(os.environ)
+
+
+def _history(
+    core: Core,
+    options: AppOptions,
+    replica_id: str,
+    limiter: MemoryLimiter | FailoverLimiter | None,
+) -> Sampling:
+    ring = History(core.store, core.stats, core.breakers, core.meter)
+    workers = replicas = None
+    if options.fleet_dir is not None:
+        workers = WorkerRows(options.fleet_dir, replica_id, KEEP_S)
+    if isinstance(limiter, FailoverLimiter):
+        replicas = ReplicaRows(limiter.redis.client, replica_id, KEEP_S)
+    return Sampling(ring, workers, replicas)
 
 
 def _transport(options: AppOptions) -> httpx.AsyncBaseTransport:

@@ -1,7 +1,9 @@
 """End to end in a real browser: Debian's headless chromium, driven by playwright, watches
 ``/dashboard`` of a real ``canary serve`` while the relay (a real ``canary simulate``)
 breaks and its circuit opens. The page must load without console errors, draw its charts,
-follow the traffic, show the rollback, and reload the config with the admin token."""
+follow the traffic, show the rollback, and reload the config with the admin token; a page
+opened after the traffic stopped draws the last minutes from the router's history. Its
+screenshot is docs/dashboard.png (``CANARY_UPDATE_DOCS=1`` writes it)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from canary.observe.history import FIELDS
 from tests.helpers import free_port, run_process
 
 pytestmark = pytest.mark.e2e
@@ -206,6 +209,61 @@ def points(page: Any) -> int:
     return int(page.locator("#chart-traffic").get_attribute("data-points") or 0)
 
 
+def history(page: Any) -> dict[str, Any]:
+    """The page's per-second rows: ``t``, ``threshold`` and a dict of columns per backend."""
+    return dict(
+        page.evaluate(
+            """() => {
+                const h = window.canaryDashboard.history;
+                const b = Object.fromEntries([...h.backends].map(([k, v]) => [k, v]));
+                return {t: h.t, threshold: h.threshold, ...b};
+            }"""
+        )
+    )
+
+
+def series_with_numbers(page: Any, chart: str) -> int:
+    """How many of ``chart``'s series (time aside) hold at least one number."""
+    return int(
+        page.evaluate(
+            """(name) => window.canaryDashboard.charts[name].data.slice(1)
+                .filter((s) => s.some((v) => typeof v === 'number')).length""",
+            chart,
+        )
+    )
+
+
+def empty_badges(page: Any) -> list[str]:
+    """Badges drawn on the page (visible) with no text in them: their ids or classes."""
+    return list(
+        page.evaluate(
+            """() => [...document.querySelectorAll('.badge')]
+                .filter((b) => b.getClientRects().length && !b.textContent.trim())
+                .map((b) => b.id || b.className)"""
+        )
+    )
+
+
+def seconds_with_calls(router: str) -> int:
+    """Seconds of the router's history in which any backend answered a call."""
+    doc = httpx.get(f"{router}/status/history").json()
+    columns = [b["calls"] for b in doc["backends"].values()]
+    return sum(1 for i in range(len(doc["t"])) if any(c[i] for c in columns))
+
+
+def keep_screenshot(shot: Path) -> None:
+    """The docs' picture is this screenshot, never edited: ``CANARY_UPDATE_DOCS=1`` writes
+    it to docs/dashboard.png; ``CANARY_SCREENSHOT_DIR`` keeps a copy (CI artifacts)."""
+    print(f"dashboard screenshot: {shot}")
+    if os.environ.get("CANARY_UPDATE_DOCS") == "1":
+        docs = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+        print(f"dashboard screenshot written to: {shutil.copy(shot, docs)}")
+    if target := os.environ.get("CANARY_SCREENSHOT_DIR"):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        copy = shutil.copy(shot, Path(target) / "dashboard.png")
+        print(f"dashboard screenshot copied to: {copy}")
+
+
 def test_the_dashboard_shows_a_rollback(
     browser: Any, router: str, sims: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -248,34 +306,23 @@ def test_the_dashboard_shows_a_rollback(
         weight = page.locator('#routes tr[data-route="chat"] .weight[data-backend="relay"]')
         assert weight.inner_text() == "relay 50 → 0"
         assert "over" in (relay_row.locator("td.num").nth(2).get_attribute("class") or "")
-        # Each poll is one row of every series: the first row that saw the relay open also
-        # saw its error rate over the threshold (the trip happened inside that window).
-        rows = page.evaluate(
-            """() => {
-                const h = window.canaryDashboard.history;
-                const b = Object.fromEntries([...h.backends].map(([k, v]) => [k, v]));
-                return {t: h.t.length, threshold: h.threshold, relay: b.relay, legacy: b.legacy};
-            }"""
-        )
+        # One row a second in every series, from the router's history; the second in which
+        # the relay opened is sampled once it is over, and shows the errors that tripped it.
+        poll(lambda: "open" in history(page)["relay"]["circuit"], 5, "the opening in history")
+        rows = history(page)
         for name in ("relay", "legacy"):
-            for column in ("total", "share", "err", "p50", "p99", "circuit"):
-                assert len(rows[name][column]) == rows["t"], (name, column)
+            for column in ("calls", "errors", "share", "err", "p50", "p99", "circuit"):
+                assert len(rows[name][column]) == len(rows["t"]), (name, column)
+        assert rows["t"] == sorted(set(rows["t"])), "each second once"
         first_open = rows["relay"]["circuit"].index("open")
-        assert rows["relay"]["err"][first_open] > rows["threshold"][first_open] == 20.0
         assert rows["relay"]["circuit"][first_open - 1] == "closed"
+        assert sum(e or 0 for e in rows["relay"]["errors"][: first_open + 1]) > 0
+        assert rows["relay"]["err"][first_open] > 0 and rows["threshold"][first_open] == 20.0
 
         # Let the charts show the traffic on legacy alone for a few seconds, then picture it.
         poll(lambda: points(page) >= opened_at + 6, 15, "six polls after the rollback")
         assert inked(page, "chart-traffic") != traffic_ink, "the traffic chart changed"
-        shot = tmp_path / "dashboard.png"
-        page.screenshot(path=str(shot), full_page=True)
         assert traffic.failed == [], "fallback answers every call"
-
-    print(f"dashboard screenshot: {shot}")
-    if target := os.environ.get("CANARY_SCREENSHOT_DIR"):
-        Path(target).mkdir(parents=True, exist_ok=True)
-        copy = shutil.copy(shot, Path(target) / "dashboard.png")
-        print(f"dashboard screenshot copied to: {copy}")
 
     # Reload config with the admin token: kept in sessionStorage, never in the URL.
     page.click("#reload-open")
@@ -303,6 +350,31 @@ def test_the_dashboard_shows_a_rollback(
     assert errors == [
         "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
     ]
+
+    # The traffic has stopped: a page opened now draws the last minutes from the router.
+    seen = seconds_with_calls(router)
+    fresh = browser.new_page(viewport={"width": 1440, "height": 1000})
+    fresh.on("pageerror", lambda e: errors.append(str(e)))
+    fresh.goto(f"{router}/dashboard")
+    poll(lambda: points(fresh) > 0, 10, "the first poll drawn")
+    assert points(fresh) >= seen >= 10, "the history is drawn on open, not polled since"
+    for chart in ("traffic", "errors", "latency"):
+        assert series_with_numbers(fresh, chart) >= 2, f"{chart}: a non-empty series on open"
+    for chart in ("chart-traffic", "chart-errors", "chart-latency", "chart-circuits"):
+        poll(lambda c=chart: inked(fresh, c) > 2000, 5, f"{chart} drawn on open")
+    labels = fresh.evaluate("window.canaryDashboard.charts.traffic.axes[0]._values")
+    assert len(labels) >= 2 and len(labels) == len(set(labels)), f"each second once: {labels}"
+    assert empty_badges(fresh) == [], "a badge with nothing to say is not drawn"
+    assert fresh.locator("#rollback-note").inner_text().startswith("Rolled back: relay is open")
+    assert fresh.locator("#verdict-title").inner_text() == "Not ready for full migration"
+    assert fresh.locator("#verdict-reason").inner_text().startswith("relay: circuit open since")
+    assert fresh.locator("#savings").inner_text() == "not yet"  # never a projection of seconds
+    assert fresh.locator("#capabilities").is_hidden(), "no panel without its fields"
+    assert fresh.locator("#shadow").is_hidden(), "no table without rows (no shadow here)"
+    shot = tmp_path / "dashboard.png"
+    fresh.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot)
+    assert errors[1:] == [], f"console errors: {errors}"
 
 
 def test_unknown_cost_is_shown_as_unknown_never_zero(browser: Any, router: str) -> None:
@@ -424,4 +496,65 @@ def test_the_equivalence_panel_shows_the_audit_and_the_pairs(browser: Any, route
     shadow = page.locator("#shadow tbody tr").inner_text()
     assert "chat → relay" in shadow and "25" in shadow and "$0.25" in shadow
     assert "0.50\u00d7" in shadow  # the latency ratio, shadow / primary
+    assert errors == [], f"console errors: {errors}"
+
+
+def test_capability_panels_are_drawn_only_with_their_fields(browser: Any, router: str) -> None:
+    """Sessions, the spend audit and the same-model result each get a panel once /status has
+    their fields (the router's own /status, filled in), and none before."""
+    doc = httpx.get(f"{router}/status").json()
+    points = httpx.get(f"{router}/status/history").json()
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    bodies = {"status": json.dumps(doc), "history": json.dumps(points)}
+    page.route(
+        "**/status", lambda r: r.fulfill(content_type="application/json", body=bodies["status"])
+    )
+    page.route(
+        "**/status/history*",
+        lambda r: r.fulfill(content_type="application/json", body=bodies["history"]),
+    )
+    page.goto(f"{router}/dashboard")
+    poll(lambda: page.locator('#backends tr[data-backend="relay"]').count() == 1, 10, "a poll")
+    assert page.locator("#capabilities").is_hidden()
+
+    doc["backends"]["relay"]["sessions"] = {"open": 3, "total": 41, "cut": 2}
+    doc["billing"] = {
+        "relay": {"api": "new-api", "balance_usd": 12.5, "billed_usd": 1.32, "metered_usd": 1.0,
+                  "ratio": 1.32, "runway_h": 7.5, "polled_at": doc["config"]["loaded_at"],
+                  "error": None},
+        "legacy": {"api": "openrouter", "balance_usd": None, "billed_usd": None,
+                   "metered_usd": 0.5, "ratio": None, "runway_h": None, "polled_at": None,
+                   "error": "HTTP 401 from the billing API"},
+    }  # fmt: skip
+    doc["readiness"]["max_billing_ratio"] = 1.1
+    doc["same_model"] = {"test": "mmd", "p_value": 0.004, "alpha": 0.05, "verdict": "differs",
+                         "prompts": 10, "samples": 20, "calls": 400, "cost_usd": 0.12,
+                         "at": doc["config"]["loaded_at"], "config_version": "v"}  # fmt: skip
+    doc["shadow"] = {"chat": {"backend": "relay", "compare": {"pairs": 40, "same_model_p": 0.31}}}
+    relay: dict[str, list[Any]] = {field: [None] * 5 for field in FIELDS}
+    relay |= {"calls": [0] * 5, "circuit": ["closed"] * 5, "sessions_open": [1, 2, 3, 3, 3]}
+    now = int(time.time())  # seconds after any the page holds: appended, each once
+    points = {"since": now - 900, "keep_s": 900, "t": list(range(now + 1, now + 6)),
+              "backends": {"relay": relay}, "routes": {}, "sources": 1}  # fmt: skip
+    bodies.update(status=json.dumps(doc), history=json.dumps(points))
+
+    poll(lambda: page.locator("#sessions-panel").is_visible(), 10, "the sessions panel")
+    assert page.locator('#sessions tr[data-backend="relay"]').inner_text().split() == [
+        "relay", "3", "41", "2",
+    ]  # fmt: skip
+    poll(lambda: inked(page, "chart-sessions") > 500, 5, "sessions open, drawn from history")
+    billing = page.locator('#billing tr[data-backend="relay"]').inner_text()
+    assert "$12.50 (7.5 h)" in billing and "$1.32 / $1.00" in billing
+    assert "over" in (page.locator("#billing td.num").nth(2).get_attribute("class") or "")
+    failed = page.locator("#billing tr.bad")  # a failed poll is shown, under its backend
+    assert failed.inner_text() == "poll failed: HTTP 401 from the billing API"
+    verdict = page.locator("#same-model-verdict").inner_text()
+    assert verdict == "Answers differ from the baseline's (p = 0.0040, alpha 0.05)"
+    assert "10 \u00d7 20" in page.locator("#same-model-facts").inner_text()
+    assert page.locator("#same-model-shadow tbody").inner_text().split() == [
+        "chat", "→", "relay", "0.31",
+    ]  # fmt: skip
+    assert empty_badges(page) == []
     assert errors == [], f"console errors: {errors}"

@@ -114,6 +114,10 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(
         )
 
     wait_until(settled, 10, f"router tokens == simulators' {sent}, {n + 1} calls")
+    # The history, from either worker, adds both workers' rings second by second (the first
+    # call may have been made before the clock was moved on, and not be in any second).
+    wait_until(lambda: min(history_calls(stack) for _ in range(4)) >= n, 5, "both workers")
+    assert history_calls(stack) <= n + 1
     doc = fresh_status(stack)
     assert doc["workers"]["alive"] == 2
     calls = doc["workers"]["calls"]
@@ -163,6 +167,12 @@ def test_workers_report_one_view_of_tokens_cost_and_metrics(
     assert total_of("canary_cost_usd_total") == pytest.approx(cost["total_usd"], abs=1e-6)
     for secret in SECRETS:
         assert secret not in text
+
+
+def history_calls(stack: Stack) -> int:
+    """Calls in the router's /status/history, every backend and second added up."""
+    doc = httpx.get(f"{stack.url}/status/history").json()
+    return sum(sum(n or 0 for n in b["calls"]) for b in doc["backends"].values())
 
 
 def test_streams_without_usage_are_counted_as_unmetered(stack_factory: Any) -> None:

@@ -189,6 +189,7 @@ def test_error_windows_add_up_across_replicas(
         with replicas[0][1], replicas[1][1], replicas[2][1]:
             for url in urls:
                 wait_until(lambda u=url: state(u) == "redis", 5, "shared state")
+            started = int(time.time())  # history before it is other tests' (on this Redis)
             for i in range(45):  # 15 per replica: each below min_requests on its own
                 r = httpx.post(f"{urls[i % 3]}/v1/chat/completions", json=BODY, timeout=5)
                 assert r.status_code == 200
@@ -205,5 +206,15 @@ def test_error_windows_add_up_across_replicas(
             )
             # Global figures on every replica, once the next exchange has run (0.5 s).
             wait_until(lambda: relay_status(urls[1])["requests"] >= 30, 3, "global figures")
+
+            def history_calls(url: str) -> int:  # every replica's ring, merged through Redis
+                doc = httpx.get(f"{url}/status/history", params={"since": started}).json()
+                return sum(n or 0 for n in doc["backends"]["relay"]["calls"])
+
+            relay_calls = sum(relay_status(u)["total_requests"] for u in urls)  # each its own
+            assert relay_calls >= 30
+            wait_until(
+                lambda: all(history_calls(u) == relay_calls for u in urls), 5, "fleet history"
+            )
     finally:
         httpx.post(f"{relay}/_sim/faults", json={"error_rate": 0})

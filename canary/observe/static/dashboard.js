@@ -1,12 +1,13 @@
-// canary dashboard: polls /status every second, keeps ten minutes of history in this tab,
-// and draws it with uPlot (vendored beside this file). /status holds no secret; the admin
-// token typed for "Reload config" lives in sessionStorage only and travels in a header.
+// canary dashboard: on open, draws the router's last 15 minutes (/status/history), then
+// polls /status and the new points every second, and draws them with uPlot (vendored beside
+// this file). /status holds no secret; the admin token typed for "Reload config" lives in
+// sessionStorage only and travels in a header.
 "use strict";
 
 (function () {
   const POLL_MS = 1000;
-  const KEEP_S = 600;
-  const SHARE_POLLS = 3;
+  const KEEP_S = 900; // the router's ring: 15 minutes
+  const SHARE_S = 3;
   const TOKEN_KEY = "canary.adminToken";
   const PALETTE = ["#1f6feb", "#e8590c", "#2f9e44", "#9c36b5", "#0b7285", "#c2255c", "#5c940d"];
   const CIRCUIT_FILL = { closed: "#69db7c", half_open: "#ffc078", open: "#ff6b6b" };
@@ -83,9 +84,14 @@
     return el("span", { class: "badge circuit " + state, text: String(state).replace("_", "-") });
   }
 
-  // --- history: one row per poll, aligned across backends -------------------------------
+  // --- history: the router's one-second points (GET /status/history) --------------------
+  // On open the page asks for the router's whole ring (the last 15 minutes, every worker
+  // and replica merged), then each second for the points after the last one it holds; so
+  // the charts show what happened before the page was opened. One row per second.
   const history = { t: [], threshold: [], backends: new Map() };
+  const COLUMNS = ["calls", "errors", "share", "err", "p50", "p99", "circuit", "sessions", "cost"];
   const colors = new Map();
+  const rules = { windowS: 60, bar: null }; // the rollback window and threshold, from /status
 
   function colorOf(name) {
     if (!colors.has(name)) colors.set(name, PALETTE[colors.size % PALETTE.length]);
@@ -95,75 +101,86 @@
   function track(name) {
     let h = history.backends.get(name);
     if (!h) {
-      const blank = () => history.t.map(() => null);
-      h = {
-        total: blank(),
-        delta: blank(),
-        share: blank(),
-        err: blank(),
-        p50: blank(),
-        p99: blank(),
-        circuit: blank(),
-        canary: false,
-      };
+      h = { canary: false };
+      for (const key of COLUMNS) h[key] = history.t.map(() => null);
       history.backends.set(name, h);
     }
     return h;
   }
 
-  // One row per poll; a backend first seen now gets nulls for the rows before it (track()),
-  // so the time column is appended last.
-  function record(doc, now) {
-    const seen = new Set();
+  // The roles and the rollback rules come with /status; the points with /status/history.
+  function noteStatus(doc) {
     for (const [name, b] of Object.entries((doc && doc.backends) || {})) {
-      seen.add(name);
       colorOf(name);
-      const h = track(name);
-      const prev = h.total.length ? h.total[h.total.length - 1] : null;
-      const total = typeof b.total_requests === "number" ? b.total_requests : null;
-      const delta = prev !== null && total !== null && total >= prev ? total - prev : null;
-      const active = b.requests > 0;
-      h.total.push(total);
-      h.delta.push(delta);
-      h.err.push(active ? 100 * b.error_rate : null);
-      h.p50.push(active && b.latency_ms ? b.latency_ms.p50 : null);
-      h.p99.push(active && b.latency_ms ? b.latency_ms.p99 : null);
-      h.circuit.push(b.circuit || null);
-      h.canary = b.role === "canary";
+      track(name).canary = b.role === "canary";
     }
-    for (const [name, h] of history.backends) {
-      if (seen.has(name)) continue;
-      for (const key of ["total", "delta", "err", "p50", "p99", "circuit"]) h[key].push(null);
+    const rb = doc && doc.rollback;
+    if (rb) Object.assign(rules, { windowS: rb.window_s || 60, bar: rb.max_error_rate });
+  }
+
+  function absorb(doc) {
+    const t = (doc && doc.t) || [];
+    const got = doc.backends || {};
+    for (const name of Object.keys(got)) {
+      colorOf(name);
+      track(name);
     }
-    // Share of calls over the last few polls: one second alone is too noisy at low rates.
+    const last = history.t.length ? history.t[history.t.length - 1] : -Infinity;
+    t.forEach((second, i) => {
+      if (second <= last) return; // each second once, in order
+      for (const [name, h] of history.backends) {
+        const b = got[name];
+        const at = (field) => (b && b[field] ? b[field][i] : null);
+        h.calls.push(at("calls"));
+        h.errors.push(at("errors"));
+        h.p50.push(at("p50_ms"));
+        h.p99.push(at("p99_ms"));
+        h.circuit.push(at("circuit"));
+        h.sessions.push(at("sessions_open"));
+        h.cost.push(at("cost_usd"));
+      }
+      history.t.push(second);
+      history.threshold.push(rules.bar === null ? null : 100 * rules.bar);
+      derive();
+    });
+    trim();
+  }
+
+  // For the newest row: each backend's error rate over the rollback window (what the trip
+  // rule sees) and its share of all calls over the last few seconds (one alone is noisy).
+  function derive() {
+    const n = history.t.length - 1;
+    const now = history.t[n];
     const sums = new Map();
     let all = 0;
     for (const [name, h] of history.backends) {
-      let sum = 0;
-      for (const d of h.delta.slice(-SHARE_POLLS)) sum += d || 0;
-      sums.set(name, sum);
-      all += sum;
+      let calls = 0;
+      let errors = 0;
+      let recent = 0;
+      for (let i = n; i >= 0 && history.t[i] > now - rules.windowS; i--) {
+        calls += h.calls[i] || 0;
+        errors += h.errors[i] || 0;
+        if (history.t[i] > now - SHARE_S) recent += h.calls[i] || 0;
+      }
+      h.err.push(calls > 0 && h.calls[n] !== null ? (100 * errors) / calls : null);
+      sums.set(name, recent);
+      all += recent;
     }
     for (const [name, h] of history.backends) {
-      h.share.push(all > 0 && seen.has(name) ? (100 * sums.get(name)) / all : null);
+      h.share.push(all > 0 && h.calls[n] !== null ? (100 * sums.get(name)) / all : null);
     }
-    const rb = doc && doc.rollback;
-    history.threshold.push(rb ? 100 * rb.max_error_rate : null);
-    history.t.push(now);
-    trim(now);
   }
 
-  function trim(now) {
+  function trim() {
+    const now = history.t.length ? history.t[history.t.length - 1] : 0;
     let drop = 0;
-    while (drop < history.t.length && history.t[drop] < now - KEEP_S) drop++;
+    while (drop < history.t.length && history.t[drop] <= now - KEEP_S) drop++;
     if (drop === 0) return;
     history.t.splice(0, drop);
     history.threshold.splice(0, drop);
     for (const [name, h] of history.backends) {
-      for (const key of ["total", "delta", "share", "err", "p50", "p99", "circuit"]) {
-        h[key].splice(0, drop);
-      }
-      if (h.total.every((v) => v === null)) history.backends.delete(name);
+      for (const key of COLUMNS) h[key].splice(0, drop);
+      if (h.circuit.every((v) => v === null)) history.backends.delete(name);
     }
   }
 
@@ -177,6 +194,7 @@
     ticks: { stroke: "#d5dae1", width: 1 },
   };
 
+  const SECOND_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];
   const hhmmss = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
 
   function xAxis() {
@@ -186,6 +204,7 @@
         labelSize: 18,
         size: 30,
         space: 70,
+        incrs: SECOND_STEPS, // whole seconds only: each second is labelled once
         values: (u, splits) => splits.map(hhmmss),
       },
       axisStyle,
@@ -750,6 +769,10 @@
       );
     });
     $("shadow").tBodies[0].replaceChildren(...pairs);
+    // A table with no rows says nothing: not drawn (a route without shadow has no pairs).
+    $("audit").hidden = audits.length === 0;
+    $("shadow").hidden = pairs.length === 0;
+    $("equivalence").hidden = audits.length === 0 && pairs.length === 0;
   }
 
   function render(doc) {
@@ -766,19 +789,31 @@
   // --- polling --------------------------------------------------------------------------
   let failures = 0;
 
+  async function getJSON(url) {
+    const response = await fetch(url, { cache: "no-store", headers: { accept: "application/json" } });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    return response.json();
+  }
+
+  // The points after the last one held; the whole ring on open.
+  function historyURL() {
+    const n = history.t.length;
+    return n ? "/status/history?since=" + (history.t[n - 1] + 1) : "/status/history";
+  }
+
   async function poll() {
     const started = Date.now();
     try {
-      const response = await fetch("/status", {
-        cache: "no-store",
-        headers: { accept: "application/json" },
-      });
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      const doc = await response.json();
+      const [doc, points] = await Promise.all([
+        getJSON("/status"),
+        getJSON(historyURL()).catch(() => null), // an older router keeps no history
+      ]);
       failures = 0;
-      record(doc, started / 1000);
+      noteStatus(doc);
+      if (points) absorb(points);
       render(doc);
       document.dispatchEvent(new CustomEvent("canary:status", { detail: doc }));
+      if (points) document.dispatchEvent(new CustomEvent("canary:history", { detail: history }));
       $("disconnected").hidden = true;
       setText(
         "live",
@@ -787,7 +822,6 @@
       );
     } catch (err) {
       failures += 1;
-      record(null, started / 1000);
       setText("live", "no answer", "live down");
       const banner = $("disconnected");
       banner.textContent = "/status did not answer (" + err.message + "); retrying every second.";
@@ -874,7 +908,7 @@
 
   function start() {
     // Read-only view of the history for devtools and the browser test.
-    window.canaryDashboard = Object.freeze({ history: history });
+    window.canaryDashboard = Object.freeze({ history: history, charts: charts });
     setupReload();
     let pending = null;
     window.addEventListener("resize", () => {

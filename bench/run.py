@@ -506,13 +506,13 @@ def start_router(
     return Router(name, proc, port, pids)
 
 
-def start_redis(fleet: Fleet) -> tuple[Popen, int]:
+def start_redis(fleet: Fleet, name: str = "redis") -> tuple[Popen, int]:
     """A throwaway redis-server on a free 127.0.0.1 port, no persistence; ready on PING."""
     port = free_port()
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
     args += ["--save", "", "--appendonly", "no", "--dir", str(fleet.workdir)]
     try:
-        proc = fleet.start("redis", args)
+        proc = fleet.start(name, args)
     except FileNotFoundError:
         raise BenchError("redis-server is not installed (row 1e needs it)") from None
 
@@ -528,7 +528,7 @@ def start_redis(fleet: Fleet) -> tuple[Popen, int]:
     while not pong():
         if proc.poll() is not None:
             raise BenchError(
-                f"redis-server exited with {proc.returncode}:\n{_tail(fleet.log_path('redis'))}"
+                f"redis-server exited with {proc.returncode}:\n{_tail(fleet.log_path(name))}"
             )
         if time.monotonic() > deadline:
             raise BenchError(f"redis-server not ready within {START_TIMEOUT_S:g} s")
@@ -545,9 +545,11 @@ def router_state(port: int) -> str:
         return ""
 
 
-def write_redis_routes(workdir: Path, upstream_port: int, redis_port: int) -> Path:
+def write_redis_routes(
+    workdir: Path, upstream_port: int, redis_port: int, name: str = "redis.yaml"
+) -> Path:
     """The simple routes file plus shared state and limits that never refuse at this load."""
-    path = workdir / "redis.yaml"
+    path = workdir / name
     path.write_text(
         f'backends:\n  up: {{base_url: "http://127.0.0.1:{upstream_port}/v1", '
         f"max_concurrency: {REDIS_MAX_CONCURRENCY}, max_qps: {REDIS_MAX_QPS}}}\n"
@@ -1001,7 +1003,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--sse-requests", type=_count, metavar="N", help="streams per row 3 (200; quick 50)")
     add("--sse-rate", type=_positive, default=50.0, metavar="RPS", help="rows 3 (50)")
     add("--chunk-delay-ms", type=float, default=5.0, metavar="MS", help="between events (5)")
-    add("--stream-rounds", type=_count, default=2, metavar="N", help="rows 5a/5b runs each (2)")
+    add("--stream-rounds", type=_count, default=3, metavar="N", help="rows 5a/5b runs each (3)")
     add("--only-streams", action="store_true", help="rows 5 only: canary vs a bare forwarder")
     add("--output", type=Path, default=RESULTS, metavar="PATH", help="raw JSON (bench/results/)")
     add("--loadgen", metavar="SPEC", help=argparse.SUPPRESS)  # internal: one load run

@@ -66,5 +66,8 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL, ending in /v1")
     args = parser.parse_args()
+    # uvicorn set as canary sets it (canary.serve.server): no Server header, no
+    # X-Forwarded-For rewriting, so the two differ only in what runs per call.
     uvicorn.run(Forwarder(args.upstream), host="127.0.0.1", port=args.port, loop="uvloop",
-                http="httptools", log_level="warning", access_log=False)  # fmt: skip
+                http="httptools", log_level="warning", access_log=False, server_header=False,
+                proxy_headers=False)  # fmt: skip

@@ -77,7 +77,7 @@ RELEASE_BATCH_S: Final = 0.005  # spare slots beyond ``keep`` go back within thi
 HOLD_S: Final = 0.1  # a batch of starts is used within this of asking for it
 BATCH_MAX: Final = 64  # slots or starts asked for at once
 RATE_S: Final = 0.25  # the local rate, which sizes a batch of starts, is measured over this
-SHARE_DIV: Final = 8  # Redis grants at most 1/SHARE_DIV of what is free (at least 1)
+SHARE_DIV: Final = 32  # Redis grants at most 1/SHARE_DIV of what is free (at least 1)
 _REASONS: Final = {1: "max_concurrency", 2: "max_qps"}
 
 

@@ -143,11 +143,13 @@ class _Share(Queues):
             self.tokens += 1
 
     def forget(self, slot: bool) -> None:
-        """Redis failed: keep no spare and no start (it may have lost them); only the
-        slots in use stay counted, released as their calls end."""
+        """Redis failed: undo the slot taken for this call, keep no spare beyond what is
+        reserved (given back when Redis answers) and no start in hand. A reservation Redis
+        lost (a restart) is found at the next renewal."""
         if slot:
             self.in_flight -= 1
-        self.held, self.keep, self.tokens = self.in_flight, 0, 0
+            self.for_slot.wake()
+        self.keep, self.tokens = 0, 0
 
     def count_start(self, now: float) -> None:
         self.counted += 1
@@ -348,9 +350,11 @@ class RedisLimiter(AsyncResource):
         for share in list(self._shares.values()):
             back = share.spare() if keep else share.held - share.in_flight
             if back > 0:
-                share.held -= back  # counted back at once: a failed return lapses with ttl
-                with contextlib.suppress(StateUnavailable):
+                share.held -= back  # at once: no call takes them while they travel
+                try:
                     await self._call(self._client.hincrby(share.keys[0], self._replica, -back))
+                except StateUnavailable:  # still ours in Redis: given back next time
+                    share.held += back
 
     async def _renew_forever(self) -> None:
         while True:

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/forwarder.py --port P --upstream http://127.0.0.1:S/v1
 
-Every POST under ``/v1/`` goes to the one upstream with its body, its status and its
-headers (hop-by-hop ones aside) coming back; the body is relayed chunk by chunk as it
-arrives, so an SSE stream goes out event by event. No routing, no framework objects, no
+Every POST under ``/v1/`` goes to the one upstream with its body and headers (hop-by-hop
+ones aside), and its status, headers and body come back, the body relayed chunk by chunk
+as it arrives, so an SSE stream goes out event by event. No routing, no framework objects, no
 limits, timeouts, windows, breaker, metering or access log: what any Python proxy on
 uvicorn (uvloop, httptools) and aiohttp pays before it does anything of canary's.
 ``GET /healthz`` says it is up. ``bench/forwarder_starlette.py`` is the same job through
@@ -21,8 +21,10 @@ import uvicorn
 
 HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})
 SSE_HOP = HOP | {b"content-length"}  # an SSE body goes out chunked, as canary sends it
-# The client's headers that go upstream: what a provider needs of a JSON call.
-SENT = frozenset({b"content-type", b"accept", b"authorization", b"x-request-id"})
+# The client's headers that stay behind: hop-by-hop ones, and those aiohttp sets itself.
+UNSENT = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"te"}
+)
 
 
 class Forwarder:
@@ -50,7 +52,7 @@ class Forwarder:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k in SENT}
+        headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k not in UNSENT]
         url = self.upstream + scope["path"][3:]
         async with self.session.post(url, data=body, headers=headers) as up:
             hop = SSE_HOP if up.content_type == "text/event-stream" else HOP

@@ -1,10 +1,10 @@
 """``make bench`` rows 6: a 200 MB upload through canary against a bare forwarder.
 
-The forwarder (``bench/forwarder.py``) and canary sit in front of one ``canary simulate``,
-whose ``POST /v1/files`` counts the body as it streams. One upload of ``UPLOAD_MB`` MB,
-``application/octet-stream`` in 1 MiB chunks from a generator (the client holds nothing
-either), is timed end to end, runs alternating, and the router's RSS is sampled every
-20 ms while it runs:
+The raw floor (``bench/forwarder.py``, which streams a non-JSON body as canary does) and
+canary sit in front of one ``canary simulate``, whose ``POST /v1/files`` counts the body
+as it streams. One upload of ``UPLOAD_MB`` MB, ``application/octet-stream`` in 1 MiB
+chunks from a generator (the client holds nothing either), is timed end to end, runs
+alternating, and the router's RSS is sampled every 20 ms while it runs:
 
   6a upload throughput, MB/s (target: canary at least 0.8x the forwarder's)
   6b the router's RSS growth during the upload, MB (target: under 64 MB)
@@ -75,7 +75,16 @@ def measure(fleet: bench.Fleet, rounds: int) -> dict[str, Any]:
                                       str(port), "--name", "uploads"])  # fmt: skip
     stats = f"http://127.0.0.1:{port}/_sim/stats"
     bench.wait_ready(sim, "simulator", stats, fleet.log_path("sim-uploads"), lambda: True)
-    targets = streams.start_pair(fleet, port, "uploads")
+    base = f"http://127.0.0.1:{port}/v1"
+    routes = fleet.workdir / "uploads.yaml"
+    routes.write_text(
+        f'backends:\n  up: {{base_url: "{base}"}}\n'
+        "routes:\n  - name: all\n    weights: {up: 100}\n"
+    )
+    targets = {
+        "forwarder": streams.forwarder(fleet, "raw", base),
+        "canary": bench.start_router(fleet, "canary-uploads", routes),
+    }
     out: dict[str, Any] = {name: {"mb_s": [], "rss_mb": []} for name in targets}
     try:
         for n in range(rounds):

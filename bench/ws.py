@@ -1,4 +1,4 @@
-"""``make bench`` row 5e: CPU per WebSocket frame, canary against a bare aiohttp relay.
+"""``make bench`` row 5g: CPU per WebSocket frame, canary against a bare aiohttp relay.
 
 Both sit in front of one ``canary simulate`` whose Realtime endpoint answers each
 ``response.create`` with ``REPLY_WORDS`` delta events (one frame each) around
@@ -106,7 +106,7 @@ def _start(fleet: bench.Fleet, sim_port: int) -> dict[str, tuple[bench.Popen, in
 
 
 def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
-    """Row 5e, the relay and canary, their runs alternating."""
+    """Row 5g, the relay and canary, their runs alternating."""
     words = " ".join(["up"] * (REPLY_WORDS - 8))
     port = bench.free_port()
     sim = fleet.start("sim-ws", [bench.PYTHON, "-m", "canary", "simulate", "--port", str(port),
@@ -117,7 +117,7 @@ def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {name: {"frame_us": []} for name in targets}
     for n in range(rounds):
         for name, (_, router_port, pids) in targets.items():
-            bench.progress(f"5e round {n + 1}/{rounds}: {name}")
+            bench.progress(f"5g round {n + 1}/{rounds}: {name}")
             url = f"ws://127.0.0.1:{router_port}/v1/realtime?model=gpt-realtime"
             spec = WsSpec(url, duration_s=1.5 if quick else 3.0, cpu_pids={"router": pids})
             r = _load(fleet, spec)
@@ -138,9 +138,9 @@ def render(figures: dict[str, Any]) -> str:
         [
             "| # | canary vs a bare aiohttp WebSocket relay | relay | canary | ratio | target |",
             "|---|---|---|---|---|---|",
-            f"| 5e | CPU us per WebSocket frame relayed | {relay:.2f} | {canary:.2f} "
+            f"| 5g | CPU us per WebSocket frame relayed | {relay:.2f} | {canary:.2f} "
             f"| {ratio:.2f}x | {goal} |",
-            f"\n- row 5e: medians of {len(figures['relay']['frame_us'])} alternating runs, "
+            f"\n- row 5g: medians of {len(figures['relay']['frame_us'])} alternating runs, "
             f"{SESSIONS} sessions, {REPLY_WORDS}-word replies.",
         ]
     )

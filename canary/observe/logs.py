@@ -126,17 +126,22 @@ class _Stamp:
 _json_sink: BufferedLogger | None = None  # set by configure() for JSON lines at info
 
 
-def line_writer(event: str, logger: str) -> Callable[[dict[str, Any]], None]:
+def line_writer(
+    event: str, logger: str, outside: tuple[str, ...] | None = None
+) -> Callable[[dict[str, Any]], None]:
     """Write ``event`` at info with the fields given (a dict it may keep and change).
 
     With JSON lines configured (``configure``), the line is rendered here as structlog
     would: the fields, ``event``, ``level``, ``timestamp``, through the redactor. Else it
-    goes through structlog (the console, tests capturing logs)."""
+    goes through structlog (the console, tests capturing logs). ``outside`` names the
+    only fields that can carry outside text (a client's path or request id): only those
+    are scrubbed, when the caller knows every other value is its own (numbers, names from
+    routes.yaml, outcomes); None scrubs every string."""
     sink = _json_sink
     if sink is None:
         log = structlog.get_logger(logger)
         return lambda fields: log.info(event, **fields)
-    stamp, dumps, redact = _Stamp(), orjson.dumps, redactor
+    stamp, dumps, redact, scrub = _Stamp(), orjson.dumps, redactor, redactor.scrub
 
     def write(fields: dict[str, Any]) -> None:
         fields["event"] = event
@@ -144,7 +149,18 @@ def line_writer(event: str, logger: str) -> Callable[[dict[str, Any]], None]:
         fields["timestamp"] = stamp()
         sink.info(dumps(redact(None, "", fields)))
 
-    return write
+    def write_scrubbing(fields: dict[str, Any]) -> None:
+        assert outside is not None
+        for key in outside:
+            value = fields.get(key)
+            if isinstance(value, str):
+                fields[key] = scrub(value)
+        fields["event"] = event
+        fields["level"] = "info"
+        fields["timestamp"] = stamp()
+        sink.info(dumps(fields))
+
+    return write if outside is None else write_scrubbing
 
 
 class _BufferedLoggerFactory:

@@ -27,6 +27,7 @@ from canary.proxy.session import Sessions
 from canary.types import ANSWER
 
 log = structlog.get_logger("canary.proxy")
+OUTSIDE = ("request_id", "method", "path")
 
 
 class Proxy:
@@ -34,7 +35,9 @@ class Proxy:
 
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
-        self._line = line_writer("proxy.request", "canary.proxy")
+        # Of the access line's values only these come from the client (method included,
+        # however httptools checks it); the rest are numbers, config names and outcomes.
+        self._line = line_writer("proxy.request", "canary.proxy", OUTSIDE)
         self.sessions = Sessions(plane)  # WebSocket sessions (canary.proxy.session)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,8 +2,8 @@
 
     Limiter (Protocol)  acquire(backend, *, max_concurrency, max_qps, wait_s) -> Lease
     ├── MemoryLimiter   one replica; ``share`` scales the limits (Redis down: each of N takes 1/N)
-    ├── RedisLimiter    all replicas against one Redis, one atomic Lua call per attempt
-    │                   (safety.redis_limiter)
+    ├── RedisLimiter    all replicas against one Redis, slots and starts taken in batches
+    │                   by one atomic Lua call (safety.redis_limiter, safety.redis_scripts)
     └── FailoverLimiter Redis while it answers, else memory at 1/replicas (safety.failover)
 
 A refusal after the queue time is ``RateLimited`` (429 with Retry-After, not a backend

@@ -1,37 +1,58 @@
-"""Limits shared by every replica through one Redis: one atomic Lua call per attempt.
+"""Limits shared by every replica through one Redis, taken in batches when far from them.
 
 The contract, the sliding-log QPS rule and the per-process wait queues are those of
-``canary.safety.limits``. With Redis the queue's head asks again when the script says the
-next start is due, or for a slot when this replica releases one or every ``poll_s``, with a
-little jitter. One head per queue keeps Redis traffic to a round trip at a time however long
-the queue: a round trip per waiter once took more connections than the client's pool holds,
-and "Too many connections" read as Redis down sent the replica to memory with an empty start
-log, admitting a second's worth twice.
+``canary.safety.limits``. What costs Redis time is the call, not the admit, so a replica
+takes slots and starts from Redis in batches and hands them out locally:
 
-ACQUIRE script: KEYS = [leases zset, starts list], ARGV = [max_concurrency or 0, n or 0,
-period_s, lease_ttl_s, lease_id]. Drops expired leases and starts older than period; grants
-when ZCARD < max_concurrency and LLEN < n (then ZADD the lease scored by its expiry, LPUSH
-the start). Returns {1, "0", 0} granted, else {0, wait_s, 1} for max_concurrency or
-{0, wait_s, 2} for max_qps (wait_s: until the next start is due).
-Release is one ZREM. A replica renews its live leases every lease_ttl_s/3, so a long stream
-keeps its slot while a crashed replica's slots come back within lease_ttl_s.
+- **Slots** (``max_concurrency``). Redis holds how many slots each replica has reserved
+  (a hash, replica -> count) and until when each replica is alive (a sorted set scored by
+  expiry, renewed every ``lease_ttl_s / 3``). A call takes a spare slot of its replica
+  without a round trip; only when none is spare does the replica ask for more. A released
+  slot stays reserved as a spare up to ``keep`` (the size of the batch last granted, minus
+  one), the rest goes back within ``RELEASE_BATCH_S`` in one command; an idle replica gives
+  all its spares back at its next renewal. Concurrency is never over: the script grants
+  only while the sum of the reservations is under the limit, and a replica admits only
+  within its reservation.
+- **Starts** (``max_qps``). A batch of k starts goes into Redis's log as one entry
+  ``"expiry k"`` (a list, oldest at the tail, and its running total). The replica uses them
+  within ``HOLD_S`` of sending the request, which Redis received later, so each real start
+  is at most ``HOLD_S`` after the time the log gives it; a batch's entry therefore stays in
+  the log for ``period + HOLD_S`` (a single start for ``period``, as before). The log then
+  holds at most n entries in any ``period + HOLD_S``, so at most n real starts happen in any
+  ``period``: the limit is exact, fleet-wide, at the price of up to ``HOLD_S / period``
+  (10 %) of the limit's throughput while batches are taken, and of starts that expire
+  unused (counted, never made).
+- **Batch size.** The replica asks for as many starts as it made in the last ``HOLD_S`` at
+  its recent rate (at least 1, at most ``BATCH_MAX``), and for ``BATCH_MAX`` slots. Redis
+  grants at most ``1/SHARE_DIV`` of what is still free: near a limit every grant is a single
+  slot or start, exactly as one call per admit would be; far from it, one round trip
+  serves many calls.
 
-Clock: the scripts read Redis's own TIME, so every replica judges windows and lease expiry on
-one clock and skew between replica hosts cannot loosen a limit. Keys carry a hash tag per
-backend ({name}) so both keys of a backend live on one node (and one clock) in a cluster.
-The local monotonic clock only bounds the wait. Needs Redis >= 5 (TIME before writes).
+So at a steady rate r a replica makes about one ACQUIRE per ``HOLD_S`` (not one per call),
+plus one batched return and one renewal now and then: at 100 calls/s, about one Redis
+script per ten calls, instead of a script and a ZREM per call.
+
+ACQUIRE: KEYS = [slots hash, alive zset, starts list, starts total], ARGV = [replica,
+max_concurrency or 0, slots wanted, n or 0, period_s, hold_s, starts wanted, lease_ttl_s].
+Returns {1, slots granted, starts granted} or {0, wait_s, 1} for max_concurrency, {0, wait_s,
+2} for max_qps (wait_s: until the next start is due). Nothing is written unless both pass.
+
+Clock: the scripts read Redis's own TIME, so every replica judges windows and expiry on one
+clock. Keys carry a hash tag per backend ({name}) so a backend's keys live on one node in a
+cluster. The local monotonic clock bounds the wait and a batch's local validity. Needs
+Redis >= 5 (TIME before writes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from itertools import count
 from typing import Final, TypeVar
 
 from redis.asyncio import Redis
@@ -47,80 +68,114 @@ from canary.safety.limits import (
     WaitQueue,
     qps_window,
 )
+from canary.safety.redis_scripts import ACQUIRE, RENEW
 from canary.types import AsyncResource, Clock, Sleep
 
 T = TypeVar("T")
 
-RELEASE_BATCH_S: Final = 0.005
+RELEASE_BATCH_S: Final = 0.005  # spare slots beyond ``keep`` go back within this
+HOLD_S: Final = 0.1  # a batch of starts is used within this of asking for it
+BATCH_MAX: Final = 64  # slots or starts asked for at once
+RATE_S: Final = 0.25  # the local rate, which sizes a batch of starts, is measured over this
+SHARE_DIV: Final = 32  # Redis grants at most 1/SHARE_DIV of what is free (at least 1)
+_REASONS: Final = {1: "max_concurrency", 2: "max_qps"}
 
 
 @dataclass(frozen=True, slots=True)
 class RedisLimiterOptions:
-    """RedisLimiter's tuning: how long a lease lives unrenewed, how long one Redis call may
-    take before Redis counts as down, how often a waiting head asks again for a slot."""
+    """RedisLimiter's tuning: how long a reservation lives unrenewed, how long one Redis
+    call may take before Redis counts as down, how often a waiting head asks again."""
 
     lease_ttl_s: float = 30.0
     op_timeout_s: float = 0.25
     poll_s: float = 0.05
 
 
-# Concurrency check before the QPS check, both before any write: granted means both taken.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local concurrency, n, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 6, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end  -- this replica's queued releases
-if concurrency > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  if redis.call('ZCARD', KEYS[1]) >= concurrency then return {0, '0', 1} end
-end
-if n > 0 then
-  local oldest = redis.call('LINDEX', KEYS[2], -1)
-  while oldest and tonumber(oldest) <= now - period do  -- left the window
-    redis.call('RPOP', KEYS[2])
-    oldest = redis.call('LINDEX', KEYS[2], -1)
-  end
-  if redis.call('LLEN', KEYS[2]) >= n then
-    local due = tonumber(redis.call('LINDEX', KEYS[2], n - 1)) + period - now
-    return {0, string.format('%.6f', due), 2}
-  end
-  redis.call('LPUSH', KEYS[2], string.format('%.6f', now))
-  redis.call('PEXPIRE', KEYS[2], math.ceil(period * 1000) + 1000)
-end
-if concurrency > 0 then
-  local ttl = tonumber(ARGV[4])
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 1000)
-end
-return {1, '0', 0}
-"""
+class _Share(Queues):
+    """One backend as this replica holds it: slots reserved and in use, starts in hand."""
 
-# XX: a lease already released or expired is never brought back.
-_RENEW = """
-local t = redis.call('TIME')
-local ttl = tonumber(ARGV[1])
-local expiry = tonumber(t[1]) + tonumber(t[2]) / 1000000 + ttl
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i]) end
-redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000) + 1000)
-return 0
-"""
+    __slots__ = (
+        "asking",
+        "concurrency",
+        "counted",
+        "held",
+        "in_flight",
+        "keep",
+        "keys",
+        "n",
+        "rate",
+        "since",
+        "tokens",
+        "until",
+        "used",
+    )
 
-_REASONS: Final = {1: "max_concurrency", 2: "max_qps"}
-_Args = tuple[int, int, float, float, str]  # ACQUIRE's ARGV before the queued releases
+    def __init__(self, keys: tuple[str, str, str, str], now: float) -> None:
+        super().__init__()
+        self.keys = keys
+        self.held = 0  # slots reserved in Redis for this replica
+        self.in_flight = 0  # of those, in use
+        self.keep = 0  # spares kept reserved after a release
+        self.concurrency = 0  # the limit the reservation was granted under
+        self.tokens = 0  # starts granted, not yet used
+        self.until = 0.0  # ... usable until then (local clock)
+        self.n = 0  # the start limit they were granted under
+        self.counted = 0  # starts since ``since``, for the rate
+        self.since = now
+        self.rate = 0.0  # starts per second, over the last RATE_S or more
+        self.used = False  # an acquire since the last renewal
+        self.asking: asyncio.Future[None] | None = None  # the ACQUIRE under way, if any
+
+    def has_slot(self, concurrency: int) -> bool:
+        """A spare slot reserved under this very limit."""
+        return bool(concurrency) and self.in_flight < self.held and concurrency == self.concurrency
+
+    def has_start(self, now: float, n: int) -> bool:
+        """A start in hand, still usable, granted under this very limit."""
+        return bool(n) and self.tokens > 0 and now < self.until and n == self.n
+
+    def give_back(self, slot: bool, start: bool) -> None:
+        """Undo what was taken locally for a call that Redis then refused."""
+        if slot:
+            self.in_flight -= 1
+            self.for_slot.wake()
+        if start:
+            self.tokens += 1
+
+    def forget(self, slot: bool) -> None:
+        """Redis failed: undo the slot taken for this call, keep no spare beyond what is
+        reserved (given back when Redis answers) and no start in hand. A reservation Redis
+        lost (a restart) is found at the next renewal."""
+        if slot:
+            self.in_flight -= 1
+            self.for_slot.wake()
+        self.keep, self.tokens = 0, 0
+
+    def count_start(self, now: float) -> None:
+        self.counted += 1
+        if now - self.since >= RATE_S:
+            self.rate = self.counted / (now - self.since)
+            self.counted, self.since = 0, now
+
+    def wanted_starts(self) -> int:
+        return max(1, min(BATCH_MAX, math.ceil(self.rate * HOLD_S) + 1))
+
+    def spare(self) -> int:
+        """Reserved slots to give back now: the spares beyond ``keep``."""
+        return max(0, self.held - self.in_flight - self.keep)
 
 
 class _RedisLease:
-    __slots__ = ("_id", "_key", "_limiter")
+    __slots__ = ("_limiter", "_share")
 
-    def __init__(self, limiter: RedisLimiter, key: str, lease_id: str) -> None:
+    def __init__(self, limiter: RedisLimiter, share: _Share) -> None:
         self._limiter: RedisLimiter | None = limiter
-        self._key = key
-        self._id = lease_id
+        self._share = share
 
     async def release(self) -> None:
         limiter, self._limiter = self._limiter, None
         if limiter is not None:
-            await limiter._release(self._key, self._id)
+            limiter._release(self._share)
 
 
 class RedisLimiter(AsyncResource):
@@ -144,15 +199,11 @@ class RedisLimiter(AsyncResource):
         self._rng = rng
         self._timeout = options.op_timeout_s
         self._poll = options.poll_s
-        self._acquire = client.register_script(_ACQUIRE)  # EVALSHA, loaded again on NOSCRIPT
-        self._renew = client.register_script(_RENEW)
+        self._acquire = client.register_script(ACQUIRE)  # EVALSHA, loaded again on NOSCRIPT
+        self._renew = client.register_script(RENEW)
         self._replica = os.urandom(6).hex()
-        self._ids = count()
-        self._keys: dict[str, tuple[str, str]] = {}
-        self._queues: dict[str, Queues] = {}  # leases key -> this replica's waiters
-        self._live: dict[str, set[str]] = {}  # leases key -> ids this replica holds
+        self._shares: dict[str, _Share] = {}
         self._renewer: asyncio.Task[None] | None = None
-        self._pending: dict[str, list[str]] = {}  # released, not yet sent
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -161,38 +212,41 @@ class RedisLimiter(AsyncResource):
     ) -> Lease:
         if max_concurrency is None and max_qps is None:
             return NO_LEASE
-        keys = self._keys.get(backend)
-        if keys is None:
-            base = f"{self._prefix}:limits:{{{backend}}}"
-            keys = self._keys[backend] = (f"{base}:leases", f"{base}:starts")
-            self._queues[keys[0]] = Queues()
+        share = self._shares.get(backend) or self._share(backend)
+        share.used = True
+        concurrency = max_concurrency or 0
         n, period = (0, 0.0) if max_qps is None else qps_window(max_qps)
-        lease_id = f"{self._replica}:{next(self._ids)}"
-        args = (max_concurrency or 0, n, period, self._ttl, lease_id)
+        limits = (concurrency, n, period)
         deadline = self._clock() + wait_s
-        queue = self._queues[keys[0]].of(bool(max_concurrency))
+        queue = share.of(bool(concurrency))
         if not queue.queue:  # FIFO: nobody waiting here, so nobody to overtake
-            due = await self._ask(keys, args, queue)
+            due = await self._ask(share, limits, queue)
             if due is None:
-                return self._granted(keys[0], args)
+                return self._granted(share, concurrency)
             remaining = deadline - self._clock()
             if remaining <= 0 or due > remaining:
                 raise self._refusal(backend, queue.blocked_by, due)
-        return await self._wait(backend, keys, args, deadline)
+        return await self._wait(backend, share, limits, deadline)
+
+    def _share(self, backend: str) -> _Share:
+        base = f"{self._prefix}:limits:{{{backend}}}"
+        keys = (f"{base}:slots", f"{base}:alive", f"{base}:starts", f"{base}:started")
+        share = self._shares[backend] = _Share(keys, self._clock())
+        return share
 
     async def _wait(
-        self, backend: str, keys: tuple[str, str], args: _Args, deadline: float
+        self, backend: str, share: _Share, limits: tuple[int, int, float], deadline: float
     ) -> Lease:
         """Wait in this replica's queue: only its head asks Redis, one round trip at a time."""
-        queue = self._queues[keys[0]].of(bool(args[0]))
+        queue = share.of(bool(limits[0]))
         waiter = Waiter()
         queue.queue.append(waiter)
         try:
             while True:
                 head = queue.queue[0] is waiter
-                due = await self._ask(keys, args, queue) if head else 0.0
+                due = await self._ask(share, limits, queue) if head else 0.0
                 if due is None:
-                    return self._granted(keys[0], args)
+                    return self._granted(share, limits[0])
                 remaining = deadline - self._clock()
                 if remaining <= 0 or due > remaining:
                     raise self._refusal(backend, queue.blocked_by, due)
@@ -201,33 +255,71 @@ class RedisLimiter(AsyncResource):
                 elif due > 0:  # the next start is due then; a release changes nothing
                     # Jitter keeps replicas told the same instant from arriving in lockstep.
                     await self._sleep(min(due + self._jitter(), remaining))
-                elif keys[0] not in self._pending:  # else our own release rides along now
-                    # For a slot: woken by a release of ours, or poll for the others'.
+                else:  # for a slot: woken by a release of ours, or poll for the others'
                     await queue.nap(
                         waiter, self._sleep, min(self._poll + self._jitter(), remaining)
                     )
         finally:
             queue.leave(waiter)
 
-    async def _ask(self, keys: tuple[str, str], args: _Args, queue: WaitQueue) -> float | None:
-        """One ACQUIRE: None when granted, else seconds until a start is due (0: a slot)."""
-        # Releases queued for this key ride along: a replica always sees its own at once.
-        released = self._pending.pop(keys[0], None)
+    async def _ask(
+        self, share: _Share, limits: tuple[int, int, float], queue: WaitQueue
+    ) -> float | None:
+        """A slot and a start, from what this replica holds or else one ACQUIRE for what it
+        lacks: None when granted, else seconds until a start is due (0: a slot)."""
+        concurrency, n, period = limits
+        while share.asking is not None:  # one ACQUIRE per backend at a time: wait for its
+            await asyncio.shield(share.asking)  # batch rather than each asking Redis too
+        sent = self._clock()
+        slot = share.has_slot(concurrency)
+        start = share.has_start(sent, n)
+        if slot:  # taken before the round trip: nobody else can take it meanwhile
+            share.in_flight += 1
+        if start:
+            share.tokens -= 1
+        if (slot or not concurrency) and (start or not n):
+            return None
+        args = (
+            self._replica,
+            concurrency,
+            BATCH_MAX if concurrency and not slot else 0,
+            n,
+            period,
+            HOLD_S,
+            share.wanted_starts() if n and not start else 0,
+            self._ttl,
+            SHARE_DIV,
+        )
+        share.asking = asyncio.get_running_loop().create_future()
         try:
-            granted, wait, code = await self._call(
-                self._acquire(keys=keys, args=(*args, *released) if released else args)
+            granted, got_slots, got_starts = await self._call(
+                self._acquire(keys=share.keys, args=args)
             )
         except StateUnavailable:
-            if released:  # not sent: keep them for the next flush
-                self._pending.setdefault(keys[0], []).extend(released)
+            share.forget(slot)  # Redis may have lost what we hold: nothing kept
             raise
-        if granted:
-            return None
-        queue.blocked_by = _REASONS[int(code)]
-        return float(wait)
+        finally:
+            share.asking.set_result(None)
+            share.asking = None
+        if not granted:
+            share.give_back(slot, start)
+            queue.blocked_by = _REASONS[int(got_starts)]
+            return float(got_slots)
+        if concurrency and not slot:
+            share.held += int(got_slots)
+            share.in_flight += 1
+            share.keep, share.concurrency = int(got_slots) - 1, concurrency
+        if n and not start:
+            share.tokens, share.until, share.n = int(got_starts) - 1, sent + HOLD_S, n
+        return None
 
-    def _granted(self, key: str, args: _Args) -> Lease:
-        return self._hold(key, args[4]) if args[0] else NO_LEASE
+    def _granted(self, share: _Share, concurrency: int) -> Lease:
+        share.count_start(self._clock())
+        if not concurrency:
+            return NO_LEASE
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+        return _RedisLease(self, share)
 
     def _jitter(self) -> float:
         return self._rng() * 0.2 * self._poll
@@ -237,44 +329,54 @@ class RedisLimiter(AsyncResource):
         # A slot, or a waiter behind the head: nobody knows when; suggest a second.
         return RateLimited(backend, reason, due if due > 0 else CONCURRENCY_RETRY_AFTER_S)
 
-    def _hold(self, key: str, lease_id: str) -> Lease:
-        self._live.setdefault(key, set()).add(lease_id)
-        if self._renewer is None:
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
-        return _RedisLease(self, key, lease_id)
-
-    async def _release(self, key: str, lease_id: str) -> None:
-        """Queue the release; one ZREM per key every RELEASE_BATCH_S carries them all.
-
-        Off the request's path, and one round trip for many requests: another replica may
-        see a freed slot up to RELEASE_BATCH_S late, which leases of seconds can afford.
-        """
-        self._live[key].discard(lease_id)
-        self._pending.setdefault(key, []).append(lease_id)
-        self._queues[key].for_slot.wake()  # a head waiting for a slot takes this one at once
-        if not self._flush_scheduled:
+    def _release(self, share: _Share) -> None:
+        """The slot is this replica's spare at once; spares beyond ``keep`` go back to Redis
+        in one command per backend every RELEASE_BATCH_S, off the request's path. Another
+        replica may see a freed slot up to RELEASE_BATCH_S late."""
+        share.in_flight -= 1
+        share.for_slot.wake()  # a head waiting for a slot takes this one at once
+        if share.spare() and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
-        batch, self._pending = self._pending, {}
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        task = asyncio.get_running_loop().create_task(self._flush())
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, batch: dict[str, list[str]]) -> None:
-        for key, ids in batch.items():
-            with contextlib.suppress(StateUnavailable):  # then they lapse within lease_ttl_s
-                await self._call(self._client.zrem(key, *ids))
+    async def _flush(self, keep: bool = True) -> None:
+        """Give back the spares beyond ``keep`` (all of them with ``keep`` False)."""
+        for share in list(self._shares.values()):
+            back = share.spare() if keep else share.held - share.in_flight
+            if back > 0:
+                share.held -= back  # at once: no call takes them while they travel
+                try:
+                    await self._call(self._client.hincrby(share.keys[0], self._replica, -back))
+                except StateUnavailable:  # still ours in Redis: given back next time
+                    share.held += back
 
     async def _renew_forever(self) -> None:
         while True:
             await self._sleep(self._ttl / 3)
-            for key, ids in list(self._live.items()):
-                if ids:  # Redis down: try again next round; meanwhile leases may lapse
+            for share in self._shares.values():
+                if not share.used:  # idle since the last renewal: no spares kept
+                    share.keep = 0
+                share.used = False
+            await self._flush()
+            for share in list(self._shares.values()):
+                if share.held:  # Redis down: try again next round; meanwhile it may lapse
                     with contextlib.suppress(StateUnavailable):
-                        await self._call(self._renew(keys=[key], args=[self._ttl, *ids]))
+                        await self._renew_one(share)
+
+    async def _renew_one(self, share: _Share) -> None:
+        """This replica alive for another ``lease_ttl_s``; a reservation that lapsed (Redis
+        restarted, or down too long) is taken again for the slots in use."""
+        lapsed = await self._call(
+            self._renew(keys=share.keys[:2], args=[self._replica, self._ttl, share.in_flight])
+        )
+        if int(lapsed):
+            share.held = share.in_flight
 
     @property
     def client(self) -> Redis:
@@ -298,9 +400,8 @@ class RedisLimiter(AsyncResource):
             raise StateUnavailable(f"Redis did not answer: {exc!r}") from exc
 
     async def aclose(self) -> None:
-        """Send queued releases; stop renewing (leases still held lapse after lease_ttl_s)."""
-        batch, self._pending = self._pending, {}
-        await self._flush(batch)
+        """Give back every spare slot; stop renewing (slots in use lapse after lease_ttl_s)."""
+        await self._flush(keep=False)
         await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()

@@ -105,3 +105,17 @@ def test_any_client_path_renders_one_json_line_with_keys_masked(
     line = orjson.loads(written)
     assert line["path"] == expected
     assert SECRET not in line["path"] and SECRET not in line["request_id"]
+
+
+def test_a_line_scrubbing_only_outside_fields_masks_them(json_lines: io.BytesIO) -> None:
+    """The access line scrubs only what the client sent (path, request id, method); its
+    other values are the router's own and are written as given."""
+    kept = logs.redactor.secrets
+    logs.redactor.update([SECRET])
+    try:
+        write = logs.line_writer("proxy.request", "canary.proxy", ("request_id", "path"))
+        write({"path": f"/v1/{SECRET}", "request_id": "Bearer abcdefgh", "status": 200})
+    finally:
+        logs.redactor.secrets = kept
+    (line,) = lines(json_lines)
+    assert (line["path"], line["request_id"], line["status"]) == ("/v1/***", "Bearer ***", 200)

@@ -358,8 +358,8 @@ async def test_redis_too_slow_raises_state_unavailable(
     try:
         await admin.execute_command("CLIENT", "PAUSE", 600, "ALL")
         with pytest.raises(StateUnavailable):
-            async with asyncio.timeout(2):
-                await take(limiter, concurrency=1)
+            async with asyncio.timeout(2):  # a backend it holds no spare slot of: Redis asked
+                await take(limiter, "paused", concurrency=1)
     finally:
         await admin.aclose()
     # Another backend: the timed-out call may still run once Redis resumes, and the lease
@@ -371,3 +371,51 @@ async def test_redis_too_slow_raises_state_unavailable(
                 break
             except StateUnavailable:
                 continue  # still paused: each try is bounded by the call timeout
+
+
+async def _drive(
+    limiter: Limiter, backend: str, seconds: float, q: int, grants: list[float]
+) -> None:
+    """Acquire as fast as granted for ``seconds``, a few calls in flight, the oldest ending."""
+    held: list[Lease] = []
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        try:
+            lease = await take(limiter, backend, concurrency=200, qps=q)
+        except RateLimited:
+            await asyncio.sleep(0.005)
+            continue
+        grants.append(time.monotonic())
+        held.append(lease)
+        if len(held) > 8:
+            await held.pop(0).release()
+        await asyncio.sleep(0.001)
+    for lease in held:
+        await lease.release()
+
+
+async def test_redis_batches_far_from_the_limits_and_stay_exact(
+    redis_server: RedisServer, redis_replicas: Replicas
+) -> None:
+    """Two replicas far below their limits need far fewer Redis calls than admits; driven
+    into max_qps, no second holds more than max_qps starts, batches or not."""
+    replicas = [redis_replicas.redis(), redis_replicas.redis()]
+    admin = Redis.from_url(redis_server.url)
+
+    async def scripts() -> int:
+        calls: int = (await admin.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+        return calls
+
+    try:
+        before, far = await scripts(), list[float]()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(_drive(r, "legacy", 0.8, 100_000, far) for r in replicas))
+        assert await scripts() - before < len(far) / 3  # one script served several admits
+    finally:
+        await admin.aclose()
+    q, grants = 300, list[float]()
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(_drive(r, "relay", 1.6, q, grants) for r in replicas))
+    assert q < len(grants) <= 2 * q
+    for first in grants:  # grants are timed at the client, after Redis decided: a margin
+        assert sum(first <= g < first + 0.9 for g in grants) <= q

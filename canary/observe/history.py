@@ -8,7 +8,7 @@ counted:
 - calls, errors, p50 and p99 of each complete second from the backend's rollback window,
   whose one-second buckets keep exactly that (``Window.second``);
 - the circuit's state at the sample; WebSocket sessions (open now, opened, cut) from the
-  meter's ``sessions`` rows (``meter_sessions``), when the router counts sessions;
+  meter's ``sessions`` rows (``meter_sessions``);
 - tokens, cost and each route's calls per backend (its traffic share) as the rise of the
   meter's lifetime counters since the previous sample, put on the last complete second.
 
@@ -68,14 +68,11 @@ Row = dict[str, Any]  # {"t": s, "b": {backend: [FIELDS]}, "r": {route: {backend
 
 
 def meter_sessions(meter: Meter) -> SessionCounts:
-    """(open, total, cut) from the meter's per-backend session row ``[open, total, cut, ...]``;
-    None while the meter counts no sessions at all (a router without WebSocket support)."""
+    """(open, total, cut) from the meter's per-backend session row ``[open, total, cut, ...]``
+    (0, 0, 0 for a backend that never had one)."""
 
-    def counts(backend: str) -> tuple[int, int, int] | None:
-        rows = getattr(meter, "sessions", None)  # a meter that counts sessions has them
-        if not isinstance(rows, dict):
-            return None
-        row = rows.get(backend)
+    def counts(backend: str) -> tuple[int, int, int]:
+        row = meter.sessions.get(backend)
         return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
     return counts
@@ -129,6 +126,9 @@ class History:
         self.routes: dict[tuple[str, str], array[float]] = {}  # (route, backend) -> calls
         self._wall = wall
         self._last = -1  # the last monotonic second sampled
+        # Built with the lifespan, before the first call: the first sample covers from here,
+        # so the calls of a router's first second are not lost to the sampler's first tick.
+        self._start = int(stats.clock())
         self._totals: dict[str, list[float]] = {}  # backend -> lifetime [opened, cut, in, out, $]
         self._route_totals: dict[tuple[str, str], int] = {}
 
@@ -140,7 +140,7 @@ class History:
         if cfg is None:
             return 0
         current = int(self.stats.clock())
-        first = current if self._last < 0 else self._last + 1  # the first sample sets a start
+        first = self._start if self._last < 0 else self._last + 1
         first = max(first, current - int(self.stats.window_s))  # what the windows still hold
         self._forget(set(cfg.backends), {(r.name, b) for r in cfg.routes for b in r.weights})
         rises = self._rises(cfg.backends)
@@ -204,7 +204,7 @@ class History:
                 row[0], row[1] = counts[1], counts[2]
         rises = {}
         for name, row in now.items():
-            before = self._totals.get(name, row if self._last < 0 else [0.0] * 5)
+            before = self._totals.get(name, [0.0] * 5)  # counted since the ring was built
             rises[name] = [max(0.0, a - b) for a, b in zip(row, before, strict=True)]
             self._totals[name] = row
         return rises
@@ -216,7 +216,7 @@ class History:
                 now[(route, backend)] = now.get((route, backend), 0) + n
         rises = {}
         for key, n in now.items():
-            before = self._route_totals.get(key, n if self._last < 0 else 0)
+            before = self._route_totals.get(key, 0)
             rises[key] = max(0, n - before)
         self._route_totals = now
         return rises

@@ -10,23 +10,8 @@
             ├── relay       ``canary.proxy.relay``: chunk by chunk to the client
             └── _account    the one place where windows, circuits and the meter move
 
-What an answer means for the backend (SPEC §4):
-
-    status        counts against it          falls back (fallback: true)   retried there
-    2xx, 3xx      no                         no                            no
-    429, 5xx      yes (429 / 5xx)            yes                           429/502/503/504
-    401/402/403   yes (key refused, credit   yes                           no
-                  spent, account barred)
-    credit spent  yes (``credit_spent``: a   yes                           no
-                  code in the error body,
-                  ``canary.proxy.credit``)
-    other 4xx     only when the baseline     yes, once; the client gets    no
-                  then answers 2xx           the baseline's answer
-                  (``rejected``)
-
-Transport failures count as ``timeout``/``connect``, a stream without its end mark as
-``stream_cut``. A client that left, a slow client and a request the router could not
-write give no verdict on the backend.
+What an answer means for the backend: ``canary.proxy.verdict``. The send chain (the
+retry loop and the bounded waits) is ``canary.proxy.send``.
 
 The body (SPEC §3a): JSON is read whole before the route is chosen (``canary.proxy.body``);
 any other body is an ``Upload`` streamed to the backend as it arrives
@@ -38,8 +23,6 @@ none of it has left. Every wait for the client's bytes is bounded by
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Awaitable
 from typing import TypeVar
 
 import httpx
@@ -52,57 +35,27 @@ from canary.observe.tracing import NO_TRACE, Trace
 from canary.proxy.answers import Client, outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.body import Body
-from canary.proxy.credit import CREDIT_STATUSES, credit_spent, screen, spent_kind
+from canary.proxy.credit import spent_kind
 from canary.proxy.dialects import dialect_of
-from canary.proxy.headers import check_client_key, check_path, header, request_id
+from canary.proxy.headers import admit, header, request_id
 from canary.proxy.intake import take_body
-from canary.proxy.plane import Plane, connect_s
+from canary.proxy.plane import Plane
 from canary.proxy.relay import EarlyFailure, Try, log_failure, relay
-from canary.proxy.retry import (
-    RETRY_STATUSES,
-    backoff,
-    delay_s,
-    give_up,
-    kept,
-    retryable_error,
-)
 from canary.proxy.router import match_route, sticky_key
-from canary.proxy.transport import Answer, Outgoing, headers_wait
-from canary.proxy.upload import Upload, stalled
+from canary.proxy.send import SendChain
+from canary.proxy.transport import Answer
+from canary.proxy.upload import Upload
+from canary.proxy.verdict import NO_VERDICT, OUTCOME_KIND, REFUSED_OUTCOME, fault_kind
 from canary.proxy.watchdog import Watch
-from canary.safety.breaker import CLOSED
 from canary.safety.limits import Lease, RateLimited
 
 log = structlog.get_logger("canary.proxy")
 
 _T = TypeVar("_T")
 _WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
-_FAULTS = {401: "401", 402: "402", 403: "403", 429: "429"}  # statuses that are the backend's
-_OUTCOME_KIND = {
-    "upstream_timeout": "timeout",
-    "upstream_error": "connect",
-    "stream_cut": "stream_cut",
-}
-# Outcomes that give no verdict on the backend: its circuit neither passes nor fails them.
-NO_VERDICT = frozenset(
-    {
-        "client_disconnected",
-        "cancelled",
-        "slow_client",
-        "client_timeout",
-        "bad_request",
-        "internal_error",
-    }
-)
-_REFUSED_OUTCOME = {408: "client_timeout", 499: "client_disconnected"}  # else bad_request
 
 
-def fault_kind(status: int) -> str | None:
-    """The failure kind of an upstream answer that is the backend's fault, else None."""
-    return "5xx" if status >= 500 else _FAULTS.get(status)
-
-
-class Exchange:
+class Exchange(SendChain):
     """One client request and everything the router does for it."""
 
     __slots__ = (
@@ -158,17 +111,9 @@ class Exchange:
             dog.release(watch)
 
     async def _choose(self) -> Backend:
-        cfg, hdrs = self.cfg, self.hdrs
-        if cfg is None:
-            raise RouterError(
-                "No valid configuration is loaded; GET /status shows why.",
-                code="no_config",
-                status=503,
-            )
-        if cfg.auth.api_key_digests:
-            check_client_key(cfg, hdrs)
+        hdrs = self.hdrs
+        cfg = admit(self.cfg, self.scope, hdrs)
         path: str = self.scope["path"]
-        check_path(path, self.scope.get("raw_path"))
         assert self.watch is not None
         body = self.body = await take_body(self.receive, hdrs, cfg.server, self.watch)
         if not body.streamed:  # the body is in: listen for a disconnect if the call runs long
@@ -297,7 +242,7 @@ class Exchange:
         assert self.body is not None
         refused = self.body.refusal
         if refused is not None:  # the client's upload was refused mid-way: not the backend's
-            t.outcome = _REFUSED_OUTCOME.get(refused.status, "bad_request")
+            t.outcome = REFUSED_OUTCOME.get(refused.status, "bad_request")
             t.status = refused.status
             if refused.status != 499:
                 t.status = await self.client.error(refused, t.backend.name, t.origin)
@@ -325,131 +270,6 @@ class Exchange:
         failure = upstream_failure(t.backend, cause)
         t.status = await self.client.error(failure, t.backend.name, t.origin)
 
-    async def _send(self, t: Try) -> Answer:
-        """Call the backend, retrying what cannot have been billed (``canary.proxy.retry``).
-
-        Each failed try is counted before the next; ``t.began`` is the start of the try
-        still open, None while waiting between tries."""
-        assert self.cfg is not None and self.body is not None
-        rules, backend, p = self.cfg.retry, t.backend, self.p
-        window = p.stats.window(backend.name)
-        attempt = 1
-        while True:
-            p.budget.note_call(backend.name)
-            t.began = p.clock()
-            window.start()
-            response: Answer | None = None
-            failure: httpx.TransportError | None = None
-            kind: str | None
-            try:
-                response = await self._headers(backend)
-            except httpx.TransportError as exc:
-                if self.body.streamed or not retryable_error(exc, unsafe=rules.unsafe):
-                    raise  # an upload is not replayed
-                wait, failure = backoff(attempt, rules.backoff_s, p.rng), exc
-                after, kind = type(exc).__name__, _OUTCOME_KIND[outcome_of(exc)]
-            else:
-                status = response.status
-                asked = None
-                if status in RETRY_STATUSES and credit_spent(response) is None:
-                    asked = delay_s(attempt, rules.backoff_s, response.headers, p.rng)
-                if asked is None:
-                    return response
-                wait, failure, after, kind = asked, None, str(status), fault_kind(status)
-            # A retryable failure: count it now, so a circuit it trips stops the retries.
-            self._count(backend.name, t.began, kind)
-            t.began = None
-            if not self._may_retry(attempt, backend):
-                return give_up(response, failure)  # counted already: t.began is None
-            if response is not None:
-                # Read whole, so its connection is free while we wait; bounded as any read.
-                response = await self._within(backend.timeout_s, backend, kept(response))
-            log.info(
-                "proxy.retry",
-                request_id=self.client.request_id.decode(),
-                backend=backend.name,
-                attempt=attempt,
-                after=after,
-                wait_s=round(wait, 3),
-            )
-            await p.sleep(wait)
-            if not await self._retry_start(backend):
-                return give_up(response, failure)
-            p.meter.retry(backend.name)
-            attempt += 1
-
-    def _may_retry(self, attempt: int, backend: Backend) -> bool:
-        """Another try: attempts and budget left, and the backend's circuit still closed."""
-        assert self.cfg is not None and self.body is not None
-        rules, p = self.cfg.retry, self.p
-        circuit = p.breakers.circuits.get(backend.name)
-        return (
-            not self.body.streamed  # an upload is not replayed
-            and attempt < rules.max_attempts
-            and (circuit is None or circuit.state == CLOSED)  # a tripped backend gets no more
-            and p.budget.try_spend(backend.name, rules.budget)
-        )
-
-    async def _retry_start(self, backend: Backend) -> bool:
-        """A retry is a new request start: after the backoff, it needs a QPS slot like any
-        other (taken before the wait, the start would leave the log before the call)."""
-        if backend.max_qps is None:
-            return True
-        assert self.cfg is not None
-        try:
-            await self.p.limiter.acquire(
-                backend.name,
-                max_concurrency=None,  # the call's concurrency lease is still held
-                max_qps=backend.max_qps,
-                wait_s=self.cfg.server.queue_timeout_s,
-            )
-        except RateLimited:
-            return False
-        return True
-
-    async def _headers(self, backend: Backend) -> Answer:
-        """The request sent and its answer's headers, within the backend's bound
-        (``transport.headers_wait``)."""
-        wait = headers_wait(connect_s(backend.timeout_s), backend.timeout_s)
-        answer = await self._within(wait, backend, self.p.upstream.send(self._request(backend)))
-        if self.body is not None and self.body.streamed:
-            assert self.watch is not None
-            self.watch.on_long = self._follow_client  # the upload is over: it may listen now
-        if answer.status in CREDIT_STATUSES:  # spent credit? its small body says
-            answer = await self._within(backend.timeout_s, backend, screen(answer))
-        return answer
-
-    async def _within(self, wait: float, backend: Backend, step: Awaitable[_T]) -> _T:
-        """``step`` bounded by the call's watch (no timer of its own): ``ReadTimeout`` when
-        it takes more than ``wait`` seconds (up to one watchdog tick more)."""
-        watch = self.watch
-        assert watch is not None
-        watch.deadline = watch.task.get_loop().time() + wait
-        try:
-            return await step
-        except asyncio.CancelledError:
-            if watch.cancelled_here():
-                body = self.body
-                if body is not None and body.waiting:  # an upload's client fell silent
-                    body.refusal = stalled(body.timeout_s)
-                    raise httpx.ReadError("the client's upload stalled") from None
-                raise httpx.ReadTimeout(f"no answer within {backend.timeout_s:g} s") from None
-            raise
-        finally:
-            watch.deadline = math.inf
-
-    def _request(self, backend: Backend) -> Outgoing:
-        body = self.body
-        assert body is not None
-        content, rewritten = body.for_backend(backend)
-        out = self.p.upstream_request(
-            self.scope, backend, content, self.client.request_id, rewritten
-        )
-        if body.streamed and body.declared is not None:  # as declared: not sent chunked
-            out.headers.append((b"content-length", body.declared))
-        self.trace.outgoing(out.headers)  # the try's own traceparent, when tracing is on
-        return out
-
     def _count(self, name: str, began: float, kind: str | None, verdict: bool = True) -> None:
         """A try ended: counted by the plane (``Plane.count``, shared with sessions)."""
         self.p.count(name, self.p.clock() - began, kind, verdict)
@@ -459,7 +279,7 @@ class Exchange:
         assert self.route is not None and self.cfg is not None and self.body is not None
         p, name = self.p, t.backend.name
         if t.began is not None:  # the last try is still open (not one counted as it failed)
-            kind = t.kind or _OUTCOME_KIND.get(t.outcome)
+            kind = t.kind or OUTCOME_KIND.get(t.outcome)
             self._count(name, t.began, kind, verdict=t.outcome not in NO_VERDICT)
             t.began = None
         if t.first_byte is not None and t.outcome == "ok":  # a stream: time to first byte

@@ -13,6 +13,7 @@ import functools
 import hmac
 import random
 import re
+from typing import Any
 
 from canary.config.model import Backend, Config, bearer_digest, digest
 from canary.errors import RouterError
@@ -46,6 +47,21 @@ def request_id(given: bytes | None) -> bytes:
     # 96 bits from the process's PRNG (seeded from the OS at start): unique per call
     # without a getrandom(2) per call, and ids are labels, not secrets.
     return b"%024x" % random.getrandbits(96)
+
+
+def admit(cfg: Config | None, scope: Any, keys: dict[bytes, bytes]) -> Config:
+    """The checks before any route, for a call or a session: a config is loaded, the
+    client's key (in ``keys``) is one of the configured, and the path is a plain one."""
+    if cfg is None:
+        raise RouterError(
+            "No valid configuration is loaded; GET /status shows why.",
+            code="no_config",
+            status=503,
+        )
+    if cfg.auth.api_key_digests:
+        check_client_key(cfg, keys)
+    check_path(scope["path"], scope.get("raw_path"))
+    return cfg
 
 
 def check_client_key(cfg: Config, hdrs: dict[bytes, bytes]) -> None:

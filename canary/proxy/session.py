@@ -46,13 +46,13 @@ from canary.observe.logs import line_writer
 from canary.proxy.answers import outcome_of, upstream_failure
 from canary.proxy.audit import audit_answer
 from canary.proxy.events import Scan
-from canary.proxy.exchange import NO_VERDICT, fault_kind
 from canary.proxy.frames import Ending, Tally, relay
-from canary.proxy.headers import check_client_key, check_path, header, request_id
+from canary.proxy.headers import admit, header, request_id
 from canary.proxy.plane import Plane, connect_s
 from canary.proxy.router import match_route
 from canary.proxy.session_wire import FAILED, Answer, client_key_headers, handshake, model_of
 from canary.proxy.sockets import Refused, UpstreamSocket
+from canary.proxy.verdict import NO_VERDICT, fault_kind
 from canary.safety.limits import Lease, RateLimited
 from canary.types import ANSWER
 
@@ -123,17 +123,10 @@ class Session:
         await self._forward(backend)
 
     def _choose(self) -> Backend:
-        cfg, hdrs = self.cfg, self.hdrs
-        if cfg is None:
-            raise RouterError(
-                "No valid configuration is loaded; GET /status shows why.",
-                code="no_config",
-                status=503,
-            )
-        if cfg.auth.api_key_digests:
-            check_client_key(cfg, client_key_headers(hdrs, self.scope.get("subprotocols", ())))
+        hdrs = self.hdrs
+        keys = client_key_headers(hdrs, self.scope.get("subprotocols", ()))
+        cfg = admit(self.cfg, self.scope, keys)
         path: str = self.scope["path"]
-        check_path(path, self.scope.get("raw_path"))
         route = match_route(cfg.routes, path, lambda name: header(hdrs, name), lambda: self.model)
         if route is None:
             raise RouterError(f"No route matches {path}.", code="no_route", status=404)

@@ -107,6 +107,7 @@ class Window:
         self.in_flight = 0
         self.total_requests = 0
         self.total_errors = 0
+        self._retired: list[_Bucket] = []  # the ring before the last reset, for ``second``
         self._fresh_ring()
 
     def _fresh_ring(self) -> None:
@@ -169,10 +170,14 @@ class Window:
     def resize(self, window_s: float) -> None:
         """Start over with a window of another length, in place (calls in flight finish here)."""
         self.window_s = window_s
+        self._retired = self._ring
         self._fresh_ring()
 
     def reset(self) -> None:
-        """Forget the window (a closed circuit starts fresh); lifetime totals stay."""
+        """Forget the window (a closed circuit starts fresh); lifetime totals stay. The old
+        ring stays readable by ``second`` until the next reset: the history sampler reads
+        each second just after it ends, and a reset must not take its calls away."""
+        self._retired = self._ring
         self._fresh_ring()
 
     def counts(self) -> tuple[int, int]:
@@ -189,9 +194,17 @@ class Window:
         """(requests, errors, latency bins) of one past second still in the ring, else None.
 
         Read once a second by the history sampler (``canary.observe.history``): the bins are
-        the live ones, to be read at once and never kept."""
+        the live ones, to be read at once and never kept. A second split by a ``reset`` is
+        the sum of its two buckets."""
         b = self._ring[second % self._size]
-        return (b.requests, b.errors, b.hist) if b.second == second else None
+        live = b if b.second == second else None
+        old = next((r for r in self._retired if r.second == second), None)
+        if old is None or old.requests == 0:
+            return (live.requests, live.errors, live.hist) if live is not None else None
+        if live is None:
+            return old.requests, old.errors, old.hist
+        hist = [x + y for x, y in zip(live.hist, old.hist, strict=True)]
+        return live.requests + old.requests, live.errors + old.errors, hist
 
     def export(self) -> dict[str, Any]:
         """This process's own figures, JSON-ready, for sibling workers' ``snapshot(peers)``.

@@ -175,7 +175,10 @@ def test_error_windows_add_up_across_replicas(
     """Each replica alone is below min_requests; together they trip, and /status is global."""
     legacy, relay = sims
     config = tmp_path / "windows.yaml"
-    text = ROLLBACK.format(legacy=legacy, relay=relay, redis_url=redis_up.url)
+    # A Redis database of its own: the history reads every replica registered there, and
+    # other tests' replicas (on db 0) must not add their calls to these.
+    url = redis_up.url.removesuffix("/0") + "/6"
+    text = ROLLBACK.format(legacy=legacy, relay=relay, redis_url=url)
     config.write_text(
         text.replace("{legacy: 50, relay: 50}", "{legacy: 0, relay: 100}").replace(
             "min_requests: 10, max_error_rate: 0.2", "min_requests: 30, max_error_rate: 0.1"
@@ -189,7 +192,8 @@ def test_error_windows_add_up_across_replicas(
         with replicas[0][1], replicas[1][1], replicas[2][1]:
             for url in urls:
                 wait_until(lambda u=url: state(u) == "redis", 5, "shared state")
-            started = int(time.time())  # history before it is other tests' (on this Redis)
+            # A point is labelled with its wall second give or take one (observe.history).
+            started = int(time.time()) - 1
             for i in range(45):  # 15 per replica: each below min_requests on its own
                 r = httpx.post(f"{urls[i % 3]}/v1/chat/completions", json=BODY, timeout=5)
                 assert r.status_code == 200

@@ -32,7 +32,8 @@ def test_worker_files_stay_bounded_and_skip_a_torn_line(tmp_path: Path) -> None:
 
 async def test_replicas_read_each_others_tail(redis_server: RedisServer) -> None:
     """Every replica pushes its rows; a read returns the others' (not its own) from ``since``."""
-    client = Redis.from_url(redis_server.url)
+    # A database of its own: routers of other tests register as replicas on db 0.
+    client = Redis.from_url(redis_server.url.removesuffix("/0") + "/7")
     tag = uuid.uuid4().hex[:6]
     now = [1_000.0]
     try:

@@ -87,7 +87,7 @@ def test_the_ring_keeps_the_last_keep_s_seconds_each_once(tmp_path: Path) -> Non
     assert history.sample() == 2
     assert [row["b"]["legacy"][0] for row in history.rows(0)[-2:]] == [3, 4]
     assert history.rows(rows[-1]["t"] + 1)[0]["t"] == rows[-1]["t"] + 1  # since: inclusive
-    assert rows[-1]["b"]["relay"][FIELDS.index("sessions_open")] is None  # none counted
+    assert rows[-1]["b"]["relay"][FIELDS.index("sessions_open")] == 0  # none opened
 
 
 def test_sessions_open_now_and_opened_and_cut_each_second(tmp_path: Path) -> None:

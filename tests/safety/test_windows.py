@@ -289,6 +289,25 @@ def test_reset_forgets_the_window_but_keeps_totals(start: float) -> None:
     assert (snap.in_flight, snap.total_requests, snap.total_errors) == (0, 35, 21)
 
 
+def test_a_reset_leaves_each_second_whole_for_the_history(clock: FakeClock) -> None:
+    """The history reads each second once it has ended: a reset mid-second (a circuit
+    opening) must not take that second's calls away, nor the seconds just before it."""
+    window = Window(60, clock)
+    clock.advance(1)
+    record(window, 3, errors=1, latency_s=0.01)
+    clock.advance(1)
+    second = int(clock())
+    record(window, 2, errors=2, latency_s=0.01)
+    window.reset()
+    record(window, 4, errors=0, latency_s=0.01)
+    clock.advance(1)
+    got = window.second(second)
+    assert got is not None and got[:2] == (6, 2) and sum(got[2]) == 6
+    before = window.second(second - 1)
+    assert before is not None and before[:2] == (3, 1)
+    assert window.counts() == (4, 0)  # the window itself starts fresh
+
+
 @pytest.mark.parametrize("new_window_s", [10, 120])
 def test_resize_keeps_in_flight_and_lets_earlier_calls_finish(
     clock: FakeClock, new_window_s: float

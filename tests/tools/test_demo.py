@@ -95,9 +95,11 @@ def test_routes_yaml_is_a_valid_config(tmp_path: Path) -> None:
     path = tmp_path / "routes.yaml"
     path.write_text(routes_yaml(9101, 9102, open_s=4))
     cfg = load_config(str(path))
-    (route,) = cfg.routes
-    assert dict(route.weights) == {"legacy": 50, "relay": 50}
-    assert route.baseline == "legacy" and route.fallback
+    chat, realtime = cfg.routes  # realtime: the WebSocket sessions shown at the end
+    for route in (chat, realtime):
+        assert dict(route.weights) == {"legacy": 50, "relay": 50}
+        assert route.baseline == "legacy" and route.fallback
+    assert realtime.match.paths == frozenset({"/v1/realtime"})
     assert cfg.backends["relay"].base_url == "http://127.0.0.1:9102/v1"
     rb = cfg.rollback
     assert (rb.window_s, rb.min_requests, rb.max_error_rate) == (10, 20, 0.2)

@@ -56,7 +56,10 @@
   // --- WebSocket sessions ----------------------------------------------------------------
   function sessions(doc) {
     const rows = [];
-    for (const [name, b] of Object.entries(doc.backends || {})) {
+    const backends = Object.entries(doc.backends || {});
+    // A router that has never held a session has nothing to say here: no panel.
+    const any = backends.some(([, b]) => b.sessions && (b.sessions.total > 0 || b.sessions.open > 0));
+    for (const [name, b] of any ? backends : []) {
       const s = b.sessions;
       if (!s || !isNum(s.total)) continue;
       rows.push(
@@ -80,7 +83,7 @@
 
   function sessionSeries(history) {
     const names = [...history.backends.keys()].filter((n) =>
-      history.backends.get(n).sessions.some(isNum),
+      history.backends.get(n).sessions.some((v) => isNum(v) && v > 0),
     );
     return { names: names, data: [history.t, ...names.map((n) => history.backends.get(n).sessions)] };
   }

@@ -30,6 +30,7 @@ from canary.tools.demo.overbilling import (
     summarize_overbilling,
     with_billing,
 )
+from canary.tools.demo.sessions import sessions_line
 from canary.tools.demo.story import (
     BASELINE,
     CANARY,
@@ -182,7 +183,10 @@ def _run(opts: Options, tmp: Path) -> _Summaries | None:
             f"{opts.qps:g} req/s for {opts.duration:g} s; {story}",
             flush=True,
         )
-        return asyncio.run(_Session(opts, urls["router"], urls["relay"]).run())
+        summary = asyncio.run(_Session(opts, urls["router"], urls["relay"]).run())
+        if opts.scenario == "rollback" and summary is not None:
+            print(asyncio.run(sessions_line(urls["router"])), flush=True)
+        return summary
 
 
 def _free_port() -> int:

@@ -27,6 +27,11 @@ routes:
     weights: {{legacy: 50, relay: 50}}
     baseline: legacy
     fallback: true
+  - name: realtime  # WebSocket sessions, shown once the story has played out
+    match: {{paths: [/v1/realtime]}}
+    weights: {{legacy: 50, relay: 50}}
+    baseline: legacy
+    fallback: true
 rollback:
   window_s: 10
   min_requests: 20

@@ -392,6 +392,7 @@ def test_demo_rolls_the_canary_back_and_restores_it() -> None:
     assert "circuit closed again after healing: yes" in out
     assert "result: PASS" in out
     assert "relay closed -> open" in out and "relay half_open -> closed" in out
+    assert "WebSocket sessions: 4 Realtime sessions (" in out  # then a session is shown
     requests = int(out.split("client requests: ")[1].split()[0])
     assert requests == 24 * 15
     cost = out.split("tokens and cost: ")[1].splitlines()[0]

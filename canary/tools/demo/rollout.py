@@ -83,7 +83,7 @@ async def _story(router: str, relay: str, config: Path, ports: dict[str, int]) -
             print(_line(time.monotonic() - began, r, tally), flush=True)
             if phase == 1 and r["state"] == "promoted":
                 print("-- promoted. A new rollout starts; the relay will break mid-way --")
-                text = ROUTES.format(steps="[5, 25, 50, 100]", **ports)
+                text = ROUTES.format(steps="[10, 50, 100]", **ports)
                 await asyncio.to_thread(config.write_text, text)
                 phase = 2
             elif phase == 2 and r["state"] == "progressing" and r["step"] >= 2:
@@ -106,7 +106,7 @@ def run_rollout_demo() -> int:
     with tempfile.TemporaryDirectory(prefix="canary-demo-") as tmp:
         config = Path(tmp) / "routes.yaml"
         config.write_text(
-            ROUTES.format(steps="[5, 25, 50, 100]", **ports).replace("step_s: 3", "step_s: 2")
+            ROUTES.format(steps="[10, 50, 100]", **ports).replace("step_s: 3", "step_s: 2")
         )
         urls = {name: f"http://127.0.0.1:{p}" for name, p in ports.items()}
         sims = {n: ["simulate", "--port", str(ports[n]), "--name", n] for n in ("legacy", "relay")}

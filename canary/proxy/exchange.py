@@ -52,7 +52,6 @@ from canary.safety.limits import Lease, RateLimited
 log = structlog.get_logger("canary.proxy")
 
 _T = TypeVar("_T")
-_WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
 
 
 class Exchange(SendChain):
@@ -218,24 +217,14 @@ class Exchange(SendChain):
 
     async def _admit(self, t: Try) -> Lease | None:
         """A slot under the backend's limits, or a 429 answer (not the backend's fault)."""
-        backend, p = t.backend, self.p
         assert self.cfg is not None
+        backend = t.backend
         try:
-            lease = await p.limiter.acquire(
-                backend.name,
-                max_concurrency=backend.max_concurrency,
-                max_qps=backend.max_qps,
-                wait_s=self.cfg.server.queue_timeout_s,
-            )
+            return await self.p.lease(backend, self.cfg.server.queue_timeout_s, t.since)
         except RateLimited as limited:
             t.status = await self.client.error(limited, backend.name, t.origin)
             t.outcome = "rate_limited"
-            p.meter.rejected(backend.name)
             return None
-        waited = p.clock() - t.since
-        if waited > _WAIT_S:
-            p.meter.waited(backend.name, waited)
-        return lease
 
     async def _failed(self, t: Try, exc: Exception, can_fall_back: bool) -> None:
         """The call failed in transport: fall back, or answer 502/504 (400 if ours)."""

@@ -27,9 +27,11 @@ from canary.proxy.sockets import Sockets
 from canary.proxy.transport import Outgoing, Upstream
 from canary.proxy.watchdog import Watchdog
 from canary.safety.breaker import Breakers
-from canary.safety.limits import Limiter
+from canary.safety.limits import Lease, Limiter, RateLimited
 from canary.safety.windows import Stats
 from canary.types import Clock, Sleep
+
+_WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not just a Redis hop)
 
 
 def connect_s(timeout_s: float) -> float:
@@ -84,6 +86,24 @@ class Plane:
                 circuit.abandon()
         if kind is not None:
             self.meter.failure(name, kind)
+
+    async def lease(self, backend: Backend, wait_s: float, since: float) -> Lease:
+        """A slot under ``backend``'s limits, for a call or a session; ``RateLimited`` (counted
+        as a rejection) past ``wait_s`` in the queue. A wait is metered from ``since``."""
+        try:
+            lease = await self.limiter.acquire(
+                backend.name,
+                max_concurrency=backend.max_concurrency,
+                max_qps=backend.max_qps,
+                wait_s=wait_s,
+            )
+        except RateLimited:
+            self.meter.rejected(backend.name)
+            raise
+        waited = self.clock() - since
+        if waited > _WAIT_S:
+            self.meter.waited(backend.name, waited)
+        return lease
 
     def upstream_request(
         self,

@@ -189,16 +189,10 @@ class Session:
         assert self.cfg is not None
         backend = t.backend
         try:
-            return await self.p.limiter.acquire(
-                backend.name,
-                max_concurrency=backend.max_concurrency,
-                max_qps=backend.max_qps,
-                wait_s=self.cfg.server.queue_timeout_s,
-            )
+            return await self.p.lease(backend, self.cfg.server.queue_timeout_s, t.since)
         except RateLimited as limited:
             t.status = await self.answer.deny(limited, backend.name, t.origin)
             t.outcome = "rate_limited"
-            self.p.meter.rejected(backend.name)
             return None
 
     async def _open(self, t: Try, can_fall_back: bool) -> UpstreamSocket | None:

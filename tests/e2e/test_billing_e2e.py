@@ -178,3 +178,55 @@ def test_a_relay_billing_more_than_it_serves_is_caught(
     text = json.dumps(_status(stack)) + httpx.get(f"{stack.url}/metrics").text
     text += done.stdout + done.stderr
     assert "SECRET" not in text and "token=x" not in text
+
+
+def test_an_honest_openrouter_relay_is_ready_and_openais_spent_quota_falls_back(
+    stack_factory: Any,
+) -> None:
+    """Through OpenRouter's key endpoint, a relay billing what it serves shows a ratio of
+    about 1 and is ready; when it then answers OpenAI's ``429 insufficient_quota``, that is
+    spent credit: never retried, the client served by the baseline, the reason in words."""
+    ports = free_port(), free_port()
+    key = "sk-relay-or-SECRET-77"
+    relay_args = ("--billing", "openrouter", "--bill-factor", "1.0", "--balance-usd", "5")
+    with (
+        simulator(ports[0], "legacy"),
+        simulator(ports[1], "relay", *relay_args, "--price", "1000", "--api-key", key),
+    ):
+        legacy, relay = (f"http://127.0.0.1:{p}" for p in ports)
+        text = ROUTES.replace("LEGACY", legacy).replace("RELAY", relay)
+        text = text.replace("sk-relay-billing-SECRET-55", key).replace("new-api", "openrouter")
+        text = text.replace('alerts: {webhooks: ["HOOK"], min_runway_h: 24}\n', "")
+        stack: Stack = stack_factory(text.replace("TOKEN", TOKEN))
+        client = stack.client()
+        for _ in range(8):
+            client.chat.completions.create(
+                model="gpt-4.1", messages=[{"role": "user", "content": "an honest bill?"}]
+            )
+        served = _status(stack)["backends"]["relay"]["cost_usd"]
+        wait_until(
+            lambda: (_status(stack)["billing"]["relay"]["metered_usd"] or 0) >= served - 1e-9,
+            10,
+            "a poll after the last call",
+        )
+        status = _status(stack)
+        bill = status["billing"]["relay"]
+        assert bill["api"] == "openrouter" and bill["error"] is None
+        assert 0.95 <= bill["ratio"] <= 1.05
+        account = httpx.get(f"{relay}/_sim/billing").json()
+        assert bill["balance_usd"] == pytest.approx(account["balance_usd"], abs=1e-6)
+        assert status["migration"]["ready_for_full_migration"] is True, status["migration"]
+
+        # The same relay now refuses the OpenAI way: 429 insufficient_quota.
+        patch = {"api": "openai", "balance_usd": 0}
+        httpx.post(f"{relay}/_sim/billing", json=patch).raise_for_status()
+        before = httpx.get(f"{relay}/_sim/stats").json()["requests"]
+        r = client.chat.completions.with_raw_response.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "and now?"}]
+        )
+        assert (r.headers["x-canary-backend"], r.headers["x-canary-fallback"]) == (
+            "legacy",
+            "relay",
+        )
+        assert httpx.get(f"{relay}/_sim/stats").json()["requests"] == before + 1  # no retry
+        assert "credit spent (insufficient_quota)" in _status(stack)["migration"]["reason"]

@@ -204,7 +204,10 @@ class RedisLimiter(AsyncResource):
         self._replica = os.urandom(6).hex()
         self._shares: dict[str, _Share] = {}
         self._renewer: asyncio.Task[None] | None = None
-        self._flush_scheduled = False
+        # The pending give-back of spare slots; cancelled by ``aclose``, so a closed limiter
+        # never starts one on a pool (or a loop) that is gone.
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._closed = False
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def acquire(
@@ -335,12 +338,12 @@ class RedisLimiter(AsyncResource):
         replica may see a freed slot up to RELEASE_BATCH_S late."""
         share.in_flight -= 1
         share.for_slot.wake()  # a head waiting for a slot takes this one at once
-        if share.spare() and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._start_flush)
+        if share.spare() and self._flush_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(RELEASE_BATCH_S, self._start_flush)
 
     def _start_flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_timer = None
         task = asyncio.get_running_loop().create_task(self._flush())
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
@@ -401,6 +404,10 @@ class RedisLimiter(AsyncResource):
 
     async def aclose(self) -> None:
         """Give back every spare slot; stop renewing (slots in use lapse after lease_ttl_s)."""
+        self._closed = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         await self._flush(keep=False)
         await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._renewer is not None:

@@ -48,8 +48,8 @@ class CorsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cfg = self.store.config
         cors = cfg.server.cors if cfg is not None else None
-        if cors is None or not cors.allow_origins:
-            await self.app(scope, receive, send)
+        if cors is None or not cors.allow_origins or scope["type"] != "http":
+            await self.app(scope, receive, send)  # off, or a WebSocket session: untouched
             return
         origin = asked = None
         for name, value in scope["headers"]:

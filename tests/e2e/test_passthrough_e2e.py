@@ -5,6 +5,8 @@ of two ``canary simulate`` processes; the official openai client is the caller."
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -173,3 +175,13 @@ def test_cors_preflight_and_stamps(stack_factory: Any) -> None:
         headers={"origin": "http://evil.test", "authorization": "Bearer ck-1"},
     )
     assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+
+    async def session() -> str:  # a browser sends its Origin on a WebSocket handshake too
+        from websockets.asyncio.client import connect
+
+        ws_url = stack.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-realtime"
+        headers = {"origin": "http://app.test", "authorization": "Bearer ck-1"}
+        async with connect(ws_url, additional_headers=headers, open_timeout=5) as ws:
+            return str(json.loads(await asyncio.wait_for(ws.recv(), 5))["type"])
+
+    assert asyncio.run(session()) == "session.created"

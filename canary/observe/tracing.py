@@ -29,19 +29,24 @@ from canary.config.model import Backend, Route, Telemetry
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
-class TryView(Protocol):
-    """What a trace reads of one call to one backend (``canary.proxy.relay.Try``)."""
+class SessionTryView(Protocol):
+    """What a trace reads of one backend's part of a call or a session."""
 
     @property
     def backend(self) -> Backend: ...
-    @property
-    def origin(self) -> str | None: ...
     @property
     def status(self) -> int: ...
     @property
     def outcome(self) -> str: ...
     @property
     def kind(self) -> str | None: ...
+
+
+class TryView(SessionTryView, Protocol):
+    """What a trace reads of one call to one backend (``canary.proxy.relay.Try``)."""
+
+    @property
+    def origin(self) -> str | None: ...
     @property
     def tokens(self) -> tuple[int, int] | None: ...
     @property
@@ -67,19 +72,6 @@ class ExchangeView(Protocol):
     def first(self) -> TryView | None: ...
     @property
     def last(self) -> TryView | None: ...
-
-
-class SessionTryView(Protocol):
-    """What a trace reads of one backend's part of a session (``canary.proxy.session.Try``)."""
-
-    @property
-    def backend(self) -> Backend: ...
-    @property
-    def status(self) -> int: ...
-    @property
-    def outcome(self) -> str: ...
-    @property
-    def kind(self) -> str | None: ...
 
 
 class EndingView(Protocol):

@@ -95,6 +95,17 @@ def _status(stack: Stack) -> dict[str, Any]:
     return httpx.get(f"{stack.url}/status").json()  # type: ignore[no-any-return]
 
 
+def _polled(stack: Stack) -> dict[str, Any]:
+    """``/status`` once the relay's bill was polled after the last call served."""
+    served = _status(stack)["backends"]["relay"]["cost_usd"]
+    wait_until(
+        lambda: (_status(stack)["billing"]["relay"]["metered_usd"] or 0) >= served - 1e-9,
+        10,
+        "a poll after the last call",
+    )
+    return _status(stack)
+
+
 def test_a_relay_billing_more_than_it_serves_is_caught(
     stack_factory: Any, sims: tuple[str, str], hooks: tuple[str, list[dict[str, Any]]]
 ) -> None:
@@ -111,13 +122,7 @@ def test_a_relay_billing_more_than_it_serves_is_caught(
             model="gpt-4.1", messages=[{"role": "user", "content": "how much is this?"}]
         )
         assert r.headers["x-canary-backend"] == "relay"
-    served = _status(stack)["backends"]["relay"]["cost_usd"]
-    wait_until(
-        lambda: (_status(stack)["billing"]["relay"]["metered_usd"] or 0) >= served - 1e-9,
-        10,
-        "a poll after the last call",
-    )
-    status = _status(stack)
+    status = _polled(stack)
     bill = status["billing"]["relay"]
     assert bill["api"] == "new-api" and bill["error"] is None
     assert 1.2 <= bill["ratio"] <= 1.4
@@ -203,13 +208,7 @@ def test_an_honest_openrouter_relay_is_ready_and_openais_spent_quota_falls_back(
             client.chat.completions.create(
                 model="gpt-4.1", messages=[{"role": "user", "content": "an honest bill?"}]
             )
-        served = _status(stack)["backends"]["relay"]["cost_usd"]
-        wait_until(
-            lambda: (_status(stack)["billing"]["relay"]["metered_usd"] or 0) >= served - 1e-9,
-            10,
-            "a poll after the last call",
-        )
-        status = _status(stack)
+        status = _polled(stack)
         bill = status["billing"]["relay"]
         assert bill["api"] == "openrouter" and bill["error"] is None
         assert 0.95 <= bill["ratio"] <= 1.05

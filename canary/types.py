@@ -13,12 +13,26 @@ Sleep = Callable[[float], Awaitable[None]]
 # cut the call: registered once per call, so no wrapper sits on every chunk sent.
 ANSWER = "canary.answer"
 
+# The scope extension under which canary's server offers an accepted WebSocket's direct
+# frame writer (``canary.serve.websocket``): a session's frames go out without an ASGI
+# message each (``canary.proxy.frames``).
+FRAMES = "canary.frames"
+
 
 class Answer(Protocol):
     """How far an app's answer has gone: enough for the drain to end a cut call properly."""
 
     started: bool  # the response's headers went out
     sse: bool  # its body is an event stream (a cut ends it with an error event)
+
+
+class FrameWriter(Protocol):
+    """Writes one whole frame to the client at once, in order with what ``send`` wrote; False
+    when it cannot (writing paused, closing, gone): then ``send`` must, and will say why."""
+
+    def write_text(self, data: str) -> bool: ...
+
+    def write_binary(self, data: bytes) -> bool: ...
 
 
 class AsyncResource:

@@ -54,7 +54,7 @@ from canary.proxy.session_wire import FAILED, Answer, client_key_headers, handsh
 from canary.proxy.sockets import Refused, UpstreamSocket
 from canary.proxy.verdict import NO_VERDICT, fault_kind
 from canary.safety.limits import Lease, RateLimited
-from canary.types import ANSWER
+from canary.types import ANSWER, FRAMES
 
 log = structlog.get_logger("canary.proxy")
 
@@ -241,8 +241,9 @@ class Session:
                 return
             scan = Scan(self.model, self._usage, self._audit)
             max_s = self.cfg.server.session_max_s
+            writer = (self.scope.get("extensions") or {}).get(FRAMES)
             self.ending, self.tally = await relay(
-                self.receive, self.answer.send, upstream, scan, max_s
+                self.receive, self.answer.send, upstream, scan, max_s, writer
             )
             if self.ending.cut:
                 t.kind, t.outcome = "session_cut", "session_cut"

@@ -137,8 +137,9 @@ class Traffic:
 
 
 def _is_session(connection: object) -> bool:
-    """A WebSocket connection (uvicorn would close it with 1012 at once, not at the timeout)."""
-    return "websockets" in type(connection).__module__
+    """A WebSocket connection (uvicorn would close it with 1012 at once, not at the timeout):
+    one of uvicorn's WebSocket protocols, or canary's (``canary.serve.websocket``)."""
+    return any("websockets" in kind.__module__ for kind in type(connection).__mro__)
 
 
 def default_grace_s(host: str) -> float:

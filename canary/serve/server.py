@@ -12,6 +12,8 @@ The parent closes its copy of the socket at once, so the port stops accepting wh
 last worker's grace ends, and exits 0 once every worker has drained and exited 0.
 The workers share their figures through a private directory the parent makes
 (``canary.fleet.workers``), so any worker's ``/status`` and ``/metrics`` describe the whole server.
+WebSocket sessions run on ``canary.serve.websocket.SessionProtocol``: uvicorn's
+``websockets-sansio`` protocol with a direct frame writer for the session relay.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from canary.observe import logs
 from canary.serve.app import create_app
 from canary.serve.drain import DEFAULT_TIMEOUT_S, DrainingServer
 from canary.serve.signals import stop_signals_return
+from canary.serve.websocket import SessionProtocol
 from canary.types import Clock
 
 log = structlog.get_logger("canary.serve.server")
@@ -126,6 +129,7 @@ def run_worker(sock: socket.socket, options: ServeOptions) -> None:
         app,
         loop="uvloop",
         http="httptools",
+        ws=SessionProtocol,  # uvicorn's websockets-sansio, and a frame writer for sessions
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -77,6 +77,29 @@ class FakeClient:
             self.got.append(("bytes", message["bytes"]))
 
 
+class FakeWriter:
+    """The server's frame writer for ``client``: takes a frame when ``takes`` says so (in
+    turn, cycling), else declines it and the relay must ``send`` it."""
+
+    def __init__(self, client: FakeClient, takes: list[bool]) -> None:
+        self.client = client
+        self.takes = takes or [True]
+        self.n = 0
+
+    def _take(self, frame: Frame) -> bool:
+        take = self.takes[self.n % len(self.takes)]
+        self.n += 1
+        if take:
+            self.client.got.append(frame)
+        return take
+
+    def write_text(self, data: str) -> bool:
+        return self._take(("text", data))
+
+    def write_binary(self, data: bytes) -> bool:
+        return self._take(("bytes", data))
+
+
 frames = st.lists(
     st.one_of(
         st.tuples(st.just("text"), st.text(max_size=300)),
@@ -96,13 +119,15 @@ def _scan() -> Scan:
     up=frames,
     ender=st.sampled_from(["client", "upstream"]),
     code=st.sampled_from([None, 1000, 1001, 1005, 1006, 1008, 1011, 3000, 4999]),
+    takes=st.none() | st.lists(st.booleans(), max_size=4),
 )
 def test_frames_pass_unchanged_in_order_and_the_end_crosses(
-    down: list[Frame], up: list[Frame], ender: str, code: int | None
+    down: list[Frame], up: list[Frame], ender: str, code: int | None, takes: list[bool] | None
 ) -> None:
     """Whatever frames go each way and whoever ends, each side gets the other's frames in
-    order, unchanged and typed; the close code crosses (a code that cannot go in a frame
-    becomes 1000 or 1001); only an upstream that drops or fails with 1011 is a cut."""
+    order, unchanged and typed, whether the server's frame writer takes them, declines
+    some or is not there; the close code crosses (a code that cannot go in a frame becomes
+    1000 or 1001); only an upstream that drops or fails with 1011 is a cut."""
 
     async def scenario() -> None:
         if ender == "client":  # the upstream sends all its frames and waits for our close
@@ -112,8 +137,9 @@ def test_frames_pass_unchanged_in_order_and_the_end_crosses(
                 FakeUpstream(down, code if code != 1006 else None),
                 FakeClient(up, None),
             )
+        writer = FakeWriter(client, takes) if takes is not None else None
         ending, tally = await asyncio.wait_for(
-            relay(client.receive, client.send, upstream, _scan(), 30.0), 5
+            relay(client.receive, client.send, upstream, _scan(), 30.0, writer), 5
         )
         if ender == "client":
             await asyncio.sleep(0)  # nothing to settle: the relay returned

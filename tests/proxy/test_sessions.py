@@ -20,6 +20,7 @@ from canary.proxy.transport import HttpxUpstream
 from canary.safety.breaker import Breakers
 from canary.safety.limits import MemoryLimiter
 from canary.safety.windows import Stats
+from canary.types import FRAMES
 
 ROUTES = """
 backends:
@@ -73,7 +74,25 @@ class Sockets:
         return Upstream()
 
 
-async def _session(tmp_path: Path, fallback: bool, status: int) -> tuple[list[Any], Plane, Sockets]:
+class Writer:
+    """The server's frame writer: records each frame as ("written", data), then the client
+    leaves (as ``send`` does below)."""
+
+    def __init__(self, sent: list[Any], inbox: asyncio.Queue[dict[str, Any]]) -> None:
+        self.sent, self.inbox = sent, inbox
+
+    def write_text(self, data: str) -> bool:
+        self.sent.append(("written", data))
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        return True
+
+    def write_binary(self, data: bytes) -> bool:
+        return self.write_text(data.decode())
+
+
+async def _session(
+    tmp_path: Path, fallback: bool, status: int, writer: bool = False
+) -> tuple[list[Any], Plane, Sockets]:
     path = tmp_path / "routes.yaml"
     path.write_text(ROUTES % str(fallback).lower())
     store = ConfigStore(str(path))
@@ -103,6 +122,8 @@ async def _session(tmp_path: Path, fallback: bool, status: int) -> tuple[list[An
         "subprotocols": ["realtime"],
         "extensions": {"websocket.http.response": {}},
     }
+    if writer:
+        scope["extensions"][FRAMES] = Writer(sent, inbox)
     await asyncio.wait_for(Sessions(plane)(scope, inbox.get, send), 5)
     return sent, plane, sockets
 
@@ -123,6 +144,14 @@ async def test_a_canary_4xx_handshake_is_answered_by_the_baseline(tmp_path: Path
         "ws://relay.test/v1/realtime?model=m",
         "ws://legacy.test/v1/realtime?model=m",
     ]
+
+
+async def test_a_servers_frame_writer_carries_the_sessions_frames(tmp_path: Path) -> None:
+    """A server that offers a frame writer (``canary.types.FRAMES``) gets the upstream's
+    frames through it; the handshake's answer still goes through ``send``."""
+    sent, _, _ = await _session(tmp_path, True, 404, writer=True)
+    assert sent[0]["type"] == "websocket.accept"
+    assert sent[1] == ("written", '{"type":"hi"}')
 
 
 async def test_a_failed_connect_is_the_canarys_error_and_falls_back(tmp_path: Path) -> None:

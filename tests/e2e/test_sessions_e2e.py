@@ -351,7 +351,9 @@ def test_session_max_s_and_the_drain_close_sessions_with_1001(stack_factory: Any
         return info.value.rcvd.code, info.value.rcvd.reason
 
     async def run() -> None:
-        async with connect(url, additional_headers=auth) as ws:
+        # Without permessage-deflate: frames go out as canary's own (``canary.serve.websocket``)
+        async with connect(url, additional_headers=auth, compression=None) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
             assert await closed_with(ws) == (1001, "session_max_s reached")
         version = stack.status()["config"]["version"]
         stack.save(ROUTES.format(legacy=100, relay=0, max_s=60))

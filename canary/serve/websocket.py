@@ -19,8 +19,8 @@ a frame takes). Server frames are never masked; a message is one frame (FIN), as
 sends it.
 
 The writer reads uvicorn's protocol state (``conn``, websockets' state machine, and
-``disconnected``, ``writable``): ``tests/serve/test_websocket.py`` pins that against the
-installed uvicorn and websockets.
+``writable``, both there since uvicorn 0.35 brought this protocol) and the transport's:
+``tests/serve/test_websocket.py`` pins that against the installed uvicorn and websockets.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class SessionProtocol(WebSocketsSansIOProtocol):
         conn = self.conn
         if (
             conn.state is not _OPEN  # not accepted, or a close went either way
-            or self.disconnected  # the connection is lost (websockets is not told)
+            or self.transport.is_closing()  # lost or closing: websockets is not told
             or not self.writable.is_set()  # flow control: send waits for the drain
         ):
             return False

@@ -59,6 +59,8 @@ import yarl
 from aiohttp.connector import NEEDS_CLEANUP_CLOSED
 from multidict import CIMultiDict
 
+from canary.proxy.wire import METHODS, Origin, WirePool, origin_of, wire_head
+
 __all__ = [
     "RAW_ERRORS",
     "AiohttpTransport",
@@ -356,6 +358,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             session._retry_connection = False  # see the module docstring
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._urls: dict[str, tuple[yarl.URL, str]] = {}
+        self._origins: dict[str, Origin | None] = {}
+        self._wire = WirePool(keepalive_s)
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -410,6 +414,27 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return known
 
     async def send(self, request: Outgoing) -> Answer:
+        """A plain call goes out on the lean wire client (``canary.proxy.wire``), the rest
+        through aiohttp."""
+        body = request.body
+        if type(body) is bytes and request.method in METHODS:
+            origin = self._origin(request.url)
+            if origin is not None:
+                head = wire_head(request.method, origin.shown, request.headers)
+                return await self._wire.send(request.method, origin, head, body, request.connect_s)
+        return await self._send_aiohttp(request)
+
+    def _origin(self, target: str) -> Origin | None:
+        """``target`` split for the wire once (targets are few: base URL and path)."""
+        try:
+            return self._origins[target]
+        except KeyError:
+            if len(self._origins) >= 4096:
+                self._origins.clear()
+            origin = self._origins[target] = origin_of(target)
+            return origin
+
+    async def _send_aiohttp(self, request: Outgoing) -> Answer:
         session = self._session if self._session is not None else self._open()
         method = request.method
         url, shown = self._target(request.url)
@@ -460,7 +485,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             # One timer bounds the wait for the headers (the connect included).
             async with asyncio.timeout(headers_s) if headers_s else contextlib.nullcontext():
-                answer = await self.send(outgoing)
+                answer = await self._send_aiohttp(outgoing)
         except TimeoutError as exc:
             raise _translate(exc, request.method, self._target(outgoing.url)[1]) from exc
         assert isinstance(answer, _AiohttpAnswer)
@@ -478,5 +503,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        self._wire.close()
         if self._session is not None and self._owns_session:
             await self._session.close()

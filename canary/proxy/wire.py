@@ -283,8 +283,8 @@ class WirePool:
         conn = self._take(origin.key)
         if conn is None:
             conn = await self._connect(origin, connect_s)
-        length = b"" if not body and method in _BODILESS else b"content-length: %d\r\n" % len(body)
-        data = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n%s" % (
+        length = b"" if not body and method in _BODILESS else b"Content-Length: %d\r\n" % len(body)
+        data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s%s\r\n%s" % (
             method.encode(),
             origin.path,
             origin.host_header,

@@ -23,9 +23,10 @@ What it keeps of the aiohttp path, so the proxy above cannot tell them apart:
   bounded by the call's watch, whose cancellation closes the connection;
 - backpressure: past ``PAUSE_BYTES`` read and not yet taken, the socket stops being
   read until the proxy takes them, so a slow client holds ~64 KiB per stream here;
-- keep-alive: a connection whose answer was read whole goes back to its origin's idle
-  stack (the warmest first); one idle past ``keepalive_s``, or closed by the upstream
-  meanwhile, is never taken, and a timer sweeps them. A body delimited by the close of
+- keep-alive: a connection whose answer was read whole, and did not say ``Connection:
+  close`` (or come as HTTP/1.0), goes back to its origin's idle stack (the warmest
+  first); one idle past ``keepalive_s``, closed by the upstream meanwhile, or sent bytes
+  nobody asked for, is never taken, and a timer sweeps them. A body delimited by the close of
   the connection is whole when the connection closes, and that connection is not reused.
 """
 
@@ -116,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self.framed = False  # a length or chunked: the close of the connection is no end
         self.error: Exception | None = None
         self.closed = False
+        self.busy = False  # a request is out: bytes may come
+        self.keep_alive = False  # what the last answer said (HTTP/1.1 default, Connection)
         self.idle_since = 0.0
 
     # asyncio.Protocol
@@ -124,6 +127,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self.busy:  # bytes on an idle connection: nobody asked, so nobody reuses it
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -184,6 +190,7 @@ class _Connection(asyncio.Protocol):
             self.informational = False
             return
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
         self._wake()
 
     # the client side
@@ -211,7 +218,8 @@ class _Connection(asyncio.Protocol):
         """Write the request and wait for the answer's headers."""
         assert self.transport is not None
         self.status, self.chunks, self.buffered = 0, [], 0
-        self.complete = self.headers_done = self.framed = False
+        self.complete = self.headers_done = self.framed = self.keep_alive = False
+        self.busy = True
         self.transport.write(data)
         while not self.headers_done:
             await self._next()
@@ -261,7 +269,8 @@ class WireAnswer:
 
     async def aclose(self) -> None:
         conn = self._conn
-        if conn.complete and not conn.chunks and not conn.closed and conn.error is None:
+        if conn.complete and conn.keep_alive and not conn.chunks and not conn.closed:
+            conn.busy = False
             self._pool.put(conn)  # read whole: back to its origin's idle stack
         else:
             conn.close()  # half read: it cannot be reused; closing tells the upstream we left

@@ -62,6 +62,21 @@ async def test_a_plain_call_goes_on_the_wire_and_its_connection_is_reused(
     assert upstream.connections == 1
 
 
+async def test_an_answer_that_says_close_is_not_reused(transport: AiohttpTransport) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await reader.read()  # open until we close: the answer's word alone must do
+
+    async with Upstream(handler) as upstream:
+        for _ in range(2):
+            answer = await transport.send(post(upstream.url))
+            assert await read_all(answer) == b"ok"
+            await answer.aclose()
+
+    assert upstream.connections == 2
+
+
 async def test_a_half_read_answer_closes_its_connection(transport: AiohttpTransport) -> None:
     saw: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 

@@ -77,8 +77,14 @@ def origin_of(target: str) -> Origin | None:
     name = f"[{host}]" if ":" in host else host
     host_header = (name if port == default else f"{name}:{port}").encode("idna")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        raw = path.encode("latin-1")  # the client's raw bytes, as the plane decoded them
+    except UnicodeEncodeError:
+        return None
+    if any(c in raw for c in b" \r\n\t"):
+        return None  # cannot go in a request line as is: aiohttp's rules decide
     shown = f"{scheme}://{host_header.decode()}{path}"
-    return Origin((scheme, host, port), host, port, tls, host_header, path.encode(), shown)
+    return Origin((scheme, host, port), host, port, tls, host_header, raw, shown)
 
 
 def wire_head(method: str, shown: str, headers: list[tuple[bytes, bytes]]) -> bytes:

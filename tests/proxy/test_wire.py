@@ -287,6 +287,9 @@ def test_origin_of_targets() -> None:
     assert "p@" not in origin.shown
     plain = origin_of("http://relay.test/v1/x")
     assert plain is not None and (plain.port, plain.host_header) == (80, b"relay.test")
+    raw = origin_of("http://x/v1/caf\xc3\xa9")  # bytes as the plane decodes them (latin-1)
+    assert raw is not None and raw.path == b"/v1/caf\xc3\xa9"
+    assert origin_of("http://x/v1/a b") is None
     assert origin_of("ftp://x/v1") is None
     assert origin_of("http://x:99999/v1") is None
 

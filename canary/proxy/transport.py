@@ -1,18 +1,18 @@
 """The upstream seam: requests out through a pooled aiohttp session, with exact errors.
 
-The proxy sends an ``Outgoing`` and reads an ``Answer`` (``Upstream.send``; the types are
-in ``canary.proxy.seam``): plain objects, the headers as raw pairs, the body read as it
+The proxy sends an ``Outgoing`` and reads an ``Answer`` (``Upstream.send``; the types are in
+``canary.proxy.seam``): plain objects, the headers as raw pairs, the body read as it
 arrives. ``AiohttpTransport`` is the one that serves traffic, its plain calls on the lean
-wire client of ``canary.proxy.wire`` and the rest on aiohttp; any httpx transport works through ``HttpxUpstream`` (an
-``httpx.MockTransport`` in unit tests), and ``AiohttpTransport`` is an httpx transport
-too, for httpx's own callers. Why not httpx's objects on the hot path: building an
-``httpx.Request`` and ``httpx.Response`` (and normalising their headers) cost ~8 us of CPU
-per call for nothing the proxy reads. Why not httpx's httpcore pool: ~1.7 ms CPU per call
-against ~0.4 ms for aiohttp's. Why not the ``httpx-aiohttp`` package: it maps every
-aiohttp connection error to ``httpx.ConnectTimeout``, even a reset after the request
-reached the provider; retries and fallback must know better, since an LLM call received
-twice is billed twice. So canary owns this small transport, and ``may_have_reached``
-answers that question.
+wire client of ``canary.proxy.wire`` and the rest on aiohttp; any httpx transport works
+through ``HttpxUpstream`` (an ``httpx.MockTransport`` in unit tests), and
+``AiohttpTransport`` is an httpx transport too, for httpx's own callers. Why not httpx's
+objects on the hot path: building an ``httpx.Request`` and ``httpx.Response`` (and
+normalising their headers) cost ~8 us of CPU per call for nothing the proxy reads. Why not
+httpx's httpcore pool: ~1.7 ms CPU per call against ~0.4 ms for aiohttp's. Why not the
+``httpx-aiohttp`` package: it maps every aiohttp connection error to
+``httpx.ConnectTimeout``, even a reset after the request reached the provider; retries and
+fallback must know better, since an LLM call received twice is billed twice. So canary owns
+this small transport, and ``may_have_reached`` answers that question.
 
 Bytes pass through untouched: no decompression, no cookies, no redirects, no headers of
 aiohttp's own, the raw path and query as given. Errors, first match wins (order matters: aiohttp's

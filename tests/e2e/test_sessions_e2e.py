@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +30,9 @@ from tests.helpers import (
     SECRETS,
     Stack,
     free_port,
+    self_signed,
     simulator,
+    tls_front,
     wait_until,
 )
 
@@ -198,16 +201,31 @@ def _node_sdk() -> str:
     return str(cache)
 
 
-def test_openai_node_sdk_sessions_split_and_metered(stack_factory: Any) -> None:
-    """The openai Node SDK's Responses WebSocket client through canary at 50/50: both
+def test_openai_node_sdk_sessions_split_and_metered(stack_factory: Any, tmp_path: Path) -> None:
+    """The openai Node SDK's Responses and Realtime WebSocket clients through canary at
+    50/50 (Realtime over wss, through a TLS front, as that client only dials wss): both
     backends serve sessions with their own keys, and /status meters what they billed."""
     directory = _node_sdk()
     stack = _start(stack_factory)
-    args = ["node", "sessions.mjs", f"{stack.url}/v1", CLIENT_KEY, "8"]
-    done = subprocess.run(args, cwd=directory, capture_output=True, text=True, timeout=60)
+    key, cert = self_signed(tmp_path)
+    with tls_front(int(stack.url.rsplit(":", 1)[1]), key, cert) as port:
+        args = ["node", "sessions.mjs", f"{stack.url}/v1", CLIENT_KEY, "8"]
+        args.append(f"https://127.0.0.1:{port}/v1")
+        env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(cert)}
+        done = subprocess.run(
+            args, cwd=directory, capture_output=True, text=True, timeout=60, env=env
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     usages = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(usages) == 8 and all(out > 0 for _, out in usages)
     wait_until(lambda: all(s["open"] == 0 for s in _sessions(stack).values()), what="closed")
+
+    def lines() -> list[str]:  # the access log is buffered: it may come a moment later
+        return [line for line in stack.output().splitlines() if '"proxy.session"' in line]
+
+    wait_until(lambda: len(lines()) == 8, what="one access line per session")
+    assert sum('"/v1/realtime' in line for line in lines()) == 4
+    assert sum('"/v1/responses' in line for line in lines()) == 4
     doc = stack.status()
     total = 0
     for which, key in (("legacy", LEGACY_KEY), ("relay", RELAY_KEY)):

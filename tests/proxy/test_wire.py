@@ -9,7 +9,6 @@ import itertools
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from canary.proxy.transport import AiohttpTransport, Outgoing, may_have_reached, read_all
 from canary.proxy.wire import PAUSE_BYTES, WireAnswer, origin_of
+from tests.helpers import self_signed
 from tests.proxy.test_transport import BOUND, CHUNKED_HEAD, OK, Upstream, read_request
 
 
@@ -294,21 +294,9 @@ def test_origin_of_targets() -> None:
     assert origin_of("http://x:99999/v1") is None
 
 
-def _certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed key and certificate for 127.0.0.1."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-         "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key, cert
-
-
 async def test_https_upstream(transport: AiohttpTransport, tmp_path: Path) -> None:
     """TLS with the hostname checked: a self-signed certificate for 127.0.0.1, trusted."""
-    key, cert = await asyncio.to_thread(_certificate, tmp_path)
+    key, cert = await asyncio.to_thread(self_signed, tmp_path)
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
     transport._wire._tls = ssl.create_default_context(cafile=str(cert))

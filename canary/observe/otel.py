@@ -3,8 +3,8 @@
 A call is one SERVER span named per the GenAI semantic conventions (``chat gpt-4.1``; a
 path without a GenAI operation: ``POST <route>``; a call refused before routing: its
 operation or method, the refusal's code as ``error.type``), continuing the client's
-trace when it sent a ``traceparent``. Each call to a backend (its retries included) is a CLIENT span
-under it, and the request that leaves carries that span's context in place of the
+trace when it sent a ``traceparent``. Each call to a backend (its retries included) is a
+CLIENT span under it, and the request that leaves carries that span's context in place of the
 client's, so the provider's own spans hang under the try that called it.
 
 Attributes (SPEC §12): ``gen_ai.operation.name``, ``gen_ai.request.model`` (the try's:
@@ -14,6 +14,27 @@ after ``model_map``), ``gen_ai.response.model`` (what the answer named),
 outcome, or the status of a refused call), and ``canary.route``, ``canary.backend``,
 ``canary.fallback`` (the baseline answered after this backend failed; on a try: it is
 that second call), ``canary.outcome``.
+
+Cost (bench row 5f: at most +10% CPU per call). Built with the SDK's tracer, batch
+processor and OTLP exporter, a call's two spans cost about 300 µs of CPU: span objects,
+attribute validation under locks, contexts, and the protobuf runtime building a message
+per span and per attribute. So the parts are split by what they do well:
+
+- the request path records plain data (``canary.observe.otlp.SpanRecord``: ids from
+  ``random.getrandbits``, ``time.time_ns``, the attribute values the call already has),
+  reads and writes W3C ``traceparent`` itself (``canary.observe.trace_context``), and
+  queues each finished span: about 15 µs a call, no lock, no SDK object;
+- one thread (``canary.observe.otlp_export``) drains the queue in batches, writes them in
+  the protobuf wire format (~5 µs a span) and posts them, configured by the same
+  ``OTEL_BSP_*`` and ``OTEL_EXPORTER_OTLP_*`` variables as the SDK's;
+- the SDK still gives the resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+  its detectors), ``tracestate`` validation and any non-W3C propagator, and
+  ``tracing_with`` hands the same spans to any SDK span processor (``canary.observe.otel_sdk``).
+
+The price: what the SDK offers beyond that is not there. No span of canary's is visible
+to code running inside it through the OpenTelemetry API (there is none to see it), span
+limits do not apply (a span has at most 16 attributes), samplers are the standard ones
+(``canary.observe.trace_context``), and credential-provider entry points are not read.
 """
 
 from __future__ import annotations
@@ -21,19 +42,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from canary.observe.otlp import CLIENT, SERVER, Encoder, SpanRecord
+from canary.observe.otlp_export import Batcher, OtlpHttp
+from canary.observe.trace_context import Propagation, Sampler, propagation, sampler
 from canary.observe.tracing import ExchangeView, SessionView, Trace, Tracing, TryView
 from canary.safety.equivalence import echoed_model
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 SHUTDOWN_S = 5.0  # the last export when the server stops; the exporter's own timeout is 10 s
 
@@ -46,25 +70,46 @@ OPERATIONS = {
     "/v1/embeddings": "embeddings",
 }
 
+_bits = random.getrandbits
+
+
+class Sink(Protocol):
+    """Where finished spans go: the export queue, or an SDK span processor."""
+
+    def put(self, span: SpanRecord) -> None: ...
+    def close(self, timeout_s: float) -> None: ...
+
 
 class OtelTracing(Tracing):
-    """Tracing on: a tracer from ``provider``, and the header names its propagator uses."""
+    """Tracing on: spans recorded as plain data into ``sink``, sampled and propagated as
+    the standard variables say."""
 
-    __slots__ = ("fields", "provider", "tracer")
+    __slots__ = ("propagation", "sampler", "sink")
     enabled = True
 
-    def __init__(self, provider: TracerProvider) -> None:
-        self.provider = provider
-        self.tracer = provider.get_tracer("canary")
-        self.fields = frozenset(f.lower().encode() for f in propagate.get_global_textmap().fields)
+    def __init__(self, sink: Sink, propagation: Propagation, sampler: Sampler) -> None:
+        self.sink, self.propagation, self.sampler = sink, propagation, sampler
 
     def begin(self, exchange: ExchangeView) -> Trace:
         return _Trace(self, exchange)
 
+    def root(
+        self, hdrs: dict[bytes, bytes], name: str, attributes: dict[str, Any], start: int
+    ) -> tuple[SpanRecord, bool]:
+        """A call's SERVER span, under the client's when its headers carry one; sampled?"""
+        parent = self.propagation.extract(hdrs) if hdrs else None
+        span_id = _bits(64) or 1  # 0 is no span; the SDK draws again, the odds are 2**-64
+        if parent is None:
+            span = SpanRecord((_bits(128) or 1, span_id, 0), name, SERVER, attributes, start)
+        else:
+            ids = (parent.trace_id, span_id, parent.span_id)
+            span = SpanRecord(ids, name, SERVER, attributes, start)
+            span.remote, span.state = True, parent.state
+        return span, self.sampler.sampled(span.trace_id, parent)
+
     def refused(self, exchange: ExchangeView, status: int, code: str) -> None:
         """One span, named by the operation (its model may not even have been read)."""
         scope = exchange.scope
-        carrier = _carrier(exchange.hdrs, self.fields)
         operation = OPERATIONS.get(scope["path"])
         attributes: dict[str, Any] = {
             "http.request.method": scope["method"],
@@ -75,14 +120,12 @@ class OtelTracing(Tracing):
         }
         if operation is not None:
             attributes["gen_ai.operation.name"] = operation
-        span = self.tracer.start_span(
-            operation or scope["method"],
-            context=propagate.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        )
-        span.set_status(Status(StatusCode.ERROR, code))
-        span.end()
+        now = time.time_ns()
+        span, sampled = self.root(exchange.hdrs, operation or scope["method"], attributes, now)
+        if sampled:
+            span.error = code
+            span.end = time.time_ns()
+            self.sink.put(span)
 
     def session(self, session: SessionView, seconds: float) -> None:
         """One SERVER span for a whole WebSocket session, from its handshake to its close."""
@@ -109,56 +152,54 @@ class OtelTracing(Tracing):
             if t.status:
                 attributes["http.response.status_code"] = t.status
             if t.outcome != "ok":
-                error = t.kind or t.outcome
+                error = attributes["error.type"] = t.kind or t.outcome
         end = time.time_ns()
-        carrier = _carrier(session.hdrs, self.fields)
-        span = self.tracer.start_span(
-            name,
-            context=propagate.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            start_time=end - int(seconds * 1e9),
-        )
-        if error is not None:
-            span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=end)
+        span, sampled = self.root(session.hdrs, name, attributes, end - int(seconds * 1e9))
+        if sampled:
+            span.end, span.error = end, error
+            self.sink.put(span)
 
     async def aclose(self) -> None:
         """Flush and stop the exporter, in a thread: its last POST may be slow."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.to_thread(self.provider.shutdown), SHUTDOWN_S)
+            await asyncio.wait_for(asyncio.to_thread(self.sink.close, SHUTDOWN_S), SHUTDOWN_S + 1)
 
 
 def otlp_tracing(environ: Mapping[str, str]) -> OtelTracing:
     """Spans batched to OTLP over HTTP, everything set by the standard ``OTEL_*`` variables
     (endpoint, headers, timeout, sampler, batch sizes, resource); service name ``canary``."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return tracing_with(BatchSpanProcessor(OTLPSpanExporter()), environ)
+    send = OtlpHttp(Encoder(_resource(environ).attributes).encode, environ)
+    return OtelTracing(Batcher(send, environ), propagation(environ), sampler(environ))
 
 
 def tracing_with(processor: SpanProcessor, environ: Mapping[str, str]) -> OtelTracing:
-    """Tracing through ``processor`` (tests pass a simple one over an in-memory exporter)."""
+    """Spans handed to an SDK span processor as ``ReadableSpan``, built on the caller's
+    thread (tests pass a simple one over an in-memory exporter)."""
+    from canary.observe.otel_sdk import SdkSink
+
+    sink = SdkSink(processor, _resource(environ))
+    return OtelTracing(sink, propagation(environ), sampler(environ))
+
+
+def _resource(environ: Mapping[str, str]) -> Resource:
+    """The SDK's resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, detectors),
+    named ``canary`` unless the variables name it."""
     named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     )
-    resource = Resource.create({} if named else {"service.name": "canary"})
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(processor)
-    return OtelTracing(provider)
+    return Resource.create({} if named else {"service.name": "canary"})
 
 
 class _Trace(Trace):
     """One call's spans."""
 
     __slots__ = (
-        "context",
         "headers",
         "model",
         "name",
         "operation",
         "route",
+        "sampled",
         "span",
         "tracing",
         "tries",
@@ -167,8 +208,6 @@ class _Trace(Trace):
     def __init__(self, tracing: OtelTracing, exchange: ExchangeView) -> None:
         self.tracing = tracing
         scope, route = exchange.scope, exchange.route
-        carrier = _carrier(exchange.hdrs, tracing.fields)
-        parent = propagate.extract(carrier) if carrier else None
         self.operation = OPERATIONS.get(scope["path"])
         self.model = exchange.body.accounted_model() if exchange.body is not None else None
         route_name = self.route = route.name if route is not None else ""
@@ -184,14 +223,18 @@ class _Trace(Trace):
             self.name = f"{scope['method']} {route_name}"
         if self.model is not None:
             attributes["gen_ai.request.model"] = self.model
-        self.span = tracing.tracer.start_span(
-            self.name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-        )
-        self.context = trace.set_span_in_context(self.span, parent)
-        self.tries: dict[TryView, Span] = {}
+        self.span, self.sampled = tracing.root(exchange.hdrs, self.name, attributes, time.time_ns())
+        self.tries: dict[TryView, SpanRecord] = {}
         self.headers: list[tuple[bytes, bytes]] = []
 
     def try_began(self, t: TryView) -> None:
+        call = self.span
+        span_id = _bits(64) or 1
+        self.headers = self.tracing.propagation.inject(
+            call.trace_id, span_id, self.sampled, call.state
+        )
+        if not self.sampled:
+            return
         backend = t.backend
         host, port = _server(backend.base_url)
         attributes: dict[str, Any] = {
@@ -209,17 +252,15 @@ class _Trace(Trace):
             upstream = backend.model_map.get(self.model, self.model)
             attributes["gen_ai.request.model"] = upstream
             name = f"{self.operation} {upstream}" if self.operation else name
-        span = self.tracing.tracer.start_span(
-            name, context=self.context, kind=SpanKind.CLIENT, attributes=attributes
+        span = SpanRecord(
+            (call.trace_id, span_id, call.span_id), name, CLIENT, attributes, time.time_ns()
         )
+        span.state = call.state
         self.tries[t] = span
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        self.headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in carrier.items()]
 
     def outgoing(self, headers: list[tuple[bytes, bytes]]) -> None:
         if self.headers:
-            fields = self.tracing.fields
+            fields = self.tracing.propagation.fields
             headers[:] = [h for h in headers if h[0] not in fields]
             headers.extend(self.headers)
 
@@ -227,27 +268,31 @@ class _Trace(Trace):
         span = self.tries.pop(t, None)
         if span is not None:
             _answer(span, t)
-            span.end()
+            span.end = time.time_ns()
+            self.tracing.sink.put(span)
 
     def ended(self, exchange: ExchangeView) -> None:
+        sink, now = self.tracing.sink, time.time_ns()
         for span in self.tries.values():  # a try the accounting never reached (a fault)
-            span.end()
+            span.end = now
+            sink.put(span)
         self.tries.clear()
+        if not self.sampled:
+            return
         last, span = exchange.last, self.span
         if last is not None:
-            more = {
-                "canary.backend": last.backend.name,
-                "canary.fallback": exchange.first is not None,
-                "server.address": _server(last.backend.base_url)[0],
-            }
-            _answer(span, last, more)
-        span.end()
+            attributes = span.attributes
+            attributes["canary.backend"] = last.backend.name
+            attributes["canary.fallback"] = exchange.first is not None
+            attributes["server.address"] = _server(last.backend.base_url)[0]
+            _answer(span, last)
+        span.end = now
+        sink.put(span)
 
 
-def _answer(span: Span, t: TryView, more: dict[str, Any] | None = None) -> None:
-    """What a try's answer said, on its span (or on the call's, for the one the client got);
-    set at once: each ``set_attribute`` takes the span's lock."""
-    attributes: dict[str, Any] = more or {}
+def _answer(span: SpanRecord, t: TryView) -> None:
+    """What a try's answer said, on its span (or on the call's, for the one the client got)."""
+    attributes = span.attributes
     attributes["canary.outcome"] = t.outcome
     if t.status:
         attributes["http.response.status_code"] = t.status
@@ -256,22 +301,10 @@ def _answer(span: Span, t: TryView, more: dict[str, Any] | None = None) -> None:
     if t.tokens is not None:
         attributes["gen_ai.usage.input_tokens"] = t.tokens[0]
         attributes["gen_ai.usage.output_tokens"] = t.tokens[1]
-    error = _error_type(t)
-    if error is not None:
-        attributes["error.type"] = error
-        span.set_status(Status(StatusCode.ERROR, error))
-    span.set_attributes(attributes)
-
-
-def _carrier(hdrs: dict[bytes, bytes], fields: frozenset[bytes]) -> dict[str, str]:
-    """The client's trace context headers (``traceparent``, ``tracestate``...), as text."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in hdrs.items() if k in fields}
-
-
-def _error_type(t: TryView) -> str | None:
     if t.outcome != "ok":
-        return t.kind or t.outcome
-    return str(t.status) if t.status >= 400 else None
+        span.error = attributes["error.type"] = t.kind or t.outcome
+    elif t.status >= 400:
+        span.error = attributes["error.type"] = str(t.status)
 
 
 @functools.lru_cache(maxsize=64)

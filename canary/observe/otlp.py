@@ -87,8 +87,8 @@ def _field(tag: int, payload: bytes) -> bytes:
 
 def any_value(value: Any) -> bytes:
     """The fields of an ``AnyValue``: str, bool, int, float, bytes or a sequence of them."""
-    if isinstance(value, str):
-        return _field(1, value.encode())
+    if isinstance(value, str):  # a lone surrogate is no UTF-8: replaced, not a failed batch
+        return _field(1, value.encode("utf-8", "replace"))
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
@@ -128,7 +128,7 @@ class Encoder:
             parts.append(b"\x22\x08" + s.parent_id.to_bytes(8, "big"))
         name = self.names.get(s.name)
         if name is None:
-            name = self.names[s.name] = _field(5, s.name.encode())
+            name = self.names[s.name] = _field(5, s.name.encode("utf-8", "replace"))
             if len(self.names) > _CACHE_MAX:
                 self.names.clear()
         parts += (name, _SMALL[0x30], _SMALL[s.kind], b"\x39", _Q(s.start), b"\x41", _Q(s.end))
@@ -141,7 +141,8 @@ class Encoder:
         if s.error is None:
             parts.append(b"\x7a\x00")  # an empty Status: unset
         else:
-            parts.append(_field(15, _field(2, s.error.encode()) + b"\x18\x02"))
+            message = _field(2, s.error.encode("utf-8", "replace"))
+            parts.append(_field(15, message + b"\x18\x02"))
         flags = HAS_IS_REMOTE | IS_REMOTE if s.remote else HAS_IS_REMOTE
         parts += (b"\x85\x01", _I(flags))  # field 16, fixed32
         return b"".join(parts)

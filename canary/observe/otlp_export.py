@@ -2,8 +2,7 @@
 drains it in batches, and an OTLP/HTTP sender; nothing here runs on the request path but
 ``Batcher.put``, a ``deque.append`` and a length check.
 
-The batch processor is the SDK's, reduced to what canary needs and configured by the
-same variables: ``OTEL_BSP_SCHEDULE_DELAY`` (ms between exports, 5000),
+Like the SDK's batch processor, and configured by the same variables: ``OTEL_BSP_SCHEDULE_DELAY`` (ms between exports, 5000),
 ``OTEL_BSP_MAX_QUEUE_SIZE`` (2048: a span that finds the queue full is dropped and
 counted, never waited for), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512: a full batch wakes
 the thread early) and ``OTEL_BSP_EXPORT_TIMEOUT`` (30000 ms, one batch's retries
@@ -17,7 +16,8 @@ way to take, over one kept-alive ``http.client`` connection, and retries 429, 50
 504 and a dropped connection with backoff while the batch's time lasts, as the SDK's does.
 Not supported: the SDK's credential-provider entry points
 (``OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER``). A failing collector is logged
-once a minute at most (``traces.export_failed``), never raised to anything else.
+once a minute at most (``traces.export_failed``; ``traces.dropped`` counts the spans a full
+queue turned away), never raised to anything else.
 """
 
 from __future__ import annotations
@@ -49,8 +49,11 @@ class Sender(Protocol):
     def __call__(self, spans: list[SpanRecord], deadline: float) -> None:
         """Export ``spans`` before ``deadline`` (``time.monotonic``), or raise."""
 
+    def stop_retrying(self) -> None:
+        """From any thread: what is left is the last flush, one try per batch."""
+
     def close(self) -> None:
-        """Retry no more: what is left is the last flush, one try per batch."""
+        """From the export thread, once it is done: let connections go."""
 
 
 def _ms(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -74,7 +77,7 @@ class Batcher:
         self.wake = threading.Event()
         self.stopping = False
         self.close_by = math.inf
-        self.failed_at = -LOG_EVERY_S
+        self.logged: dict[str, float] = {}
         self.thread = threading.Thread(target=self._run, name="canary-traces", daemon=True)
         self.thread.start()
 
@@ -92,7 +95,7 @@ class Batcher:
         """Export what is queued and stop the thread, within ``timeout_s``."""
         self.close_by = time.monotonic() + timeout_s
         self.stopping = True
-        self.send.close()
+        self.send.stop_retrying()
         self.wake.set()
         self.thread.join(timeout_s)
 
@@ -102,6 +105,7 @@ class Batcher:
             self.wake.clear()
             self._export(time.monotonic() + self.timeout_s)
         self._export(self.close_by)  # the last flush
+        self.send.close()
 
     def _export(self, deadline: float) -> None:
         queue, popleft = self.queue, self.queue.popleft
@@ -110,20 +114,19 @@ class Batcher:
             try:
                 self.send(spans, deadline)
             except Exception as error:  # a collector's failure stays here
-                self._failed(error)
-        if self.dropped:
-            dropped, self.dropped = self.dropped, 0
-            self._failed(None, dropped)
-
-    def _failed(self, error: Exception | None, dropped: int = 0) -> None:
-        now = time.monotonic()
-        if now - self.failed_at < LOG_EVERY_S:
-            return
-        self.failed_at = now
-        if error is not None:
-            log.warning("traces.export_failed", error=f"{type(error).__name__}: {error}")
-        else:
+                if self._due("traces.export_failed"):
+                    log.warning("traces.export_failed", error=f"{type(error).__name__}: {error}")
+        if self.dropped and self._due("traces.dropped"):
+            dropped, self.dropped = self.dropped, 0  # since the last line said so
             log.warning("traces.dropped", spans=dropped, max_queue=self.max_queue)
+
+    def _due(self, event: str) -> bool:
+        """Whether ``event`` may be logged now: once a minute at most, each."""
+        now = time.monotonic()
+        if now - self.logged.get(event, -LOG_EVERY_S) < LOG_EVERY_S:
+            return False
+        self.logged[event] = now
+        return True
 
 
 class OtlpHttp:
@@ -142,7 +145,7 @@ class OtlpHttp:
             self.headers["Content-Encoding"] = self.compression
         self.tls = _tls(environ) if self.url.scheme == "https" else None
         self.conn: http.client.HTTPConnection | None = None
-        self.closed = threading.Event()
+        self.stopped = threading.Event()
 
     def __call__(self, spans: list[SpanRecord], deadline: float) -> None:
         body = self.encode(spans)
@@ -151,23 +154,19 @@ class OtlpHttp:
         elif self.compression == "deflate":
             body = zlib.compress(body)
         deadline = min(deadline, time.monotonic() + self.timeout_s)
-        try:
-            for retry in range(6):
-                status = self._post(body, deadline)
-                if 200 <= status < 400:
-                    return
-                if status not in RETRY_STATUSES and status != 0:
-                    raise OSError(f"the collector answered {status}")
-                backoff = 2**retry * random.uniform(0.8, 1.2)
-                if time.monotonic() + backoff > deadline or self.closed.wait(backoff):
-                    break
-            raise OSError(f"not exported in time (last: {status or 'no connection'})")
-        finally:
-            if self.closed.is_set():
-                self.shut()
+        for retry in range(6):
+            status = self._post(body, deadline)
+            if 200 <= status < 400:
+                return
+            if status not in RETRY_STATUSES and status != 0:
+                raise OSError(f"the collector answered {status}")
+            backoff = 2**retry * random.uniform(0.8, 1.2)
+            if time.monotonic() + backoff > deadline or self.stopped.wait(backoff):
+                break
+        raise OSError(f"not exported in time (last: {status or 'no connection'})")
 
-    def close(self) -> None:
-        self.closed.set()
+    def stop_retrying(self) -> None:
+        self.stopped.set()
 
     def _post(self, body: bytes, deadline: float) -> int:
         """One POST: its status, 0 when the connection failed (it is opened anew)."""
@@ -181,10 +180,10 @@ class OtlpHttp:
             response = conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException):
-            self.shut()
+            self.close()
             return 0
         if response.will_close:
-            self.shut()
+            self.close()
         return response.status
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
@@ -195,7 +194,7 @@ class OtlpHttp:
             self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
         return self.conn
 
-    def shut(self) -> None:
+    def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None

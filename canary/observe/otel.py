@@ -194,6 +194,7 @@ class _Trace(Trace):
     """One call's spans."""
 
     __slots__ = (
+        "echo",
         "headers",
         "model",
         "name",
@@ -201,6 +202,7 @@ class _Trace(Trace):
         "route",
         "sampled",
         "span",
+        "strip",
         "tracing",
         "tries",
     )
@@ -226,6 +228,9 @@ class _Trace(Trace):
         self.span, self.sampled = tracing.root(exchange.hdrs, self.name, attributes, time.time_ns())
         self.tries: dict[TryView, SpanRecord] = {}
         self.headers: list[tuple[bytes, bytes]] = []
+        # The client sent trace context of its own: its requests upstream lose it.
+        self.strip = not tracing.propagation.fields.isdisjoint(exchange.hdrs)
+        self.echo: tuple[TryView | None, str | None] = (None, None)
 
     def try_began(self, t: TryView) -> None:
         call = self.span
@@ -260,14 +265,17 @@ class _Trace(Trace):
 
     def outgoing(self, headers: list[tuple[bytes, bytes]]) -> None:
         if self.headers:
-            fields = self.tracing.propagation.fields
-            headers[:] = [h for h in headers if h[0] not in fields]
+            if self.strip:
+                fields = self.tracing.propagation.fields
+                headers[:] = [h for h in headers if h[0] not in fields]
             headers.extend(self.headers)
 
     def try_ended(self, t: TryView) -> None:
         span = self.tries.pop(t, None)
         if span is not None:
-            _answer(span, t)
+            model = echoed_model(t.head) if t.head is not None else None
+            self.echo = (t, model)  # the call's span reads the last try's answer again
+            _answer(span, t, model)
             span.end = time.time_ns()
             self.tracing.sink.put(span)
 
@@ -285,18 +293,22 @@ class _Trace(Trace):
             attributes["canary.backend"] = last.backend.name
             attributes["canary.fallback"] = exchange.first is not None
             attributes["server.address"] = _server(last.backend.base_url)[0]
-            _answer(span, last)
+            t, model = self.echo
+            if t is not last:
+                model = echoed_model(last.head) if last.head is not None else None
+            _answer(span, last, model)
         span.end = now
         sink.put(span)
 
 
-def _answer(span: SpanRecord, t: TryView) -> None:
-    """What a try's answer said, on its span (or on the call's, for the one the client got)."""
+def _answer(span: SpanRecord, t: TryView, model: str | None) -> None:
+    """What a try's answer said (``model``: the one it named), on its span (or on the
+    call's, for the one the client got)."""
     attributes = span.attributes
     attributes["canary.outcome"] = t.outcome
     if t.status:
         attributes["http.response.status_code"] = t.status
-    if t.head is not None and (model := echoed_model(t.head)) is not None:
+    if model is not None:
         attributes["gen_ai.response.model"] = model
     if t.tokens is not None:
         attributes["gen_ai.usage.input_tokens"] = t.tokens[0]

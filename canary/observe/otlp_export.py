@@ -2,11 +2,11 @@
 drains it in batches, and an OTLP/HTTP sender; nothing here runs on the request path but
 ``Batcher.put``, a ``deque.append`` and a length check.
 
-Like the SDK's batch processor, and configured by the same variables: ``OTEL_BSP_SCHEDULE_DELAY`` (ms between exports, 5000),
-``OTEL_BSP_MAX_QUEUE_SIZE`` (2048: a span that finds the queue full is dropped and
-counted, never waited for), ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512: a full batch wakes
-the thread early) and ``OTEL_BSP_EXPORT_TIMEOUT`` (30000 ms, one batch's retries
-included).
+Like the SDK's batch processor, and configured by the same variables:
+``OTEL_BSP_SCHEDULE_DELAY`` (ms between exports, 5000), ``OTEL_BSP_MAX_QUEUE_SIZE`` (2048:
+a span that finds the queue full is dropped and counted, never waited for),
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512: a full batch wakes the thread early) and
+``OTEL_BSP_EXPORT_TIMEOUT`` (30000 ms, one batch's retries included).
 
 The sender reads the OTLP exporter's variables: ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``,
 ``_HEADERS``, ``_TIMEOUT`` (seconds, as the Python exporter reads it), ``_COMPRESSION``

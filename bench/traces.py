@@ -2,9 +2,9 @@
 
 Two 1-worker canaries before one simulator, one of them started with
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at a sink in this process (an OTLP/HTTP
-collector that takes every export and keeps nothing), so it traces every call with the
-SDK's batch processor. Closed loop, 32 in flight, runs alternating; the ratio is traces
-on / traces off (target <= 1.1x, SPEC §12).
+collector that takes every export and keeps nothing), so it traces every call and
+exports the spans in batches. Closed loop, 32 in flight, runs alternating; the ratio is
+traces on / traces off (target <= 1.1x, SPEC §12).
 """
 
 from __future__ import annotations

@@ -23,10 +23,12 @@ per span and per attribute. So the parts are split by what they do well:
 - the request path records plain data (``canary.observe.otlp.SpanRecord``: ids from
   ``random.getrandbits``, ``time.time_ns``, the attribute values the call already has),
   reads and writes W3C ``traceparent`` itself (``canary.observe.trace_context``), and
-  queues each finished span: about 15 µs a call, no lock, no SDK object;
+  queues each finished span: no lock, no SDK object. Span names and the attributes calls
+  share (route, backend, model, outcome...) are made once per shape (``_call_shape``...),
+  kept in bounded dicts, and handed over as ``Shared`` blocks the exporter encodes once;
 - one thread (``canary.observe.otlp_export``) drains the queue in batches, writes them in
-  the protobuf wire format (~5 µs a span) and posts them, configured by the same
-  ``OTEL_BSP_*`` and ``OTEL_EXPORTER_OTLP_*`` variables as the SDK's;
+  the protobuf wire format and posts them, configured by the same ``OTEL_BSP_*`` and
+  ``OTEL_EXPORTER_OTLP_*`` variables as the SDK's;
 - the SDK still gives the resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
   its detectors), ``tracestate`` validation and any non-W3C propagator, and
   ``tracing_with`` hands the same spans to any SDK span processor (``canary.observe.otel_sdk``).
@@ -45,12 +47,12 @@ import functools
 import random
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 
-from canary.observe.otlp import CLIENT, SERVER, Encoder, SpanRecord
+from canary.observe.otlp import CLIENT, SERVER, Encoder, Shared, SpanRecord
 from canary.observe.otlp_export import Batcher, OtlpHttp
 from canary.observe.trace_context import Propagation, Sampler, propagation, sampler
 from canary.observe.tracing import ExchangeView, SessionView, Trace, Tracing, TryView
@@ -84,11 +86,16 @@ class OtelTracing(Tracing):
     """Tracing on: spans recorded as plain data into ``sink``, sampled and propagated as
     the standard variables say."""
 
-    __slots__ = ("propagation", "sampler", "sink")
+    __slots__ = ("answers", "calls", "lasts", "propagation", "sampler", "sink", "tries")
     enabled = True
 
     def __init__(self, sink: Sink, propagation: Propagation, sampler: Sampler) -> None:
         self.sink, self.propagation, self.sampler = sink, propagation, sampler
+        # Shapes of spans (_call_shape...), by the event loop's thread only.
+        self.calls: Shapes = {}
+        self.tries: Shapes = {}
+        self.lasts: Shapes = {}
+        self.answers: Shapes = {}
 
     def begin(self, exchange: ExchangeView) -> Trace:
         return _Trace(self, exchange)
@@ -210,22 +217,16 @@ class _Trace(Trace):
     def __init__(self, tracing: OtelTracing, exchange: ExchangeView) -> None:
         self.tracing = tracing
         scope, route = exchange.scope, exchange.route
-        self.operation = OPERATIONS.get(scope["path"])
         self.model = exchange.body.accounted_model() if exchange.body is not None else None
-        route_name = self.route = route.name if route is not None else ""
-        attributes: dict[str, Any] = {
-            "canary.route": route_name,
-            "http.request.method": scope["method"],
-            "url.path": scope["path"],
-        }
-        if self.operation is not None:
-            attributes["gen_ai.operation.name"] = self.operation
-            self.name = f"{self.operation} {self.model}" if self.model else self.operation
-        else:
-            self.name = f"{scope['method']} {route_name}"
-        if self.model is not None:
-            attributes["gen_ai.request.model"] = self.model
-        self.span, self.sampled = tracing.root(exchange.hdrs, self.name, attributes, time.time_ns())
+        self.route = route.name if route is not None else ""
+        key = (self.route, scope["method"], scope["path"], self.model)
+        shape: tuple[str, str | None, Shared]
+        shape = tracing.calls.get(key) or _call_shape(tracing.calls, key)
+        self.name: str
+        self.operation: str | None
+        self.name, self.operation, block = shape
+        self.span, self.sampled = tracing.root(exchange.hdrs, self.name, {}, time.time_ns())
+        self.span.shared = (block,)
         self.tries: dict[TryView, SpanRecord] = {}
         self.headers: list[tuple[bytes, bytes]] = []
         # The client sent trace context of its own: its requests upstream lose it.
@@ -233,34 +234,19 @@ class _Trace(Trace):
         self.echo: tuple[TryView | None, str | None] = (None, None)
 
     def try_began(self, t: TryView) -> None:
-        call = self.span
+        call, tracing = self.span, self.tracing
         span_id = _bits(64) or 1
-        self.headers = self.tracing.propagation.inject(
-            call.trace_id, span_id, self.sampled, call.state
-        )
+        self.headers = tracing.propagation.inject(call.trace_id, span_id, self.sampled, call.state)
         if not self.sampled:
             return
-        backend = t.backend
-        host, port = _server(backend.base_url)
-        attributes: dict[str, Any] = {
-            "canary.route": self.route,
-            "canary.backend": backend.name,
-            "canary.fallback": t.origin is not None,
-            "server.address": host,
-        }
-        if port is not None:
-            attributes["server.port"] = port
-        name = self.name
-        if self.operation is not None:
-            attributes["gen_ai.operation.name"] = self.operation
-        if self.model is not None:
-            upstream = backend.model_map.get(self.model, self.model)
-            attributes["gen_ai.request.model"] = upstream
-            name = f"{self.operation} {upstream}" if self.operation else name
-        span = SpanRecord(
-            (call.trace_id, span_id, call.span_id), name, CLIENT, attributes, time.time_ns()
-        )
-        span.state = call.state
+        backend, model = t.backend, self.model
+        upstream = backend.model_map.get(model, model) if model is not None else None
+        key = (self.name, self.route, self.operation, upstream, backend.name,
+               backend.base_url, t.origin is not None)  # fmt: skip
+        shape = tracing.tries.get(key) or _try_shape(tracing.tries, key)
+        ids = (call.trace_id, span_id, call.span_id)
+        span = SpanRecord(ids, shape[0], CLIENT, {}, time.time_ns())
+        span.state, span.shared = call.state, shape[1]
         self.tries[t] = span
 
     def outgoing(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -275,7 +261,7 @@ class _Trace(Trace):
         if span is not None:
             model = echoed_model(t.head) if t.head is not None else None
             self.echo = (t, model)  # the call's span reads the last try's answer again
-            _answer(span, t, model)
+            _answer(span, t, model, self.tracing.answers)
             span.end = time.time_ns()
             self.tracing.sink.put(span)
 
@@ -289,34 +275,108 @@ class _Trace(Trace):
             return
         last, span = exchange.last, self.span
         if last is not None:
-            attributes = span.attributes
-            attributes["canary.backend"] = last.backend.name
-            attributes["canary.fallback"] = exchange.first is not None
-            attributes["server.address"] = _server(last.backend.base_url)[0]
+            backend, lasts = last.backend, self.tracing.lasts
+            key = (backend.name, backend.base_url, exchange.first is not None)
+            span.shared += (lasts.get(key) or _answered_by(lasts, key),)
             t, model = self.echo
             if t is not last:
                 model = echoed_model(last.head) if last.head is not None else None
-            _answer(span, last, model)
+            _answer(span, last, model, self.tracing.answers)
         span.end = now
         sink.put(span)
 
 
-def _answer(span: SpanRecord, t: TryView, model: str | None) -> None:
+def _answer(span: SpanRecord, t: TryView, model: str | None, answers: Shapes) -> None:
     """What a try's answer said (``model``: the one it named), on its span (or on the
-    call's, for the one the client got)."""
-    attributes = span.attributes
-    attributes["canary.outcome"] = t.outcome
-    if t.status:
-        attributes["http.response.status_code"] = t.status
-    if model is not None:
-        attributes["gen_ai.response.model"] = model
+    call's, for the one the client got): its token counts its own, the rest shared."""
+    error = None
+    if t.outcome != "ok":
+        error = t.kind or t.outcome
+    elif t.status >= 400:
+        error = str(t.status)
+    key = (t.outcome, t.status, model, error)
+    span.shared += (answers.get(key) or _answer_shape(answers, key),)
+    span.error = error
     if t.tokens is not None:
+        attributes = span.attributes
         attributes["gen_ai.usage.input_tokens"] = t.tokens[0]
         attributes["gen_ai.usage.output_tokens"] = t.tokens[1]
-    if t.outcome != "ok":
-        span.error = attributes["error.type"] = t.kind or t.outcome
-    elif t.status >= 400:
-        span.error = attributes["error.type"] = str(t.status)
+
+
+# Calls alike share their names and the attributes they do not answer with: made once, by
+# what they depend on. A client's paths and models are its own: so many, and it starts over.
+SHAPES = 1024
+Shapes = dict[tuple[Any, ...], Any]
+_T = TypeVar("_T")
+
+
+def _call_shape(shapes: Shapes, key: tuple[Any, ...]) -> tuple[str, str | None, Shared]:
+    """A call's span name, its GenAI operation and its attributes, by (route, method,
+    path, model): ``chat gpt-4.1``, or ``POST <route>`` for a path without an operation."""
+    route, method, path, model = key
+    operation = OPERATIONS.get(path)
+    values: dict[str, Any] = {
+        "canary.route": route,
+        "http.request.method": method,
+        "url.path": path,
+    }
+    if operation is not None:
+        values["gen_ai.operation.name"] = operation
+        name = f"{operation} {model}" if model else operation
+    else:
+        name = f"{method} {route}"
+    if model is not None:
+        values["gen_ai.request.model"] = model
+    return _keep(shapes, key, (name, operation, Shared(values)))
+
+
+def _try_shape(shapes: Shapes, key: tuple[Any, ...]) -> tuple[str, tuple[Shared]]:
+    """A try's span name and attributes: the model after the backend's ``model_map``."""
+    call_name, route, operation, upstream, backend, base_url, fallback = key
+    host, port = _server(base_url)
+    values: dict[str, Any] = {
+        "canary.route": route,
+        "canary.backend": backend,
+        "canary.fallback": fallback,
+        "server.address": host,
+    }
+    if port is not None:
+        values["server.port"] = port
+    name = call_name
+    if operation is not None:
+        values["gen_ai.operation.name"] = operation
+    if upstream is not None:
+        values["gen_ai.request.model"] = upstream
+        name = f"{operation} {upstream}" if operation else name
+    return _keep(shapes, key, (name, (Shared(values),)))
+
+
+def _answered_by(shapes: Shapes, key: tuple[Any, ...]) -> Shared:
+    """The call's attributes of the backend that answered it (the last one called)."""
+    backend, base_url, fallback = key
+    values = {"canary.backend": backend, "canary.fallback": fallback,
+              "server.address": _server(base_url)[0]}  # fmt: skip
+    return _keep(shapes, key, Shared(values))
+
+
+def _answer_shape(answers: Shapes, key: tuple[Any, ...]) -> Shared:
+    """An answer's attributes but its token counts: outcome, status, model, error."""
+    outcome, status, model, error = key
+    values: dict[str, Any] = {"canary.outcome": outcome}
+    if status:
+        values["http.response.status_code"] = status
+    if model is not None:
+        values["gen_ai.response.model"] = model
+    if error is not None:
+        values["error.type"] = error
+    return _keep(answers, key, Shared(values))
+
+
+def _keep(shapes: Shapes, key: tuple[Any, ...], shape: _T) -> _T:
+    if len(shapes) >= SHAPES:
+        shapes.clear()
+    shapes[key] = shape
+    return shape
 
 
 @functools.lru_cache(maxsize=64)

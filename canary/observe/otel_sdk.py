@@ -8,6 +8,8 @@ in-memory exporter to read spans as the SDK would have made them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -43,12 +45,16 @@ def readable(span: SpanRecord, resource: Resource) -> ReadableSpan:
     status = (
         Status(StatusCode.UNSET) if span.error is None else Status(StatusCode.ERROR, span.error)
     )
+    attributes: dict[str, Any] = {}
+    for block in span.shared:
+        attributes.update(block.values)
+    attributes.update(span.attributes)
     return ReadableSpan(
         name=span.name,
         context=context,
         parent=parent,
         resource=resource,
-        attributes=dict(span.attributes),
+        attributes=attributes,
         kind=SpanKind.SERVER if span.kind == SERVER else SpanKind.CLIENT,
         status=status,
         start_time=span.start,

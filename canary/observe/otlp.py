@@ -9,9 +9,10 @@ object per span and per attribute, several times the CPU of the call it describe
 The tests decode this output with ``opentelemetry-proto`` and compare it to the SDK's own
 encoding of the same spans.
 
-Most attribute values repeat call after call (route, backend, model, status), so each
-encoded key/value pair is kept in a bounded cache: a span's attributes cost one dict
-look-up each.
+Most attributes repeat call after call (route, backend, model, status): the request path
+hands them over as ``Shared`` blocks, made once per route, backend or answer shape and
+encoded once; a span's own attributes (token counts) go through a bounded cache of
+encoded key/value pairs, one dict look-up each.
 """
 
 from __future__ import annotations
@@ -30,9 +31,21 @@ _Q = struct.Struct("<Q").pack
 _I = struct.Struct("<I").pack
 
 
+class Shared:
+    """Attributes that many spans carry alike (a route's, a backend's): never changed once
+    made, and encoded once, by the first batch that holds one of those spans."""
+
+    __slots__ = ("encoded", "values")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.encoded = b""
+
+
 class SpanRecord:
     """One finished span: ``parent_id`` 0 for a root, ``error`` the status's message when
-    it failed (``None``: unset); ``start`` and ``end`` in ns since the epoch."""
+    it failed (``None``: unset); ``start`` and ``end`` in ns since the epoch. Its
+    attributes are those of ``shared``, then its own (no key in two places)."""
 
     __slots__ = (
         "attributes",
@@ -42,6 +55,7 @@ class SpanRecord:
         "name",
         "parent_id",
         "remote",
+        "shared",
         "span_id",
         "start",
         "state",
@@ -62,6 +76,7 @@ class SpanRecord:
         self.remote = False  # the parent came from the client's traceparent
         self.state = ""  # the trace's tracestate, as its header reads
         self.error: str | None = None
+        self.shared: tuple[Shared, ...] = ()
 
 
 def varint(n: int) -> bytes:
@@ -132,6 +147,8 @@ class Encoder:
             if len(self.names) > _CACHE_MAX:
                 self.names.clear()
         parts += (name, _SMALL[0x30], _SMALL[s.kind], b"\x39", _Q(s.start), b"\x41", _Q(s.end))
+        for block in s.shared:
+            parts.append(block.encoded or self._shared(block))
         pairs = self.pairs
         for k, v in s.attributes.items():
             pair = pairs.get((k, v.__class__, v))
@@ -146,6 +163,16 @@ class Encoder:
         flags = HAS_IS_REMOTE | IS_REMOTE if s.remote else HAS_IS_REMOTE
         parts += (b"\x85\x01", _I(flags))  # field 16, fixed32
         return b"".join(parts)
+
+    @staticmethod
+    def _shared(block: Shared) -> bytes:
+        block.encoded = b"".join(
+            [
+                _field(9, _field(1, k.encode()) + _field(2, any_value(v)))
+                for k, v in block.values.items()
+            ]
+        )
+        return block.encoded
 
     def _pair(self, key: str, value: Any) -> bytes:
         pair = _field(9, _field(1, key.encode()) + _field(2, any_value(value)))

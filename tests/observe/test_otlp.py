@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 
 from canary.observe.otel_sdk import readable
-from canary.observe.otlp import CLIENT, SERVER, Encoder, SpanRecord, varint
+from canary.observe.otlp import CLIENT, SERVER, Encoder, Shared, SpanRecord, varint
 
 _TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 _SCALAR = st.one_of(
@@ -34,7 +34,11 @@ def _spans(draw: st.DrawFn) -> SpanRecord:
     )
     kind = draw(st.sampled_from([SERVER, CLIENT]))
     start = draw(st.integers(0, 2**64 - 1))
-    span = SpanRecord(ids, draw(_TEXT), kind, draw(_ATTRIBUTES), start)
+    items = list(draw(_ATTRIBUTES).items())  # some shared (in up to 3 blocks), the rest its own
+    cuts = sorted(draw(st.lists(st.integers(0, len(items)), max_size=3)))
+    bounds = list(zip([0, *cuts], [*cuts, len(items)], strict=True))
+    span = SpanRecord(ids, draw(_TEXT), kind, dict(items[bounds[-1][0] :]), start)
+    span.shared = tuple(Shared(dict(items[a:b])) for a, b in bounds[:-1])
     span.end = draw(st.integers(0, 2**64 - 1))
     span.remote = draw(st.booleans()) and span.parent_id != 0
     span.state = draw(_STATE)
@@ -55,8 +59,9 @@ _RESOURCE = st.dictionaries(
 def test_a_batch_decodes_as_the_sdks_encoding_of_the_same_spans(
     spans: list[SpanRecord], attributes: dict[str, Any]
 ) -> None:
-    """Ids, names, kinds, times, attributes of every type, status, tracestate, the
-    parent's remote flag and the resource: field for field what the SDK would send."""
+    """Ids, names, kinds, times, attributes of every type (shared and a span's own),
+    status, tracestate, the parent's remote flag and the resource: field for field what
+    the SDK would send."""
     resource = Resource(attributes)
     encoder = Encoder(resource.attributes)
     for _ in range(2):  # the second time through the caches of encoded pairs and names

@@ -86,16 +86,24 @@ class OtelTracing(Tracing):
     """Tracing on: spans recorded as plain data into ``sink``, sampled and propagated as
     the standard variables say."""
 
-    __slots__ = ("answers", "calls", "lasts", "propagation", "sampler", "sink", "tries")
+    __slots__ = (
+        "answer_shapes",
+        "call_shapes",
+        "last_shapes",
+        "propagation",
+        "sampler",
+        "sink",
+        "try_shapes",
+    )
     enabled = True
 
     def __init__(self, sink: Sink, propagation: Propagation, sampler: Sampler) -> None:
         self.sink, self.propagation, self.sampler = sink, propagation, sampler
         # Shapes of spans (_call_shape...), by the event loop's thread only.
-        self.calls: Shapes = {}
-        self.tries: Shapes = {}
-        self.lasts: Shapes = {}
-        self.answers: Shapes = {}
+        self.call_shapes: Shapes = {}
+        self.try_shapes: Shapes = {}
+        self.last_shapes: Shapes = {}
+        self.answer_shapes: Shapes = {}
 
     def begin(self, exchange: ExchangeView) -> Trace:
         return _Trace(self, exchange)
@@ -213,6 +221,8 @@ class _Trace(Trace):
         "tracing",
         "tries",
     )
+    name: str
+    operation: str | None
 
     def __init__(self, tracing: OtelTracing, exchange: ExchangeView) -> None:
         self.tracing = tracing
@@ -221,9 +231,7 @@ class _Trace(Trace):
         self.route = route.name if route is not None else ""
         key = (self.route, scope["method"], scope["path"], self.model)
         shape: tuple[str, str | None, Shared]
-        shape = tracing.calls.get(key) or _call_shape(tracing.calls, key)
-        self.name: str
-        self.operation: str | None
+        shape = tracing.call_shapes.get(key) or _call_shape(tracing.call_shapes, key)
         self.name, self.operation, block = shape
         self.span, self.sampled = tracing.root(exchange.hdrs, self.name, {}, time.time_ns())
         self.span.shared = (block,)
@@ -243,7 +251,7 @@ class _Trace(Trace):
         upstream = backend.model_map.get(model, model) if model is not None else None
         key = (self.name, self.route, self.operation, upstream, backend.name,
                backend.base_url, t.origin is not None)  # fmt: skip
-        shape = tracing.tries.get(key) or _try_shape(tracing.tries, key)
+        shape = tracing.try_shapes.get(key) or _try_shape(tracing.try_shapes, key)
         ids = (call.trace_id, span_id, call.span_id)
         span = SpanRecord(ids, shape[0], CLIENT, {}, time.time_ns())
         span.state, span.shared = call.state, shape[1]
@@ -261,7 +269,7 @@ class _Trace(Trace):
         if span is not None:
             model = echoed_model(t.head) if t.head is not None else None
             self.echo = (t, model)  # the call's span reads the last try's answer again
-            _answer(span, t, model, self.tracing.answers)
+            _answer(span, t, model, self.tracing.answer_shapes)
             span.end = time.time_ns()
             self.tracing.sink.put(span)
 
@@ -275,13 +283,13 @@ class _Trace(Trace):
             return
         last, span = exchange.last, self.span
         if last is not None:
-            backend, lasts = last.backend, self.tracing.lasts
+            backend, lasts = last.backend, self.tracing.last_shapes
             key = (backend.name, backend.base_url, exchange.first is not None)
             span.shared += (lasts.get(key) or _answered_by(lasts, key),)
             t, model = self.echo
             if t is not last:
                 model = echoed_model(last.head) if last.head is not None else None
-            _answer(span, last, model, self.tracing.answers)
+            _answer(span, last, model, self.tracing.answer_shapes)
         span.end = now
         sink.put(span)
 

@@ -46,6 +46,8 @@ LOG_EVERY_S = 60.0
 
 
 class Sender(Protocol):
+    """What the thread hands each batch to (``OtlpHttp``; tests pass their own)."""
+
     def __call__(self, spans: list[SpanRecord], deadline: float) -> None:
         """Export ``spans`` before ``deadline`` (``time.monotonic``), or raise."""
 
@@ -123,7 +125,7 @@ class Batcher:
     def _due(self, event: str) -> bool:
         """Whether ``event`` may be logged now: once a minute at most, each."""
         now = time.monotonic()
-        if now - self.logged.get(event, -LOG_EVERY_S) < LOG_EVERY_S:
+        if now - self.logged.get(event, -math.inf) < LOG_EVERY_S:
             return False
         self.logged[event] = now
         return True
@@ -137,12 +139,12 @@ class OtlpHttp:
     ) -> None:
         self.encode = encode
         self.url = urlsplit(_endpoint(environ))
-        self.path = self.url.path or "/"
+        self.path = (self.url.path or "/") + (f"?{self.url.query}" if self.url.query else "")
         self.headers = _headers(environ)
         self.timeout_s = _seconds(_var(environ, "TIMEOUT"))
         self.compression = (_var(environ, "COMPRESSION") or "none").strip().lower()
         if self.compression in ("gzip", "deflate"):
-            self.headers["Content-Encoding"] = self.compression
+            self.headers["content-encoding"] = self.compression
         self.tls = _tls(environ) if self.url.scheme == "https" else None
         self.conn: http.client.HTTPConnection | None = None
         self.stopped = threading.Event()
@@ -169,7 +171,15 @@ class OtlpHttp:
         self.stopped.set()
 
     def _post(self, body: bytes, deadline: float) -> int:
-        """One POST: its status, 0 when the connection failed (it is opened anew)."""
+        """One POST: its status, 0 when the connection failed. A kept-alive connection
+        that fails is tried again at once on a new one: the collector may have closed it."""
+        reused = self.conn is not None
+        status = self._attempt(body, deadline)
+        if status == 0 and reused:
+            status = self._attempt(body, deadline)
+        return status
+
+    def _attempt(self, body: bytes, deadline: float) -> int:
         timeout = max(deadline - time.monotonic(), 0.001)
         try:
             conn = self.conn or self._connect(timeout)
@@ -224,8 +234,9 @@ def _endpoint(environ: Mapping[str, str]) -> str:
 def _headers(environ: Mapping[str, str]) -> dict[str, str]:
     from opentelemetry.util.re import parse_env_headers
 
-    headers = {"Content-Type": "application/x-protobuf", "User-Agent": "canary"}
-    headers.update(parse_env_headers(_var(environ, "HEADERS") or "", liberal=True))
+    headers = {"content-type": "application/x-protobuf", "user-agent": "canary"}
+    given = parse_env_headers(_var(environ, "HEADERS") or "", liberal=True)
+    headers.update((k.lower(), v) for k, v in given.items())
     return headers
 
 

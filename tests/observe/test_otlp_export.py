@@ -114,6 +114,7 @@ class _Collector(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.posts: list[tuple[str, dict[str, str], bytes]] = []
         self.status = 200
+        self.hang_up = False  # close each connection after its answer, without a word
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -126,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(self.server.status)
         self.send_header("content-length", "0")
         self.end_headers()
+        self.close_connection = self.server.hang_up
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
@@ -168,6 +170,20 @@ def test_a_batch_is_posted_as_the_exporter_variables_say(collector: _Collector) 
     request = ExportTraceServiceRequest.FromString(gzip.decompress(body))
     spans = request.resource_spans[0].scope_spans[0].spans
     assert [s.name for s in spans] == ["span 0", "span 1"]
+
+
+def test_a_kept_alive_connection_the_collector_closed_is_replaced_at_once(
+    collector: _Collector,
+) -> None:
+    """The collector closes idle connections: the next batch goes out on a new one
+    before any backoff (its deadline is shorter than the first one)."""
+    collector.hang_up = True
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}"}
+    send = OtlpHttp(Encoder({}).encode, environ)
+    for n in range(3):
+        send([_span(n)], time.monotonic() + 0.5)
+    send.close()
+    assert len(collector.posts) == 3
 
 
 def test_a_collector_that_is_not_there_fails_within_the_deadline() -> None:

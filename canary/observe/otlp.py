@@ -27,8 +27,14 @@ ERROR = 2  # Status.StatusCode
 HAS_IS_REMOTE, IS_REMOTE = 0x100, 0x200
 
 _CACHE_MAX = 4096
-_Q = struct.Struct("<Q").pack
-_I = struct.Struct("<I").pack
+_LOW64 = (1 << 64) - 1
+_IDS = struct.Struct(">HQQHQ").pack  # Span.trace_id (fields 1, 2: keys, lengths, ids)
+_PARENT = struct.Struct(">HQ").pack  # Span.parent_span_id (field 4)
+_TIMES = struct.Struct("<BBBQBQ").pack  # kind, start and end: fields 6, 7 (fixed64), 8
+# Span.flags (field 16, fixed32), after an unset Status (field 15, empty) or a set one.
+_FLAGS = {r: b"\x85\x01" + struct.pack("<I", HAS_IS_REMOTE | (IS_REMOTE if r else 0))
+          for r in (False, True)}  # fmt: skip
+_UNSET = {r: b"\x7a\x00" + flags for r, flags in _FLAGS.items()}
 
 
 class Shared:
@@ -135,34 +141,33 @@ class Encoder:
 
     def span(self, s: SpanRecord) -> bytes:
         """One ``Span`` message, its fields in the order of their numbers."""
-        parts = [b"\x0a\x10", s.trace_id.to_bytes(16, "big"), b"\x12\x08",
-                 s.span_id.to_bytes(8, "big")]  # fmt: skip
+        trace_id = s.trace_id
+        parts = [_IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, s.span_id)]
         if s.state:
             parts.append(_field(3, s.state.encode()))
         if s.parent_id:
-            parts.append(b"\x22\x08" + s.parent_id.to_bytes(8, "big"))
-        name = self.names.get(s.name)
-        if name is None:
-            name = self.names[s.name] = _field(5, s.name.encode("utf-8", "replace"))
-            if len(self.names) > _CACHE_MAX:
-                self.names.clear()
-        parts += (name, _SMALL[0x30], _SMALL[s.kind], b"\x39", _Q(s.start), b"\x41", _Q(s.end))
+            parts.append(_PARENT(0x2208, s.parent_id))
+        parts += (
+            self.names.get(s.name) or self._name(s.name),
+            _TIMES(0x30, s.kind, 0x39, s.start, 0x41, s.end),
+        )
         for block in s.shared:
             parts.append(block.encoded or self._shared(block))
         pairs = self.pairs
         for k, v in s.attributes.items():
-            pair = pairs.get((k, v.__class__, v))
-            if pair is None:
-                pair = self._pair(k, v)
-            parts.append(pair)
+            parts.append(pairs.get((k, v.__class__, v)) or self._pair(k, v))
         if s.error is None:
-            parts.append(b"\x7a\x00")  # an empty Status: unset
+            parts.append(_UNSET[s.remote])
         else:
             message = _field(2, s.error.encode("utf-8", "replace"))
-            parts.append(_field(15, message + b"\x18\x02"))
-        flags = HAS_IS_REMOTE | IS_REMOTE if s.remote else HAS_IS_REMOTE
-        parts += (b"\x85\x01", _I(flags))  # field 16, fixed32
+            parts += (_field(15, message + b"\x18\x02"), _FLAGS[s.remote])
         return b"".join(parts)
+
+    def _name(self, name: str) -> bytes:
+        if len(self.names) >= _CACHE_MAX:
+            self.names.clear()
+        encoded = self.names[name] = _field(5, name.encode("utf-8", "replace"))
+        return encoded
 
     @staticmethod
     def _shared(block: Shared) -> bytes:

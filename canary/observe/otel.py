@@ -209,7 +209,7 @@ class _Trace(Trace):
     """One call's spans."""
 
     __slots__ = (
-        "echo",
+        "answered",
         "headers",
         "model",
         "name",
@@ -239,7 +239,7 @@ class _Trace(Trace):
         self.headers: list[tuple[bytes, bytes]] = []
         # The client sent trace context of its own: its requests upstream lose it.
         self.strip = not tracing.propagation.fields.isdisjoint(exchange.hdrs)
-        self.echo: tuple[TryView | None, str | None] = (None, None)
+        self.answered: tuple[TryView | None, SpanRecord | None] = (None, None)
 
     def try_began(self, t: TryView) -> None:
         call, tracing = self.span, self.tracing
@@ -268,8 +268,8 @@ class _Trace(Trace):
         span = self.tries.pop(t, None)
         if span is not None:
             model = echoed_model(t.head) if t.head is not None else None
-            self.echo = (t, model)  # the call's span reads the last try's answer again
             _answer(span, t, model, self.tracing.answer_shapes)
+            self.answered = (t, span)  # the call's span tells the answer the client got
             span.end = time.time_ns()
             self.tracing.sink.put(span)
 
@@ -286,10 +286,13 @@ class _Trace(Trace):
             backend, lasts = last.backend, self.tracing.last_shapes
             key = (backend.name, backend.base_url, exchange.first is not None)
             span.shared += (lasts.get(key) or _answered_by(lasts, key),)
-            t, model = self.echo
-            if t is not last:
+            t, answer = self.answered
+            if t is last and answer is not None:  # as its span says it (accounted, final)
+                span.shared += answer.shared[-1:]
+                span.attributes, span.error = answer.attributes, answer.error
+            else:
                 model = echoed_model(last.head) if last.head is not None else None
-            _answer(span, last, model, self.tracing.answer_shapes)
+                _answer(span, last, model, self.tracing.answer_shapes)
         span.end = now
         sink.put(span)
 

@@ -24,7 +24,10 @@ TARGET = 1.1
 
 
 class _Sink(BaseHTTPRequestHandler):
-    """An OTLP/HTTP collector that takes every export and keeps nothing."""
+    """An OTLP/HTTP collector that takes every export and keeps nothing, over kept-alive
+    connections as a collector keeps them (HTTP/1.0 would cost a connection per batch)."""
+
+    protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))

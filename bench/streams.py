@@ -41,6 +41,9 @@ REDIS_CALLS = 1000  # 5e: calls counted with INFO commandstats
 REDIS_RATIO = 1.15  # 5e: Redis mode / memory mode, CPU per plain call
 REDIS_USEC_MAX = 20.0  # 5e: Redis command time per proxied call
 BODY = json.dumps({**bench.PAYLOAD, "stream": True}).encode()
+# As the SDKs send it: without it aiohttp says application/octet-stream, which both the
+# floor and canary stream upstream as an upload rather than read as a chat request.
+JSON = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ async def _paced(session: aiohttp.ClientSession, spec: StreamSpec) -> dict[str, 
     async def worker() -> None:
         while time.perf_counter() < t1:
             try:
-                async with session.post(spec.url, data=BODY) as resp:
+                async with session.post(spec.url, data=BODY, headers=JSON) as resp:
                     async for chunk in resp.content.iter_any():
                         if t0 <= time.perf_counter() < t1:
                             counted[0] += chunk.count(b"\n\n")
@@ -98,7 +101,7 @@ async def _burst(session: aiohttp.ClientSession, spec: StreamSpec) -> dict[str, 
 
     async def one() -> None:
         sent = time.perf_counter()
-        async with session.post(spec.url, data=BODY) as resp:
+        async with session.post(spec.url, data=BODY, headers=JSON) as resp:
             await resp.content.readany()
             first.append((time.perf_counter() - sent) * 1000)
             if len(first) == spec.streams:

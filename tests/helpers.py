@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 import openai
@@ -31,6 +32,8 @@ from asgi_lifespan import LifespanManager
 from canary.errors import RateLimited
 from canary.safety.limits import Lease, Limiter
 from canary.serve.app import create_app
+
+_Served = TypeVar("_Served", bound=socketserver.BaseServer)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,6 +163,19 @@ def _read(output: IO[bytes]) -> str:
     output.flush()
     output.seek(0)
     return output.read().decode(errors="replace")
+
+
+@contextlib.contextmanager
+def serving_in_thread(server: _Served) -> Iterator[_Served]:
+    """``server`` (an ``http.server`` one) serving in a thread until the block ends."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.helpers import SECRETS, stack_routes, wait_until
+from tests.helpers import SECRETS, serving_in_thread, stack_routes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -76,15 +76,8 @@ def _span(s: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving_in_thread(Receiver()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_an_openai_call_through_canary_is_one_trace_in_the_collector(

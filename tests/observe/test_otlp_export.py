@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from canary.observe.otel import otlp_tracing
 from canary.observe.otlp import SERVER, Encoder, SpanRecord
 from canary.observe.otlp_export import Batcher, OtlpHttp
+from tests.helpers import serving_in_thread
 
 from ..helpers import Upstream, free_port, no_sleep, serving
 
@@ -135,15 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def collector() -> Iterator[_Collector]:
-    server = _Collector()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving_in_thread(_Collector()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_a_batch_is_posted_as_the_exporter_variables_say(collector: _Collector) -> None:

@@ -417,10 +417,12 @@ async def test_reused_connection_closed_by_upstream_is_not_resent(
     assert upstream.connections == 1
 
 
+@pytest.mark.parametrize("path", ["httpx", "proxy"])
 async def test_cancel_while_waiting_for_headers_closes_connection(
-    transport: AiohttpTransport,
+    transport: AiohttpTransport, path: str
 ) -> None:
-    """Cancelling a request awaiting its headers propagates CancelledError and closes the socket."""
+    """Cancelling a request awaiting its headers propagates CancelledError and closes the
+    socket: as an httpx transport (aiohttp), and on the proxy's way in (the wire client)."""
     arrived = asyncio.Event()
     saw: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -430,7 +432,11 @@ async def test_cancel_while_waiting_for_headers_closes_connection(
         saw.set_result(await reader.read())
 
     async with Upstream(handler) as upstream:
-        task = asyncio.create_task(transport.handle_async_request(build("POST", upstream.url)))
+        if path == "httpx":
+            sent = transport.handle_async_request(build("POST", upstream.url))
+        else:
+            sent = transport.send(Outgoing("POST", upstream.url, [], b"{}", BOUND))
+        task: asyncio.Task[object] = asyncio.create_task(sent)
         await asyncio.wait_for(arrived.wait(), BOUND)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

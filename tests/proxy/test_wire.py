@@ -184,26 +184,6 @@ async def test_a_body_cut_short_fails_and_a_close_delimited_one_is_whole(
     assert upstream.connections == 2
 
 
-async def test_cancel_while_waiting_for_headers_closes_connection(
-    transport: AiohttpTransport,
-) -> None:
-    arrived = asyncio.Event()
-    saw: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        arrived.set()
-        saw.set_result(await reader.read())
-
-    async with Upstream(handler) as upstream:
-        task = asyncio.create_task(transport.send(post(upstream.url)))
-        await asyncio.wait_for(arrived.wait(), BOUND)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await asyncio.wait_for(saw, BOUND) == b""
-
-
 @pytest.mark.parametrize(
     "value", [b"a\r\nx-injected: 1", b"a\nb", b"sk-\xff"], ids=["crlf", "lf", "not-utf8"]
 )

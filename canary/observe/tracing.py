@@ -60,8 +60,8 @@ class BodyView(Protocol):
     def accounted_model(self) -> str | None: ...
 
 
-class ExchangeView(Protocol):
-    """What a trace reads of one request (``canary.proxy.exchange.Exchange``)."""
+class _CallView(Protocol):
+    """What a trace reads of a request or a session alike: its scope, headers, route."""
 
     @property
     def scope(self) -> Any: ...
@@ -69,6 +69,11 @@ class ExchangeView(Protocol):
     def hdrs(self) -> dict[bytes, bytes]: ...
     @property
     def route(self) -> Route | None: ...
+
+
+class ExchangeView(_CallView, Protocol):
+    """What a trace reads of one request (``canary.proxy.exchange.Exchange``)."""
+
     @property
     def body(self) -> BodyView | None: ...
     @property
@@ -82,15 +87,9 @@ class EndingView(Protocol):
     def code(self) -> int: ...
 
 
-class SessionView(Protocol):
+class SessionView(_CallView, Protocol):
     """What a trace reads of one WebSocket session (``canary.proxy.session.Session``)."""
 
-    @property
-    def scope(self) -> Any: ...
-    @property
-    def hdrs(self) -> dict[bytes, bytes]: ...
-    @property
-    def route(self) -> Route | None: ...
     @property
     def model(self) -> str | None: ...
     @property

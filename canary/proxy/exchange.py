@@ -47,7 +47,6 @@ from canary.proxy.transport import Answer
 from canary.proxy.upload import Upload
 from canary.proxy.verdict import NO_VERDICT, OUTCOME_KIND, REFUSED_OUTCOME, fault_kind
 from canary.proxy.watchdog import Watch
-from canary.safety.limits import Lease, RateLimited
 
 log = structlog.get_logger("canary.proxy")
 
@@ -180,7 +179,7 @@ class Exchange(SendChain):
         t = self.last = Try(backend, origin, billed)
         self.trace.try_began(t)
         t.since = self.p.clock()
-        lease = await self._admit(t)
+        lease = await self.p.admit(t, self.cfg.server.queue_timeout_s, self.client.error)
         if lease is None:
             self._account(t)
             return t
@@ -214,17 +213,6 @@ class Exchange(SendChain):
             if not t.deferred:
                 self._account(t)
         return t
-
-    async def _admit(self, t: Try) -> Lease | None:
-        """A slot under the backend's limits, or a 429 answer (not the backend's fault)."""
-        assert self.cfg is not None
-        backend = t.backend
-        try:
-            return await self.p.lease(backend, self.cfg.server.queue_timeout_s, t.since)
-        except RateLimited as limited:
-            t.status = await self.client.error(limited, backend.name, t.origin)
-            t.outcome = "rate_limited"
-            return None
 
     async def _failed(self, t: Try, exc: Exception, can_fall_back: bool) -> None:
         """The call failed in transport: fall back, or answer 502/504 (400 if ours)."""

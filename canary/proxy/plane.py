@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from starlette.types import Scope
 
 from canary.config.model import Backend, Route
 from canary.config.store import ConfigStore
+from canary.errors import RouterError
 from canary.observe.meter import Meter
 from canary.observe.tracing import OFF, Tracing
 from canary.proxy.headers import upstream_headers
@@ -37,6 +39,19 @@ _WAIT_S = 0.001  # a limiter acquire slower than this queued for a slot (not jus
 def connect_s(timeout_s: float) -> float:
     """The bound on opening a connection to a backend whose ``timeout_s`` is given."""
     return min(10.0, timeout_s)
+
+
+class Waiting(Protocol):
+    """A call's or a session's try, as ``Plane.admit`` reads and marks it."""
+
+    backend: Backend
+    origin: str | None
+    since: float
+    status: int
+    outcome: str
+
+
+Deny = Callable[[RouterError, str | None, str | None], Awaitable[int]]
 
 
 @dataclass(slots=True)
@@ -86,6 +101,16 @@ class Plane:
                 circuit.abandon()
         if kind is not None:
             self.meter.failure(name, kind)
+
+    async def admit(self, t: Waiting, wait_s: float, deny: Deny) -> Lease | None:
+        """A slot under ``t.backend``'s limits, or None once ``deny`` answered the 429 (the
+        limit is canary's, not the backend's fault): for a call or a session alike."""
+        try:
+            return await self.lease(t.backend, wait_s, t.since)
+        except RateLimited as limited:
+            t.status = await deny(limited, t.backend.name, t.origin)
+            t.outcome = "rate_limited"
+            return None
 
     async def lease(self, backend: Backend, wait_s: float, since: float) -> Lease:
         """A slot under ``backend``'s limits, for a call or a session; ``RateLimited`` (counted

@@ -53,7 +53,6 @@ from canary.proxy.router import match_route
 from canary.proxy.session_wire import FAILED, Answer, client_key_headers, handshake, model_of
 from canary.proxy.sockets import Refused, UpstreamSocket
 from canary.proxy.verdict import NO_VERDICT, fault_kind
-from canary.safety.limits import Lease, RateLimited
 from canary.types import ANSWER, FRAMES
 
 log = structlog.get_logger("canary.proxy")
@@ -163,8 +162,9 @@ class Session:
 
     async def _call(self, backend: Backend, origin: str | None, can_fall_back: bool) -> Try:
         """One backend: a slot, the handshake, the frames; accounted when it ends."""
+        assert self.cfg is not None
         t = self.last = Try(backend, origin, self.p.clock())
-        lease = await self._admit(t)
+        lease = await self.p.admit(t, self.cfg.server.queue_timeout_s, self.answer.deny)
         if lease is None:
             self._account(t)
             return t
@@ -183,17 +183,6 @@ class Session:
             if not t.deferred:
                 self._account(t)
         return t
-
-    async def _admit(self, t: Try) -> Lease | None:
-        """A slot under the backend's limits, held while the session is open; or a 429."""
-        assert self.cfg is not None
-        backend = t.backend
-        try:
-            return await self.p.lease(backend, self.cfg.server.queue_timeout_s, t.since)
-        except RateLimited as limited:
-            t.status = await self.answer.deny(limited, backend.name, t.origin)
-            t.outcome = "rate_limited"
-            return None
 
     async def _open(self, t: Try, can_fall_back: bool) -> UpstreamSocket | None:
         """The upstream handshake; None when it failed (fallen back, or the client told)."""

@@ -31,7 +31,7 @@ _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 class Body:
     """The raw bytes, their decoded JSON (when asked for), and the model named in them."""
 
-    __slots__ = ("_json", "_parsed", "encoding", "limit", "raw")
+    __slots__ = ("_json", "_model", "_model_read", "_parsed", "encoding", "limit", "raw")
 
     # What an ``Upload`` (canary.proxy.upload) has and a body read whole never does.
     streamed = False
@@ -47,6 +47,8 @@ class Body:
         self.limit = limit
         self._parsed = False
         self._json: dict[str, Any] | None = None
+        self._model: str | None = None  # accounted_model's, once read
+        self._model_read = False
 
     def json(self) -> dict[str, Any] | None:
         """The body as a JSON object (None when empty or not an object); raises 400/413/415."""
@@ -99,7 +101,13 @@ class Body:
 
         A body already parsed (a route needed it) is read exactly; otherwise it is not
         parsed for a label: ``"model": "..."`` is looked for in its first and last 4 KiB
-        (SDKs write it first, or right after ``messages``)."""
+        (SDKs write it first, or right after ``messages``). Read once: the accounting, the
+        trace and the shadow copy label the call alike."""
+        if not self._model_read:
+            self._model, self._model_read = self._read_model(), True
+        return self._model
+
+    def _read_model(self) -> str | None:
         raw = self.raw
         if self._parsed:
             return self.model() if self._json is not None else None

@@ -262,8 +262,8 @@ class Exchange(SendChain):
         if t.first_byte is not None and t.outcome == "ok":  # a stream: time to first byte
             p.stats.first_byte(name, t.first_byte - t.sent_at)
         model = self.body.accounted_model() if t.head or t.tokens else None
-        if t.head is not None and t.outcome == "ok":  # the model audit (SPEC §9)
-            audit_answer(p.meter, t.backend, model, t.head, "live")
+        if model is not None and t.head is not None and t.outcome == "ok":  # SPEC §9
+            audit_answer(p.meter, t.backend, model, t.answered_model(), "live")
         if t.tokens is not None:
             price = self.cfg.pricing.get(name, {}).get(model or "")
             p.meter.usage(

@@ -39,6 +39,7 @@ from canary.proxy.sse import Frames
 from canary.proxy.transport import RAW_ERRORS, Answer
 from canary.proxy.usage import UsageScanner
 from canary.proxy.watchdog import Watch
+from canary.safety.equivalence import echoed_model
 
 log = structlog.get_logger("canary.proxy")
 
@@ -53,6 +54,8 @@ class Try:
         "backend",
         "began",
         "deferred",
+        "echo_read",
+        "echoed",
         "fall_back",
         "first_byte",
         "head",
@@ -79,8 +82,18 @@ class Try:
         self.fall_back = False  # it failed early: the baseline may answer instead
         self.deferred = False  # a 4xx whose verdict waits for the baseline's answer
         self.head: bytes | None = None  # the answer's first read, for the model audit
+        self.echoed: str | None = None  # the model it names (answered_model), once read
+        self.echo_read = False
         self.sent_at = 0.0  # loop time when it left, past the limiter
         self.first_byte: float | None = None  # loop time of a stream's first byte out
+
+    def answered_model(self) -> str | None:
+        """The ``model`` its answer named, read once from ``head``: the model audit and the
+        trace ask alike."""
+        if not self.echo_read:
+            self.echoed = echoed_model(self.head) if self.head is not None else None
+            self.echo_read = True
+        return self.echoed
 
 
 class EarlyFailure(Exception):

@@ -36,7 +36,6 @@ import asyncio
 from typing import Any
 
 import httpx
-import orjson
 import structlog
 from starlette.types import Receive, Scope, Send
 
@@ -259,8 +258,7 @@ class Session:
         assert self.last is not None
         self.answer.named = named
         if asked is not None:
-            head = b'{"model":' + orjson.dumps(named) + b"}"
-            audit_answer(self.p.meter, self.last.backend, asked, head, "live")
+            audit_answer(self.p.meter, self.last.backend, asked, named, "live")
 
     def _account(self, t: Try) -> None:
         """A backend's part ended: its verdict counted once, the session metered."""

@@ -34,7 +34,7 @@ from canary.proxy.facts import TAP_BYTES, Tap, answer_facts
 from canary.proxy.relay import Try
 from canary.proxy.transport import RAW_ERRORS, Outgoing, Upstream
 from canary.proxy.upload import Upload
-from canary.safety.equivalence import Ask, Facts, compare
+from canary.safety.equivalence import Ask, Facts, compare, echoed_model
 
 log = structlog.get_logger("canary.proxy")
 
@@ -158,7 +158,8 @@ class Shadows:
         )
         self.meter.shadow_call(route.name, backend.name, facts.ok, tokens, usd)
         if head is not None and facts.ok:
-            audit_answer(self.meter, backend, body.accounted_model(), head, "shadow")
+            echoed = echoed_model(head)
+            audit_answer(self.meter, backend, body.accounted_model(), echoed, "shadow")
         try:
             primary = await asyncio.wait_for(copy.done, backend.timeout_s + 1.0)
         except TimeoutError:

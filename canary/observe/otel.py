@@ -20,21 +20,26 @@ processor and OTLP exporter, a call's two spans cost about 300 µs of CPU: span 
 attribute validation under locks, contexts, and the protobuf runtime building a message
 per span and per attribute. So the parts are split by what they do well:
 
-- the request path records plain data (``canary.observe.otlp.SpanRecord``: ids from
-  ``random.getrandbits``, ``time.time_ns``, the attribute values the call already has),
-  reads and writes W3C ``traceparent`` itself (``canary.observe.trace_context``), and
-  queues each finished span: no lock, no SDK object. Span names and the attributes calls
-  share (route, backend, model, outcome...) are made once per shape (``_call_shape``...),
-  kept in bounded dicts, and handed over as ``Shared`` blocks the exporter encodes once;
-- one thread (``canary.observe.otlp_export``) drains the queue in batches, writes them in
-  the protobuf wire format and posts them, configured by the same ``OTEL_BSP_*`` and
-  ``OTEL_EXPORTER_OTLP_*`` variables as the SDK's;
+- the request path records facts, not spans (``_Trace``): ids from
+  ``random.getrandbits``, ``time.time_ns``, and per try a tuple of what answered (status,
+  outcome, kind, the model the answer named, read once with the model audit). It writes
+  W3C ``traceparent`` itself (``canary.observe.trace_context``) and queues the call whole
+  when it ends: no lock, no SDK object, no span;
+- one thread (``canary.observe.otlp_export``) drains the queue in batches and writes each
+  call's spans in the protobuf wire format. Calls alike share all but their ids, times
+  and token counts: the rest (name, attributes, status) is a template, encoded once per
+  shape from the call's spans (``_Trace.spans``, the shapes made by ``_call_shape``...)
+  and kept in a bounded dict, so a span costs two packs and its counts. It posts the
+  batches, configured by the same ``OTEL_BSP_*`` and ``OTEL_EXPORTER_OTLP_*`` variables
+  as the SDK's;
 - the SDK still gives the resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
   its detectors), ``tracestate`` validation and any non-W3C propagator, and
   ``tracing_with`` hands the same spans to any SDK span processor (``canary.observe.otel_sdk``).
 
 Split so, a call's spans cost about a tenth of that, request path and export thread
-together (a microbenchmark: ~30 µs a call against ~370; bench row 5f: 1.06x, was 1.97x).
+together. Counted in instructions per plain call (one process, 1000 calls): tracing adds
+69k to 353k, 27k on the request path and 42k in the export thread (it added 108k when
+the request path built the spans; the SDK several times that).
 The price: what the SDK offers beyond that is not there. No span of canary's is visible
 to code running inside it through the OpenTelemetry API (there is none to see it), span
 limits do not apply (a span has at most 16 attributes), samplers are the standard ones
@@ -54,11 +59,19 @@ from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 
-from canary.observe.otlp import CLIENT, SERVER, Encoder, Shared, SpanRecord
+from canary.config.model import Backend
+from canary.observe.otlp import (
+    CLIENT,
+    SERVER,
+    Encoder,
+    Finished,
+    Fixed,
+    Shared,
+    SpanRecord,
+)
 from canary.observe.otlp_export import Batcher, OtlpHttp
-from canary.observe.trace_context import Propagation, Sampler, propagation, sampler
+from canary.observe.trace_context import Parent, Propagation, Sampler, propagation, sampler
 from canary.observe.tracing import ExchangeView, SessionView, Trace, Tracing, TryView
-from canary.safety.equivalence import echoed_model
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -80,7 +93,7 @@ _bits = random.getrandbits
 class Sink(Protocol):
     """Where finished spans go: the export queue, or an SDK span processor."""
 
-    def put(self, span: SpanRecord) -> None: ...
+    def put(self, item: Finished) -> None: ...
     def close(self, timeout_s: float) -> None: ...
 
 
@@ -91,38 +104,55 @@ class OtelTracing(Tracing):
     __slots__ = (
         "answer_shapes",
         "call_shapes",
+        "every_root",
+        "fields",
         "last_shapes",
         "propagation",
         "sampler",
         "sink",
+        "templates",
         "try_shapes",
+        "w3c",
     )
     enabled = True
 
     def __init__(self, sink: Sink, propagation: Propagation, sampler: Sampler) -> None:
         self.sink, self.propagation, self.sampler = sink, propagation, sampler
+        self.fields = propagation.fields  # the headers of trace context: a try's own
+        # W3C headers written inline, and a trace of no parent sampled without asking.
+        self.w3c = type(propagation) is Propagation
+        self.every_root = sampler.bound >= 1 << 64
         # Shapes of spans (_call_shape...), by the event loop's thread only.
         self.call_shapes: Shapes = {}
         self.try_shapes: Shapes = {}
         self.last_shapes: Shapes = {}
         self.answer_shapes: Shapes = {}
+        # What spans alike share, encoded (_Trace.encode), by the exporter's thread only.
+        self.templates: dict[tuple[Any, ...], list[bytes]] = {}
 
     def begin(self, exchange: ExchangeView) -> Trace:
         return _Trace(self, exchange)
+
+    def context(self, hdrs: Mapping[bytes, bytes]) -> tuple[int, Parent | None, bool]:
+        """A call's trace id, the client's span when its headers carry one, and whether
+        the trace is sampled."""
+        parent = self.propagation.extract(hdrs) if hdrs else None
+        trace_id = parent.trace_id if parent is not None else _bits(128) or 1
+        return trace_id, parent, self.sampler.sampled(trace_id, parent)
 
     def root(
         self, hdrs: dict[bytes, bytes], name: str, attributes: dict[str, Any], start: int
     ) -> tuple[SpanRecord, bool]:
         """A call's SERVER span, under the client's when its headers carry one; sampled?"""
-        parent = self.propagation.extract(hdrs) if hdrs else None
+        trace_id, parent, sampled = self.context(hdrs)
         span_id = _bits(64) or 1  # 0 is no span; the SDK draws again, the odds are 2**-64
         if parent is None:
-            span = SpanRecord((_bits(128) or 1, span_id, 0), name, SERVER, attributes, start)
+            span = SpanRecord((trace_id, span_id, 0), name, SERVER, attributes, start)
         else:
-            ids = (parent.trace_id, span_id, parent.span_id)
+            ids = (trace_id, span_id, parent.span_id)
             span = SpanRecord(ids, name, SERVER, attributes, start)
             span.remote, span.state = True, parent.state
-        return span, self.sampler.sampled(span.trace_id, parent)
+        return span, sampled
 
     def refused(self, exchange: ExchangeView, status: int, code: str) -> None:
         """One span, named by the operation (its model may not even have been read)."""
@@ -207,57 +237,67 @@ def _resource(environ: Mapping[str, str]) -> Resource:
     return Resource.create({} if named else {"service.name": "canary"})
 
 
+# A try's answer as the trace keeps it, but its token counts: status, outcome, failure
+# kind and the model it named; alike from call to call (a key of ``templates``).
+Answer = tuple[int, str, str | None, str | None]
+Tokens = tuple[int, int] | None
+INPUT, OUTPUT = "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"
+# A try's span as the request path leaves it: span id, start, end, backend, whether it is
+# a fallback, its answer (None: never accounted, a fault ended the call) and token counts.
+TrySpan = tuple[int, int, int, Backend, bool, Answer | None, Tokens]
+
+
 class _Trace(Trace):
-    """One call's spans."""
+    """One call's trace, recorded as facts (ids, times, the tries, what answered) and
+    queued whole when the call ends. The exporter's thread writes its spans (``encode``):
+    what calls alike share is encoded once per shape (``OtelTracing.templates``, made from
+    ``spans`` on a miss), so a span costs its ids, times and token counts."""
 
     __slots__ = (
         "answered",
+        "call",
+        "done",
+        "end",
         "headers",
-        "model",
-        "name",
-        "operation",
-        "route",
+        "last",
+        "open",
+        "parent",
         "sampled",
-        "span",
+        "size",
+        "span_id",
+        "start",
         "strip",
+        "trace_id",
         "tracing",
-        "tries",
     )
-    name: str
-    operation: str | None
 
     def __init__(self, tracing: OtelTracing, exchange: ExchangeView) -> None:
-        self.tracing = tracing
-        scope, route = exchange.scope, exchange.route
-        self.model = exchange.body.accounted_model() if exchange.body is not None else None
-        self.route = route.name if route is not None else ""
-        key = (self.route, scope["method"], scope["path"], self.model)
-        shape: tuple[str, str | None, Shared]
-        shape = tracing.call_shapes.get(key) or _call_shape(tracing.call_shapes, key)
-        self.name, self.operation, block = shape
-        self.span, self.sampled = tracing.root(exchange.hdrs, self.name, {}, time.time_ns())
-        self.span.shared = (block,)
-        self.tries: dict[TryView, SpanRecord] = {}
+        self.tracing, hdrs = tracing, exchange.hdrs
+        self.parent: Parent | None
+        if tracing.fields.isdisjoint(hdrs):  # no trace context from the client (most calls)
+            self.trace_id, self.parent, self.strip = _bits(128) or 1, None, False
+            self.sampled = tracing.every_root or tracing.sampler.sampled(self.trace_id, None)
+        else:  # the client's requests upstream lose its own
+            self.trace_id, self.parent, self.sampled = tracing.context(hdrs)
+            self.strip = True
+        self.span_id = _bits(64) or 1
+        self.start = time.time_ns()
         self.headers: list[tuple[bytes, bytes]] = []
-        # The client sent trace context of its own: its requests upstream lose it.
-        self.strip = not tracing.propagation.fields.isdisjoint(exchange.hdrs)
-        self.answered: tuple[TryView | None, SpanRecord | None] = (None, None)
+        self.open: dict[TryView, tuple[int, int]] = {}  # a try begun: its span id, start
+        self.done: list[TrySpan] = []
+        self.answered: tuple[TryView, TrySpan] | None = None  # the last try accounted
 
     def try_began(self, t: TryView) -> None:
-        call, tracing = self.span, self.tracing
-        span_id = _bits(64) or 1
-        self.headers = tracing.propagation.inject(call.trace_id, span_id, self.sampled, call.state)
-        if not self.sampled:
-            return
-        backend, model = t.backend, self.model
-        upstream = backend.model_map.get(model, model) if model is not None else None
-        key = (self.name, self.route, self.operation, upstream, backend.name,
-               backend.base_url, t.origin is not None)  # fmt: skip
-        shape = tracing.try_shapes.get(key) or _try_shape(tracing.try_shapes, key)
-        ids = (call.trace_id, span_id, call.span_id)
-        span = SpanRecord(ids, shape[0], CLIENT, {}, time.time_ns())
-        span.state, span.shared = call.state, shape[1]
-        self.tries[t] = span
+        span_id, parent, tracing = _bits(64) or 1, self.parent, self.tracing
+        state = parent.state if parent is not None else ""
+        if tracing.w3c and not state:
+            flags = b"01" if self.sampled else b"00"
+            value = b"00-%032x-%016x-%s" % (self.trace_id, span_id, flags)
+            self.headers = [(b"traceparent", value)]
+        else:
+            self.headers = tracing.propagation.inject(self.trace_id, span_id, self.sampled, state)
+        if self.sampled:
+            self.open[t] = (span_id, time.time_ns())
 
     def outgoing(self, headers: list[tuple[bytes, bytes]]) -> None:
         if self.headers:
@@ -267,53 +307,137 @@ class _Trace(Trace):
             headers.extend(self.headers)
 
     def try_ended(self, t: TryView) -> None:
-        span = self.tries.pop(t, None)
-        if span is not None:
-            model = echoed_model(t.head) if t.head is not None else None
-            _answer(span, t, model, self.tracing.answer_shapes)
+        begun = self.open.pop(t, None)
+        if begun is not None:
+            answer = (t.status, t.outcome, t.kind, t.answered_model())
+            span_id, start = begun
+            span = (span_id, start, time.time_ns(), t.backend, t.origin is not None, answer,
+                    t.tokens)  # fmt: skip
+            self.done.append(span)
             self.answered = (t, span)  # the call's span tells the answer the client got
-            span.end = time.time_ns()
-            self.tracing.sink.put(span)
 
     def ended(self, exchange: ExchangeView) -> None:
-        sink, now = self.tracing.sink, time.time_ns()
-        for span in self.tries.values():  # a try the accounting never reached (a fault)
-            span.end = now
-            sink.put(span)
-        self.tries.clear()
+        self.end = now = time.time_ns()
+        for t, (span_id, start) in self.open.items():  # a try never accounted (a fault)
+            self.done.append((span_id, start, now, t.backend, t.origin is not None, None, None))
+        self.open.clear()
         if not self.sampled:
             return
-        last, span = exchange.last, self.span
+        scope, route, body = exchange.scope, exchange.route, exchange.body
+        model = body.accounted_model() if body is not None else None
+        self.call = (route.name if route is not None else "", scope["method"], scope["path"],
+                     model)  # fmt: skip
+        last, answered = exchange.last, self.answered
+        self.last: tuple[Backend, bool, Answer, Tokens] | None = None
         if last is not None:
-            backend, lasts = last.backend, self.tracing.last_shapes
-            key = (backend.name, backend.base_url, exchange.first is not None)
-            span.shared += (lasts.get(key) or _answered_by(lasts, key),)
-            t, answer = self.answered
-            if t is last and answer is not None:  # as its span says it (accounted, final)
-                span.shared += answer.shared[-1:]
-                span.attributes, span.error = answer.attributes, answer.error
-            else:
-                model = echoed_model(last.head) if last.head is not None else None
-                _answer(span, last, model, self.tracing.answer_shapes)
-        span.end = now
-        sink.put(span)
+            answer, tokens = None, last.tokens
+            if answered is not None and answered[0] is last:  # as its span says it (final)
+                answer, tokens = answered[1][5], answered[1][6]
+            if answer is None:
+                answer = (last.status, last.outcome, last.kind, last.answered_model())
+            self.last = (last.backend, exchange.first is not None, answer, tokens)
+        self.answered = None  # the Try goes with the exchange
+        self.size = len(self.done) + 1  # its spans: the tries', the call's
+        self.tracing.sink.put(self)
+
+    def encode(self, encoder: Encoder, out: list[bytes]) -> None:
+        span_id, done, last, parent = self.span_id, self.done, self.last, self.parent
+        found = self._templates(encoder)
+        tokens = last[3] if last is not None else None
+        if parent is None:
+            call: Fixed = (span_id, 0, SERVER, self.start, self.end, found[-1], tokens)
+        else:
+            call = (span_id, parent.span_id, SERVER, self.start, self.end, found[-1], tokens)
+        spans: tuple[Fixed, ...]
+        if len(done) == 1:  # most calls
+            t = done[0]
+            spans = ((t[0], span_id, CLIENT, t[1], t[2], found[0], t[6]), call)
+        else:
+            tries = zip(done, found, strict=False)
+            spans = (*((t[0], span_id, CLIENT, t[1], t[2], f, t[6]) for t, f in tries), call)
+        state = parent.state if parent is not None else ""
+        encoder.trace(out, self.trace_id, state, spans, (INPUT, OUTPUT))
+
+    def _templates(self, encoder: Encoder) -> list[bytes]:
+        """Its spans' templates (the tries', then the call's), by all they depend on: the
+        call, and each try's backend, fallback and answer, and the last one's; made from
+        its spans when first seen."""
+        call, last, model, done = self.call, self.last, self.call[3], self.done
+        frozen: tuple[Any, ...]
+        if len(done) == 1 and last is not None:  # most calls: one try, which answered
+            _, _, _, backend, fallback, answer, _ = done[0]
+            upstream = backend.model_map.get(model) if backend.model_map and model else None
+            answered_by = last[0]
+            frozen = (call, self.parent is not None, answered_by.name, answered_by.base_url,
+                      last[1], last[2], backend.name, backend.base_url, upstream, fallback,
+                      answer)  # fmt: skip
+        else:
+            key: list[Any] = [call, self.parent is not None]
+            if last is not None:
+                key += (last[0].name, last[0].base_url, last[1], last[2])
+            for t in done:
+                backend = t[3]
+                upstream = backend.model_map.get(model) if backend.model_map and model else None
+                key += (backend.name, backend.base_url, upstream, t[4], t[5])
+            frozen = tuple(key)
+        templates = self.tracing.templates
+        found = templates.get(frozen)
+        if found is None:
+            found = [encoder.template(span) for span in self.spans()]
+            _keep(templates, frozen, found)
+        return found
+
+    def spans(self) -> list[SpanRecord]:
+        """Its spans, made on the exporter's thread (the shapes are its own)."""
+        tracing, trace_id, span_id = self.tracing, self.trace_id, self.span_id
+        key = self.call
+        name, operation, block = tracing.call_shapes.get(key) or _call_shape(
+            tracing.call_shapes, key
+        )
+        route, model, parent = key[0], key[3], self.parent
+        state = parent.state if parent is not None else ""
+        out = []
+        for try_id, start, end, backend, fallback, answer, tokens in self.done:
+            upstream = backend.model_map.get(model, model) if model is not None else None
+            shape_key = (name, route, operation, upstream, backend.name, backend.base_url,
+                         fallback)  # fmt: skip
+            shape = tracing.try_shapes.get(shape_key) or _try_shape(tracing.try_shapes, shape_key)
+            span = SpanRecord((trace_id, try_id, span_id), shape[0], CLIENT, {}, start)
+            span.end, span.state, span.shared = end, state, shape[1]
+            if answer is not None:
+                _answer(span, answer, tokens, tracing.answer_shapes)
+            out.append(span)
+        ids = (trace_id, span_id, parent.span_id if parent is not None else 0)
+        span = SpanRecord(ids, name, SERVER, {}, self.start)
+        span.end, span.state, span.remote, span.shared = (
+            self.end,
+            state,
+            parent is not None,
+            (block,),
+        )
+        if self.last is not None:
+            backend, fallback, answer, tokens = self.last
+            lasts, last_key = tracing.last_shapes, (backend.name, backend.base_url, fallback)
+            span.shared += (lasts.get(last_key) or _answered_by(lasts, last_key),)
+            _answer(span, answer, tokens, tracing.answer_shapes)
+        out.append(span)
+        return out
 
 
-def _answer(span: SpanRecord, t: TryView, model: str | None, answers: Shapes) -> None:
-    """What a try's answer said (``model``: the one it named), on its span (or on the
-    call's, for the one the client got): its token counts its own, the rest shared."""
+def _answer(span: SpanRecord, answer: Answer, tokens: Tokens, answers: Shapes) -> None:
+    """What a try's answer said, on its span (or on the call's, for the one the client
+    got): its token counts its own, the rest shared."""
+    status, outcome, kind, model = answer
     error = None
-    if t.outcome != "ok":
-        error = t.kind or t.outcome
-    elif t.status >= 400:
-        error = str(t.status)
-    key = (t.outcome, t.status, model, error)
+    if outcome != "ok":
+        error = kind or outcome
+    elif status >= 400:
+        error = str(status)
+    key = (outcome, status, model, error)
     span.shared += (answers.get(key) or _answer_shape(answers, key),)
     span.error = error
-    if t.tokens is not None:
-        attributes = span.attributes
-        attributes["gen_ai.usage.input_tokens"] = t.tokens[0]
-        attributes["gen_ai.usage.output_tokens"] = t.tokens[1]
+    if tokens is not None:
+        span.attributes[INPUT], span.attributes[OUTPUT] = tokens
 
 
 # Calls alike share their names and the attributes they do not answer with: made once, by

@@ -16,7 +16,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from canary.observe.otlp import SERVER, SpanRecord
+from canary.observe.otlp import SERVER, Finished, SpanRecord
 
 SCOPE = InstrumentationScope("canary")
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -28,8 +28,9 @@ class SdkSink:
     def __init__(self, processor: SpanProcessor, resource: Resource) -> None:
         self.processor, self.resource = processor, resource
 
-    def put(self, span: SpanRecord) -> None:
-        self.processor.on_end(readable(span, self.resource))
+    def put(self, item: Finished) -> None:
+        for span in item.spans():
+            self.processor.on_end(readable(span, self.resource))
 
     def close(self, timeout_s: float) -> None:
         self.processor.shutdown()

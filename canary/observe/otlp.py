@@ -1,25 +1,27 @@
 """Finished spans as plain data, and their OTLP/protobuf encoding (``canary.observe.otel``).
 
-A ``SpanRecord`` is what a call leaves behind: ids, name, kind, times and the attribute
-values the call already had; no SDK object is built on the request path. ``encode``
-writes a batch of them as one ``ExportTraceServiceRequest`` in the protobuf wire format
+What the request path queues is ``Finished``: a call's facts (``canary.observe.otel``),
+or a ``SpanRecord``, one span as plain data (ids, name, kind, times, attribute values);
+no SDK object is built on the request path. ``encode`` writes a batch of them as one
+``ExportTraceServiceRequest`` in the protobuf wire format
 (varints, fixed64 times, length-delimited messages), field by field as
 ``opentelemetry-proto`` defines them: a generic protobuf runtime would build a message
 object per span and per attribute, several times the CPU of the call it describes.
 The tests decode this output with ``opentelemetry-proto`` and compare it to the SDK's own
 encoding of the same spans.
 
-Most attributes repeat call after call (route, backend, model, status): the request path
-hands them over as ``Shared`` blocks, made once per route, backend or answer shape and
-encoded once; a span's own attributes (token counts) go through a bounded cache of
-encoded key/value pairs, one dict look-up each.
+Most attributes repeat call after call (route, backend, model, status): they come as
+``Shared`` blocks, made once per route, backend or answer shape and encoded once. A
+call's spans are written by ``Encoder.trace`` from templates (``Encoder.template``: all a
+span shares with spans of its shape), their ids, times and token counts packed around
+them; a ``SpanRecord`` (a refused call, a session) by ``Encoder.span``.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind
 ERROR = 2  # Status.StatusCode
@@ -28,9 +30,13 @@ HAS_IS_REMOTE, IS_REMOTE = 0x100, 0x200
 
 _CACHE_MAX = 4096
 _LOW64 = (1 << 64) - 1
-_IDS = struct.Struct(">HQQHQ").pack  # Span.trace_id (fields 1, 2: keys, lengths, ids)
-_PARENT = struct.Struct(">HQ").pack  # Span.parent_span_id (field 4)
+# Span.trace_id, span_id and parent_span_id (fields 1, 2, 4: keys, lengths, ids), big-endian
+_ROOT = struct.Struct(">HQQHQ").pack
+_CHILD = struct.Struct(">HQQHQHQ").pack
 _TIMES = struct.Struct("<BBBQBQ").pack  # kind, start and end: fields 6, 7 (fixed64), 8
+_TIMES_SIZE = struct.calcsize("<BBBQBQ")
+_U16 = struct.Struct("<H").pack  # a varint of 2 bytes, its bits laid out by hand
+_FRAME = struct.Struct("<BH").pack  # ScopeSpans.spans: key and a length of 2 bytes
 # Span.flags (field 16, fixed32), after an unset Status (field 15, empty) or a set one.
 _FLAGS = {r: b"\x85\x01" + struct.pack("<I", HAS_IS_REMOTE | (IS_REMOTE if r else 0))
           for r in (False, True)}  # fmt: skip
@@ -46,6 +52,21 @@ class Shared:
     def __init__(self, values: dict[str, Any]) -> None:
         self.values = values
         self.encoded = b""
+
+
+class Finished(Protocol):
+    """What the request path queues: a span, or a call's facts the exporter's thread makes
+    into spans (``canary.observe.otel``), off the request path."""
+
+    @property
+    def size(self) -> int:
+        """How many spans it makes."""
+
+    def spans(self) -> Sequence[SpanRecord]:
+        """Its spans (for an SDK span processor)."""
+
+    def encode(self, encoder: Encoder, out: list[bytes]) -> None:
+        """Its spans as ``ScopeSpans.spans`` fields onto ``out``."""
 
 
 class SpanRecord:
@@ -84,12 +105,22 @@ class SpanRecord:
         self.error: str | None = None
         self.shared: tuple[Shared, ...] = ()
 
+    size = 1
+
+    def spans(self) -> tuple[SpanRecord]:
+        return (self,)
+
+    def encode(self, encoder: Encoder, out: list[bytes]) -> None:
+        encoder.span(self, out)
+
 
 def varint(n: int) -> bytes:
     """An unsigned varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
-    n &= 0xFFFFFFFFFFFFFFFF
-    if n < 0x80:
+    if 0 <= n < 0x80:
         return _SMALL[n]
+    if 0 < n < 0x4000:
+        return _U16(n & 0x7F | (n << 1) & 0x7F00 | 0x80)
+    n &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -123,9 +154,37 @@ def any_value(value: Any) -> bytes:
     raise TypeError(f"an attribute value of type {type(value).__name__}")
 
 
+def span_head(
+    trace_id: int, span_id: int, parent_id: int, kind: int, start: int, end: int
+) -> bytes:
+    """A span's ids (fields 1, 2 and 4, big-endian), kind and times (6, 7, 8)."""
+    high, low = trace_id >> 64, trace_id & _LOW64
+    if parent_id:
+        ids = _CHILD(0x0A10, high, low, 0x1208, span_id, 0x2208, parent_id)
+    else:
+        ids = _ROOT(0x0A10, high, low, 0x1208, span_id)
+    return ids + _TIMES(0x30, kind, 0x39, start, 0x41, end)
+
+
+# One span of a trace written by ``Encoder.trace``: its id, its parent's (0: none), kind,
+# start, end, template (``Encoder.template``) and its two counts (or None).
+Fixed = tuple[int, int, int, int, int, bytes, tuple[int, int] | None]
+
+
+def frame(body: bytes) -> bytes:
+    """A ``Span`` message as a ``ScopeSpans.spans`` field."""
+    return b"\x12" + varint(len(body)) + body
+
+
 class Encoder:
     """Batches of ``SpanRecord`` to ``ExportTraceServiceRequest`` bytes for one resource
-    (its attributes given as read at start-up) and the instrumentation scope ``canary``."""
+    (its attributes given as read at start-up) and the instrumentation scope ``canary``.
+
+    A span's fields are written in an order of their own: ids (one big-endian pack, the
+    parent's with them), kind and times (one little-endian pack), then what spans of one
+    shape share (name, shared attributes, status: ``template``), its state and its own
+    attributes. Protobuf reads fields in any order; what a decoder makes of it is the
+    SDK's message, field for field (the tests)."""
 
     def __init__(self, resource: Mapping[str, Any], scope: str = "canary") -> None:
         kv = b"".join(_field(1, _field(1, k.encode()) + _field(2, any_value(v)))
@@ -134,34 +193,104 @@ class Encoder:
         self.scope = _field(1, _field(1, scope.encode()))  # ScopeSpans.scope
         self.pairs: dict[tuple[str, type, Any], bytes] = {}
         self.names: dict[str, bytes] = {}
+        self.ints: dict[str, list[bytes]] = {}  # an int attribute's key: its pair's heads
 
-    def encode(self, spans: Iterable[SpanRecord]) -> bytes:
-        scoped = _field(2, self.scope + b"".join([_field(2, self.span(s)) for s in spans]))
-        return _field(1, self.resource + scoped)
+    def encode(self, items: Iterable[Finished]) -> bytes:
+        """One export request of ``items``' spans."""
+        out = [self.scope]
+        for item in items:
+            item.encode(self, out)
+        size = sum(map(len, out))
+        scoped = b"\x12" + varint(size)  # ResourceSpans.scope_spans, its spans in ``out``
+        head = b"\x0a" + varint(len(self.resource) + len(scoped) + size)
+        return b"".join([head, self.resource, scoped, *out])
 
-    def span(self, s: SpanRecord) -> bytes:
-        """One ``Span`` message, its fields in the order of their numbers."""
-        trace_id = s.trace_id
-        parts = [_IDS(0x0A10, trace_id >> 64, trace_id & _LOW64, 0x1208, s.span_id)]
+    def span(self, s: SpanRecord, out: list[bytes]) -> None:
+        """One ``Span`` message (``ScopeSpans.spans``) onto ``out``."""
+        body = span_head(s.trace_id, s.span_id, s.parent_id, s.kind, s.start, s.end)
+        body += self.template(s)
         if s.state:
-            parts.append(_field(3, s.state.encode()))
-        if s.parent_id:
-            parts.append(_PARENT(0x2208, s.parent_id))
-        parts += (
-            self.names.get(s.name) or self._name(s.name),
-            _TIMES(0x30, s.kind, 0x39, s.start, 0x41, s.end),
-        )
-        for block in s.shared:
-            parts.append(block.encoded or self._shared(block))
+            body += self.state(s.state)
         pairs = self.pairs
         for k, v in s.attributes.items():
-            parts.append(pairs.get((k, v.__class__, v)) or self._pair(k, v))
+            if v.__class__ is int:  # a count: no two alike, so written, not looked up
+                body += self.count(k, v)
+            else:
+                body += pairs.get((k, v.__class__, v)) or self._pair(k, v)
+        out.append(frame(body))
+
+    def trace(
+        self,
+        out: list[bytes],
+        trace_id: int,
+        state: str,
+        spans: Iterable[Fixed],
+        keys: tuple[str, str],
+    ) -> None:
+        """The spans of one trace onto ``out``, each from its template, with its counts as
+        the ``keys`` attributes: what a call costs to export, so written in one loop."""
+        high, low = trace_id >> 64, trace_id & _LOW64
+        tail = self.state(state) if state else b""
+        first = self.ints.get(keys[0]) or self._int(keys[0])
+        second = self.ints.get(keys[1]) or self._int(keys[1])
+        times, last, pairs = _TIMES, None, b""
+        for span_id, parent_id, kind, start, end, template, counts in spans:
+            if parent_id:
+                ids = _CHILD(0x0A10, high, low, 0x1208, span_id, 0x2208, parent_id)
+            else:
+                ids = _ROOT(0x0A10, high, low, 0x1208, span_id)
+            size = len(ids) + _TIMES_SIZE + len(template) + len(tail)
+            if counts is None:
+                parts = [ids, times(0x30, kind, 0x39, start, 0x41, end), template, tail]
+            else:
+                if counts is not last:  # a call's counts are those of the try that answered
+                    last, pairs = counts, self._counts(counts, first, second)
+                size += len(pairs)
+                parts = [ids, times(0x30, kind, 0x39, start, 0x41, end), template, tail, pairs]
+            if 0x80 <= size < 0x4000:
+                out.append(_FRAME(0x12, size & 0x7F | (size << 1) & 0x7F00 | 0x80))
+            else:
+                out.append(b"\x12" + varint(size))
+            out += parts
+
+    @staticmethod
+    def _counts(counts: tuple[int, int], first: list[bytes], second: list[bytes]) -> bytes:
+        """Two counts' pairs, from their keys' heads (``_int``); most varints take 1 or 2
+        bytes, written inline."""
+        a, b = counts
+        if 0 < a < 0x4000:
+            a_bytes = _SMALL[a] if a < 0x80 else _U16(a & 0x7F | (a << 1) & 0x7F00 | 0x80)
+        else:
+            a_bytes = varint(a)
+        if 0 < b < 0x4000:
+            b_bytes = _SMALL[b] if b < 0x80 else _U16(b & 0x7F | (b << 1) & 0x7F00 | 0x80)
+        else:
+            b_bytes = varint(b)
+        return first[len(a_bytes)] + a_bytes + second[len(b_bytes)] + b_bytes
+
+    def template(self, s: SpanRecord) -> bytes:
+        """What spans of the same shape share: ``s``'s fields but its ids, times, state and
+        own attributes (name, shared attributes, status). A span is ``span_head``, this,
+        ``state`` and its own pairs, framed (``frame``)."""
+        parts = [self.names.get(s.name) or self._name(s.name)]
+        for block in s.shared:
+            parts.append(block.encoded or self._shared(block))
         if s.error is None:
             parts.append(_UNSET[s.remote])
         else:
             message = _field(2, s.error.encode("utf-8", "replace"))
             parts += (_field(15, message + b"\x18\x02"), _FLAGS[s.remote])
         return b"".join(parts)
+
+    @staticmethod
+    def state(state: str) -> bytes:
+        """A span's ``trace_state`` field."""
+        return _field(3, state.encode("utf-8", "replace"))
+
+    def count(self, key: str, value: int) -> bytes:
+        """An int attribute's pair: a count, seldom the same twice, so written each time."""
+        encoded = varint(value)
+        return (self.ints.get(key) or self._int(key))[len(encoded)] + encoded
 
     def _name(self, name: str) -> bytes:
         if len(self.names) >= _CACHE_MAX:
@@ -179,10 +308,20 @@ class Encoder:
         )
         return block.encoded
 
+    def _int(self, key: str) -> list[bytes]:
+        """An int attribute's pair up to its value, by the length of the value's varint."""
+        if len(self.ints) >= _CACHE_MAX:
+            self.ints.clear()
+        name = _field(1, key.encode("utf-8", "replace"))
+        heads = [b""] + [_SMALL[9 << 3 | 2] + varint(len(name) + 3 + n) + name + b"\x12"
+                         + _SMALL[n + 1] + b"\x18" for n in range(1, 11)]  # fmt: skip
+        self.ints[key] = heads
+        return heads
+
     def _pair(self, key: str, value: Any) -> bytes:
         pair = _field(9, _field(1, key.encode()) + _field(2, any_value(value)))
-        if isinstance(value, (str, bool, int, float)):  # hashable, and compared by value
+        if isinstance(value, (str, bool, float)):  # hashable, and compared by value
             if len(self.pairs) >= _CACHE_MAX:
-                self.pairs.clear()  # values that never repeat (token counts) must not grow it
+                self.pairs.clear()
             self.pairs[(key, value.__class__, value)] = pair
         return pair

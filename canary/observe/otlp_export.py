@@ -1,12 +1,15 @@
 """Spans out of the process (``canary.observe.otel``): a bounded queue, one thread that
 drains it in batches, and an OTLP/HTTP sender; nothing here runs on the request path but
-``Batcher.put``, a ``deque.append`` and a length check.
+``Batcher.put``, a ``deque.append`` and two counts.
 
 Like the SDK's batch processor, and configured by the same variables:
-``OTEL_BSP_SCHEDULE_DELAY`` (ms between exports, 5000), ``OTEL_BSP_MAX_QUEUE_SIZE`` (2048:
+``OTEL_BSP_SCHEDULE_DELAY`` (ms between exports, 5000: what is queued then goes, full
+batch or not), ``OTEL_BSP_MAX_QUEUE_SIZE`` (2048:
 a span that finds the queue full is dropped and counted, never waited for),
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` (512: a full batch wakes the thread early) and
-``OTEL_BSP_EXPORT_TIMEOUT`` (30000 ms, one batch's retries included).
+``OTEL_BSP_EXPORT_TIMEOUT`` (30000 ms, one batch's retries included). The queue holds
+what the request path left (``canary.observe.otlp.Finished``: a call's facts, made into
+its spans here, in the thread) and counts it in spans.
 
 The sender reads the OTLP exporter's variables: ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``,
 ``_HEADERS``, ``_TIMEOUT`` (seconds, as the Python exporter reads it), ``_COMPRESSION``
@@ -37,7 +40,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from canary.observe.otlp import SpanRecord
+from canary.observe.otlp import Finished
 
 log = structlog.get_logger("canary.observe.otlp_export")
 
@@ -48,8 +51,8 @@ LOG_EVERY_S = 60.0
 class Sender(Protocol):
     """What the thread hands each batch to (``OtlpHttp``; tests pass their own)."""
 
-    def __call__(self, spans: list[SpanRecord], deadline: float) -> None:
-        """Export ``spans`` before ``deadline`` (``time.monotonic``), or raise."""
+    def __call__(self, items: list[Finished], deadline: float) -> None:
+        """Export ``items``' spans before ``deadline`` (``time.monotonic``), or raise."""
 
     def stop_retrying(self) -> None:
         """From any thread: what is left is the last flush, one try per batch."""
@@ -74,8 +77,10 @@ class Batcher:
         self.max_queue = _ms(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
         self.batch = min(_ms(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
         self.timeout_s = _ms(environ, "OTEL_BSP_EXPORT_TIMEOUT", 30000) / 1000
-        self.queue: deque[SpanRecord] = deque()
-        self.dropped = 0
+        self.queue: deque[Finished] = deque()
+        # Spans queued, taken and dropped so far: each count written by one thread only.
+        self.added = self.taken = 0
+        self.dropped = self.reported = 0
         self.wake = threading.Event()
         self.stopping = False
         self.close_by = math.inf
@@ -83,14 +88,16 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="canary-traces", daemon=True)
         self.thread.start()
 
-    def put(self, span: SpanRecord) -> None:
-        """From the request path: queue ``span``, or drop it when the queue is full."""
-        queue = self.queue
-        if len(queue) >= self.max_queue:
-            self.dropped += 1
+    def put(self, item: Finished) -> None:
+        """From the request path: queue ``item``'s spans, or drop them when the queue is
+        full."""
+        size = item.size
+        if self.added - self.taken + size > self.max_queue:
+            self.dropped += size
             return
-        queue.append(span)
-        if len(queue) >= self.batch and not self.wake.is_set():
+        self.queue.append(item)
+        self.added += size
+        if self.added - self.taken >= self.batch and not self.wake.is_set():
             self.wake.set()
 
     def close(self, timeout_s: float) -> None:
@@ -103,23 +110,31 @@ class Batcher:
 
     def _run(self) -> None:
         while not self.stopping:
-            self.wake.wait(self.delay_s)
+            full = self.wake.wait(self.delay_s)  # woken by a full batch, or the delay is up
             self.wake.clear()
-            self._export(time.monotonic() + self.timeout_s)
-        self._export(self.close_by)  # the last flush
+            self._export(time.monotonic() + self.timeout_s, everything=not full)
+        self._export(self.close_by, everything=True)  # the last flush
         self.send.close()
 
-    def _export(self, deadline: float) -> None:
-        queue, popleft = self.queue, self.queue.popleft
-        while queue:
-            spans = [popleft() for _ in range(min(len(queue), self.batch))]
+    def _export(self, deadline: float, everything: bool) -> None:
+        """Full batches, and with ``everything`` the rest: a post costs the same CPU, full
+        or nearly empty (a busy router would otherwise post what came during the last)."""
+        queue, popleft, batch = self.queue, self.queue.popleft, self.batch
+        while queue and (everything or self.added - self.taken >= batch):
+            items = [popleft()]
+            size = items[0].size
+            while queue and size + queue[0].size <= batch:
+                items.append(popleft())
+                size += items[-1].size
+            self.taken += size
             try:
-                self.send(spans, deadline)
+                self.send(items, deadline)
             except Exception as error:  # a collector's failure stays here
                 if self._due("traces.export_failed"):
                     log.warning("traces.export_failed", error=f"{type(error).__name__}: {error}")
-        if self.dropped and self._due("traces.dropped"):
-            dropped, self.dropped = self.dropped, 0  # since the last line said so
+        dropped = self.dropped - self.reported  # since the last line said so
+        if dropped and self._due("traces.dropped"):
+            self.reported += dropped
             log.warning("traces.dropped", spans=dropped, max_queue=self.max_queue)
 
     def _due(self, event: str) -> bool:
@@ -135,7 +150,7 @@ class OtlpHttp:
     """POSTs encoded batches to the OTLP/HTTP endpoint the standard variables name."""
 
     def __init__(
-        self, encode: Callable[[list[SpanRecord]], bytes], environ: Mapping[str, str]
+        self, encode: Callable[[list[Finished]], bytes], environ: Mapping[str, str]
     ) -> None:
         self.encode = encode
         self.url = urlsplit(_endpoint(environ))
@@ -149,8 +164,8 @@ class OtlpHttp:
         self.conn: http.client.HTTPConnection | None = None
         self.stopped = threading.Event()
 
-    def __call__(self, spans: list[SpanRecord], deadline: float) -> None:
-        body = self.encode(spans)
+    def __call__(self, items: list[Finished], deadline: float) -> None:
+        body = self.encode(items)
         if self.compression == "gzip":
             body = gzip.compress(body)
         elif self.compression == "deflate":

@@ -52,8 +52,8 @@ class TryView(SessionTryView, Protocol):
     def origin(self) -> str | None: ...
     @property
     def tokens(self) -> tuple[int, int] | None: ...
-    @property
-    def head(self) -> bytes | None: ...
+    def answered_model(self) -> str | None:
+        """The model its answer named, if any."""
 
 
 class BodyView(Protocol):

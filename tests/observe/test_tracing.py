@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -192,7 +193,9 @@ class _Try:
         self.origin: str | None = None
         self.status, self.outcome, self.kind = 200, "ok", None
         self.tokens: tuple[int, int] | None = (3, 4)
-        self.head: bytes | None = b'{"model": "gpt-4.1"}'
+
+    def answered_model(self) -> str | None:
+        return "gpt-4.1"
 
 
 class _Call:
@@ -253,6 +256,88 @@ def test_any_client_trace_headers_give_a_well_formed_traceparent_upstream(
     given_id = traceparent.split(b"-")[1] if traceparent.count(b"-") == 3 else b""
     if trace_id.encode() != given_id.lower():  # a new trace: the client's was not valid
         assert spans[1].parent is None
+
+
+class _Body:
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+
+    def accounted_model(self) -> str | None:
+        return self.model
+
+
+_TRIES = st.lists(
+    st.tuples(
+        st.sampled_from([200, 429, 503, 0]),
+        st.sampled_from(["ok", "timeout", "cut"]),
+        st.one_of(st.none(), st.tuples(st.integers(0, 2**40), st.integers(0, 2**20))),
+        st.one_of(st.none(), st.sampled_from(["gpt-4.1", "gpt-4.1-2025-04-14"])),
+        st.booleans(),  # accounted (a fault may end a call before)
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    tries=_TRIES,
+    model=st.one_of(st.none(), st.sampled_from(["gpt-4.1", "o3"])),
+    traceparent=st.sampled_from([None, f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"]),
+    tracestate=st.sampled_from([None, "congo=t61rcWkgMzE"]),
+)
+def test_the_exported_spans_of_a_call_are_the_sdks_encoding_of_them(
+    tries: list[tuple[int, str, tuple[int, int] | None, str | None, bool]],
+    model: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+) -> None:
+    """What the export thread writes for a call (templates of the spans alike, then ids,
+    times and counts) decodes as the SDK's own encoding of the call's spans, on a first
+    call of its shape and on the next ones."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.resources import Resource
+
+    from canary.observe.otel import OtelTracing
+    from canary.observe.otel_sdk import readable
+    from canary.observe.otlp import Encoder
+    from canary.observe.trace_context import propagation, sampler
+
+    queued: list[Any] = []
+    sink = type("Sink", (), {"put": lambda self, item: queued.append(item)})()
+    tracing = OtelTracing(sink, propagation({}), sampler({}))  # type: ignore[arg-type]
+    hdrs = {}
+    if traceparent is not None:
+        hdrs[b"traceparent"] = traceparent.encode()
+        if tracestate is not None:
+            hdrs[b"tracestate"] = tracestate.encode()
+    relay = Backend(name="relay", base_url="http://relay.test:8443/v1",
+                    model_map={"gpt-4.1": "relay-4.1"})  # fmt: skip
+    for _ in range(2):
+        call = _Call(hdrs)
+        call.body = _Body(model)  # type: ignore[assignment]
+        trace = tracing.begin(call)  # type: ignore[arg-type]
+        for i, (status, outcome, tokens, named, accounted) in enumerate(tries):
+            t = _Try()
+            t.backend = relay if i % 2 else t.backend
+            t.origin = "relay" if i else None
+            t.status, t.outcome, t.tokens = status, outcome, tokens
+            t.answered_model = lambda named=named: named  # type: ignore[method-assign]
+            trace.try_began(t)
+            if accounted:
+                trace.try_ended(t)
+            call.first = call.first or (t if len(tries) > 1 else None)
+            call.last = t
+        trace.ended(call)  # type: ignore[arg-type]
+    resource = Resource({"service.name": "canary"})
+    encoder = Encoder(resource.attributes)
+    for item in queued:  # the first of its shape, then one alike
+        ours = ExportTraceServiceRequest.FromString(encoder.encode([item]))
+        sdk = encode_spans([readable(s, resource) for s in item.spans()])
+        assert ours == ExportTraceServiceRequest.FromString(sdk.SerializeToString())
+        assert len(ours.resource_spans[0].scope_spans[0].spans) == len(tries) + 1
 
 
 async def test_a_collector_that_is_down_never_reaches_the_client(tmp_path: Path) -> None:

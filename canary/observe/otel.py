@@ -50,23 +50,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
 
 from canary.config.model import Backend
+from canary.observe.otel_shapes import (
+    INPUT,
+    OPERATIONS,
+    OUTPUT,
+    Answer,
+    Shapes,
+    Tokens,
+    answered_by,
+    call_shape,
+    keep,
+    mark_answer,
+    server,
+    try_shape,
+)
 from canary.observe.otlp import (
     CLIENT,
     SERVER,
     Encoder,
     Finished,
     Fixed,
-    Shared,
     SpanRecord,
 )
 from canary.observe.otlp_export import Batcher, OtlpHttp
@@ -76,18 +87,8 @@ from canary.observe.tracing import ExchangeView, SessionView, Trace, Tracing, Tr
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
 
-SHUTDOWN_S = 5.0  # the last export when the server stops; the exporter's own timeout is 10 s
-
-# GenAI operation names (semantic conventions) of the paths that have one.
-OPERATIONS = {
-    "/v1/chat/completions": "chat",
-    "/v1/responses": "chat",
-    "/v1/messages": "chat",
-    "/v1/completions": "text_completion",
-    "/v1/embeddings": "embeddings",
-}
-
 _bits = random.getrandbits
+SHUTDOWN_S = 5.0  # the last export when the server stops; the exporter's own timeout is 10 s
 
 
 class Sink(Protocol):
@@ -195,7 +196,7 @@ class OtelTracing(Tracing):
         if t is not None:
             attributes["canary.backend"] = t.backend.name
             attributes["canary.outcome"] = t.outcome
-            attributes["server.address"] = _server(t.backend.base_url)[0]
+            attributes["server.address"] = server(t.backend.base_url)[0]
             if t.status:
                 attributes["http.response.status_code"] = t.status
             if t.outcome != "ok":
@@ -237,11 +238,6 @@ def _resource(environ: Mapping[str, str]) -> Resource:
     return Resource.create({} if named else {"service.name": "canary"})
 
 
-# A try's answer as the trace keeps it, but its token counts: status, outcome, failure
-# kind and the model it named; alike from call to call (a key of ``templates``).
-Answer = tuple[int, str, str | None, str | None]
-Tokens = tuple[int, int] | None
-INPUT, OUTPUT = "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"
 # A try's span as the request path leaves it: span id, start, end, backend, whether it is
 # a fallback, its answer (None: never accounted, a fault ended the call) and token counts.
 TrySpan = tuple[int, int, int, Backend, bool, Answer | None, Tokens]
@@ -384,14 +380,14 @@ class _Trace(Trace):
         found = templates.get(frozen)
         if found is None:
             found = [encoder.template(span) for span in self.spans()]
-            _keep(templates, frozen, found)
+            keep(templates, frozen, found)
         return found
 
     def spans(self) -> list[SpanRecord]:
         """Its spans, made on the exporter's thread (the shapes are its own)."""
         tracing, trace_id, span_id = self.tracing, self.trace_id, self.span_id
         key = self.call
-        name, operation, block = tracing.call_shapes.get(key) or _call_shape(
+        name, operation, block = tracing.call_shapes.get(key) or call_shape(
             tracing.call_shapes, key
         )
         route, model, parent = key[0], key[3], self.parent
@@ -401,11 +397,11 @@ class _Trace(Trace):
             upstream = backend.model_map.get(model, model) if model is not None else None
             shape_key = (name, route, operation, upstream, backend.name, backend.base_url,
                          fallback)  # fmt: skip
-            shape = tracing.try_shapes.get(shape_key) or _try_shape(tracing.try_shapes, shape_key)
+            shape = tracing.try_shapes.get(shape_key) or try_shape(tracing.try_shapes, shape_key)
             span = SpanRecord((trace_id, try_id, span_id), shape[0], CLIENT, {}, start)
             span.end, span.state, span.shared = end, state, shape[1]
             if answer is not None:
-                _answer(span, answer, tokens, tracing.answer_shapes)
+                mark_answer(span, answer, tokens, tracing.answer_shapes)
             out.append(span)
         ids = (trace_id, span_id, parent.span_id if parent is not None else 0)
         span = SpanRecord(ids, name, SERVER, {}, self.start)
@@ -418,105 +414,7 @@ class _Trace(Trace):
         if self.last is not None:
             backend, fallback, answer, tokens = self.last
             lasts, last_key = tracing.last_shapes, (backend.name, backend.base_url, fallback)
-            span.shared += (lasts.get(last_key) or _answered_by(lasts, last_key),)
-            _answer(span, answer, tokens, tracing.answer_shapes)
+            span.shared += (lasts.get(last_key) or answered_by(lasts, last_key),)
+            mark_answer(span, answer, tokens, tracing.answer_shapes)
         out.append(span)
         return out
-
-
-def _answer(span: SpanRecord, answer: Answer, tokens: Tokens, answers: Shapes) -> None:
-    """What a try's answer said, on its span (or on the call's, for the one the client
-    got): its token counts its own, the rest shared."""
-    status, outcome, kind, model = answer
-    error = None
-    if outcome != "ok":
-        error = kind or outcome
-    elif status >= 400:
-        error = str(status)
-    key = (outcome, status, model, error)
-    span.shared += (answers.get(key) or _answer_shape(answers, key),)
-    span.error = error
-    if tokens is not None:
-        span.attributes[INPUT], span.attributes[OUTPUT] = tokens
-
-
-# Calls alike share their names and the attributes they do not answer with: made once, by
-# what they depend on. A client's paths and models are its own: so many, and it starts over.
-SHAPES = 1024
-Shapes = dict[tuple[Any, ...], Any]
-_T = TypeVar("_T")
-
-
-def _call_shape(shapes: Shapes, key: tuple[Any, ...]) -> tuple[str, str | None, Shared]:
-    """A call's span name, its GenAI operation and its attributes, by (route, method,
-    path, model): ``chat gpt-4.1``, or ``POST <route>`` for a path without an operation."""
-    route, method, path, model = key
-    operation = OPERATIONS.get(path)
-    values: dict[str, Any] = {
-        "canary.route": route,
-        "http.request.method": method,
-        "url.path": path,
-    }
-    if operation is not None:
-        values["gen_ai.operation.name"] = operation
-        name = f"{operation} {model}" if model else operation
-    else:
-        name = f"{method} {route}"
-    if model is not None:
-        values["gen_ai.request.model"] = model
-    return _keep(shapes, key, (name, operation, Shared(values)))
-
-
-def _try_shape(shapes: Shapes, key: tuple[Any, ...]) -> tuple[str, tuple[Shared]]:
-    """A try's span name and attributes: the model after the backend's ``model_map``."""
-    call_name, route, operation, upstream, backend, base_url, fallback = key
-    host, port = _server(base_url)
-    values: dict[str, Any] = {
-        "canary.route": route,
-        "canary.backend": backend,
-        "canary.fallback": fallback,
-        "server.address": host,
-    }
-    if port is not None:
-        values["server.port"] = port
-    name = call_name
-    if operation is not None:
-        values["gen_ai.operation.name"] = operation
-    if upstream is not None:
-        values["gen_ai.request.model"] = upstream
-        name = f"{operation} {upstream}" if operation else name
-    return _keep(shapes, key, (name, (Shared(values),)))
-
-
-def _answered_by(shapes: Shapes, key: tuple[Any, ...]) -> Shared:
-    """The call's attributes of the backend that answered it (the last one called)."""
-    backend, base_url, fallback = key
-    values = {"canary.backend": backend, "canary.fallback": fallback,
-              "server.address": _server(base_url)[0]}  # fmt: skip
-    return _keep(shapes, key, Shared(values))
-
-
-def _answer_shape(answers: Shapes, key: tuple[Any, ...]) -> Shared:
-    """An answer's attributes but its token counts: outcome, status, model, error."""
-    outcome, status, model, error = key
-    values: dict[str, Any] = {"canary.outcome": outcome}
-    if status:
-        values["http.response.status_code"] = status
-    if model is not None:
-        values["gen_ai.response.model"] = model
-    if error is not None:
-        values["error.type"] = error
-    return _keep(answers, key, Shared(values))
-
-
-def _keep(shapes: Shapes, key: tuple[Any, ...], shape: _T) -> _T:
-    if len(shapes) >= SHAPES:
-        shapes.clear()
-    shapes[key] = shape
-    return shape
-
-
-@functools.lru_cache(maxsize=64)
-def _server(base_url: str) -> tuple[str, int | None]:
-    parts = urlsplit(base_url)
-    return parts.hostname or "", parts.port

@@ -12,11 +12,12 @@ Traces span three modules, one per layer:
 - ``canary.observe.otel``: the real thing, imported (by the lifespan) only when tracing
   is on: one SERVER span per call named per the GenAI conventions (``chat gpt-4.1``), one
   CLIENT span per try under it, the client's ``traceparent`` continued, each upstream call
-  given its own. It records spans as plain data, exported over OTLP/HTTP in batches by a
-  thread of its own, so an exporter that fails or hangs never reaches a client; beside it
-  in ``observe/``: ``trace_context`` (traceparent, sampler), ``otlp`` (the span record and
-  its protobuf encoding), ``otlp_export`` (queue, thread, sender) and ``otel_sdk`` (the
-  same spans to an SDK span processor); its docstring says why not the SDK's own;
+  given its own. It records a call's facts, made into spans and exported over OTLP/HTTP
+  in batches by a thread of its own, so an exporter that fails or hangs never reaches a
+  client; beside it in ``observe/``: ``trace_context`` (traceparent, sampler), ``otlp``
+  (the span record and its protobuf encoding), ``otlp_export`` (queue, thread, sender),
+  ``otel_shapes`` (what spans of calls alike share) and ``otel_sdk`` (the same spans to
+  an SDK span processor); its docstring says why not the SDK's own;
 - ``canary.serve.lifespan`` (``_tracing``) builds it with the other process resources and
   shuts it down (a last flush, bounded) when the server stops.
 """

@@ -11,7 +11,6 @@ be is written once too, in the rule tables below.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from canary.config.checks import ANY, Num, Problems, Reader, Rule, kind
+from canary.config.checks import ANY, Num, Problems, Reader, Rule
 from canary.config.model import (
     Auth,
     Backend,
     Config,
     Cors,
-    Match,
     Price,
     Readiness,
     Retry,
@@ -34,11 +32,11 @@ from canary.config.model import (
     Server,
     Shadow,
     State,
-    Sticky,
     Telemetry,
     digest,
 )
 from canary.config.rollout import ROLLOUT_RULES, rollout_block
+from canary.config.routing import NAME, ROUTE_FLAGS, SHADOW_RULES, read_routes
 from canary.config.spend import (
     READINESS_NULLABLE,
     SPEND_CHOICES,
@@ -51,7 +49,6 @@ from canary.errors import ConfigProblem
 
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]{1,253}$")  # scheme://host[:port]
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an HTTP header name
 
@@ -96,7 +93,6 @@ _BACKEND_LIMITS: dict[str, Rule] = {
     "max_qps": Num(strict_min=True),
     "timeout_s": Num(strict_min=True, maximum=3600),
 }
-_ROUTE_FLAGS: dict[str, Rule] = {"fallback": bool}
 _PRICE: dict[str, Rule] = {"input": ANY, "output": ANY}
 
 _TOP = {
@@ -115,22 +111,15 @@ _TOP = {
 }
 _BACKEND = {"base_url", "api_key", "api_key_header", "model_map", "billing", *_BACKEND_LIMITS}
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # where a backend's key may go
-_ROUTE = {"name", "match", "weights", "baseline", "sticky", "shadow", *_ROUTE_FLAGS}
-_SHADOW: dict[str, Rule] = {
-    "sample": Num(maximum=1),
-    "max_concurrency": Num(minimum=1, maximum=10_000, integer=True),
-    "max_usd_per_day": ANY,
-}
-_MATCH = {"paths", "models", "headers"}
-NAME_PATTERN = _NAME.pattern  # backend and route names
+NAME_PATTERN = NAME.pattern  # backend and route names
 TRACES = ("auto", "on", "off")  # telemetry.traces; YAML 1.1 reads a bare on/off as a boolean
 
 # Every rule table by the dataclass it builds: validation reads them above, and the JSON
 # Schema and the configuration reference (``canary.config.schema``) read them here.
 RULES: dict[type, Mapping[str, Rule]] = {
     Backend: _BACKEND_LIMITS,
-    Route: _ROUTE_FLAGS,
-    Shadow: _SHADOW,
+    Route: ROUTE_FLAGS,
+    Shadow: SHADOW_RULES,
     Rollback: _ROLLBACK,
     Readiness: {**_READINESS, **READINESS_NULLABLE},
     Retry: _RETRY,
@@ -168,7 +157,7 @@ def validate(tree: Tree) -> Config:
     if not isinstance(tree.data, dict):
         raise problems.error()
     backends = _backends(r, top.get("backends"))
-    routes = _routes(r, top.get("routes"), set(backends))
+    routes = read_routes(r, top.get("routes"), set(backends))
     rollback = _section(r, top.get("rollback"), "rollback", Rollback, _ROLLBACK)
     readiness = _section(r, top.get("readiness"), "readiness", Readiness, _READINESS)
     readiness = readiness_nulls(r, top.get("readiness"), readiness)
@@ -245,7 +234,7 @@ def _backends(r: Reader, value: Any) -> dict[str, Backend]:
 
 def _backend(r: Reader, name: str, spec: Any) -> Backend:
     path = f"backends.{name}"
-    if not _NAME.match(name):
+    if not NAME.match(name):
         r.p.add(path, "backend names use letters, digits, '_', '.', '-' (at most 64)")
     b = r.mapping(spec, path, _BACKEND)
     base_url = r.string(b.get("base_url"), f"{path}.base_url").rstrip("/")
@@ -276,131 +265,6 @@ def _backend(r: Reader, name: str, spec: Any) -> Backend:
         api_key_header=key_header,
         billing=billing_block(r, b.get("billing"), path, base_url),
         **r.values(b, path, _BACKEND_LIMITS),
-    )
-
-
-def _routes(r: Reader, value: Any, backends: set[str]) -> list[Route]:
-    if value is None:
-        r.p.add("routes", "at least one route is required")
-        return []
-    if not isinstance(value, list) or not value:
-        r.p.add("routes", "must be a non-empty list of routes")
-        return []
-    seen: set[str] = set()
-    return [_route(r, i, spec, backends, seen) for i, spec in enumerate(value)]
-
-
-def _route(r: Reader, i: int, spec: Any, backends: set[str], seen: set[str]) -> Route:
-    path = f"routes[{i}]"
-    rt = r.mapping(spec, path, _ROUTE)
-    name = r.string(rt.get("name"), f"{path}.name", f"route{i}")
-    if not _NAME.match(name):
-        r.p.add(f"{path}.name", "route names use letters, digits, '_', '.', '-' (at most 64)")
-    if name in seen:
-        r.p.add(f"{path}.name", f"duplicate route name {name!r}")
-    seen.add(name)
-    weights = _weights(r, rt.get("weights"), f"{path}.weights", backends)
-    baseline = r.string(rt.get("baseline"), f"{path}.baseline") or next(iter(weights), "")
-    if "baseline" in rt and baseline not in backends:
-        r.p.add(f"{path}.baseline", f"unknown backend {baseline!r}")
-    elif weights and baseline not in weights:
-        r.p.add(f"{path}.baseline", f"{baseline!r} is not in this route's weights")
-    return Route(
-        name=name,
-        match=_match(r, rt.get("match"), f"{path}.match"),
-        weights=weights,
-        baseline=baseline,
-        sticky=_sticky(r, rt.get("sticky"), f"{path}.sticky"),
-        shadow=_shadow(r, rt.get("shadow"), f"{path}.shadow", backends),
-        **r.values(rt, path, _ROUTE_FLAGS),
-    )
-
-
-def _shadow(r: Reader, value: Any, path: str, backends: set[str]) -> Shadow | None:
-    """Where a route's calls are copied to (SPEC §9); None when it has no ``shadow``."""
-    if value is None:
-        return None
-    s = r.mapping(value, path, {"backend", *_SHADOW})
-    backend = r.string(s.get("backend"), f"{path}.backend")
-    if backend not in backends:
-        defined = ", ".join(sorted(backends))
-        r.p.add(f"{path}.backend", f"unknown backend {backend!r} (defined: {defined})")
-    return Shadow(backend=backend, **r.values(s, path, _SHADOW))
-
-
-def _weights(r: Reader, value: Any, path: str, backends: set[str]) -> dict[str, float]:
-    if value is None:
-        r.p.add(path, "is required (e.g. {legacy: 100})")
-        return {}
-    raw = r.mapping(value, path)
-    out: dict[str, float] = {}
-    for name, w in raw.items():
-        if name not in backends:
-            defined = ", ".join(sorted(backends))
-            r.p.add(f"{path}.{name}", f"unknown backend {name!r} (defined: {defined})")
-            continue
-        weight = r.number(w, f"{path}.{name}")
-        if weight is not None:
-            out[name] = weight
-    if isinstance(value, dict) and not value:
-        r.p.add(path, "must name at least one backend (e.g. {legacy: 100})")
-    elif raw and len(out) == len(raw) and sum(out.values()) <= 0:
-        r.p.add(path, "weights must not all be zero")
-    return out
-
-
-def _match(r: Reader, value: Any, path: str) -> Match:
-    m = r.mapping(value, path, _MATCH)
-    paths = r.strings(m.get("paths"), f"{path}.paths")
-    for i, p in enumerate(paths or []):
-        if not p.startswith("/"):
-            r.p.add(f"{path}.paths[{i}]", "must start with '/' (e.g. /v1/chat/completions)")
-        elif "*" in p[:-1]:
-            r.p.add(f"{path}.paths[{i}]", "'*' may only end a path, as a prefix (/v1/messages*)")
-    models = r.strings(m.get("models"), f"{path}.models")
-    return Match(
-        paths=frozenset(p for p in paths if not p.endswith("*")) if paths else None,
-        prefixes=tuple(p[:-1] for p in paths or [] if p.endswith("*")),
-        models=tuple(models) if models else None,
-        headers=_headers(r, m.get("headers"), f"{path}.headers"),
-        model_pattern=_globs(r, models, f"{path}.models") if models else None,
-    )
-
-
-def _globs(r: Reader, models: list[str], path: str) -> re.Pattern[str] | None:
-    """The model globs as one regex, compiled once, here."""
-    for i, glob in enumerate(models):
-        if glob.count("[") != glob.count("]"):
-            r.p.add(f"{path}[{i}]", f"bad glob {glob!r}: unbalanced '['")
-    try:
-        return re.compile("|".join(fnmatch.translate(g) for g in models))
-    except re.error as exc:
-        r.p.add(path, f"bad glob: {exc}")
-        return None
-
-
-def _headers(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    headers = []
-    for key, want in r.mapping(value, path).items():
-        want = r.texts.get(f"{path}.{key}", want)  # an env value stays verbatim
-        if not isinstance(want, str | int | float) or isinstance(want, bool):
-            r.p.add(f"{path}.{key}", f"must be a string, not {kind(want)}")
-        else:
-            headers.append((key.lower(), str(want)))
-    return tuple(headers)
-
-
-def _sticky(r: Reader, value: Any, path: str) -> Sticky | None:
-    if value is None:
-        return None
-    text = r.string(value, path)
-    source, _, name = text.partition(":")
-    if source not in ("header", "body") or not name:
-        r.p.add(path, f"must be 'header:NAME' or 'body:FIELD', not {text!r}")
-        return None
-    return Sticky(
-        source="header" if source == "header" else "body",
-        name=name.lower() if source == "header" else name,
     )
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from canary.config import rollout as rollout_rules
+from canary.config import routing
 from canary.config import validate as rules
 from canary.config.loader import parse_config
 from canary.config.reference import PAGE, reference
@@ -73,8 +74,8 @@ def test_the_schema_covers_every_key_canary_check_reads() -> None:
     top = schema["properties"]
     assert set(top) == rules._TOP
     assert set(defs["Backend"]["properties"]) == rules._BACKEND
-    assert set(defs["Route"]["properties"]) == rules._ROUTE
-    assert set(defs["Match"]["properties"]) == rules._MATCH
+    assert set(defs["Route"]["properties"]) == routing.ROUTE_KEYS
+    assert set(defs["Match"]["properties"]) == routing.MATCH_KEYS
     assert set(top["rollout"]["anyOf"][0]["properties"]) == rollout_rules._KEYS
     for cls, table in rules.RULES.items():
         for key in table:
@@ -180,7 +181,7 @@ _PLACES: dict[tuple[str, ...], dict[str, st.SearchStrategy[Any]]] = {
     },
     ("routes", "0", "match"): {"paths": _ANY, "models": _ANY, "headers": _ANY},
     ("routes", "0", "shadow"): {
-        **dict.fromkeys(rules._SHADOW, _ANY),
+        **dict.fromkeys(routing.SHADOW_RULES, _ANY),
         "backend": st.sampled_from(["relay", "legacy"]),
     },
     ("rollout",): {

@@ -123,12 +123,13 @@ class OtelTracing(Tracing):
         # W3C headers written inline, and a trace of no parent sampled without asking.
         self.w3c = type(propagation) is Propagation
         self.every_root = sampler.bound >= 1 << 64
-        # Shapes of spans (_call_shape...), by the event loop's thread only.
+        # Shapes of spans (otel_shapes.call_shape...) and the templates encoded from them
+        # (_Trace.encode): touched by the thread that makes spans only (the exporter's; the
+        # caller's for an SDK sink).
         self.call_shapes: Shapes = {}
         self.try_shapes: Shapes = {}
         self.last_shapes: Shapes = {}
         self.answer_shapes: Shapes = {}
-        # What spans alike share, encoded (_Trace.encode), by the exporter's thread only.
         self.templates: dict[tuple[Any, ...], list[bytes]] = {}
 
     def begin(self, exchange: ExchangeView) -> Trace:

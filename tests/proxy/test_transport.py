@@ -359,8 +359,12 @@ async def test_stall_midway_is_read_timeout(transport: AiohttpTransport) -> None
     assert isinstance(caught.value.__cause__, TimeoutError)
 
 
-async def test_early_close_drops_upstream_connection(transport: AiohttpTransport) -> None:
-    """Closing a half-read response closes the upstream connection instead of pooling it."""
+@pytest.mark.parametrize("path", ["httpx", "proxy"])
+async def test_early_close_drops_upstream_connection(
+    transport: AiohttpTransport, path: str
+) -> None:
+    """Closing a half-read answer closes the upstream connection instead of pooling it: as
+    an httpx transport (aiohttp), and on the proxy's way in (the wire client)."""
     saw: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -369,10 +373,14 @@ async def test_early_close_drops_upstream_connection(transport: AiohttpTransport
         saw.set_result(await reader.read())
 
     async with Upstream(handler) as upstream:
-        response = await transport.handle_async_request(build("GET", upstream.url))
-        chunks = response.aiter_raw()
-        assert await anext(chunks) == b"hello"
-        await response.aclose()
+        if path == "httpx":
+            response = await transport.handle_async_request(build("GET", upstream.url))
+            assert await anext(response.aiter_raw()) == b"hello"
+            await response.aclose()
+        else:
+            answer = await transport.send(Outgoing("POST", upstream.url, [], b"{}", BOUND))
+            assert await answer.readany() == b"hello"
+            await answer.aclose()
 
         assert await asyncio.wait_for(saw, BOUND) == b""
 

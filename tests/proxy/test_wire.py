@@ -77,21 +77,6 @@ async def test_an_answer_that_says_close_is_not_reused(transport: AiohttpTranspo
     assert upstream.connections == 2
 
 
-async def test_a_half_read_answer_closes_its_connection(transport: AiohttpTransport) -> None:
-    saw: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(CHUNKED_HEAD + b"5\r\nhello\r\n")
-        saw.set_result(await reader.read())
-
-    async with Upstream(handler) as upstream:
-        answer = await transport.send(post(upstream.url))
-        assert await answer.readany() == b"hello"
-        await answer.aclose()
-        assert await asyncio.wait_for(saw, BOUND) == b""  # the upstream sees us leave
-
-
 async def test_refused_is_connect_error_without_userinfo(transport: AiohttpTransport) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -81,7 +81,14 @@ from canary.observe.otlp import (
     SpanRecord,
 )
 from canary.observe.otlp_export import Batcher, OtlpHttp
-from canary.observe.trace_context import Parent, Propagation, Sampler, propagation, sampler
+from canary.observe.trace_context import (
+    TRACEPARENT_FORMAT,
+    Parent,
+    Propagation,
+    Sampler,
+    propagation,
+    sampler,
+)
 from canary.observe.tracing import ExchangeView, SessionView, Trace, Tracing, TryView
 
 if TYPE_CHECKING:
@@ -289,7 +296,7 @@ class _Trace(Trace):
         state = parent.state if parent is not None else ""
         if tracing.w3c and not state:
             flags = b"01" if self.sampled else b"00"
-            value = b"00-%032x-%016x-%s" % (self.trace_id, span_id, flags)
+            value = TRACEPARENT_FORMAT % (self.trace_id, span_id, flags)
             self.headers = [(b"traceparent", value)]
         else:
             self.headers = tracing.propagation.inject(self.trace_id, span_id, self.sampled, state)

@@ -30,6 +30,8 @@ TRACEPARENT = re.compile(
     r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
 )
 MAX_TRACEPARENT, MAX_TRACESTATE = 512, 512
+# A try's traceparent: trace id, span id, and flags (b"01" sampled, b"00" not).
+TRACEPARENT_FORMAT = b"00-%032x-%016x-%s"
 W3C = frozenset({"tracecontext", "baggage"})
 _LIMIT = 1 << 64
 
@@ -86,7 +88,7 @@ class Propagation:
         out = [
             (
                 b"traceparent",
-                b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00"),
+                TRACEPARENT_FORMAT % (trace_id, span_id, b"01" if sampled else b"00"),
             )
         ]
         if state:

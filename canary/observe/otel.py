@@ -59,9 +59,7 @@ from opentelemetry.sdk.resources import Resource
 
 from canary.config.model import Backend
 from canary.observe.otel_shapes import (
-    INPUT,
     OPERATIONS,
-    OUTPUT,
     Answer,
     Shapes,
     Tokens,
@@ -78,6 +76,7 @@ from canary.observe.otlp import (
     Encoder,
     Finished,
     Fixed,
+    Layout,
     SpanRecord,
 )
 from canary.observe.otlp_export import Batcher, OtlpHttp
@@ -115,10 +114,10 @@ class OtelTracing(Tracing):
         "every_root",
         "fields",
         "last_shapes",
+        "layouts",
         "propagation",
         "sampler",
         "sink",
-        "templates",
         "try_shapes",
         "w3c",
     )
@@ -137,7 +136,7 @@ class OtelTracing(Tracing):
         self.try_shapes: Shapes = {}
         self.last_shapes: Shapes = {}
         self.answer_shapes: Shapes = {}
-        self.templates: dict[tuple[Any, ...], list[bytes]] = {}
+        self.layouts: dict[tuple[Any, ...], Layout] = {}
 
     def begin(self, exchange: ExchangeView) -> Trace:
         return _Trace(self, exchange)
@@ -254,7 +253,7 @@ TrySpan = tuple[int, int, int, Backend, bool, Answer | None, Tokens]
 class _Trace(Trace):
     """One call's trace, recorded as facts (ids, times, the tries, what answered) and
     queued whole when the call ends. The exporter's thread writes its spans (``encode``):
-    what calls alike share is encoded once per shape (``OtelTracing.templates``, made from
+    what calls alike share is encoded once per shape (``OtelTracing.layouts``, made from
     ``spans`` on a miss), so a span costs its ids, times and token counts."""
 
     __slots__ = (
@@ -346,37 +345,38 @@ class _Trace(Trace):
 
     def encode(self, encoder: Encoder, out: list[bytes]) -> None:
         span_id, done, last, parent = self.span_id, self.done, self.last, self.parent
-        found = self._templates(encoder)
+        layout = self._layout(encoder)
         tokens = last[3] if last is not None else None
+        state = parent.state if parent is not None else ""
+        if layout.one_try and not state:  # most calls: one try, which answered
+            t = done[0]
+            ids = (self.trace_id, t[0], span_id, parent.span_id if parent is not None else 0)
+            encoder.one_try(out, layout, ids, (t[1], t[2], self.start, self.end), tokens)
+            return
+        found = layout.templates
         if parent is None:
             call: Fixed = (span_id, 0, SERVER, self.start, self.end, found[-1], tokens)
         else:
             call = (span_id, parent.span_id, SERVER, self.start, self.end, found[-1], tokens)
-        spans: tuple[Fixed, ...]
-        if len(done) == 1:  # most calls
-            t = done[0]
-            spans = ((t[0], span_id, CLIENT, t[1], t[2], found[0], t[6]), call)
-        else:
-            tries = zip(done, found, strict=False)
-            spans = (*((t[0], span_id, CLIENT, t[1], t[2], f, t[6]) for t, f in tries), call)
-        state = parent.state if parent is not None else ""
-        encoder.trace(out, self.trace_id, state, spans, (INPUT, OUTPUT))
+        tries = zip(done, found, strict=False)
+        spans = (*((t[0], span_id, CLIENT, t[1], t[2], f, t[6]) for t, f in tries), call)
+        encoder.trace(out, self.trace_id, state, spans)
 
-    def _templates(self, encoder: Encoder) -> list[bytes]:
-        """Its spans' templates (the tries', then the call's), by all they depend on: the
-        call, and each try's backend, fallback and answer, and the last one's; made from
-        its spans when first seen."""
+    def _layout(self, encoder: Encoder) -> Layout:
+        """Its spans' templates (and structs), by all they depend on: the call, and each
+        try's backend, fallback and answer, and the last one's; made from its spans when
+        first seen. A call of one try whose answer is the call's is written in one pack."""
         call, last, model, done = self.call, self.last, self.call[3], self.done
-        frozen: tuple[Any, ...]
-        if len(done) == 1 and last is not None:  # most calls: one try, which answered
-            _, _, _, backend, fallback, answer, _ = done[0]
-            upstream = backend.model_map.get(model) if backend.model_map and model else None
-            answered_by = last[0]
-            frozen = (call, self.parent is not None, answered_by.name, answered_by.base_url,
-                      last[1], last[2], backend.name, backend.base_url, upstream, fallback,
-                      answer)  # fmt: skip
-        else:
-            key: list[Any] = [call, self.parent is not None]
+        frozen: tuple[Any, ...] | None = None
+        if len(done) == 1 and last is not None:
+            _, _, _, backend, fallback, answer, tokens = done[0]
+            if last[0] is backend and last[2] is answer and last[3] is tokens:  # most calls
+                upstream = backend.model_map.get(model) if backend.model_map and model else None
+                frozen = (call, self.parent is not None, backend.name, backend.base_url,
+                          upstream, last[1], fallback, answer)  # fmt: skip
+        one = frozen is not None
+        if frozen is None:
+            key: list[Any] = [len(done), call, self.parent is not None]  # never the above
             if last is not None:
                 key += (last[0].name, last[0].base_url, last[1], last[2])
             for t in done:
@@ -384,11 +384,11 @@ class _Trace(Trace):
                 upstream = backend.model_map.get(model) if backend.model_map and model else None
                 key += (backend.name, backend.base_url, upstream, t[4], t[5])
             frozen = tuple(key)
-        templates = self.tracing.templates
-        found = templates.get(frozen)
+        layouts = self.tracing.layouts
+        found = layouts.get(frozen)
         if found is None:
-            found = [encoder.template(span) for span in self.spans()]
-            keep(templates, frozen, found)
+            templates = [encoder.template(span) for span in self.spans()]
+            found = keep(layouts, frozen, Layout(templates, self.parent is not None, one))
         return found
 
     def spans(self) -> list[SpanRecord]:

@@ -16,7 +16,7 @@ import functools
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from canary.observe.otlp import Shared, SpanRecord
+from canary.observe.otlp import INPUT, OUTPUT, Shared, SpanRecord
 
 # GenAI operation names (semantic conventions) of the paths that have one.
 OPERATIONS = {
@@ -32,7 +32,7 @@ OPERATIONS = {
 # kind and the model it named; alike from call to call (a key of ``templates``).
 Answer = tuple[int, str, str | None, str | None]
 Tokens = tuple[int, int] | None
-INPUT, OUTPUT = "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"
+
 SHAPES = 1024
 Shapes = dict[tuple[Any, ...], Any]
 _T = TypeVar("_T")

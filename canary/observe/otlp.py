@@ -12,9 +12,12 @@ encoding of the same spans.
 
 Most attributes repeat call after call (route, backend, model, status): they come as
 ``Shared`` blocks, made once per route, backend or answer shape and encoded once. A
-call's spans are written by ``Encoder.trace`` from templates (``Encoder.template``: all a
-span shares with spans of its shape), their ids, times and token counts packed around
-them; a ``SpanRecord`` (a refused call, a session) by ``Encoder.span``.
+call's spans are written from templates (``Encoder.template``: all a span shares with
+spans of its shape, kept in a ``Layout``), their ids, times and token counts packed around
+them. Most calls are one try that answered: ``Encoder.one_try`` writes both their spans
+with one ``struct`` made for the shape (its templates and frames are constants of it),
+which costs a third of writing span by span (``Encoder.trace``, for the other shapes); a
+``SpanRecord`` (a refused call, a session) is written by ``Encoder.span``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 SERVER, CLIENT = 2, 3  # Span.SpanKind
+INPUT, OUTPUT = "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens"
 ERROR = 2  # Status.StatusCode
 # Span.flags: the parent's "is remote" is known (bit 8), and true (bit 9).
 HAS_IS_REMOTE, IS_REMOTE = 0x100, 0x200
@@ -37,6 +41,7 @@ _TIMES = struct.Struct("<BBBQBQ").pack  # kind, start and end: fields 6, 7 (fixe
 _TIMES_SIZE = struct.calcsize("<BBBQBQ")
 _U16 = struct.Struct("<H").pack  # a varint of 2 bytes, its bits laid out by hand
 _FRAME = struct.Struct("<BH").pack  # ScopeSpans.spans: key and a length of 2 bytes
+_COUNT_CODES = {1: "B", 2: "H"}  # a count's varint of 1 or 2 bytes, packed inline
 # Span.flags (field 16, fixed32), after an unset Status (field 15, empty) or a set one.
 _FLAGS = {r: b"\x85\x01" + struct.pack("<I", HAS_IS_REMOTE | (IS_REMOTE if r else 0))
           for r in (False, True)}  # fmt: skip
@@ -52,6 +57,18 @@ class Shared:
     def __init__(self, values: dict[str, Any]) -> None:
         self.values = values
         self.encoded = b""
+
+
+class Layout:
+    """What the calls of one shape share: their spans' templates (``Encoder.template``:
+    the tries', then the call's), whether the call continues a client's span, and, for a
+    call of one try, ``Encoder.one_try``'s structs by the lengths of its counts."""
+
+    __slots__ = ("one_try", "packs", "parent", "templates")
+
+    def __init__(self, templates: list[bytes], parent: bool, one_try: bool) -> None:
+        self.templates, self.parent, self.one_try = templates, parent, one_try
+        self.packs: dict[int, tuple[Any, ...]] = {}
 
 
 class Finished(Protocol):
@@ -120,6 +137,8 @@ def varint(n: int) -> bytes:
         return _SMALL[n]
     if 0 < n < 0x4000:
         return _U16(n & 0x7F | (n << 1) & 0x7F00 | 0x80)
+    if 0 < n < 0x200000:  # a long prompt's token count: its 3 bytes laid out by hand
+        return (n & 0x7F | (n << 1) & 0x7F00 | (n << 2) & 0x7F0000 | 0x8080).to_bytes(3, "little")
     n &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while n >= 0x80:
@@ -219,20 +238,13 @@ class Encoder:
                 body += pairs.get((k, v.__class__, v)) or self._pair(k, v)
         out.append(frame(body))
 
-    def trace(
-        self,
-        out: list[bytes],
-        trace_id: int,
-        state: str,
-        spans: Iterable[Fixed],
-        keys: tuple[str, str],
-    ) -> None:
+    def trace(self, out: list[bytes], trace_id: int, state: str, spans: Iterable[Fixed]) -> None:
         """The spans of one trace onto ``out``, each from its template, with its counts as
-        the ``keys`` attributes: what a call costs to export, so written in one loop."""
+        the GenAI usage attributes: what a call costs to export, so written in one loop."""
         high, low = trace_id >> 64, trace_id & _LOW64
         tail = self.state(state) if state else b""
-        first = self.ints.get(keys[0]) or self._int(keys[0])
-        second = self.ints.get(keys[1]) or self._int(keys[1])
+        first = self.ints.get(INPUT) or self._int(INPUT)
+        second = self.ints.get(OUTPUT) or self._int(OUTPUT)
         times, last, pairs = _TIMES, None, b""
         for span_id, parent_id, kind, start, end, template, counts in spans:
             if parent_id:
@@ -252,6 +264,83 @@ class Encoder:
             else:
                 out.append(b"\x12" + varint(size))
             out += parts
+
+    def one_try(
+        self,
+        out: list[bytes],
+        layout: Layout,
+        ids: tuple[int, int, int, int],
+        times: tuple[int, int, int, int],
+        counts: tuple[int, int] | None,
+    ) -> None:
+        """A call of one try that answered, both its spans in one pack (``Layout.packs``):
+        its trace id, the try's span id, the call's and its parent's (0: none), the try's
+        start and end then the call's, and the counts both spans carry."""
+        trace_id, try_id, call_id, parent_id = ids
+        a: int | bytes
+        b: int | bytes
+        if counts is None:
+            key, a, b = 0, b"", b""
+        else:  # the struct by the counts' varint lengths: 1 and 2 bytes packed inline
+            x, y = counts
+            if 0 < x < 0x80:
+                key, a = 1, x
+            elif 0 < x < 0x4000:
+                key, a = 2, x & 0x7F | (x << 1) & 0x7F00 | 0x80
+            else:
+                a = varint(x)
+                key = 16 + len(a)
+            if 0 < y < 0x80:
+                key, b = key << 5 | 1, y
+            elif 0 < y < 0x4000:
+                key, b = key << 5 | 2, y & 0x7F | (y << 1) & 0x7F00 | 0x80
+            else:
+                b = varint(y)
+                key = key << 5 | 16 + len(b)
+        pack, try_head, try_rest, second, call_head, parent, call_rest = layout.packs.get(
+            key
+        ) or self._one_try_pack(layout, key)
+        trace, call = trace_id.to_bytes(16), call_id.to_bytes(8)
+        out.append(
+            pack(try_head, trace, 0x0812, try_id.to_bytes(8), 0x0822, call,
+                 0x39, times[0], 0x41, times[1], try_rest, a, second, b,
+                 call_head, trace, 0x0812, call, parent,
+                 parent_id.to_bytes(8) if parent else b"",
+                 0x39, times[2], 0x41, times[3], call_rest, a, second, b)
+        )  # fmt: skip
+
+    def _one_try_pack(self, layout: Layout, key: int) -> tuple[Any, ...]:
+        """``one_try``'s struct for counts of ``key``'s varint lengths, and what it packs
+        alike from call to call. A span: its frame, ids and times, then its kind and
+        template, then its counts."""
+        if key:
+            codes = [_COUNT_CODES.get(k) or f"{k - 16}s" for k in divmod(key, 32)]
+            sizes = [struct.calcsize(code) for code in codes]
+            first = (self.ints.get(INPUT) or self._int(INPUT))[sizes[0]]
+            second = (self.ints.get(OUTPUT) or self._int(OUTPUT))[sizes[1]]
+        else:
+            codes, sizes, first, second = ["0s", "0s"], [0, 0], b"", b""
+        try_template, call_template = layout.templates
+        try_rest = bytes((0x30, CLIENT)) + try_template + first
+        call_rest = bytes((0x30, SERVER)) + call_template + first
+        parent = b"\x22\x08" if layout.parent else b""
+        counts = sizes[0] + len(second) + sizes[1]
+        common = 2 + 16 + 2 + 8 + 1 + 8 + 1 + 8  # trace and span ids, start, end: keys too
+        try_size = common + 2 + 8 + len(try_rest) + counts  # its parent: the call's span
+        call_size = common + len(parent) * 5 + len(call_rest) + counts
+        try_head = b"\x12" + varint(try_size) + b"\x0a\x10"
+        call_head = b"\x12" + varint(call_size) + b"\x0a\x10"
+        a, b = codes
+        span = "16sH8s{}BQBQ{}s{}{}s{}"
+        fmt = "<" + f"{len(try_head)}s" + span.format("H8s", len(try_rest), a, len(second), b)
+        fmt += f"{len(call_head)}s" + span.format(
+            f"{len(parent)}s{len(parent) * 4}s", len(call_rest), a, len(second), b
+        )
+        packed = (struct.Struct(fmt).pack, try_head, try_rest, second, call_head, parent, call_rest)
+        if len(layout.packs) >= _CACHE_MAX:
+            layout.packs.clear()
+        layout.packs[key] = packed
+        return packed
 
     @staticmethod
     def _counts(counts: tuple[int, int], first: list[bytes], second: list[bytes]) -> bytes:

@@ -259,11 +259,13 @@ class _Trace(Trace):
     __slots__ = (
         "answered",
         "call",
+        "current",
+        "current_id",
+        "current_start",
         "done",
         "end",
         "headers",
         "last",
-        "open",
         "parent",
         "sampled",
         "size",
@@ -286,9 +288,10 @@ class _Trace(Trace):
         self.span_id = _bits(64) or 1
         self.start = time.time_ns()
         self.headers: list[tuple[bytes, bytes]] = []
-        self.open: dict[TryView, tuple[int, int]] = {}  # a try begun: its span id, start
+        # The try begun and not ended yet (tries follow one another), its span id and start.
+        self.current: TryView | None = None
         self.done: list[TrySpan] = []
-        self.answered: tuple[TryView, TrySpan] | None = None  # the last try accounted
+        self.answered: TryView | None = None  # the last try accounted, its span done[-1]
 
     def try_began(self, t: TryView) -> None:
         span_id, parent, tracing = _bits(64) or 1, self.parent, self.tracing
@@ -300,7 +303,10 @@ class _Trace(Trace):
         else:
             self.headers = tracing.propagation.inject(self.trace_id, span_id, self.sampled, state)
         if self.sampled:
-            self.open[t] = (span_id, time.time_ns())
+            now = time.time_ns()
+            if self.current is not None:
+                self._unended(now)
+            self.current, self.current_id, self.current_start = t, span_id, now
 
     def outgoing(self, headers: list[tuple[bytes, bytes]]) -> None:
         if self.headers:
@@ -310,38 +316,42 @@ class _Trace(Trace):
             headers.extend(self.headers)
 
     def try_ended(self, t: TryView) -> None:
-        begun = self.open.pop(t, None)
-        if begun is not None:
+        if t is self.current:
+            self.current = None
             answer = (t.status, t.outcome, t.kind, t.answered_model())
-            span_id, start = begun
-            span = (span_id, start, time.time_ns(), t.backend, t.origin is not None, answer,
-                    t.tokens)  # fmt: skip
-            self.done.append(span)
-            self.answered = (t, span)  # the call's span tells the answer the client got
+            self.done.append((self.current_id, self.current_start, time.time_ns(), t.backend,
+                              t.origin is not None, answer, t.tokens))  # fmt: skip
+            self.answered = t  # the call's span tells the answer the client got
 
     def ended(self, exchange: ExchangeView) -> None:
         self.end = now = time.time_ns()
-        for t, (span_id, start) in self.open.items():  # a try never accounted (a fault)
-            self.done.append((span_id, start, now, t.backend, t.origin is not None, None, None))
-        self.open.clear()
+        if self.current is not None:
+            self._unended(now)
         if not self.sampled:
             return
         scope, route, body = exchange.scope, exchange.route, exchange.body
         model = body.accounted_model() if body is not None else None
         self.call = (route.name if route is not None else "", scope["method"], scope["path"],
                      model)  # fmt: skip
-        last, answered = exchange.last, self.answered
+        last = exchange.last
         self.last: tuple[Backend, bool, Answer, Tokens] | None = None
         if last is not None:
             answer, tokens = None, last.tokens
-            if answered is not None and answered[0] is last:  # as its span says it (final)
-                answer, tokens = answered[1][5], answered[1][6]
+            if last is self.answered:  # as its span says it (final)
+                _, _, _, _, _, answer, tokens = self.done[-1]
             if answer is None:
                 answer = (last.status, last.outcome, last.kind, last.answered_model())
             self.last = (last.backend, exchange.first is not None, answer, tokens)
         self.answered = None  # the Try goes with the exchange
         self.size = len(self.done) + 1  # its spans: the tries', the call's
         self.tracing.sink.put(self)
+
+    def _unended(self, now: int) -> None:
+        """The try begun last never ended (a fault ended its call): a span with no answer."""
+        t, self.current = self.current, None
+        if t is not None:
+            self.done.append((self.current_id, self.current_start, now, t.backend,
+                              t.origin is not None, None, None))  # fmt: skip
 
     def encode(self, encoder: Encoder, out: list[bytes]) -> None:
         span_id, done, last, parent = self.span_id, self.done, self.last, self.parent

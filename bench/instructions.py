@@ -6,7 +6,8 @@ under valgrind against a `canary simulate` upstream, answers `--small` plain cal
 (SIGTERM, a clean exit), and runs again for `--large` calls; the difference over the
 difference in calls is the instructions per call, start-up and shutdown (the last span
 flush included) cancelling out. Traces on: `OTEL_EXPORTER_OTLP_ENDPOINT` points at the
-same in-process sink as row 5f. Needs `valgrind`; takes about two minutes.
+same in-process sink as row 5f. Needs `valgrind`; takes about a minute and a half.
+`make bench` runs it after row 5f (not with `--quick`, and not without valgrind).
 
     .venv/bin/python bench/instructions.py [--small 100] [--large 1100]
 """
@@ -82,14 +83,10 @@ def _count(routes: Path, calls: int, env: dict[str, str], log: Path) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", type=int, default=100)
-    parser.add_argument("--large", type=int, default=1100)
-    args = parser.parse_args()
+def measure(small: int = 100, large: int = 1100) -> dict[str, float] | None:
+    """Instructions per plain call, traces off and on; None without valgrind."""
     if shutil.which("valgrind") is None:
-        print("instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
-        return 1
+        return None
     sim_port = bench.free_port()
     with tempfile.TemporaryDirectory(prefix="canary-instr-") as tmp, traces.otlp_sink() as sink:
         work = Path(tmp)
@@ -113,19 +110,37 @@ def main() -> int:
             per_call = {}
             for name, env in (("off", plain), ("on", traced)):
                 counts = []
-                for calls in (args.small, args.large):
-                    print(f"instructions: traces {name}, {calls} calls", file=sys.stderr)
+                for calls in (small, large):
+                    bench.progress(f"5f in instructions: traces {name}, {calls} calls")
                     counts.append(_count(routes, calls, env, work / f"{name}-{calls}.log"))
-                per_call[name] = (counts[1] - counts[0]) / (args.large - args.small)
+                per_call[name] = (counts[1] - counts[0]) / (large - small)
         finally:
             sim.terminate()
             sim.wait(timeout=10)
+    return per_call
+
+
+def render(per_call: dict[str, float] | None) -> str:
+    head = "| # | traces | off | on | ratio | target |\n|---|---|---|---|---|---|\n"
+    if per_call is None:
+        return head + "| 5f | instructions per plain call | | | | skipped: no valgrind |"
     off, on = per_call["off"], per_call["on"]
-    print("| # | traces | off | on | ratio | target |")
-    print("|---|---|---|---|---|---|")
     verdict = "ok" if on / off <= traces.TARGET else "MISSED"
-    print(f"| 5f | instructions per plain call, {IN_FLIGHT} in flight | {off / 1000:.1f}k "
-          f"| {on / 1000:.1f}k | {on / off:.3f}x | <= {traces.TARGET:g}x {verdict} |")  # fmt: skip
+    what = f"instructions per plain call, {IN_FLIGHT} in flight"
+    figures = f"{off / 1000:.1f}k | {on / 1000:.1f}k | {on / off:.3f}x"
+    return head + f"| 5f | {what} | {figures} | <= {traces.TARGET:g}x {verdict} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--large", type=int, default=1100)
+    args = parser.parse_args()
+    per_call = measure(args.small, args.large)
+    if per_call is None:
+        print("instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 1
+    print(render(per_call))
     return 0
 
 

@@ -1053,6 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, _interrupt)  # stop the children on SIGTERM as on Ctrl-C
     started = time.monotonic()
+    import instructions  # bench/instructions.py: row 5f again, in instructions
     import streams  # bench/streams.py: rows 5, canary vs a bare forwarder
     import traces  # bench/traces.py: row 5f, canary with traces on vs off
     import uploads  # bench/uploads.py: rows 6, a 200 MB upload through the same pair
@@ -1069,6 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures = streams.measure(fleet, args.stream_rounds, args.quick)
                 figures["ws"] = ws.measure(fleet, args.stream_rounds, args.quick)
                 figures["traces"] = traces.measure(fleet, args.stream_rounds, args.quick)
+                if not args.quick:  # about a minute under valgrind
+                    figures["instructions"] = instructions.measure()
             if not args.only_streams:
                 upload_figures = uploads.measure(fleet, args.upload_rounds)
     except KeyboardInterrupt:
@@ -1084,6 +1087,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n" + streams.render(figures))
         print("\n" + ws.render(figures["ws"]))
         print("\n" + traces.render(figures["traces"]))
+        if "instructions" in figures:
+            print("\n" + instructions.render(figures["instructions"]))
     if upload_figures:
         print("\n" + uploads.render(upload_figures))
     report = {

@@ -28,18 +28,21 @@ per span and per attribute. So the parts are split by what they do well:
 - one thread (``canary.observe.otlp_export``) drains the queue in batches and writes each
   call's spans in the protobuf wire format. Calls alike share all but their ids, times
   and token counts: the rest (name, attributes, status) is a template, encoded once per
-  shape from the call's spans (``_Trace.spans``, the shapes made by ``_call_shape``...)
-  and kept in a bounded dict, so a span costs two packs and its counts. It posts the
-  batches, configured by the same ``OTEL_BSP_*`` and ``OTEL_EXPORTER_OTLP_*`` variables
-  as the SDK's;
+  shape from the call's spans (``_Trace.spans``, the shapes made by ``call_shape``...)
+  and kept in a bounded dict (``OtelTracing.layouts``). A call of one try that answered
+  (most calls) is then one ``struct`` pack of its ids, times and counts
+  (``Encoder.one_try``); the other shapes cost two packs a span. It posts the batches,
+  configured by the same ``OTEL_BSP_*`` and ``OTEL_EXPORTER_OTLP_*`` variables as the
+  SDK's;
 - the SDK still gives the resource (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
   its detectors), ``tracestate`` validation and any non-W3C propagator, and
   ``tracing_with`` hands the same spans to any SDK span processor (``canary.observe.otel_sdk``).
 
 Split so, a call's spans cost about a tenth of that, request path and export thread
 together. Counted in instructions per plain call through ``canary serve``
-(``bench/instructions.py``): 515.7k off, 582.0k on, about 40% of the difference on the
-request path (it was 619.1k when the request path built the spans).
+(``bench/instructions.py``): 514.1k off, 562.8k on (1.095x), about half of the difference
+on the request path (it was 619.1k when the request path built the spans, 582.0k when
+the thread wrote span by span).
 The price: what the SDK offers beyond that is not there. No span of canary's is visible
 to code running inside it through the OpenTelemetry API (there is none to see it), span
 limits do not apply (a span has at most 16 attributes), samplers are the standard ones
@@ -129,7 +132,7 @@ class OtelTracing(Tracing):
         # W3C headers written inline, and a trace of no parent sampled without asking.
         self.w3c = type(propagation) is Propagation
         self.every_root = sampler.bound >= 1 << 64
-        # Shapes of spans (otel_shapes.call_shape...) and the templates encoded from them
+        # Shapes of spans (otel_shapes.call_shape...) and the layouts encoded from them
         # (_Trace.encode): touched by the thread that makes spans only (the exporter's; the
         # caller's for an SDK sink).
         self.call_shapes: Shapes = {}
@@ -354,52 +357,48 @@ class _Trace(Trace):
                               t.origin is not None, None, None))  # fmt: skip
 
     def encode(self, encoder: Encoder, out: list[bytes]) -> None:
-        span_id, done, last, parent = self.span_id, self.done, self.last, self.parent
-        layout = self._layout(encoder)
-        tokens = last[3] if last is not None else None
+        """Its spans onto ``out``, from its shape's ``Layout`` (made on a miss). A layout is
+        keyed by all its templates depend on: the call, and each try's backend (with the
+        model after its ``model_map``), fallback and answer, and the last one's."""
+        call, done, last, parent = self.call, self.done, self.last, self.parent
         state = parent.state if parent is not None else ""
-        if layout.one_try and not state:  # most calls: one try, which answered
+        if len(done) == 1 and last is not None and not state:
             t = done[0]
-            ids = (self.trace_id, t[0], span_id, parent.span_id if parent is not None else 0)
-            encoder.one_try(out, layout, ids, (t[1], t[2], self.start, self.end), tokens)
-            return
-        found = layout.templates
+            backend = t[3]
+            if last[0] is backend and last[2] is t[5] and last[3] is t[6]:  # most calls:
+                # one try, whose answer and counts are the call's: written in one pack
+                model = call[3]
+                upstream = backend.model_map.get(model) if backend.model_map and model else None
+                key = (call, parent is not None, backend.name, backend.base_url, upstream,
+                       last[1], t[4], t[5])  # fmt: skip
+                layout = self.tracing.layouts.get(key) or self._layout(encoder, key, True)
+                parent_id = parent.span_id if parent is not None else 0
+                ids = (self.trace_id, t[0], self.span_id, parent_id)
+                encoder.one_try(out, layout, ids, (t[1], t[2], self.start, self.end), t[6])
+                return
+        model = call[3]
+        shape: list[Any] = [len(done), call, parent is not None]  # never a key of the above
+        if last is not None:
+            shape += (last[0].name, last[0].base_url, last[1], last[2])
+        for t in done:
+            backend = t[3]
+            upstream = backend.model_map.get(model) if backend.model_map and model else None
+            shape += (backend.name, backend.base_url, upstream, t[4], t[5])
+        frozen = tuple(shape)
+        found = (self.tracing.layouts.get(frozen) or self._layout(encoder, frozen, False)).templates
+        span_id, tokens = self.span_id, last[3] if last is not None else None
         if parent is None:
-            call: Fixed = (span_id, 0, SERVER, self.start, self.end, found[-1], tokens)
+            span: Fixed = (span_id, 0, SERVER, self.start, self.end, found[-1], tokens)
         else:
-            call = (span_id, parent.span_id, SERVER, self.start, self.end, found[-1], tokens)
+            span = (span_id, parent.span_id, SERVER, self.start, self.end, found[-1], tokens)
         tries = zip(done, found, strict=False)
-        spans = (*((t[0], span_id, CLIENT, t[1], t[2], f, t[6]) for t, f in tries), call)
+        spans = (*((t[0], span_id, CLIENT, t[1], t[2], f, t[6]) for t, f in tries), span)
         encoder.trace(out, self.trace_id, state, spans)
 
-    def _layout(self, encoder: Encoder) -> Layout:
-        """Its spans' templates (and structs), by all they depend on: the call, and each
-        try's backend, fallback and answer, and the last one's; made from its spans when
-        first seen. A call of one try whose answer is the call's is written in one pack."""
-        call, last, model, done = self.call, self.last, self.call[3], self.done
-        frozen: tuple[Any, ...] | None = None
-        if len(done) == 1 and last is not None:
-            _, _, _, backend, fallback, answer, tokens = done[0]
-            if last[0] is backend and last[2] is answer and last[3] is tokens:  # most calls
-                upstream = backend.model_map.get(model) if backend.model_map and model else None
-                frozen = (call, self.parent is not None, backend.name, backend.base_url,
-                          upstream, last[1], fallback, answer)  # fmt: skip
-        one = frozen is not None
-        if frozen is None:
-            key: list[Any] = [len(done), call, self.parent is not None]  # never the above
-            if last is not None:
-                key += (last[0].name, last[0].base_url, last[1], last[2])
-            for t in done:
-                backend = t[3]
-                upstream = backend.model_map.get(model) if backend.model_map and model else None
-                key += (backend.name, backend.base_url, upstream, t[4], t[5])
-            frozen = tuple(key)
-        layouts = self.tracing.layouts
-        found = layouts.get(frozen)
-        if found is None:
-            templates = [encoder.template(span) for span in self.spans()]
-            found = keep(layouts, frozen, Layout(templates, self.parent is not None, one))
-        return found
+    def _layout(self, encoder: Encoder, key: tuple[Any, ...], one_try: bool) -> Layout:
+        """The layout of its shape, made from its spans when first seen."""
+        templates = [encoder.template(span) for span in self.spans()]
+        return keep(self.tracing.layouts, key, Layout(templates, self.parent is not None, one_try))
 
     def spans(self) -> list[SpanRecord]:
         """Its spans, made on the exporter's thread (the shapes are its own)."""

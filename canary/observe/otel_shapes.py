@@ -29,7 +29,7 @@ OPERATIONS = {
 
 
 # A try's answer as the trace keeps it, but its token counts: status, outcome, failure
-# kind and the model it named; alike from call to call (a key of ``templates``).
+# kind and the model it named; alike from call to call (a key of ``OtelTracing.layouts``).
 Answer = tuple[int, str, str | None, str | None]
 Tokens = tuple[int, int] | None
 

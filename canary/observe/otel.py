@@ -40,9 +40,9 @@ per span and per attribute. So the parts are split by what they do well:
 
 Split so, a call's spans cost about a tenth of that, request path and export thread
 together. Counted in instructions per plain call through ``canary serve``
-(``bench/instructions.py``): 514.1k off, 562.8k on (1.095x), about half of the difference
-on the request path (it was 619.1k when the request path built the spans, 582.0k when
-the thread wrote span by span).
+(``bench/instructions.py``): about 514k off and 561k on (1.09x), a little more than half
+of the difference on the request path (it was 619k when the request path built the
+spans, 582k when the thread wrote span by span).
 The price: what the SDK offers beyond that is not there. No span of canary's is visible
 to code running inside it through the OpenTelemetry API (there is none to see it), span
 limits do not apply (a span has at most 16 attributes), samplers are the standard ones

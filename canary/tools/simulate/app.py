@@ -21,7 +21,6 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,7 +28,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from canary.errors import StreamCut
-from canary.tools.simulate import chat, embeddings, messages, responses
+from canary.tools.simulate import chat, control, embeddings, messages, responses
 from canary.tools.simulate.answer import REPLY, Call, Reply
 from canary.tools.simulate.asgi import (
     Headers,
@@ -116,7 +115,7 @@ class Simulator:
             elif path.startswith("/v1/"):
                 await self._provider(scope, body, receive, send)
             elif path.startswith("/_sim/"):
-                await self._control(scope, body, send)
+                await self._json(send, 200, control.answer(self, scope["method"], path, body))
             else:
                 raise Refused(404, f"Unknown path {path}", "not_found")
         except Refused as refusal:
@@ -396,36 +395,6 @@ class Simulator:
 
     async def _billed(self, prompt: int, completion: int) -> None:
         self.stats.billed(prompt, completion)
-
-    # --- /_sim control plane ------------------------------------------------------------
-
-    async def _control(self, scope: Scope, body: bytes, send: Send) -> None:
-        action = f"{scope['method']} {scope['path']}"
-        if action == "GET /_sim/faults":
-            await self._json(send, 200, asdict(self.faults))
-        elif action == "POST /_sim/faults":
-            try:
-                self.faults.update(json_object(body))
-            except ValueError as exc:
-                raise Refused(400, str(exc), "invalid_fault") from None
-            await self._json(send, 200, asdict(self.faults))
-        elif action in ("GET /_sim/billing", "POST /_sim/billing"):
-            if self.billing is None:
-                raise Refused(404, "This simulator does not bill (--billing)", "not_found")
-            try:
-                self.billing.update(json_object(body) if scope["method"] == "POST" else {})
-            except ValueError as exc:
-                raise Refused(400, str(exc), "invalid_billing") from None
-            await self._json(send, 200, asdict(self.billing))
-        elif action == "GET /_sim/stats":
-            await self._json(send, 200, self.stats.snapshot())
-        elif action == "POST /_sim/reset":
-            in_flight = self.stats.in_flight  # those still running decrement when they end
-            self.stats.reset()
-            self.stats.in_flight = in_flight
-            await self._json(send, 200, self.stats.snapshot())
-        else:
-            raise Refused(404, f"Unknown control endpoint {action}", "not_found")
 
 
 def _streamed(scope: Scope) -> bool:

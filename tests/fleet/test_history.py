@@ -32,8 +32,9 @@ def test_worker_files_stay_bounded_and_skip_a_torn_line(tmp_path: Path) -> None:
 
 async def test_replicas_read_each_others_tail(redis_server: RedisServer) -> None:
     """Every replica pushes its rows; a read returns the others' (not its own) from ``since``."""
-    # A database of its own: routers of other tests register as replicas on db 0.
-    client = Redis.from_url(redis_server.url.removesuffix("/0") + "/7")
+    # A database of its own: routers of other tests register as replicas (db 0, and 7
+    # for the replicas' e2e test, which may have run just before on this redis-server).
+    client = Redis.from_url(redis_server.url.removesuffix("/0") + "/11")
     tag = uuid.uuid4().hex[:6]
     now = [1_000.0]
     try:

@@ -193,7 +193,10 @@ def keyed_sims() -> Iterator[tuple[int, int]]:
 
 
 def probe(config: Path, legacy_key: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LEGACY_API_KEY": legacy_key, "RELAY_API_KEY": PROBE_RELAY_KEY}
+    """``canary check --probe``, its table as wide as a row needs (no terminal to size it:
+    rich would wrap a row at 80 columns)."""
+    env = {**os.environ, "LEGACY_API_KEY": legacy_key, "RELAY_API_KEY": PROBE_RELAY_KEY,
+           "COLUMNS": "200"}  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "canary", "check", "--probe", "-c", str(config)],
         capture_output=True,

@@ -323,19 +323,18 @@ class Encoder:
         try_template, call_template = layout.templates
         try_rest = bytes((0x30, CLIENT)) + try_template + first
         call_rest = bytes((0x30, SERVER)) + call_template + first
-        parent = b"\x22\x08" if layout.parent else b""
+        # The call's parent span id (the client's), when it has one: its key, then 8 bytes.
+        parent, parent_id = (b"\x22\x08", "2s8s") if layout.parent else (b"", "0s0s")
         counts = sizes[0] + len(second) + sizes[1]
         common = 2 + 16 + 2 + 8 + 1 + 8 + 1 + 8  # trace and span ids, start, end: keys too
         try_size = common + 2 + 8 + len(try_rest) + counts  # its parent: the call's span
-        call_size = common + len(parent) * 5 + len(call_rest) + counts
+        call_size = common + struct.calcsize(parent_id) + len(call_rest) + counts
         try_head = b"\x12" + varint(try_size) + b"\x0a\x10"
         call_head = b"\x12" + varint(call_size) + b"\x0a\x10"
         a, b = codes
-        span = "16sH8s{}BQBQ{}s{}{}s{}"
+        span = "16sH8s{}BQBQ{}s{}{}s{}"  # trace id, span id, parent, times, rest, counts
         fmt = "<" + f"{len(try_head)}s" + span.format("H8s", len(try_rest), a, len(second), b)
-        fmt += f"{len(call_head)}s" + span.format(
-            f"{len(parent)}s{len(parent) * 4}s", len(call_rest), a, len(second), b
-        )
+        fmt += f"{len(call_head)}s" + span.format(parent_id, len(call_rest), a, len(second), b)
         packed = (struct.Struct(fmt).pack, try_head, try_rest, second, call_head, parent, call_rest)
         if len(layout.packs) >= _CACHE_MAX:
             layout.packs.clear()

@@ -38,9 +38,7 @@ _LOW64 = (1 << 64) - 1
 _ROOT = struct.Struct(">HQQHQ").pack
 _CHILD = struct.Struct(">HQQHQHQ").pack
 _TIMES = struct.Struct("<BBBQBQ").pack  # kind, start and end: fields 6, 7 (fixed64), 8
-_TIMES_SIZE = struct.calcsize("<BBBQBQ")
 _U16 = struct.Struct("<H").pack  # a varint of 2 bytes, its bits laid out by hand
-_FRAME = struct.Struct("<BH").pack  # ScopeSpans.spans: key and a length of 2 bytes
 _COUNT_CODES = {1: "B", 2: "H"}  # a count's varint of 1 or 2 bytes, packed inline
 # Span.flags (field 16, fixed32), after an unset Status (field 15, empty) or a set one.
 _FLAGS = {r: b"\x85\x01" + struct.pack("<I", HAS_IS_REMOTE | (IS_REMOTE if r else 0))
@@ -240,30 +238,21 @@ class Encoder:
 
     def trace(self, out: list[bytes], trace_id: int, state: str, spans: Iterable[Fixed]) -> None:
         """The spans of one trace onto ``out``, each from its template, with its counts as
-        the GenAI usage attributes: what a call costs to export, so written in one loop."""
+        the GenAI usage attributes (the shapes ``one_try`` does not write)."""
         high, low = trace_id >> 64, trace_id & _LOW64
         tail = self.state(state) if state else b""
-        first = self.ints.get(INPUT) or self._int(INPUT)
-        second = self.ints.get(OUTPUT) or self._int(OUTPUT)
-        times, last, pairs = _TIMES, None, b""
+        last, pairs = None, b""
         for span_id, parent_id, kind, start, end, template, counts in spans:
             if parent_id:
                 ids = _CHILD(0x0A10, high, low, 0x1208, span_id, 0x2208, parent_id)
             else:
                 ids = _ROOT(0x0A10, high, low, 0x1208, span_id)
-            size = len(ids) + _TIMES_SIZE + len(template) + len(tail)
-            if counts is None:
-                parts = [ids, times(0x30, kind, 0x39, start, 0x41, end), template, tail]
-            else:
-                if counts is not last:  # a call's counts are those of the try that answered
-                    last, pairs = counts, self._counts(counts, first, second)
-                size += len(pairs)
-                parts = [ids, times(0x30, kind, 0x39, start, 0x41, end), template, tail, pairs]
-            if 0x80 <= size < 0x4000:
-                out.append(_FRAME(0x12, size & 0x7F | (size << 1) & 0x7F00 | 0x80))
-            else:
-                out.append(b"\x12" + varint(size))
-            out += parts
+            if counts is not None and counts is not last:  # the call's: the answering try's
+                last, pairs = counts, self.count(INPUT, counts[0]) + self.count(OUTPUT, counts[1])
+            times = _TIMES(0x30, kind, 0x39, start, 0x41, end)
+            out.append(
+                frame(b"".join((ids, times, template, tail, pairs if counts is not None else b"")))
+            )
 
     def one_try(
         self,
@@ -336,25 +325,8 @@ class Encoder:
         fmt = "<" + f"{len(try_head)}s" + span.format("H8s", len(try_rest), a, len(second), b)
         fmt += f"{len(call_head)}s" + span.format(parent_id, len(call_rest), a, len(second), b)
         packed = (struct.Struct(fmt).pack, try_head, try_rest, second, call_head, parent, call_rest)
-        if len(layout.packs) >= _CACHE_MAX:
-            layout.packs.clear()
-        layout.packs[key] = packed
+        layout.packs[key] = packed  # at most 12 x 12 varint lengths: no bound needed
         return packed
-
-    @staticmethod
-    def _counts(counts: tuple[int, int], first: list[bytes], second: list[bytes]) -> bytes:
-        """Two counts' pairs, from their keys' heads (``_int``); most varints take 1 or 2
-        bytes, written inline."""
-        a, b = counts
-        if 0 < a < 0x4000:
-            a_bytes = _SMALL[a] if a < 0x80 else _U16(a & 0x7F | (a << 1) & 0x7F00 | 0x80)
-        else:
-            a_bytes = varint(a)
-        if 0 < b < 0x4000:
-            b_bytes = _SMALL[b] if b < 0x80 else _U16(b & 0x7F | (b << 1) & 0x7F00 | 0x80)
-        else:
-            b_bytes = varint(b)
-        return first[len(a_bytes)] + a_bytes + second[len(b_bytes)] + b_bytes
 
     def template(self, s: SpanRecord) -> bytes:
         """What spans of the same shape share: ``s``'s fields but its ids, times, state and

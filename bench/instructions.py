@@ -22,9 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -83,28 +81,13 @@ def _count(routes: Path, calls: int, env: dict[str, str], log: Path) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def measure(small: int = 100, large: int = 1100) -> dict[str, float] | None:
+def measure(fleet: bench.Fleet, small: int = 100, large: int = 1100) -> dict[str, float] | None:
     """Instructions per plain call, traces off and on; None without valgrind."""
     if shutil.which("valgrind") is None:
         return None
-    sim_port = bench.free_port()
-    with tempfile.TemporaryDirectory(prefix="canary-instr-") as tmp, traces.otlp_sink() as sink:
-        work = Path(tmp)
-        sim = subprocess.Popen([bench.PYTHON, "-m", "canary", "simulate", "--port",
-                                str(sim_port), "--name", "instr"], cwd=bench.ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    with traces.otlp_sink() as sink:
+        sim, routes = traces.upstream(fleet, "instructions")
         try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{sim_port}/_sim/stats", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            routes = work / "routes.yaml"
-            routes.write_text(
-                f'backends:\n  up: {{base_url: "http://127.0.0.1:{sim_port}/v1"}}\n'
-                "routes:\n  - name: all\n    weights: {up: 100}\n"
-            )
             plain = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
             traced = {**plain, "OTEL_EXPORTER_OTLP_ENDPOINT": sink}
             per_call = {}
@@ -112,11 +95,11 @@ def measure(small: int = 100, large: int = 1100) -> dict[str, float] | None:
                 counts = []
                 for calls in (small, large):
                     bench.progress(f"5f in instructions: traces {name}, {calls} calls")
-                    counts.append(_count(routes, calls, env, work / f"{name}-{calls}.log"))
+                    log = fleet.workdir / f"instructions-{name}-{calls}.log"
+                    counts.append(_count(routes, calls, env, log))
                 per_call[name] = (counts[1] - counts[0]) / (large - small)
         finally:
-            sim.terminate()
-            sim.wait(timeout=10)
+            fleet.stop(sim)
     return per_call
 
 
@@ -136,7 +119,8 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=1100)
     args = parser.parse_args()
-    per_call = measure(args.small, args.large)
+    with bench.fleet_in_tempdir() as fleet:
+        per_call = measure(fleet, args.small, args.large)
     if per_call is None:
         print("instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 1

@@ -1076,7 +1076,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rounds = args.stream_rounds if args.quick else max(args.stream_rounds, 7)
                 figures["traces"] = traces.measure(fleet, rounds, args.quick)
                 if not args.quick:  # about a minute under valgrind
-                    figures["instructions"] = instructions.measure()
+                    figures["instructions"] = instructions.measure(fleet)
             if not args.only_streams:
                 upload_figures = uploads.measure(fleet, args.upload_rounds)
     except KeyboardInterrupt:

@@ -64,18 +64,25 @@ def _traced(fleet: bench.Fleet, routes: Path, endpoint: str) -> bench.Router:
         del os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
 
 
-def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
-    """Plain-call CPU of canary with traces off and on, runs alternating."""
-    sim_port = bench.free_port()
-    sim = fleet.start("sim-traces", [bench.PYTHON, "-m", "canary", "simulate", "--port",
-                                     str(sim_port), "--name", "traces"])  # fmt: skip
-    stats = f"http://127.0.0.1:{sim_port}/_sim/stats"
-    bench.wait_ready(sim, "simulator", stats, fleet.log_path("sim-traces"), lambda: True)
-    routes = fleet.workdir / "traces.yaml"
+def upstream(fleet: bench.Fleet, name: str) -> tuple[bench.Popen, Path]:
+    """A simulator, ready, and a routes.yaml of one route to it (row 5f, in CPU time and
+    in instructions)."""
+    port = bench.free_port()
+    sim = fleet.start(f"sim-{name}", [bench.PYTHON, "-m", "canary", "simulate", "--port",
+                                      str(port), "--name", name])  # fmt: skip
+    stats = f"http://127.0.0.1:{port}/_sim/stats"
+    bench.wait_ready(sim, "simulator", stats, fleet.log_path(f"sim-{name}"), lambda: True)
+    routes = fleet.workdir / f"{name}.yaml"
     routes.write_text(
-        f'backends:\n  up: {{base_url: "http://127.0.0.1:{sim_port}/v1"}}\n'
+        f'backends:\n  up: {{base_url: "http://127.0.0.1:{port}/v1"}}\n'
         "routes:\n  - name: all\n    weights: {up: 100}\n"
     )
+    return sim, routes
+
+
+def measure(fleet: bench.Fleet, rounds: int, quick: bool) -> dict[str, Any]:
+    """Plain-call CPU of canary with traces off and on, runs alternating."""
+    sim, routes = upstream(fleet, "traces")
     out: dict[str, Any] = {"off": [], "on": []}
     with otlp_sink() as sink:
         targets = {"off": bench.start_router(fleet, "canary-untraced", routes),
